@@ -1,0 +1,265 @@
+// Package cli holds the command lines of netslot (the client) and netslotd
+// (the daemon); cmd/ mains only call them.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
+	"github.com/netslot/netslot/client"
+)
+
+type clientFlags struct {
+	socket  string
+	output  string
+	timeout time.Duration
+}
+
+var jsonOpts = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
+
+// Netslot returns the netslot command.
+func Netslot() *cobra.Command {
+	f := &clientFlags{}
+	root := &cobra.Command{
+		Use:           "netslot",
+		Short:         "Acquire and release network slots from netslotd",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&f.socket, "socket", client.DefaultSocket, "netslotd's unix socket")
+	root.PersistentFlags().StringVarP(&f.output, "output", "o", "table", "output format: table or json")
+	root.PersistentFlags().DurationVar(&f.timeout, "timeout", 10*time.Second, "deadline of each request")
+	root.AddCommand(statusCmd(f), acquireCmd(f), releaseCmd(f), listCmd(f), showCmd(f))
+	return root
+}
+
+// Main runs cmd and turns its error into a message and an exit code.
+func Main(cmd *cobra.Command) int {
+	if err := cmd.Execute(); err != nil {
+		msg := err.Error()
+		if s, ok := status.FromError(err); ok {
+			msg = fmt.Sprintf("%s (%s)", s.Message(), strings.ToLower(s.Code().String()))
+		}
+		fmt.Fprintf(os.Stderr, "%s: error: %s\n", cmd.Name(), msg)
+		return 1
+	}
+	return 0
+}
+
+func (f *clientFlags) run(cmd *cobra.Command, fn func(ctx context.Context, c *client.Client) error) error {
+	if f.output != "table" && f.output != "json" {
+		return fmt.Errorf("unknown output format %q: want table or json", f.output)
+	}
+	c, err := client.Dial(f.socket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
+	defer cancel()
+	return fn(ctx, c)
+}
+
+func writeJSON(w io.Writer, m proto.Message) error {
+	b, err := jsonOpts.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
+
+func statusCmd(f *clientFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show the pool's size, occupancy and boot progress",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return f.run(cmd, func(ctx context.Context, c *client.Client) error {
+				st, err := c.Status(ctx)
+				if err != nil {
+					return err
+				}
+				if f.output == "json" {
+					return writeJSON(cmd.OutOrStdout(), st)
+				}
+				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				b := st.GetBoot()
+				fmt.Fprintf(w, "prefix\t%s\nslots\t%d\nfree\t%d\nleased\t%d\nready\t%t\n", st.Prefix, st.Total, st.Free, st.Leased, st.Ready)
+				if st.Ready {
+					fmt.Fprintf(w, "boot\t%.2fs (created %d, adopted %d, repaired %d)\n", st.BootSeconds, b.Created, b.Adopted, b.Repaired)
+				} else {
+					fmt.Fprintf(w, "boot\t%d/%d ready, %.0f slots/s, eta %.1fs\n", b.Ready, st.Total, b.SlotsPerSecond, b.EtaSeconds)
+				}
+				uplink := st.Uplink
+				if uplink == "" {
+					uplink = "(none: slot traffic stays on the host)"
+				}
+				fmt.Fprintf(w, "slot cidr\t%s\nuplink\t%s\nroot rules\t%d\nversion\t%s\n", st.SlotCidr, uplink, st.RootRules, st.Version)
+				return w.Flush()
+			})
+		},
+	}
+}
+
+func acquireCmd(f *clientFlags) *cobra.Command {
+	var (
+		vni                 uint32
+		vtep, vpcIP, owner  string
+		vpcCIDRs, allowList []string
+	)
+	cmd := &cobra.Command{
+		Use:   "acquire",
+		Short: "Lease a free slot (fails at once if none is free)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			req := &netslotv1.AcquireRequest{EgressAllow: allowList, Owner: owner}
+			vpcSet := cmd.Flags().Changed("vni") || vtep != "" || vpcIP != "" || len(vpcCIDRs) > 0
+			if vpcSet {
+				req.Vpc = &netslotv1.VpcAttachment{Vni: vni, RemoteVtep: vtep, VpcIp: vpcIP, VpcCidrs: vpcCIDRs}
+			}
+			return f.run(cmd, func(ctx context.Context, c *client.Client) error {
+				s, err := c.Acquire(ctx, req)
+				if err != nil {
+					return err
+				}
+				return printSlot(cmd.OutOrStdout(), f.output, s)
+			})
+		},
+	}
+	fl := cmd.Flags()
+	fl.Uint32Var(&vni, "vni", 0, "Geneve VNI of the VPC (1-16777215)")
+	fl.StringVar(&vtep, "vtep", "", "IPv4 address of the VPC's remote tunnel endpoint")
+	fl.StringVar(&vpcIP, "vpc-ip", "", "the guest's IPv4 address inside the VPC")
+	fl.StringArrayVar(&vpcCIDRs, "vpc-cidr", nil, "a CIDR of the VPC (repeatable)")
+	fl.StringArrayVar(&allowList, "allow", nil, "an IPv4 CIDR the guest may send to (repeatable; none: no restriction)")
+	fl.StringVar(&owner, "owner", "", "label stored with the lease, for example the VM's id")
+	return cmd
+}
+
+func releaseCmd(f *clientFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "release ID",
+		Short: "Scrub a leased slot and return it to the pool",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return f.run(cmd, func(ctx context.Context, c *client.Client) error {
+				if err := c.Release(ctx, args[0]); err != nil {
+					return err
+				}
+				if f.output == "json" {
+					fmt.Fprintf(cmd.OutOrStdout(), "{\"id\":%q,\"released\":true}\n", args[0])
+				} else {
+					fmt.Fprintf(cmd.OutOrStdout(), "released %s\n", args[0])
+				}
+				return nil
+			})
+		},
+	}
+}
+
+func showCmd(f *clientFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show ID",
+		Short: "Describe one slot",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return f.run(cmd, func(ctx context.Context, c *client.Client) error {
+				s, err := c.Get(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				return printSlot(cmd.OutOrStdout(), f.output, s)
+			})
+		},
+	}
+}
+
+func listCmd(f *clientFlags) *cobra.Command {
+	var state string
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List slots",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return f.run(cmd, func(ctx context.Context, c *client.Client) error {
+				slots, err := c.List(ctx)
+				if err != nil {
+					return err
+				}
+				if state != "" {
+					kept := slots[:0]
+					for _, s := range slots {
+						if s.State == state {
+							kept = append(kept, s)
+						}
+					}
+					slots = kept
+				}
+				out := cmd.OutOrStdout()
+				if f.output == "json" {
+					raw := make([]json.RawMessage, len(slots))
+					for i, s := range slots {
+						if raw[i], err = jsonOpts.Marshal(s); err != nil {
+							return err
+						}
+					}
+					b, err := json.Marshal(raw)
+					if err != nil {
+						return err
+					}
+					_, err = fmt.Fprintf(out, "%s\n", b)
+					return err
+				}
+				w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "ID\tSTATE\tSLOT IP\tHOST VETH\tOWNER")
+				for _, s := range slots {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", s.Id, s.State, s.SlotIp, s.HostVeth, s.GetLease().GetOwner())
+				}
+				return w.Flush()
+			})
+		},
+	}
+	cmd.Flags().StringVar(&state, "state", "", "only slots in this state (free, leased, releasing, pending)")
+	return cmd
+}
+
+func printSlot(w io.Writer, format string, s *netslotv1.Slot) error {
+	if format == "json" {
+		return writeJSON(w, s)
+	}
+	if s == nil {
+		return errors.New("empty answer")
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "id\t%s\nstate\t%s\nnetns\t%s\ntap\t%s\nguest ip\t%s/%d\ngateway\t%s\nguest mac\t%s\nslot ip\t%s\nhost veth\t%s\n",
+		s.Id, s.State, s.Netns, s.Tap, s.GuestIp, s.GuestPrefixLen, s.GatewayIp, s.GuestMac, s.SlotIp, s.HostVeth)
+	fc := s.GetFirecracker()
+	fmt.Fprintf(tw, "firecracker\tiface_id=%s host_dev_name=%s guest_mac=%s\n", fc.GetIfaceId(), fc.GetHostDevName(), fc.GetGuestMac())
+	if l := s.GetLease(); l != nil {
+		if l.Owner != "" {
+			fmt.Fprintf(tw, "owner\t%s\n", l.Owner)
+		}
+		fmt.Fprintf(tw, "acquired\t%s\n", time.Unix(0, l.AcquiredUnixNano).UTC().Format(time.RFC3339Nano))
+		if len(l.EgressAllow) > 0 {
+			fmt.Fprintf(tw, "egress allow\t%s\n", strings.Join(l.EgressAllow, ", "))
+		}
+		if v := l.GetVpc(); v != nil {
+			fmt.Fprintf(tw, "vpc\tvni=%d vtep=%s vpc_ip=%s cidrs=%s\n", v.Vni, v.RemoteVtep, v.VpcIp, strings.Join(v.VpcCidrs, ","))
+		}
+	}
+	return tw.Flush()
+}

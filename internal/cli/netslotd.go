@@ -1,0 +1,181 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/netslot/netslot/client"
+	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/metrics"
+	"github.com/netslot/netslot/internal/server"
+	"github.com/netslot/netslot/internal/slot"
+)
+
+// Defaults of netslotd's flags.
+const (
+	DefaultSlots       = 4000
+	DefaultPrefix      = "nslot"
+	DefaultStateDir    = "/var/lib/netslot"
+	DefaultMetricsAddr = "127.0.0.1:9464"
+)
+
+type daemonFlags struct {
+	slots               int
+	prefix, stateDir    string
+	socket, metricsAddr string
+	slotCIDR, guestCIDR string
+	guestMAC, uplink    string
+	workers             int
+	logJSON             bool
+}
+
+// Netslotd returns the netslotd command.
+func Netslotd() *cobra.Command {
+	f := &daemonFlags{}
+	root := &cobra.Command{
+		Use:   "netslotd",
+		Short: "Pre-create a pool of network slots and vend them over a unix socket",
+		Long: `netslotd creates every network slot of the host at start (namespace, tap,
+veth, firewall), serves Acquire/Release/Get/List/Status over gRPC on a unix
+socket, and keeps the slots when it stops: a restarted daemon adopts them.
+'netslotd teardown' removes them.`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE:          func(cmd *cobra.Command, _ []string) error { return runDaemon(cmd.Context(), f) },
+	}
+	fl := root.Flags()
+	fl.IntVar(&f.slots, "slots", DefaultSlots, "number of slots to pre-create")
+	fl.StringVar(&f.prefix, "prefix", DefaultPrefix, "names every namespace, device and nftables table of the pool")
+	fl.StringVar(&f.stateDir, "state-dir", DefaultStateDir, "directory of the lease store")
+	fl.StringVar(&f.socket, "socket", client.DefaultSocket, "unix socket of the API (mode 0600)")
+	fl.StringVar(&f.metricsAddr, "metrics-addr", DefaultMetricsAddr, "loopback address of the Prometheus endpoint (empty: off)")
+	fl.StringVar(&f.slotCIDR, "slot-cidr", slot.DefaultSlotCIDR.String(), "IPv4 range of the unique slot addresses")
+	fl.StringVar(&f.guestCIDR, "guest-cidr", slot.DefaultGuestCIDR.String(), "guest-facing network, the same in every slot (gateway .1, guest .2)")
+	fl.StringVar(&f.guestMAC, "guest-mac", slot.DefaultGuestMAC.String(), "guest MAC, the same in every slot")
+	fl.StringVar(&f.uplink, "uplink", "", "root-namespace device slot traffic may leave through (empty: none)")
+	fl.IntVar(&f.workers, "boot-workers", 0, "parallel slot builders at boot (0: 2 per CPU)")
+	fl.BoolVar(&f.logJSON, "log-json", false, "log JSON instead of text")
+	root.AddCommand(teardownCmd())
+	return root
+}
+
+func (f *daemonFlags) config() (slot.Config, error) {
+	c := slot.DefaultConfig(f.prefix, f.slots)
+	var err error
+	if c.SlotCIDR, err = netip.ParsePrefix(f.slotCIDR); err != nil {
+		return c, fmt.Errorf("invalid --slot-cidr %q: %w", f.slotCIDR, err)
+	}
+	if c.GuestCIDR, err = netip.ParsePrefix(f.guestCIDR); err != nil {
+		return c, fmt.Errorf("invalid --guest-cidr %q: %w", f.guestCIDR, err)
+	}
+	if c.GuestMAC, err = net.ParseMAC(f.guestMAC); err != nil {
+		return c, fmt.Errorf("invalid --guest-mac %q: %w", f.guestMAC, err)
+	}
+	return c, c.Validate()
+}
+
+func newLogger(jsonOut bool) *slog.Logger {
+	if jsonOut {
+		return slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, nil))
+}
+
+func runDaemon(parent context.Context, f *daemonFlags) error {
+	log := newLogger(f.logJSON)
+	cfg, err := f.config()
+	if err != nil {
+		return err
+	}
+	if f.metricsAddr != "" {
+		if err := metrics.CheckLoopback(f.metricsAddr); err != nil {
+			return err
+		}
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("netslotd must run as root (it creates namespaces and devices)")
+	}
+	// Refuse before touching anything when another daemon serves the socket.
+	if err := server.CheckSocketFree(f.socket); err != nil {
+		return err
+	}
+	d, err := daemon.New(daemon.Options{Config: cfg, StateDir: f.stateDir, Uplink: f.uplink, Workers: f.workers, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	ln, err := server.Listen(f.socket)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if f.metricsAddr != "" {
+		addr, err := d.Metrics.Serve(ctx, f.metricsAddr)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		log.Info("metrics", "addr", "http://"+addr.String()+"/metrics")
+	}
+	g := server.New(d).GRPC()
+	served := make(chan error, 1)
+	go func() { served <- g.Serve(server.RootOnly(ln)) }()
+	defer os.Remove(f.socket)
+	log.Info("netslotd starting", "slots", cfg.Count, "prefix", cfg.Prefix, "socket", f.socket,
+		"state_dir", f.stateDir, "slot_cidr", cfg.SlotCIDR, "uplink", f.uplink)
+
+	if err := d.Boot(ctx); err != nil {
+		g.Stop()
+		if errors.Is(err, context.Canceled) {
+			log.Info("stopped during boot; slots made so far stay and are adopted at the next start")
+			return nil
+		}
+		return fmt.Errorf("boot: %w", err)
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-served:
+		return fmt.Errorf("api server: %w", err)
+	}
+	log.Info("stopping; slots stay in place for the next start ('netslotd teardown' removes them)")
+	done := make(chan struct{})
+	go func() { g.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		g.Stop()
+	}
+	return nil
+}
+
+func teardownCmd() *cobra.Command {
+	var prefix, stateDir string
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   "teardown",
+		Short: "Remove every namespace, device, nftables table and state of a pool",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if os.Geteuid() != 0 {
+				return errors.New("teardown must run as root")
+			}
+			return daemon.Teardown(prefix, stateDir, wait, newLogger(false))
+		},
+	}
+	cmd.Flags().StringVar(&prefix, "prefix", DefaultPrefix, "prefix of the pool to remove")
+	cmd.Flags().StringVar(&stateDir, "state-dir", DefaultStateDir, "state directory of the pool")
+	cmd.Flags().DurationVar(&wait, "wait", 60*time.Second, "how long to wait for the kernel to dismantle the namespaces")
+	return cmd
+}

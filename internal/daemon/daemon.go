@@ -1,0 +1,237 @@
+// Package daemon is netslotd's core: it boots the pool (creating, adopting
+// or repairing every slot), vends and scrubs slots, and tears a pool down.
+// The API layer (package server) is a thin translation on top of it.
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/netslot/netslot/internal/firewall"
+	"github.com/netslot/netslot/internal/links"
+	"github.com/netslot/netslot/internal/metrics"
+	"github.com/netslot/netslot/internal/pool"
+	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/state"
+)
+
+// Options configure a daemon.
+type Options struct {
+	Config   slot.Config
+	StateDir string
+	Uplink   string // root-namespace device slot traffic may leave through
+	Workers  int    // parallel slot builders; 0 picks a default
+	Logger   *slog.Logger
+}
+
+// DefaultWorkers is the number of slot builders used when Options.Workers
+// is 0 (see docs/boot.md for the measurements behind it).
+func DefaultWorkers() int { return 2 * runtime.NumCPU() }
+
+// LockDir holds the per-prefix locks that keep two daemons off one prefix.
+const LockDir = "/run/netslot"
+
+// Daemon is a running pool.
+type Daemon struct {
+	cfg     slot.Config
+	opts    Options
+	log     *slog.Logger
+	store   *state.Store
+	pool    *pool.Pool
+	Metrics *metrics.Metrics
+	locks   []*os.File
+	rootSys links.SysctlDir // /proc/sys/net/ipv6/conf of the root namespace
+
+	mu     sync.Mutex
+	leases []*slot.Lease // by slot index; nil when not leased
+
+	bootStart time.Time
+	bootDur   atomic.Int64 // nanoseconds; 0 until boot completes
+	created   atomic.Int64
+	adopted   atomic.Int64
+	repaired  atomic.Int64
+	ready     atomic.Int64
+	removed   atomic.Int64
+}
+
+// Errors the API maps to status codes.
+var (
+	ErrBusy       = errors.New("already in use")
+	ErrBadConfig  = errors.New("configuration does not match")
+	ErrUnknownID  = errors.New("unknown slot id")
+	ErrNotLeased  = errors.New("slot is not leased")
+	ErrExhausted  = errors.New("pool exhausted")
+	ErrInProgress = errors.New("release in progress")
+)
+
+// New validates opts, takes the state directory and prefix locks, and opens
+// the store. It changes nothing in the kernel: a refused start leaves any
+// running daemon untouched.
+func New(opts Options) (*Daemon, error) {
+	if err := opts.Config.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.StateDir == "" {
+		return nil, errors.New("state dir must be set")
+	}
+	if opts.Uplink != "" && (len(opts.Uplink) > 15 || strings.ContainsAny(opts.Uplink, "/ \t")) {
+		return nil, fmt.Errorf("invalid uplink name %q", opts.Uplink)
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = DefaultWorkers()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	d := &Daemon{cfg: opts.Config, opts: opts, log: opts.Logger, rootSys: links.NoSysctlDir}
+	if err := d.lock(); err != nil {
+		return nil, err
+	}
+	st, err := state.Open(opts.StateDir)
+	if err != nil {
+		d.unlock()
+		return nil, err
+	}
+	d.store = st
+	if err := d.checkStoredConfig(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.pool = pool.New(d.cfg.Count)
+	d.leases = make([]*slot.Lease, d.cfg.Count)
+	d.Metrics = metrics.New(d)
+	return d, nil
+}
+
+// lockFile takes an exclusive, non-blocking flock on path and writes our
+// pid into it. who names the lock in errors.
+func lockFile(path, who string) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create %s: %w", filepath.Dir(path), err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		b, _ := os.ReadFile(path)
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s is held by another netslotd (pid %s): %w", who, strings.TrimSpace(string(b)), ErrBusy)
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	f.Truncate(0)
+	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	return f, nil
+}
+
+func (d *Daemon) lock() error {
+	f, err := lockFile(filepath.Join(d.opts.StateDir, "lock"), "state dir "+d.opts.StateDir)
+	if err != nil {
+		return err
+	}
+	g, err := lockFile(filepath.Join(LockDir, d.cfg.Prefix+".lock"), "prefix "+strconv.Quote(d.cfg.Prefix))
+	if err != nil {
+		f.Close()
+		return err
+	}
+	d.locks = []*os.File{f, g}
+	return nil
+}
+
+func (d *Daemon) unlock() {
+	for _, f := range d.locks {
+		f.Close()
+	}
+	d.locks = nil
+}
+
+func (d *Daemon) checkStoredConfig() error {
+	stored, ok, err := d.store.Config()
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return d.store.SetConfig(d.cfg)
+	}
+	if diff := configDiff(stored, d.cfg); diff != "" {
+		return fmt.Errorf("state dir %s holds a pool with %s: %w; start with the same settings or run 'netslotd teardown --prefix %s --state-dir %s' first",
+			d.opts.StateDir, diff, ErrBadConfig, stored.Prefix, d.opts.StateDir)
+	}
+	return nil
+}
+
+func configDiff(a, b slot.Config) string {
+	var d []string
+	if a.Prefix != b.Prefix {
+		d = append(d, fmt.Sprintf("prefix %q (asked %q)", a.Prefix, b.Prefix))
+	}
+	if a.Count != b.Count {
+		d = append(d, fmt.Sprintf("%d slots (asked %d)", a.Count, b.Count))
+	}
+	if a.SlotCIDR != b.SlotCIDR {
+		d = append(d, fmt.Sprintf("slot cidr %s (asked %s)", a.SlotCIDR, b.SlotCIDR))
+	}
+	if a.GuestCIDR != b.GuestCIDR || a.GuestMAC.String() != b.GuestMAC.String() || a.TapMAC.String() != b.TapMAC.String() {
+		d = append(d, "other guest addressing")
+	}
+	return strings.Join(d, ", ")
+}
+
+// Close releases the store and the locks. Kernel objects stay: a restarted
+// daemon adopts them.
+func (d *Daemon) Close() error {
+	var err error
+	if d.store != nil {
+		err = d.store.Close()
+	}
+	d.rootSys.Close()
+	d.unlock()
+	return err
+}
+
+// Config is the pool's configuration.
+func (d *Daemon) Config() slot.Config { return d.cfg }
+
+// Counts implements metrics.Gauges.
+func (d *Daemon) Counts() (total, free, leased int) {
+	f, l := d.pool.Counts()
+	return d.cfg.Count, f, l
+}
+
+func (d *Daemon) rootFirewall() firewall.Root {
+	return firewall.Root{Prefix: d.cfg.Prefix, Uplink: d.opts.Uplink}
+}
+
+// lease returns slot i's lease (nil if none).
+func (d *Daemon) lease(i int) *slot.Lease {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.leases[i]
+}
+
+func (d *Daemon) setLease(i int, l *slot.Lease) {
+	d.mu.Lock()
+	d.leases[i] = l
+	d.mu.Unlock()
+}
+
+func egressOf(l *slot.Lease) []netip.Prefix {
+	if l == nil {
+		return nil
+	}
+	return l.EgressAllow
+}

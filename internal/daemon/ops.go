@@ -1,0 +1,233 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/netslot/netslot/internal/firewall"
+	"github.com/netslot/netslot/internal/links"
+	"github.com/netslot/netslot/internal/netns"
+	"github.com/netslot/netslot/internal/pool"
+	"github.com/netslot/netslot/internal/slot"
+)
+
+// AcquireRequest is a validated acquire.
+type AcquireRequest struct {
+	VPC         *slot.Attachment
+	EgressAllow []netip.Prefix
+	Owner       string
+}
+
+// SlotInfo describes a slot to API clients.
+type SlotInfo struct {
+	Index int
+	ID    string
+	State pool.State
+	Lease *slot.Lease
+}
+
+// Acquire leases the free slot that has rested longest. It never waits:
+// with no free slot it fails at once with ErrExhausted.
+func (d *Daemon) Acquire(req AcquireRequest) (SlotInfo, error) {
+	start := time.Now()
+	kind := "plain"
+	if len(req.EgressAllow) > 0 {
+		kind = "egress"
+	}
+	if req.VPC != nil {
+		kind += "+vpc"
+	}
+	i, err := d.pool.Take()
+	if err != nil {
+		d.Metrics.AcquireErrors.WithLabelValues("exhausted").Inc()
+		free, leased := d.pool.Counts()
+		return SlotInfo{}, fmt.Errorf("%w: %d slots, %d leased, %d free (%d ready)", ErrExhausted, d.cfg.Count, leased, free, d.ready.Load())
+	}
+	l := &slot.Lease{Owner: req.Owner, AcquiredNs: time.Now().UnixNano(), VPC: req.VPC, EgressAllow: req.EgressAllow}
+	// Persist first: a crash after this point leaves the slot leased (never
+	// vended twice); the tenant finds it with list and releases it.
+	if err := d.store.PutLease(i, l); err != nil {
+		d.pool.Untake(i)
+		d.Metrics.AcquireErrors.WithLabelValues("store").Inc()
+		return SlotInfo{}, fmt.Errorf("record lease: %w", err)
+	}
+	if len(req.EgressAllow) > 0 {
+		if err := d.setEgress(i, req.EgressAllow); err != nil {
+			if derr := d.store.DeleteLease(i); derr != nil {
+				// Keep it leased: the store says so and a retry of release cleans up.
+				d.setLease(i, l)
+				return SlotInfo{}, errors.Join(err, derr)
+			}
+			d.pool.Untake(i)
+			d.Metrics.AcquireErrors.WithLabelValues("firewall").Inc()
+			return SlotInfo{}, err
+		}
+	}
+	d.setLease(i, l)
+	d.Metrics.AcquireSeconds.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+	return SlotInfo{Index: i, ID: d.cfg.ID(i), State: pool.Leased, Lease: l}, nil
+}
+
+func (d *Daemon) setEgress(i int, allow []netip.Prefix) error {
+	return d.inSlot(i, func() error {
+		conn, err := firewall.Dial()
+		if err != nil {
+			return err
+		}
+		defer firewall.Close(conn)
+		return firewall.Slot{Config: d.cfg}.SetEgress(conn, allow)
+	})
+}
+
+// inSlot runs fn on a locked thread inside slot i's namespace.
+func (d *Daemon) inSlot(i int, fn func() error) error {
+	fd, err := netns.Open(d.cfg.NetnsPath(i))
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return netns.Do(fd, fn)
+}
+
+func (d *Daemon) index(id string) (int, error) {
+	i, err := d.cfg.ParseID(id)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrUnknownID, err)
+	}
+	return i, nil
+}
+
+// Release scrubs slot id and returns it to the pool. A slot whose scrub
+// fails is rebuilt; if even that fails it stays leased and the error says so.
+func (d *Daemon) Release(id string) error {
+	start := time.Now()
+	i, err := d.index(id)
+	if err != nil {
+		return err
+	}
+	switch err := d.pool.BeginRelease(i); {
+	case errors.Is(err, pool.ErrAlreadyFree):
+		return fmt.Errorf("release %s: %w (already free)", id, ErrNotLeased)
+	case errors.Is(err, pool.ErrReleasing):
+		return fmt.Errorf("release %s: %w", id, ErrInProgress)
+	case err != nil:
+		return fmt.Errorf("release %s: %w: %w", id, ErrNotLeased, err)
+	}
+	if err := d.scrub(i); err != nil {
+		d.Metrics.ScrubFailures.Inc()
+		d.log.Warn("scrub failed, rebuilding slot", "slot", id, "err", err)
+		if rerr := d.rebuild(i); rerr != nil {
+			d.pool.EndRelease(i, false)
+			return fmt.Errorf("release %s: scrub: %w; rebuild: %w", id, err, rerr)
+		}
+	}
+	if err := d.store.DeleteLease(i); err != nil {
+		d.pool.EndRelease(i, false)
+		return fmt.Errorf("release %s: %w", id, err)
+	}
+	d.setLease(i, nil)
+	d.pool.EndRelease(i, true)
+	d.Metrics.ReleaseSeconds.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// scrub resets what a tenant may have changed: devices, neighbours, the
+// egress allow-list; the slot's firewall is verified and rewritten if it
+// differs.
+func (d *Daemon) scrub(i int) error {
+	return d.inSlot(i, func() error {
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return fmt.Errorf("netlink: %w", err)
+		}
+		defer h.Close()
+		if err := links.Scrub(h, d.cfg, i); err != nil {
+			return err
+		}
+		conn, err := firewall.Dial()
+		if err != nil {
+			return err
+		}
+		defer firewall.Close(conn)
+		fw := firewall.Slot{Config: d.cfg}
+		if err := fw.SetEgress(conn, nil); err == nil {
+			if err = fw.Verify(conn, nil); err == nil {
+				return nil
+			}
+		}
+		d.Metrics.ReconcileAction.WithLabelValues("firewall_rewrite").Inc()
+		return fw.Apply(conn, nil)
+	})
+}
+
+// rebuild recreates slot i from scratch (with no lease policy).
+func (d *Daemon) rebuild(i int) error {
+	rootFD, err := netns.Root()
+	if err != nil {
+		return err
+	}
+	lease := d.lease(i)
+	d.setLease(i, nil)
+	err = netns.Do(rootFD, func() error {
+		root, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return fmt.Errorf("netlink: %w", err)
+		}
+		defer root.Close()
+		return d.buildSlot(root, rootFD, i)
+	})
+	if err != nil {
+		d.setLease(i, lease)
+		return err
+	}
+	d.Metrics.ReconcileAction.WithLabelValues("repair").Inc()
+	return nil
+}
+
+// Get describes slot id.
+func (d *Daemon) Get(id string) (SlotInfo, error) {
+	i, err := d.index(id)
+	if err != nil {
+		return SlotInfo{}, err
+	}
+	return d.info(i), nil
+}
+
+func (d *Daemon) info(i int) SlotInfo {
+	return SlotInfo{Index: i, ID: d.cfg.ID(i), State: d.pool.State(i), Lease: d.lease(i)}
+}
+
+// List describes every slot.
+func (d *Daemon) List() []SlotInfo {
+	states := d.pool.States()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]SlotInfo, len(states))
+	for i, s := range states {
+		out[i] = SlotInfo{Index: i, ID: d.cfg.ID(i), State: s, Lease: d.leases[i]}
+	}
+	return out
+}
+
+// Status summarises the pool.
+type Status struct {
+	Total, Free, Leased int
+	Progress            Progress
+	Uplink              string
+	RootRules           int
+}
+
+// Status reports the pool's size, occupancy and boot progress.
+func (d *Daemon) Status() Status {
+	free, leased := d.pool.Counts()
+	return Status{
+		Total: d.cfg.Count, Free: free, Leased: leased,
+		Progress: d.Progress(), Uplink: d.opts.Uplink,
+		RootRules: d.rootFirewall().RuleCount(),
+	}
+}

@@ -1,0 +1,108 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/netslot/netslot/internal/firewall"
+	"github.com/netslot/netslot/internal/links"
+	"github.com/netslot/netslot/internal/netns"
+	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/state"
+)
+
+// Teardown removes every namespace, device, nftables table and state file of
+// prefix. It refuses while a daemon holds the state dir or the prefix, and it
+// returns only when the kernel has dismantled the namespaces (or after wait,
+// naming what is still held, typically by a process still inside a slot).
+func Teardown(prefix, stateDir string, wait time.Duration, log *slog.Logger) error {
+	cfg := slot.Config{Prefix: prefix}
+	if !slot.ValidPrefix(prefix) {
+		return fmt.Errorf("invalid prefix %q", prefix)
+	}
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	d := &Daemon{cfg: cfg, opts: Options{StateDir: stateDir}, rootSys: links.NoSysctlDir}
+	if err := d.lock(); err != nil {
+		return fmt.Errorf("teardown refused: %w", err)
+	}
+	defer d.unlock()
+
+	var errs []error
+	pins := 0
+	if ents, err := os.ReadDir(slot.NetnsDir); err == nil {
+		for _, e := range ents {
+			if _, ok := cfg.IndexOfName(e.Name(), "-"); !ok {
+				continue
+			}
+			if err := netns.Remove(filepath.Join(slot.NetnsDir, e.Name())); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			pins++
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("list %s: %w", slot.NetnsDir, err))
+	}
+	if err := (firewall.Root{Prefix: prefix}).Remove(); err != nil {
+		errs = append(errs, err)
+	}
+	for _, f := range []string{state.FileName} {
+		if err := os.Remove(filepath.Join(stateDir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove state: %w", err))
+		}
+	}
+	// The kernel dismantles unpinned namespaces in the background, in
+	// batches; their veths leave the root namespace with them.
+	deadline := time.Now().Add(wait)
+	for {
+		left, err := hostVeths(cfg)
+		if err != nil {
+			errs = append(errs, err)
+			break
+		}
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			// Still held (a process inside a slot keeps its namespace alive):
+			// delete the veths so nothing of ours stays in the root namespace.
+			for _, l := range left {
+				if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+					errs = append(errs, fmt.Errorf("delete %s: %w", l.Attrs().Name, err))
+				}
+			}
+			log.Warn("namespaces still held by processes; deleted their host veths", "count", len(left))
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	log.Info("teardown done", "prefix", prefix, "namespaces", pins)
+	for _, f := range []string{filepath.Join(LockDir, prefix+".lock"), filepath.Join(stateDir, "lock")} {
+		os.Remove(f) // we hold both locks; the next daemon recreates them
+	}
+	return errors.Join(errs...)
+}
+
+// hostVeths lists root-namespace veths named like host veths of prefix.
+func hostVeths(cfg slot.Config) ([]netlink.Link, error) {
+	all, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list root links: %w", err)
+	}
+	var out []netlink.Link
+	for _, l := range all {
+		if _, ok := cfg.IndexOfName(l.Attrs().Name, ""); ok && l.Type() == "veth" {
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,138 @@
+package firewall
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// Root is the static table netslot keeps in the root namespace. Its rules
+// match slot devices by name prefix, so their number is the same for one
+// slot or ten thousand:
+//   - slots cannot talk to each other through the root namespace,
+//   - slot traffic is forwarded only to and from the uplink (with no uplink,
+//     not at all), never out of the host's default route,
+//   - slots cannot reach services of the root namespace.
+type Root struct {
+	Prefix string // names the table and is the prefix of every host veth
+	Uplink string // may be empty
+}
+
+func (r Root) spec() *tableSpec {
+	t := &nftables.Table{Name: r.Prefix, Family: nftables.TableFamilyINet}
+	prio := nftables.ChainPriorityRef(-10)
+	accept := nftables.ChainPolicyAccept
+	fwd := &nftables.Chain{Name: "forward", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: prio, Policy: &accept}
+	in := &nftables.Chain{Name: "input", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: prio, Policy: &accept}
+	drop := []expr.Any{verdict(expr.VerdictDrop)}
+	fromSlot := matchIfname(expr.MetaKeyIIFNAME, r.Prefix, true, expr.CmpOpEq)
+	toSlot := matchIfname(expr.MetaKeyOIFNAME, r.Prefix, true, expr.CmpOpEq)
+	fwdRules := []ruleSpec{{"slot-to-slot", rule(fromSlot, toSlot, drop)}}
+	if r.Uplink == "" {
+		fwdRules = append(fwdRules,
+			ruleSpec{"slot-egress-no-uplink", rule(fromSlot, drop)},
+			ruleSpec{"slot-ingress-no-uplink", rule(toSlot, drop)})
+	} else {
+		fwdRules = append(fwdRules,
+			ruleSpec{"slot-egress-uplink-only", rule(fromSlot, matchIfname(expr.MetaKeyOIFNAME, r.Uplink, false, expr.CmpOpNeq), drop)},
+			ruleSpec{"slot-ingress-uplink-only", rule(toSlot, matchIfname(expr.MetaKeyIIFNAME, r.Uplink, false, expr.CmpOpNeq), drop)})
+	}
+	return &tableSpec{
+		table: t,
+		chains: []chainSpec{
+			{fwd, fwdRules},
+			{in, []ruleSpec{{"slot-to-host", rule(fromSlot, drop)}}},
+		},
+	}
+}
+
+// Apply (re)writes the root table in one transaction.
+func (r Root) Apply() error {
+	conn, err := Dial()
+	if err != nil {
+		return err
+	}
+	defer Close(conn)
+	if err := r.spec().replace(conn, nil); err != nil {
+		return err
+	}
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("write root table %s: %w", r.Prefix, err)
+	}
+	return nil
+}
+
+// Verify checks the root table against what Apply writes.
+func (r Root) Verify() error {
+	conn, err := Dial()
+	if err != nil {
+		return err
+	}
+	defer Close(conn)
+	return r.spec().verify(conn)
+}
+
+// Remove deletes the root table; a missing table is not an error.
+func (r Root) Remove() error {
+	conn, err := Dial()
+	if err != nil {
+		return err
+	}
+	defer conn.CloseLasting()
+	r.spec().remove(conn)
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("remove root table %s: %w", r.Prefix, err)
+	}
+	return nil
+}
+
+// RuleCount is the number of rules in the root table.
+func (r Root) RuleCount() int { return r.spec().ruleCount() }
+
+// CountRules counts every nftables rule in the calling thread's namespace,
+// whoever wrote it (iptables-nft rules included).
+func CountRules() (int, error) {
+	conn, err := Dial()
+	if err != nil {
+		return 0, err
+	}
+	defer Close(conn)
+	chains, err := conn.ListChains()
+	if err != nil {
+		return 0, fmt.Errorf("list chains: %w", err)
+	}
+	n := 0
+	for _, c := range chains {
+		rules, err := conn.GetRules(c.Table, c)
+		if err != nil {
+			return 0, fmt.Errorf("list rules of %s/%s: %w", c.Table.Name, c.Name, err)
+		}
+		n += len(rules)
+	}
+	return n, nil
+}
+
+// TableExists reports whether a table of the given name exists in the inet
+// family of the calling thread's namespace.
+func TableExists(name string) (bool, error) {
+	conn, err := Dial()
+	if err != nil {
+		return false, err
+	}
+	defer Close(conn)
+	_, err = conn.ListTableOfFamily(name, nftables.TableFamilyINet)
+	if err == nil {
+		return true, nil
+	}
+	if isNotFound(err) {
+		return false, nil
+	}
+	return false, err
+}
+
+func isNotFound(err error) bool { return errors.Is(err, unix.ENOENT) }

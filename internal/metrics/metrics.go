@@ -1,0 +1,123 @@
+// Package metrics defines netslotd's Prometheus metrics and serves them on
+// a loopback address.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Gauges reads the pool's live counts when scraped.
+type Gauges interface {
+	Counts() (total, free, leased int)
+}
+
+// Metrics holds every metric netslotd exports.
+type Metrics struct {
+	Registry        *prometheus.Registry
+	BootSeconds     prometheus.Gauge
+	SlotsReady      prometheus.Gauge
+	AcquireSeconds  *prometheus.HistogramVec
+	ReleaseSeconds  prometheus.Histogram
+	AcquireErrors   *prometheus.CounterVec
+	ScrubFailures   prometheus.Counter
+	ReconcileAction *prometheus.CounterVec
+}
+
+// latencyBuckets span 10 us to 1 s.
+var latencyBuckets = prometheus.ExponentialBuckets(10e-6, 2, 17)
+
+// New registers netslotd's metrics; g supplies the slot counts.
+func New(g Gauges) *Metrics {
+	r := prometheus.NewRegistry()
+	m := &Metrics{
+		Registry: r,
+		BootSeconds: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "netslot_boot_duration_seconds", Help: "Time from start until every slot was ready."}),
+		SlotsReady: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "netslot_slots_ready", Help: "Slots created or adopted so far during boot."}),
+		AcquireSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "netslot_acquire_duration_seconds", Help: "Latency of Acquire inside the daemon.", Buckets: latencyBuckets},
+			[]string{"kind"}),
+		ReleaseSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "netslot_release_duration_seconds", Help: "Latency of Release, scrub included.", Buckets: latencyBuckets}),
+		AcquireErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "netslot_acquire_errors_total", Help: "Failed acquires by reason."}, []string{"reason"}),
+		ScrubFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "netslot_scrub_failures_total", Help: "Releases whose scrub failed (the slot stays leased)."}),
+		ReconcileAction: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "netslot_reconcile_actions_total", Help: "What start-up reconciliation did, by action."}, []string{"action"}),
+	}
+	r.MustRegister(m.BootSeconds, m.SlotsReady, m.AcquireSeconds, m.ReleaseSeconds, m.AcquireErrors,
+		m.ScrubFailures, m.ReconcileAction,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, name := range []struct{ n, h string }{
+		{"netslot_slots_total", "Slots in the pool."},
+		{"netslot_slots_free", "Slots ready to be acquired."},
+		{"netslot_slots_leased", "Slots held by a tenant (or being released)."},
+	} {
+		name := name
+		r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name.n, Help: name.h}, func() float64 {
+			t, f, l := g.Counts()
+			switch name.n {
+			case "netslot_slots_total":
+				return float64(t)
+			case "netslot_slots_free":
+				return float64(f)
+			}
+			return float64(l)
+		}))
+	}
+	return m
+}
+
+// CheckLoopback refuses a metrics address that is not on loopback.
+func CheckLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("invalid metrics address %q: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("invalid metrics address %q: want a loopback address such as 127.0.0.1:9464", addr)
+	}
+	return nil
+}
+
+// Serve listens on addr (which must be loopback) and serves /metrics until
+// ctx ends. The listener is bound before Serve returns.
+func (m *Metrics) Serve(ctx context.Context, addr string) (net.Addr, error) {
+	if err := CheckLoopback(addr); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			_ = err // the daemon keeps serving its API; metrics are best effort
+		}
+	}()
+	return ln.Addr(), nil
+}

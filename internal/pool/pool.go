@@ -1,0 +1,193 @@
+// Package pool tracks which slots are free, leased or busy. It is pure
+// bookkeeping: the daemon does the kernel work and tells the pool about it.
+package pool
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// State of one slot.
+type State uint8
+
+const (
+	Pending   State = iota // not ready yet (being created or repaired)
+	Free                   // ready and vendable
+	Leased                 // held by a tenant
+	Releasing              // being scrubbed, not vendable
+)
+
+func (s State) String() string {
+	switch s {
+	case Pending:
+		return "pending"
+	case Free:
+		return "free"
+	case Leased:
+		return "leased"
+	case Releasing:
+		return "releasing"
+	}
+	return fmt.Sprintf("state(%d)", s)
+}
+
+// Errors callers map to API status codes.
+var (
+	ErrExhausted   = errors.New("no free slot")
+	ErrNotLeased   = errors.New("slot is not leased")
+	ErrOutOfRange  = errors.New("slot index out of range")
+	ErrWrongState  = errors.New("slot is in the wrong state")
+	ErrReleasing   = errors.New("slot is being released")
+	ErrNotPending  = errors.New("slot is not pending")
+	ErrAlreadyFree = errors.New("slot is already free")
+)
+
+// Pool is a FIFO of free slots plus the state of every slot. A slot freed
+// last is vended last, which gives a released slot the longest rest before a
+// new tenant sees it. All methods are O(1) and safe for concurrent use.
+type Pool struct {
+	mu    sync.Mutex
+	state []State
+	// free is a ring buffer of free indices.
+	free       []int
+	head, size int
+	leased     int
+}
+
+// New returns a pool of n slots, all pending.
+func New(n int) *Pool {
+	return &Pool{state: make([]State, n), free: make([]int, n)}
+}
+
+// Len is the number of slots.
+func (p *Pool) Len() int { return len(p.state) }
+
+func (p *Pool) push(i int) {
+	p.free[(p.head+p.size)%len(p.free)] = i
+	p.size++
+}
+
+// MarkFree makes a pending slot vendable.
+func (p *Pool) MarkFree(i int) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if i < 0 || i >= len(p.state) {
+		return ErrOutOfRange
+	}
+	if p.state[i] != Pending {
+		return fmt.Errorf("mark slot %d free: %w (is %s)", i, ErrNotPending, p.state[i])
+	}
+	p.state[i] = Free
+	p.push(i)
+	return nil
+}
+
+// MarkLeased records a pending slot as leased (used when adopting leases at
+// restart).
+func (p *Pool) MarkLeased(i int) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if i < 0 || i >= len(p.state) {
+		return ErrOutOfRange
+	}
+	if p.state[i] != Pending {
+		return fmt.Errorf("mark slot %d leased: %w (is %s)", i, ErrNotPending, p.state[i])
+	}
+	p.state[i] = Leased
+	p.leased++
+	return nil
+}
+
+// Take removes the oldest free slot from the pool and marks it leased.
+func (p *Pool) Take() (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.size > 0 {
+		i := p.free[p.head]
+		p.head = (p.head + 1) % len(p.free)
+		p.size--
+		if p.state[i] != Free { // cannot happen; keep the ring honest
+			continue
+		}
+		p.state[i] = Leased
+		p.leased++
+		return i, nil
+	}
+	return 0, ErrExhausted
+}
+
+// Untake undoes a Take whose lease could not be completed: the slot goes
+// back to the front of the free queue.
+func (p *Pool) Untake(i int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state[i] != Leased {
+		return
+	}
+	p.state[i] = Free
+	p.leased--
+	p.head = (p.head - 1 + len(p.free)) % len(p.free)
+	p.free[p.head] = i
+	p.size++
+}
+
+// BeginRelease moves a leased slot to Releasing so that no one else can
+// release or lease it while it is scrubbed.
+func (p *Pool) BeginRelease(i int) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if i < 0 || i >= len(p.state) {
+		return ErrOutOfRange
+	}
+	switch p.state[i] {
+	case Leased:
+		p.state[i] = Releasing
+		return nil
+	case Releasing:
+		return ErrReleasing
+	case Free:
+		return ErrAlreadyFree
+	default:
+		return fmt.Errorf("%w (is %s)", ErrNotLeased, p.state[i])
+	}
+}
+
+// EndRelease finishes a release: ok returns the slot to the free queue; !ok
+// (the scrub failed) puts it back to Leased so the release can be retried.
+func (p *Pool) EndRelease(i int, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state[i] != Releasing {
+		return
+	}
+	if !ok {
+		p.state[i] = Leased
+		return
+	}
+	p.state[i] = Free
+	p.leased--
+	p.push(i)
+}
+
+// State reports slot i's state.
+func (p *Pool) State(i int) State {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.state[i]
+}
+
+// States copies every slot's state.
+func (p *Pool) States() []State {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]State(nil), p.state...)
+}
+
+// Counts reports the number of free and leased slots (releasing slots count
+// as leased until they are back in the pool).
+func (p *Pool) Counts() (free, leased int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.size, p.leased
+}

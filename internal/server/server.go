@@ -1,0 +1,200 @@
+// Package server exposes a daemon over gRPC on a unix socket.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
+	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/slot"
+)
+
+// Version is reported by Status.
+var Version = "dev"
+
+// maxRequestBytes bounds one request: the largest valid acquire (256 CIDRs
+// in each list) is far smaller.
+const maxRequestBytes = 64 << 10
+
+// Server implements netslot.v1.SlotService.
+type Server struct {
+	netslotv1.UnimplementedSlotServiceServer
+	d *daemon.Daemon
+}
+
+// New wraps d.
+func New(d *daemon.Daemon) *Server { return &Server{d: d} }
+
+// CheckSocketFree fails if another process serves path; a stale socket
+// file is removed.
+func CheckSocketFree(path string) error {
+	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	c, err := net.DialTimeout("unix", path, 200*time.Millisecond)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("socket %s is served by another process: %w", path, daemon.ErrBusy)
+	}
+	return nil
+}
+
+// Listen creates the unix socket with mode 0600 (no window where it is
+// wider: the umask is tightened while binding).
+func Listen(path string) (net.Listener, error) {
+	if err := CheckSocketFree(path); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create socket dir: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket: %w", err)
+	}
+	old := umask(0o177)
+	ln, err := net.Listen("unix", path)
+	umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("chmod socket: %w", err)
+	}
+	return ln, nil
+}
+
+// GRPC returns a gRPC server with the service registered.
+func (s *Server) GRPC() *grpc.Server {
+	g := grpc.NewServer(
+		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.ConnectionTimeout(5*time.Second),
+	)
+	netslotv1.RegisterSlotServiceServer(g, s)
+	return g
+}
+
+func (s *Server) Acquire(ctx context.Context, req *netslotv1.AcquireRequest) (*netslotv1.AcquireResponse, error) {
+	ar, err := parseAcquire(req)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	info, err := s.d.Acquire(ar)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &netslotv1.AcquireResponse{Slot: s.slotMsg(info)}, nil
+}
+
+func parseAcquire(req *netslotv1.AcquireRequest) (daemon.AcquireRequest, error) {
+	var ar daemon.AcquireRequest
+	var err error
+	if v := req.GetVpc(); v != nil {
+		if ar.VPC, err = slot.ParseAttachment(v.GetVni(), v.GetRemoteVtep(), v.GetVpcIp(), v.GetVpcCidrs()); err != nil {
+			return ar, err
+		}
+	}
+	if ar.EgressAllow, err = slot.ParseCIDRs("egress cidr", req.GetEgressAllow()); err != nil {
+		return ar, err
+	}
+	if err := slot.ValidateOwner(req.GetOwner()); err != nil {
+		return ar, err
+	}
+	ar.Owner = req.GetOwner()
+	return ar, nil
+}
+
+func (s *Server) Release(ctx context.Context, req *netslotv1.ReleaseRequest) (*netslotv1.ReleaseResponse, error) {
+	if err := s.d.Release(req.GetId()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &netslotv1.ReleaseResponse{}, nil
+}
+
+func (s *Server) Get(ctx context.Context, req *netslotv1.GetRequest) (*netslotv1.Slot, error) {
+	info, err := s.d.Get(req.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return s.slotMsg(info), nil
+}
+
+func (s *Server) List(ctx context.Context, req *netslotv1.ListRequest) (*netslotv1.ListResponse, error) {
+	infos := s.d.List()
+	out := &netslotv1.ListResponse{Slots: make([]*netslotv1.Slot, len(infos))}
+	for i, info := range infos {
+		out.Slots[i] = s.slotMsg(info)
+	}
+	return out, nil
+}
+
+func (s *Server) Status(ctx context.Context, req *netslotv1.StatusRequest) (*netslotv1.StatusResponse, error) {
+	st := s.d.Status()
+	cfg := s.d.Config()
+	p := st.Progress
+	return &netslotv1.StatusResponse{
+		Total: uint32(st.Total), Free: uint32(st.Free), Leased: uint32(st.Leased),
+		Ready: p.Done, BootSeconds: p.BootSeconds,
+		Prefix: cfg.Prefix, SlotCidr: cfg.SlotCIDR.String(), Uplink: st.Uplink,
+		Boot: &netslotv1.BootProgress{
+			Ready: uint32(p.Ready), Created: uint32(p.Created), Adopted: uint32(p.Adopted),
+			Repaired: uint32(p.Repaired), SlotsPerSecond: p.Rate, EtaSeconds: p.ETA,
+			ElapsedSeconds: p.Elapsed,
+		},
+		Version:   Version,
+		RootRules: uint32(st.RootRules),
+	}, nil
+}
+
+func (s *Server) slotMsg(info daemon.SlotInfo) *netslotv1.Slot {
+	c := s.d.Config()
+	m := &netslotv1.Slot{
+		Id: info.ID, Index: uint32(info.Index), State: info.State.String(),
+		Netns: c.NetnsPath(info.Index), Tap: slot.TapName,
+		GuestIp: c.GuestIP().String(), GatewayIp: c.GatewayIP().String(),
+		GuestPrefixLen: uint32(c.GuestCIDR.Bits()), GuestMac: c.GuestMAC.String(),
+		SlotIp: c.SlotIP(info.Index).String(), HostVeth: c.HostVeth(info.Index),
+		Firecracker: &netslotv1.FirecrackerInterface{
+			IfaceId: slot.IfaceID, HostDevName: slot.TapName, GuestMac: c.GuestMAC.String(),
+		},
+	}
+	if l := info.Lease; l != nil {
+		m.Lease = &netslotv1.Lease{Owner: l.Owner, AcquiredUnixNano: l.AcquiredNs}
+		for _, p := range l.EgressAllow {
+			m.Lease.EgressAllow = append(m.Lease.EgressAllow, p.String())
+		}
+		if a := l.VPC; a != nil {
+			v := &netslotv1.VpcAttachment{Vni: a.VNI, RemoteVtep: a.RemoteVTEP.String(), VpcIp: a.VPCIP.String()}
+			for _, p := range a.VPCCIDRs {
+				v.VpcCidrs = append(v.VpcCidrs, p.String())
+			}
+			m.Lease.Vpc = v
+		}
+	}
+	return m
+}
+
+func toStatus(err error) error {
+	code := codes.Internal
+	switch {
+	case errors.Is(err, daemon.ErrUnknownID):
+		code = codes.NotFound
+	case errors.Is(err, daemon.ErrNotLeased):
+		code = codes.FailedPrecondition
+	case errors.Is(err, daemon.ErrInProgress):
+		code = codes.Aborted
+	case errors.Is(err, daemon.ErrExhausted):
+		code = codes.ResourceExhausted
+	}
+	return status.Error(code, err.Error())
+}

@@ -1,0 +1,95 @@
+package slot
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Attachment is a slot's connection to a customer VPC through Geneve.
+type Attachment struct {
+	VNI        uint32
+	RemoteVTEP netip.Addr
+	VPCIP      netip.Addr
+	VPCCIDRs   []netip.Prefix
+}
+
+// Lease is what a tenant asked for when it acquired a slot.
+type Lease struct {
+	Owner       string
+	AcquiredNs  int64
+	VPC         *Attachment
+	EgressAllow []netip.Prefix
+}
+
+// maxListLen bounds the CIDR lists of one request: each becomes a set
+// element in the slot's firewall.
+const maxListLen = 256
+
+// maxOwnerLen bounds the free-form owner label.
+const maxOwnerLen = 256
+
+// ParseAttachment validates the strings of a VPC attachment.
+func ParseAttachment(vni uint32, vtep, vpcIP string, cidrs []string) (*Attachment, error) {
+	if vni == 0 || vni > MaxVNI {
+		return nil, fmt.Errorf("invalid vni %d: want 1..%d", vni, MaxVNI)
+	}
+	a := &Attachment{VNI: vni}
+	var err error
+	if a.RemoteVTEP, err = parseIPv4("remote vtep", vtep); err != nil {
+		return nil, err
+	}
+	if !a.RemoteVTEP.IsGlobalUnicast() && !a.RemoteVTEP.IsPrivate() {
+		return nil, fmt.Errorf("invalid remote vtep %s: want a unicast address", a.RemoteVTEP)
+	}
+	if a.VPCIP, err = parseIPv4("vpc ip", vpcIP); err != nil {
+		return nil, err
+	}
+	if len(cidrs) == 0 {
+		return nil, fmt.Errorf("vpc attachment needs at least one vpc cidr")
+	}
+	if a.VPCCIDRs, err = ParseCIDRs("vpc cidr", cidrs); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// ParseCIDRs validates a list of IPv4 CIDRs (what names the list in errors).
+func ParseCIDRs(what string, in []string) ([]netip.Prefix, error) {
+	if len(in) > maxListLen {
+		return nil, fmt.Errorf("too many %ss: %d, at most %d", what, len(in), maxListLen)
+	}
+	out := make([]netip.Prefix, 0, len(in))
+	for _, s := range in {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("invalid %s %q: %w", what, s, err)
+		}
+		if !p.Addr().Is4() {
+			return nil, fmt.Errorf("invalid %s %q: want IPv4", what, s)
+		}
+		if p != p.Masked() {
+			return nil, fmt.Errorf("invalid %s %q: host bits set (did you mean %s?)", what, s, p.Masked())
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func parseIPv4(what, s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("invalid %s %q: %w", what, s, err)
+	}
+	if !a.Is4() {
+		return netip.Addr{}, fmt.Errorf("invalid %s %q: want IPv4", what, s)
+	}
+	return a, nil
+}
+
+// ValidateOwner checks the free-form owner label of a lease.
+func ValidateOwner(owner string) error {
+	if len(owner) > maxOwnerLen {
+		return fmt.Errorf("owner label too long: %d bytes, at most %d", len(owner), maxOwnerLen)
+	}
+	return nil
+}

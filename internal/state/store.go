@@ -1,0 +1,260 @@
+// Package state keeps netslotd's durable state in a bbolt file under the
+// state directory: the pool's configuration and every lease.
+//
+// The kernel objects a lease refers to live exactly as long as the host's
+// boot, so the store must survive a crash of the daemon (kill -9), not a
+// power cut: a committed transaction is in the page cache, which outlives the
+// process. The store is therefore opened without fsync, and it records the
+// boot id so that leases from an earlier boot are dropped, not trusted.
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/netslot/netslot/internal/slot"
+)
+
+var (
+	bucketMeta   = []byte("meta")
+	bucketLeases = []byte("leases")
+	keyConfig    = []byte("config")
+	keyBootID    = []byte("boot_id")
+)
+
+// FileName is the store's file inside the state directory.
+const FileName = "netslot.db"
+
+// Store is the open state file.
+type Store struct {
+	db *bolt.DB
+}
+
+// Open opens (creating if needed) the store in dir.
+func Open(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir %s: %w", dir, err)
+	}
+	db, err := bolt.Open(filepath.Join(dir, FileName), 0o600, &bolt.Options{
+		Timeout:        100 * time.Millisecond,
+		NoSync:         true,
+		NoFreelistSync: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open state %s: %w", filepath.Join(dir, FileName), err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketMeta, bucketLeases} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("initialise state: %w", err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the store.
+func (s *Store) Close() error { return s.db.Close() }
+
+// storedConfig is the on-disk form of slot.Config.
+type storedConfig struct {
+	Prefix    string `json:"prefix"`
+	Count     int    `json:"count"`
+	SlotCIDR  string `json:"slot_cidr"`
+	GuestCIDR string `json:"guest_cidr"`
+	GuestMAC  string `json:"guest_mac"`
+	TapMAC    string `json:"tap_mac"`
+}
+
+// Config returns the stored pool configuration, or ok=false if none.
+func (s *Store) Config() (c slot.Config, ok bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketMeta).Get(keyConfig)
+		if b == nil {
+			return nil
+		}
+		var sc storedConfig
+		if err := json.Unmarshal(b, &sc); err != nil {
+			return fmt.Errorf("decode stored config: %w", err)
+		}
+		c.Prefix, c.Count = sc.Prefix, sc.Count
+		if c.SlotCIDR, err = netip.ParsePrefix(sc.SlotCIDR); err != nil {
+			return fmt.Errorf("decode stored config: %w", err)
+		}
+		if c.GuestCIDR, err = netip.ParsePrefix(sc.GuestCIDR); err != nil {
+			return fmt.Errorf("decode stored config: %w", err)
+		}
+		if c.GuestMAC, err = net.ParseMAC(sc.GuestMAC); err != nil {
+			return fmt.Errorf("decode stored config: %w", err)
+		}
+		if c.TapMAC, err = net.ParseMAC(sc.TapMAC); err != nil {
+			return fmt.Errorf("decode stored config: %w", err)
+		}
+		ok = true
+		return nil
+	})
+	return c, ok, err
+}
+
+// SetConfig records the pool configuration.
+func (s *Store) SetConfig(c slot.Config) error {
+	b, err := json.Marshal(storedConfig{
+		Prefix: c.Prefix, Count: c.Count, SlotCIDR: c.SlotCIDR.String(),
+		GuestCIDR: c.GuestCIDR.String(), GuestMAC: c.GuestMAC.String(), TapMAC: c.TapMAC.String(),
+	})
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyConfig, b) })
+}
+
+// BootID returns the boot id recorded with the leases ("" if none).
+func (s *Store) BootID() (string, error) {
+	var id string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		id = string(tx.Bucket(bucketMeta).Get(keyBootID))
+		return nil
+	})
+	return id, err
+}
+
+// SetBootID records the boot id of the running kernel.
+func (s *Store) SetBootID(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyBootID, []byte(id)) })
+}
+
+// CurrentBootID is the running kernel's boot id.
+func CurrentBootID() (string, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", fmt.Errorf("read boot id: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+type storedAttachment struct {
+	VNI        uint32   `json:"vni"`
+	RemoteVTEP string   `json:"remote_vtep"`
+	VPCIP      string   `json:"vpc_ip"`
+	VPCCIDRs   []string `json:"vpc_cidrs"`
+}
+
+type storedLease struct {
+	Owner       string            `json:"owner,omitempty"`
+	AcquiredNs  int64             `json:"acquired_ns"`
+	VPC         *storedAttachment `json:"vpc,omitempty"`
+	EgressAllow []string          `json:"egress_allow,omitempty"`
+}
+
+func leaseKey(i int) []byte { return []byte(strconv.Itoa(i)) }
+
+func prefixesToStrings(ps []netip.Prefix) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
+}
+
+func encodeLease(l *slot.Lease) ([]byte, error) {
+	sl := storedLease{Owner: l.Owner, AcquiredNs: l.AcquiredNs, EgressAllow: prefixesToStrings(l.EgressAllow)}
+	if a := l.VPC; a != nil {
+		sl.VPC = &storedAttachment{VNI: a.VNI, RemoteVTEP: a.RemoteVTEP.String(), VPCIP: a.VPCIP.String(), VPCCIDRs: prefixesToStrings(a.VPCCIDRs)}
+	}
+	return json.Marshal(sl)
+}
+
+func decodeLease(b []byte) (*slot.Lease, error) {
+	var sl storedLease
+	if err := json.Unmarshal(b, &sl); err != nil {
+		return nil, err
+	}
+	l := &slot.Lease{Owner: sl.Owner, AcquiredNs: sl.AcquiredNs}
+	var err error
+	if l.EgressAllow, err = slot.ParseCIDRs("egress cidr", sl.EgressAllow); err != nil {
+		return nil, err
+	}
+	if a := sl.VPC; a != nil {
+		if l.VPC, err = slot.ParseAttachment(a.VNI, a.RemoteVTEP, a.VPCIP, a.VPCCIDRs); err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// ErrLeaseExists is returned by PutLease for a slot that already has one.
+var ErrLeaseExists = errors.New("slot already leased in store")
+
+// PutLease records a new lease on slot i; it refuses to overwrite one.
+func (s *Store) PutLease(i int, l *slot.Lease) error {
+	b, err := encodeLease(l)
+	if err != nil {
+		return fmt.Errorf("encode lease: %w", err)
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketLeases)
+		if bk.Get(leaseKey(i)) != nil {
+			return ErrLeaseExists
+		}
+		return bk.Put(leaseKey(i), b)
+	})
+}
+
+// DeleteLease removes slot i's lease.
+func (s *Store) DeleteLease(i int) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketLeases).Delete(leaseKey(i)) })
+}
+
+// DeleteAllLeases drops every lease (used when the boot id changed).
+func (s *Store) DeleteAllLeases() error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bucketLeases); err != nil {
+			return err
+		}
+		_, err := tx.CreateBucket(bucketLeases)
+		return err
+	})
+}
+
+// Leases returns every lease by slot index. Undecodable entries are
+// reported in bad (by key) rather than failing the whole load.
+func (s *Store) Leases() (leases map[int]*slot.Lease, bad []string, err error) {
+	leases = map[int]*slot.Lease{}
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketLeases).ForEach(func(k, v []byte) error {
+			i, err := strconv.Atoi(string(k))
+			if err != nil || i < 0 {
+				bad = append(bad, string(k))
+				return nil
+			}
+			l, err := decodeLease(v)
+			if err != nil {
+				bad = append(bad, string(k))
+				return nil
+			}
+			leases[i] = l
+			return nil
+		})
+	})
+	return leases, bad, err
+}
+
+// DeleteLeaseKey removes an entry by its raw key (for undecodable ones).
+func (s *Store) DeleteLeaseKey(k string) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketLeases).Delete([]byte(k)) })
+}

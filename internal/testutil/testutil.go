@@ -1,0 +1,85 @@
+// Package testutil starts real pools for privileged tests and benchmarks
+// and guarantees their teardown.
+package testutil
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/slot"
+)
+
+// RequireRoot skips tb unless it runs as root.
+func RequireRoot(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Skip("needs root: creates namespaces and devices")
+	}
+}
+
+var seq atomic.Int32
+
+// Prefix returns a pool prefix unique to this process and call, short
+// enough for interface names of pools up to 99,999 slots.
+func Prefix() string {
+	return fmt.Sprintf("t%d%x", os.Getpid()%1000, seq.Add(1))
+}
+
+// Logger returns a logger that writes to tb only when -v is on.
+func Logger(tb testing.TB) *slog.Logger {
+	if !testing.Verbose() {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// Pool is a booted daemon whose teardown is registered with tb.
+type Pool struct {
+	D        *daemon.Daemon
+	Config   slot.Config
+	StateDir string
+}
+
+// NewConfig returns a default config of n slots with a fresh prefix.
+func NewConfig(n int) slot.Config { return slot.DefaultConfig(Prefix(), n) }
+
+// StartPool boots a pool of n slots and registers its teardown.
+func StartPool(tb testing.TB, n int) *Pool {
+	tb.Helper()
+	return StartPoolWith(tb, NewConfig(n), tb.TempDir(), "")
+}
+
+// StartPoolWith boots a pool of cfg in stateDir and registers its teardown.
+func StartPoolWith(tb testing.TB, cfg slot.Config, stateDir, uplink string) *Pool {
+	tb.Helper()
+	RequireRoot(tb)
+	tb.Cleanup(func() { Teardown(tb, cfg.Prefix, stateDir) })
+	d, err := daemon.New(daemon.Options{Config: cfg, StateDir: stateDir, Uplink: uplink, Logger: Logger(tb)})
+	if err != nil {
+		tb.Fatalf("new daemon: %v", err)
+	}
+	tb.Cleanup(func() { d.Close() })
+	if err := d.Boot(context.Background()); err != nil {
+		tb.Fatalf("boot: %v", err)
+	}
+	return &Pool{D: d, Config: cfg, StateDir: stateDir}
+}
+
+// Teardown removes every object of prefix, failing tb if it cannot.
+func Teardown(tb testing.TB, prefix, stateDir string) {
+	tb.Helper()
+	if err := daemon.Teardown(prefix, stateDir, 60*time.Second, Logger(tb)); err != nil {
+		if strings.Contains(err.Error(), "held by another netslotd") {
+			tb.Errorf("teardown %s: %v", prefix, err)
+			return
+		}
+		tb.Errorf("teardown %s: %v", prefix, err)
+	}
+}
