@@ -192,7 +192,7 @@ func (d *Daemon) scanPins() ([]bool, error) {
 // deletes those that are not veths of this pool.
 func (d *Daemon) scanHostVeths() ([]bool, error) {
 	have := make([]bool, d.cfg.Count)
-	all, err := netlink.LinkList()
+	all, err := links.RootLinks()
 	if err != nil {
 		return nil, fmt.Errorf("list root links: %w", err)
 	}

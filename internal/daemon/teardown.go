@@ -94,7 +94,7 @@ func Teardown(prefix, stateDir string, wait time.Duration, log *slog.Logger) err
 
 // hostVeths lists root-namespace veths named like host veths of prefix.
 func hostVeths(cfg slot.Config) ([]netlink.Link, error) {
-	all, err := netlink.LinkList()
+	all, err := links.RootLinks()
 	if err != nil {
 		return nil, fmt.Errorf("list root links: %w", err)
 	}

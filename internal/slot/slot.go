@@ -42,7 +42,9 @@ var (
 // MaxVNI is the largest 24-bit Geneve VNI.
 const MaxVNI = 1<<24 - 1
 
-var prefixRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,7}$`)
+// prefixRE: a prefix must not end in a digit, so that "<prefix><index>"
+// names of two pools can never collide ("ab1"+"0" vs "ab"+"10").
+var prefixRE = regexp.MustCompile(`^[a-z]([a-z0-9]{0,6}[a-z])?$`)
 
 // ValidPrefix reports whether p may name a pool.
 func ValidPrefix(p string) bool { return prefixRE.MatchString(p) }
@@ -72,7 +74,7 @@ func DefaultConfig(prefix string, count int) Config {
 // Validate reports the first problem with c, in words an operator can act on.
 func (c Config) Validate() error {
 	if !ValidPrefix(c.Prefix) {
-		return fmt.Errorf("invalid prefix %q: want 1-8 characters, a lowercase letter then lowercase letters or digits", c.Prefix)
+		return fmt.Errorf("invalid prefix %q: want 1-8 lowercase letters or digits, starting and ending with a letter", c.Prefix)
 	}
 	if c.Count < 1 {
 		return fmt.Errorf("invalid slot count %d: want at least 1", c.Count)

@@ -27,9 +27,10 @@ func RequireRoot(tb testing.TB) {
 var seq atomic.Int32
 
 // Prefix returns a pool prefix unique to this process and call, short
-// enough for interface names of pools up to 99,999 slots.
+// enough for interface names of pools up to 999,999 slots.
 func Prefix() string {
-	return fmt.Sprintf("t%d%x", os.Getpid()%1000, seq.Add(1))
+	n := seq.Add(1)
+	return fmt.Sprintf("t%d%c%c", os.Getpid()%1000, 'a'+rune(n/26%26), 'a'+rune(n%26))
 }
 
 // Logger returns a logger that writes to tb only when -v is on.

@@ -1,0 +1,31 @@
+package links
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/vishvananda/netlink"
+)
+
+// dumpRetries bounds the retries of an interrupted dump. The kernel marks
+// a dump interrupted (NLM_F_DUMP_INTR) when the list changed while it was
+// read, which is routine while namespaces are created or dismantled.
+const dumpRetries = 10
+
+// RootLinks lists the links of the root namespace, retrying dumps the
+// kernel reports as interrupted.
+func RootLinks() ([]netlink.Link, error) {
+	return retryDump(netlink.LinkList)
+}
+
+func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
+	var err error
+	for range dumpRetries {
+		var out []T
+		out, err = dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return out, err
+		}
+	}
+	return nil, fmt.Errorf("dump interrupted %d times: %w", dumpRetries, err)
+}

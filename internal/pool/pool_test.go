@@ -1,0 +1,115 @@
+package pool
+
+import (
+	"errors"
+	"sync"
+	"testing"
+)
+
+func TestFIFOAndExhaustion(t *testing.T) {
+	p := New(3)
+	if _, err := p.Take(); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("take from pending pool: %v", err)
+	}
+	for _, i := range []int{2, 0, 1} {
+		if err := p.MarkFree(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []int
+	for range 3 {
+		i, err := p.Take()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, i)
+	}
+	if got[0] != 2 || got[1] != 0 || got[2] != 1 {
+		t.Fatalf("order %v, want ready order [2 0 1]", got)
+	}
+	if _, err := p.Take(); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("take from empty pool: %v", err)
+	}
+	// A released slot goes to the back of the queue.
+	if err := p.BeginRelease(0); err != nil {
+		t.Fatal(err)
+	}
+	p.EndRelease(0, true)
+	if err := p.BeginRelease(2); err != nil {
+		t.Fatal(err)
+	}
+	p.EndRelease(2, true)
+	if i, _ := p.Take(); i != 0 {
+		t.Fatalf("took %d, want 0 (released first)", i)
+	}
+	free, leased := p.Counts()
+	if free != 1 || leased != 2 {
+		t.Fatalf("counts free=%d leased=%d", free, leased)
+	}
+}
+
+func TestReleaseStates(t *testing.T) {
+	p := New(2)
+	p.MarkFree(0)
+	p.MarkLeased(1)
+	if err := p.BeginRelease(0); !errors.Is(err, ErrAlreadyFree) {
+		t.Fatalf("release free slot: %v", err)
+	}
+	if err := p.BeginRelease(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.BeginRelease(1); !errors.Is(err, ErrReleasing) {
+		t.Fatalf("concurrent release: %v", err)
+	}
+	p.EndRelease(1, false) // scrub failed: still leased
+	if p.State(1) != Leased {
+		t.Fatalf("state after failed release: %s", p.State(1))
+	}
+	if err := p.BeginRelease(5); !errors.Is(err, ErrOutOfRange) {
+		t.Fatalf("out of range: %v", err)
+	}
+	if err := p.MarkFree(0); !errors.Is(err, ErrNotPending) {
+		t.Fatalf("mark free twice: %v", err)
+	}
+	i, _ := p.Take()
+	p.Untake(i)
+	if p.State(i) != Free {
+		t.Fatalf("untake left %s", p.State(i))
+	}
+	if j, _ := p.Take(); j != i {
+		t.Fatalf("untaken slot not first: %d", j)
+	}
+}
+
+func TestNoDoubleVend(t *testing.T) {
+	const n = 500
+	p := New(n)
+	for i := range n {
+		p.MarkFree(i)
+	}
+	var mu sync.Mutex
+	seen := map[int]bool{}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i, err := p.Take()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				if seen[i] {
+					t.Errorf("slot %d vended twice", i)
+				}
+				seen[i] = true
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(seen) != n {
+		t.Fatalf("vended %d of %d", len(seen), n)
+	}
+}

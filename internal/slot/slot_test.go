@@ -1,0 +1,149 @@
+package slot
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func TestValidate(t *testing.T) {
+	ok := DefaultConfig("nslot", 4000)
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("default config: %v", err)
+	}
+	cases := []struct {
+		name string
+		mod  func(*Config)
+		want string
+	}{
+		{"empty prefix", func(c *Config) { c.Prefix = "" }, "invalid prefix"},
+		{"prefix with dash", func(c *Config) { c.Prefix = "a-b" }, "invalid prefix"},
+		{"prefix upper", func(c *Config) { c.Prefix = "Ns" }, "invalid prefix"},
+		{"prefix ending in a digit", func(c *Config) { c.Prefix = "ns1" }, "invalid prefix"},
+		{"prefix too long", func(c *Config) { c.Prefix = "abcdefghi" }, "invalid prefix"},
+		{"zero slots", func(c *Config) { c.Count = 0 }, "invalid slot count"},
+		{"cidr too small", func(c *Config) { c.SlotCIDR = netip.MustParsePrefix("100.64.0.0/24") }, "holds 254 slot addresses"},
+		{"cidr host bits", func(c *Config) { c.SlotCIDR = netip.MustParsePrefix("100.64.0.1/16") }, "host bits set"},
+		{"cidr ipv6", func(c *Config) { c.SlotCIDR = netip.MustParsePrefix("fd00::/64") }, "IPv4"},
+		{"guest /31", func(c *Config) { c.GuestCIDR = netip.MustParsePrefix("172.16.0.0/31") }, "guest cidr"},
+		{"overlap", func(c *Config) { c.GuestCIDR = netip.MustParsePrefix("100.64.0.0/30") }, "overlaps"},
+		{"multicast mac", func(c *Config) { c.GuestMAC = []byte{1, 0, 0, 0, 0, 1} }, "guest mac"},
+		{"same macs", func(c *Config) { c.TapMAC = c.GuestMAC }, "must differ"},
+		{"name too long", func(c *Config) {
+			c.Prefix = "abcdefgh"
+			c.Count = 100_000_000
+			c.SlotCIDR = netip.MustParsePrefix("10.0.0.0/8")
+		}, "characters"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig("nslot", 4000)
+			tc.mod(&c)
+			err := c.Validate()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate() = %v, want error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestAddressing(t *testing.T) {
+	c := DefaultConfig("ns", 3)
+	if got := c.GatewayIP().String(); got != "172.16.0.1" {
+		t.Errorf("gateway %s", got)
+	}
+	if got := c.GuestIP().String(); got != "172.16.0.2" {
+		t.Errorf("guest %s", got)
+	}
+	if got := c.SlotIP(0).String(); got != "100.64.0.1" {
+		t.Errorf("slot 0 ip %s", got)
+	}
+	if got := c.SlotIP(300).String(); got != "100.64.1.45" {
+		t.Errorf("slot 300 ip %s", got)
+	}
+	if c.ID(2) != "ns-2" || c.NetnsPath(2) != "/run/netns/ns-2" || c.HostVeth(2) != "ns2" {
+		t.Errorf("names: %s %s %s", c.ID(2), c.NetnsPath(2), c.HostVeth(2))
+	}
+	if c.HostVethMAC(1).String() == c.HostVethMAC(2).String() || c.HostVethMAC(1).String() == c.SlotVethMAC(1).String() {
+		t.Error("veth MACs collide")
+	}
+	other := DefaultConfig("other", 3)
+	if other.HostVethMAC(1).String() == c.HostVethMAC(1).String() {
+		t.Error("MACs of two pools collide")
+	}
+	// Every slot address is distinct and inside the CIDR, network and
+	// broadcast excluded.
+	small := DefaultConfig("ns", Capacity(netip.MustParsePrefix("10.9.0.0/28")))
+	small.SlotCIDR = netip.MustParsePrefix("10.9.0.0/28")
+	if err := small.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[netip.Addr]bool{}
+	for i := 0; i < small.Count; i++ {
+		a := small.SlotIP(i)
+		if !small.SlotCIDR.Contains(a) || a == small.SlotCIDR.Addr() || a.As4()[3] == 15 || seen[a] {
+			t.Fatalf("slot %d address %s", i, a)
+		}
+		seen[a] = true
+	}
+}
+
+func TestParseID(t *testing.T) {
+	c := DefaultConfig("ns", 10)
+	if i, err := c.ParseID("ns-9"); err != nil || i != 9 {
+		t.Fatalf("ParseID(ns-9) = %d, %v", i, err)
+	}
+	for _, bad := range []string{"", "ns-10", "ns--1", "ns-01", "other-1", "ns-x", "ns-"} {
+		if _, err := c.ParseID(bad); err == nil {
+			t.Errorf("ParseID(%q) accepted", bad)
+		}
+	}
+	if i, ok := c.IndexOfName("ns12", ""); !ok || i != 12 {
+		t.Errorf("IndexOfName(ns12) = %d %t", i, ok)
+	}
+	for _, bad := range []string{"nsfoo", "ns", "ns012", "ns-1"} {
+		if _, ok := c.IndexOfName(bad, ""); ok {
+			t.Errorf("IndexOfName(%q) matched", bad)
+		}
+	}
+}
+
+func TestParseAttachment(t *testing.T) {
+	good := []string{"10.1.0.0/16"}
+	if _, err := ParseAttachment(5, "198.18.0.9", "10.1.0.5", good); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		vni              uint32
+		vtep, ip, errHas string
+		cidrs            []string
+	}{
+		{0, "198.18.0.9", "10.1.0.5", "invalid vni 0", good},
+		{MaxVNI + 1, "198.18.0.9", "10.1.0.5", "invalid vni", good},
+		{5, "198.18.0.999", "10.1.0.5", "invalid remote vtep", good},
+		{5, "fd00::1", "10.1.0.5", "want IPv4", good},
+		{5, "224.0.0.1", "10.1.0.5", "unicast", good},
+		{5, "198.18.0.9", "nope", "invalid vpc ip", good},
+		{5, "198.18.0.9", "10.1.0.5", "at least one", nil},
+		{5, "198.18.0.9", "10.1.0.5", "invalid vpc cidr", []string{"10.1.0.0/33"}},
+		{5, "198.18.0.9", "10.1.0.5", "host bits", []string{"10.1.0.1/16"}},
+	}
+	for _, tc := range cases {
+		if _, err := ParseAttachment(tc.vni, tc.vtep, tc.ip, tc.cidrs); err == nil || !strings.Contains(err.Error(), tc.errHas) {
+			t.Errorf("ParseAttachment(%d,%s,%s,%v) = %v, want %q", tc.vni, tc.vtep, tc.ip, tc.cidrs, err, tc.errHas)
+		}
+	}
+	if _, err := ParseAttachment(MaxVNI, "198.18.0.9", "10.1.0.5", good); err != nil {
+		t.Errorf("max vni refused: %v", err)
+	}
+	many := make([]string, maxListLen+1)
+	for i := range many {
+		many[i] = "10.0.0.0/8"
+	}
+	if _, err := ParseCIDRs("egress cidr", many); err == nil {
+		t.Error("oversized list accepted")
+	}
+	if err := ValidateOwner(strings.Repeat("x", maxOwnerLen+1)); err == nil {
+		t.Error("oversized owner accepted")
+	}
+}

@@ -1,0 +1,76 @@
+package state
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+
+	"github.com/netslot/netslot/internal/slot"
+)
+
+func TestStoreRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := s.Config(); ok || err != nil {
+		t.Fatalf("empty store has config: %t %v", ok, err)
+	}
+	cfg := slot.DefaultConfig("ns", 100)
+	if err := s.SetConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	vpc, _ := slot.ParseAttachment(7, "198.18.0.9", "10.1.0.5", []string{"10.1.0.0/16"})
+	l := &slot.Lease{Owner: "vm-1", AcquiredNs: 42, VPC: vpc, EgressAllow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}}
+	if err := s.PutLease(3, l); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutLease(3, l); !errors.Is(err, ErrLeaseExists) {
+		t.Fatalf("second lease on one slot: %v", err)
+	}
+	if err := s.PutLease(4, &slot.Lease{}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s, err = Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got, ok, err := s.Config()
+	if !ok || err != nil || got.Count != 100 || got.Prefix != "ns" || got.SlotCIDR != cfg.SlotCIDR || got.GuestMAC.String() != cfg.GuestMAC.String() {
+		t.Fatalf("config after reopen: %+v %t %v", got, ok, err)
+	}
+	leases, bad, err := s.Leases()
+	if err != nil || len(bad) != 0 || len(leases) != 2 {
+		t.Fatalf("leases %v bad %v err %v", leases, bad, err)
+	}
+	g := leases[3]
+	if g.Owner != "vm-1" || g.AcquiredNs != 42 || g.VPC.VNI != 7 || g.VPC.RemoteVTEP.String() != "198.18.0.9" ||
+		len(g.EgressAllow) != 1 || g.EgressAllow[0].String() != "198.18.5.0/24" {
+		t.Fatalf("lease 3 after reopen: %+v", g)
+	}
+	if err := s.DeleteLease(3); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteAllLeases(); err != nil {
+		t.Fatal(err)
+	}
+	if leases, _, _ := s.Leases(); len(leases) != 0 {
+		t.Fatalf("leases left: %v", leases)
+	}
+}
+
+func TestSecondOpenTimesOut(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := Open(dir); err == nil {
+		t.Fatal("a second open of a held store succeeded")
+	}
+}

@@ -1,0 +1,193 @@
+// Package e2e runs the real binaries as root against the real kernel: a
+// daemon process, the CLI, kill -9 and restarts. Every test uses its own
+// prefix, state dir and socket and tears its pool down even when it fails.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+
+	"github.com/netslot/netslot/client"
+	"github.com/netslot/netslot/internal/firewall"
+	nslinks "github.com/netslot/netslot/internal/links"
+	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/testutil"
+)
+
+var binDir string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("e2e: skipped, needs root")
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "netslot-e2e-bin")
+	if err != nil {
+		panic(err)
+	}
+	out, err := exec.Command("go", "build", "-o", dir, "../../cmd/netslotd", "../../cmd/netslot").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+		os.Exit(2)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// pool is one daemon's worth of names, and the daemon process if running.
+type pool struct {
+	t        *testing.T
+	prefix   string
+	stateDir string
+	socket   string
+	slots    int
+	cmd      *exec.Cmd
+	log      *bytes.Buffer
+	exited   chan struct{}
+}
+
+func newPool(t *testing.T, slots int) *pool {
+	t.Helper()
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	p := &pool{t: t, prefix: testutil.Prefix(), stateDir: filepath.Join(dir, "state"),
+		socket: filepath.Join(dir, "netslot.sock"), slots: slots}
+	t.Cleanup(func() {
+		p.kill()
+		if out, err := p.netslotd("teardown", "--prefix", p.prefix, "--state-dir", p.stateDir); err != nil {
+			t.Errorf("teardown: %v\n%s", err, out)
+		}
+		if n := p.kernelObjects(); n != (objects{}) {
+			t.Errorf("left behind after teardown: %+v", n)
+		}
+	})
+	return p
+}
+
+func (p *pool) args(extra ...string) []string {
+	return append([]string{"--slots", fmt.Sprint(p.slots), "--prefix", p.prefix, "--state-dir", p.stateDir,
+		"--socket", p.socket, "--metrics-addr", ""}, extra...)
+}
+
+// start runs the daemon and waits until its pool is ready.
+func (p *pool) start(extra ...string) {
+	p.t.Helper()
+	p.cmd = exec.Command(filepath.Join(binDir, "netslotd"), p.args(extra...)...)
+	p.log = &bytes.Buffer{}
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+	p.exited = make(chan struct{})
+	go func(c *exec.Cmd, ch chan struct{}) { c.Wait(); close(ch) }(p.cmd, p.exited)
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.exited:
+			p.t.Fatalf("netslotd exited during boot:\n%s", p.log)
+		default:
+		}
+		var st struct{ Ready bool }
+		if out, err := p.cli("status", "-o", "json"); err == nil && json.Unmarshal([]byte(out), &st) == nil && st.Ready {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.t.Fatalf("pool not ready in time:\n%s", p.log)
+}
+
+// kill sends SIGKILL and waits for the process to go.
+func (p *pool) kill() {
+	if p.cmd == nil || p.cmd.Process == nil {
+		return
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.exited
+	p.cmd = nil
+}
+
+func run(name string, args ...string) (string, error) {
+	var out, errb bytes.Buffer
+	c := exec.Command(name, args...)
+	c.Stdout, c.Stderr = &out, &errb
+	err := c.Run()
+	if err != nil {
+		return out.String() + errb.String(), fmt.Errorf("%s %s: %w: %s", filepath.Base(name), strings.Join(args, " "), err, errb.String())
+	}
+	return out.String(), nil
+}
+
+func (p *pool) cli(args ...string) (string, error) {
+	return run(filepath.Join(binDir, "netslot"), append([]string{"--socket", p.socket}, args...)...)
+}
+
+func (p *pool) netslotd(args ...string) (string, error) {
+	return run(filepath.Join(binDir, "netslotd"), args...)
+}
+
+func (p *pool) client() *client.Client {
+	c, err := client.Dial(p.socket)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+// objects counts the kernel objects of a prefix.
+type objects struct {
+	Pins, HostVeths, RootTables int
+}
+
+func (p *pool) kernelObjects() objects {
+	cfg := slot.Config{Prefix: p.prefix}
+	var o objects
+	ents, _ := os.ReadDir(slot.NetnsDir)
+	for _, e := range ents {
+		if _, ok := cfg.IndexOfName(e.Name(), "-"); ok {
+			o.Pins++
+		}
+	}
+	links, err := nslinks.RootLinks()
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, p.prefix) {
+			o.HostVeths++
+		}
+	}
+	if ok, err := firewall.TableExists(p.prefix); err != nil {
+		p.t.Fatal(err)
+	} else if ok {
+		o.RootTables++
+	}
+	return o
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	return 0
+}

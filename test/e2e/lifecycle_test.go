@@ -1,0 +1,246 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
+)
+
+type slotJSON struct {
+	ID          string `json:"id"`
+	State       string `json:"state"`
+	Netns       string `json:"netns"`
+	Tap         string `json:"tap"`
+	GuestIP     string `json:"guest_ip"`
+	GatewayIP   string `json:"gateway_ip"`
+	GuestMAC    string `json:"guest_mac"`
+	SlotIP      string `json:"slot_ip"`
+	Firecracker struct {
+		IfaceID     string `json:"iface_id"`
+		HostDevName string `json:"host_dev_name"`
+		GuestMAC    string `json:"guest_mac"`
+	} `json:"firecracker"`
+}
+
+type statusJSON struct {
+	Total, Free, Leased int
+	Ready               bool
+	BootSeconds         float64 `json:"boot_seconds"`
+	RootRules           int     `json:"root_rules"`
+	Boot                struct{ Created, Adopted, Repaired int }
+}
+
+func (p *pool) status() statusJSON {
+	p.t.Helper()
+	out, err := p.cli("status", "-o", "json")
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	var st statusJSON
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		p.t.Fatalf("status json %q: %v", out, err)
+	}
+	return st
+}
+
+func (p *pool) acquireJSON(args ...string) slotJSON {
+	p.t.Helper()
+	out, err := p.cli(append([]string{"acquire", "-o", "json"}, args...)...)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	var s slotJSON
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		p.t.Fatalf("acquire json %q: %v", out, err)
+	}
+	return s
+}
+
+func TestLifecycleThroughCLI(t *testing.T) {
+	p := newPool(t, 300)
+	p.start()
+	if o := p.kernelObjects(); o.Pins != 300 || o.HostVeths != 300 || o.RootTables != 1 {
+		t.Fatalf("kernel objects after boot: %+v", o)
+	}
+	st := p.status()
+	if st.Total != 300 || st.Free != 300 || st.Leased != 0 || !st.Ready || st.BootSeconds <= 0 || st.Boot.Created != 300 {
+		t.Fatalf("status after boot: %+v", st)
+	}
+	if fi, err := os.Stat(p.socket); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode: %v %v", fi.Mode(), err)
+	}
+
+	a := p.acquireJSON("--owner", "vm-a")
+	b := p.acquireJSON("--vni", "4242", "--vtep", "198.18.0.9", "--vpc-ip", "10.1.0.5", "--vpc-cidr", "10.1.0.0/16")
+	if a.ID == b.ID {
+		t.Fatalf("one slot vended twice: %s", a.ID)
+	}
+	for _, s := range []slotJSON{a, b} {
+		if !strings.HasPrefix(s.Netns, "/run/netns/"+p.prefix+"-") || s.Tap != "tap0" || s.GuestIP != "172.16.0.2" ||
+			s.GatewayIP != "172.16.0.1" || s.GuestMAC != "06:00:ac:10:00:02" || s.SlotIP == "" || s.State != "leased" ||
+			s.Firecracker.IfaceID != "eth0" || s.Firecracker.HostDevName != "tap0" || s.Firecracker.GuestMAC != s.GuestMAC {
+			t.Fatalf("acquire answer incomplete: %+v", s)
+		}
+		if _, err := os.Stat(s.Netns); err != nil {
+			t.Fatalf("netns of acquired slot: %v", err)
+		}
+	}
+	if st := p.status(); st.Free != 298 || st.Leased != 2 {
+		t.Fatalf("status with two leases: %+v", st)
+	}
+	out, err := p.cli("list", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list []slotJSON
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 300 {
+		t.Fatalf("list: %d slots, %v", len(list), err)
+	}
+	leased := 0
+	for _, s := range list {
+		if s.State == "leased" {
+			leased++
+		} else if s.State != "free" {
+			t.Fatalf("slot %s state %q", s.ID, s.State)
+		}
+	}
+	if leased != 2 {
+		t.Fatalf("list shows %d leased", leased)
+	}
+	out, err = p.cli("show", b.ID, "-o", "json")
+	if err != nil || !strings.Contains(out, `"vni":4242`) || !strings.Contains(out, `"remote_vtep":"198.18.0.9"`) {
+		t.Fatalf("show %s: %s %v", b.ID, out, err)
+	}
+	for _, human := range [][]string{{"status"}, {"list"}, {"show", a.ID}} {
+		if out, err := p.cli(human...); err != nil || out == "" || strings.HasPrefix(out, "{") {
+			t.Fatalf("netslot %v: %q %v", human, out, err)
+		}
+	}
+	if _, err := p.cli("release", a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.cli("release", b.ID); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.status(); st.Free != 300 || st.Leased != 0 {
+		t.Fatalf("status after release: %+v", st)
+	}
+}
+
+func TestBadInputChangesNothing(t *testing.T) {
+	p := newPool(t, 20)
+	p.start()
+	held := p.acquireJSON()
+	before := p.kernelObjects()
+	bad := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"acquire", "--vni", "0", "--vtep", "198.18.0.9", "--vpc-ip", "10.1.0.5", "--vpc-cidr", "10.1.0.0/16"}, "invalid vni 0"},
+		{[]string{"acquire", "--vni", "16777216", "--vtep", "198.18.0.9", "--vpc-ip", "10.1.0.5", "--vpc-cidr", "10.1.0.0/16"}, "invalid vni"},
+		{[]string{"acquire", "--vni", "7", "--vtep", "198.18.0", "--vpc-ip", "10.1.0.5", "--vpc-cidr", "10.1.0.0/16"}, "invalid remote vtep"},
+		{[]string{"acquire", "--vni", "7", "--vtep", "198.18.0.9", "--vpc-ip", "10.1.0.500", "--vpc-cidr", "10.1.0.0/16"}, "invalid vpc ip"},
+		{[]string{"acquire", "--vni", "7", "--vtep", "198.18.0.9", "--vpc-ip", "10.1.0.5", "--vpc-cidr", "10.1.0.0/99"}, "invalid vpc cidr"},
+		{[]string{"acquire", "--allow", "10.0.0.0"}, "invalid egress cidr"},
+		{[]string{"acquire", "--allow", "10.0.0.1/8"}, "host bits"},
+		{[]string{"release", p.prefix + "-999"}, "unknown slot id"},
+		{[]string{"release", "nonsense"}, "unknown slot id"},
+		{[]string{"show", p.prefix + "-20"}, "unknown slot id"},
+		{[]string{"release", p.prefix + "-19"}, "not leased"},
+	}
+	for _, tc := range bad {
+		out, err := p.cli(tc.args...)
+		if err == nil || exitCode(err) != 1 || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("netslot %v: exit %d, %v, output %q; want error %q", tc.args, exitCode(err), err, out, tc.want)
+		}
+	}
+	if _, err := p.cli("release", held.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.cli("release", held.ID); err == nil || !strings.Contains(err.Error(), "not leased") {
+		t.Errorf("double release: %v", err)
+	}
+	if st := p.status(); st.Free != 20 || st.Leased != 0 {
+		t.Errorf("bad input changed the pool: %+v", st)
+	}
+	if after := p.kernelObjects(); after != before {
+		t.Errorf("bad input changed the kernel: %+v -> %+v", before, after)
+	}
+
+	// An empty pool answers at once with RESOURCE_EXHAUSTED.
+	c := p.client()
+	for range 20 {
+		if _, err := c.Acquire(ctx(t), &netslotv1.AcquireRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	_, err := c.Acquire(ctx(t), &netslotv1.AcquireRequest{})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("acquire on empty pool: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("acquire on empty pool waited %v", d) // a hang, not a timing assertion
+	}
+	if _, err := p.cli("acquire"); err == nil || !strings.Contains(err.Error(), "resourceexhausted") {
+		t.Fatalf("cli acquire on empty pool: %v", err)
+	}
+}
+
+func TestDaemonRefusesBadStart(t *testing.T) {
+	p := newPool(t, 10)
+	// A slot count the slot CIDR cannot hold: refused, nothing created.
+	if out, err := p.netslotd(p.args("--slot-cidr", "100.99.0.0/29")...); err == nil || !strings.Contains(out, "holds 6 slot addresses") {
+		t.Fatalf("too many slots for the cidr: %v\n%s", err, out)
+	}
+	for _, args := range [][]string{
+		p.args("--metrics-addr", "0.0.0.0:9464"),
+		p.args("--prefix", "Bad"),
+		p.args("--uplink", "a/b"),
+	} {
+		if out, err := p.netslotd(args...); err == nil {
+			t.Fatalf("netslotd %v started:\n%s", args, out)
+		}
+	}
+	if o := p.kernelObjects(); o != (objects{}) {
+		t.Fatalf("refused start left objects: %+v", o)
+	}
+
+	p.start()
+	before := p.kernelObjects()
+	second := newPool(t, 10)
+	cases := map[string][]string{
+		"same socket":    append(second.args(), "--socket", p.socket),
+		"same prefix":    append(second.args(), "--prefix", p.prefix),
+		"same state dir": append(second.args(), "--state-dir", p.stateDir),
+	}
+	for name, args := range cases {
+		out, err := p.netslotd(args...)
+		if err == nil || !strings.Contains(out, "another") {
+			t.Errorf("%s: second daemon not refused: %v\n%s", name, err, out)
+		}
+	}
+	if _, err := p.netslotd("teardown", "--prefix", p.prefix, "--state-dir", p.stateDir); err == nil {
+		t.Error("teardown of a running pool was not refused")
+	}
+	if after := p.kernelObjects(); after != before {
+		t.Errorf("refused starts changed the first pool: %+v -> %+v", before, after)
+	}
+	if st := p.status(); st.Total != 10 || st.Free != 10 {
+		t.Errorf("first daemon after refused starts: %+v", st)
+	}
+	// A start with other settings on the same state dir is refused too.
+	p.kill()
+	p.slots = 11
+	if out, err := p.netslotd(p.args()...); err == nil || !strings.Contains(out, "holds a pool with 10 slots") {
+		t.Errorf("restart with another size: %v\n%s", err, out)
+	}
+	p.slots = 10
+}
