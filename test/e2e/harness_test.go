@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/netslot/netslot/client"
 	"github.com/netslot/netslot/internal/firewall"
 	nslinks "github.com/netslot/netslot/internal/links"

@@ -1,0 +1,67 @@
+package daemon_test
+
+import (
+	"net/netip"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/testutil"
+)
+
+func inNS(t *testing.T, ns string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// dump is what a tenant could change in a slot, as the kernel lists it.
+func dump(t *testing.T, ns string) string {
+	return strings.Join([]string{
+		inNS(t, ns, "ip", "-d", "link", "show", "tap0"),
+		inNS(t, ns, "ip", "addr"),
+		inNS(t, ns, "ip", "route"),
+		inNS(t, ns, "ip", "neigh"),
+		inNS(t, ns, "nft", "list", "ruleset"),
+	}, "\n")
+}
+
+var peerIndex = regexp.MustCompile(`@if[0-9]+`)
+
+func TestReleaseScrubsWhatTheTenantLeft(t *testing.T) {
+	p := testutil.StartPool(t, 3)
+	info, err := p.D.Acquire(daemon.AcquireRequest{EgressAllow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := p.Config.ID(info.Index)
+	// A fresh slot of the same pool is the reference (minus per-slot names).
+	other := p.Config.ID((info.Index + 1) % 3)
+	fresh := dump(t, other)
+
+	inNS(t, ns, "ip", "neigh", "add", "172.16.0.2", "lladdr", "02:00:00:00:00:01", "dev", "tap0")
+	inNS(t, ns, "ip", "neigh", "add", "172.16.0.3", "lladdr", "02:00:00:00:00:02", "dev", "tap0", "nud", "permanent")
+	inNS(t, ns, "ip", "link", "set", "tap0", "address", "02:00:00:00:00:99", "mtu", "1400", "txqueuelen", "10")
+	inNS(t, ns, "ip", "link", "set", "tap0", "down")
+	if d := dump(t, ns); d == fresh {
+		t.Fatal("dirtying the slot changed nothing")
+	}
+	if err := p.D.Release(info.ID); err != nil {
+		t.Fatal(err)
+	}
+	got := dump(t, ns)
+	norm := func(s string, i int) string {
+		s = strings.ReplaceAll(s, p.Config.SlotIP(i).String(), "SLOTIP")
+		s = strings.ReplaceAll(s, p.Config.HostVethMAC(i).String(), "HOSTMAC")
+		s = strings.ReplaceAll(s, p.Config.SlotVethMAC(i).String(), "SLOTMAC")
+		return peerIndex.ReplaceAllString(s, "@ifN")
+	}
+	if a, b := norm(got, info.Index), norm(fresh, (info.Index+1)%3); a != b {
+		t.Fatalf("released slot differs from a fresh one:\n--- released\n%s\n--- fresh\n%s", a, b)
+	}
+}

@@ -1,0 +1,182 @@
+package testutil
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/netslot/netslot/internal/netns"
+)
+
+// Guest is a process-side stand-in for a VM: it holds the slot's tap open
+// and reads and writes Ethernet frames on it.
+type Guest struct{ f *os.File }
+
+// AttachTap opens tap0 of the namespace at nsPath the way a VMM does.
+func AttachTap(nsPath, name string) (*Guest, error) {
+	fd, err := netns.Open(nsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	var tfd int
+	err = netns.Do(fd, func() error {
+		var err error
+		tfd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		var req [unix.IFNAMSIZ + 24]byte
+		copy(req[:], name)
+		binary.NativeEndian.PutUint16(req[unix.IFNAMSIZ:], unix.IFF_TAP|unix.IFF_NO_PI)
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(tfd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req[0]))); e != 0 {
+			unix.Close(tfd)
+			return fmt.Errorf("attach %s: %w", name, e)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.SetNonblock(tfd, true); err != nil {
+		unix.Close(tfd)
+		return nil, err
+	}
+	return &Guest{f: os.NewFile(uintptr(tfd), name)}, nil
+}
+
+// Send writes one frame.
+func (g *Guest) Send(frame []byte) error {
+	_, err := g.f.Write(frame)
+	return err
+}
+
+// Close detaches from the tap.
+func (g *Guest) Close() error { return g.f.Close() }
+
+func csum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s > 0xffff {
+		s = s&0xffff + s>>16
+	}
+	return ^uint16(s)
+}
+
+// UDPFrame builds an Ethernet/IPv4/UDP frame with a valid IPv4 checksum
+// (UDP checksum 0, which IPv4 allows).
+func UDPFrame(src, dst net.HardwareAddr, sip, dip netip.Addr, sport, dport uint16, payload []byte) []byte {
+	f := make([]byte, 14+20+8+len(payload))
+	copy(f[0:6], dst)
+	copy(f[6:12], src)
+	binary.BigEndian.PutUint16(f[12:], unix.ETH_P_IP)
+	ip := f[14:34]
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+8+len(payload)))
+	ip[8] = 64
+	ip[9] = unix.IPPROTO_UDP
+	s, d := sip.As4(), dip.As4()
+	copy(ip[12:16], s[:])
+	copy(ip[16:20], d[:])
+	binary.BigEndian.PutUint16(ip[10:], csum(ip))
+	udp := f[34:42]
+	binary.BigEndian.PutUint16(udp[0:], sport)
+	binary.BigEndian.PutUint16(udp[2:], dport)
+	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
+	copy(f[42:], payload)
+	return f
+}
+
+// Capture records the IPv4 frames seen on one device of the calling
+// process's root namespace.
+type Capture struct {
+	fd     int
+	mu     sync.Mutex
+	frames [][]byte
+	done   chan struct{}
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// CaptureOn starts capturing on ifname (in the root namespace).
+func CaptureOn(ifname string) (*Capture, error) {
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	tv := unix.Timeval{Usec: 50_000}
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	c := &Capture{fd: fd, done: make(chan struct{})}
+	go func() {
+		runtime.LockOSThread() // blocking reads with a timeout
+		buf := make([]byte, 65536)
+		for {
+			select {
+			case <-c.done:
+				return
+			default:
+			}
+			n, _, err := unix.Recvfrom(fd, buf, 0)
+			if err != nil {
+				if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+					continue
+				}
+				return
+			}
+			c.mu.Lock()
+			c.frames = append(c.frames, append([]byte(nil), buf[:n]...))
+			c.mu.Unlock()
+		}
+	}()
+	return c, nil
+}
+
+// Close stops the capture.
+func (c *Capture) Close() {
+	close(c.done)
+	time.Sleep(60 * time.Millisecond)
+	unix.Close(c.fd)
+}
+
+// SawUDP reports whether a UDP frame to dip:dport arrives within wait.
+func (c *Capture) SawUDP(dip netip.Addr, dport uint16, wait time.Duration) bool {
+	d := dip.As4()
+	deadline := time.Now().Add(wait)
+	for {
+		c.mu.Lock()
+		for _, f := range c.frames {
+			if len(f) >= 42 && binary.BigEndian.Uint16(f[12:]) == unix.ETH_P_IP && f[23] == unix.IPPROTO_UDP &&
+				[4]byte(f[30:34]) == d && binary.BigEndian.Uint16(f[36:]) == dport {
+				c.mu.Unlock()
+				return true
+			}
+		}
+		c.mu.Unlock()
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
