@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/netslot/netslot/internal/firewall"
@@ -89,6 +90,9 @@ func New(opts Options) (*Daemon, error) {
 	if opts.Uplink != "" && (len(opts.Uplink) > 15 || strings.ContainsAny(opts.Uplink, "/ \t")) {
 		return nil, fmt.Errorf("invalid uplink name %q", opts.Uplink)
 	}
+	if err := checkSlotCIDRUnrouted(opts.Config.SlotCIDR); err != nil {
+		return nil, err
+	}
 	if opts.Workers <= 0 {
 		opts.Workers = DefaultWorkers()
 	}
@@ -113,6 +117,30 @@ func New(opts Options) (*Daemon, error) {
 	d.leases = make([]*slot.Lease, d.cfg.Count)
 	d.Metrics = metrics.New(d)
 	return d, nil
+}
+
+// checkSlotCIDRUnrouted refuses a slot CIDR that overlaps a route of the
+// root namespace (other than a default route): slot addresses there would
+// shadow, or be shadowed by, the host's own networks.
+func checkSlotCIDRUnrouted(p netip.Prefix) error {
+	routes, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return fmt.Errorf("list root routes: %w", err)
+	}
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		ones, _ := r.Dst.Mask.Size()
+		a, ok := netip.AddrFromSlice(r.Dst.IP.To4())
+		if !ok || ones == 0 {
+			continue
+		}
+		if rp := netip.PrefixFrom(a, ones); rp.Overlaps(p) {
+			return fmt.Errorf("slot cidr %s overlaps the host's route to %s: choose a range the host does not use", p, rp)
+		}
+	}
+	return nil
 }
 
 // lockFile takes an exclusive, non-blocking flock on path and writes our

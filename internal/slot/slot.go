@@ -39,6 +39,16 @@ var (
 	DefaultTapMAC    = net.HardwareAddr{0x06, 0x00, 0xac, 0x10, 0x00, 0x01}
 )
 
+// reserved are ranges no slot or guest address may come from: "this
+// network", loopback, link-local (the slot's next hop lives there),
+// multicast and the reserved class E.
+var reserved = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("224.0.0.0/3"),
+}
+
 // MaxVNI is the largest 24-bit Geneve VNI.
 const MaxVNI = 1<<24 - 1
 
@@ -87,6 +97,11 @@ func (c Config) Validate() error {
 	}
 	if c.SlotCIDR != c.SlotCIDR.Masked() {
 		return fmt.Errorf("invalid slot cidr %s: host bits set (did you mean %s?)", c.SlotCIDR, c.SlotCIDR.Masked())
+	}
+	for _, r := range reserved {
+		if c.SlotCIDR.Overlaps(r) || c.GuestCIDR.Overlaps(r) {
+			return fmt.Errorf("slot cidr %s or guest cidr %s overlaps reserved range %s", c.SlotCIDR, c.GuestCIDR, r)
+		}
 	}
 	if capa := Capacity(c.SlotCIDR); c.Count > capa {
 		return fmt.Errorf("slot cidr %s holds %d slot addresses, fewer than the %d slots asked for", c.SlotCIDR, capa, c.Count)

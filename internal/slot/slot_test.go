@@ -26,6 +26,8 @@ func TestValidate(t *testing.T) {
 		{"cidr host bits", func(c *Config) { c.SlotCIDR = netip.MustParsePrefix("100.64.0.1/16") }, "host bits set"},
 		{"cidr ipv6", func(c *Config) { c.SlotCIDR = netip.MustParsePrefix("fd00::/64") }, "IPv4"},
 		{"guest /31", func(c *Config) { c.GuestCIDR = netip.MustParsePrefix("172.16.0.0/31") }, "guest cidr"},
+		{"loopback", func(c *Config) { c.SlotCIDR = netip.MustParsePrefix("127.0.0.0/16") }, "reserved"},
+		{"link-local guest", func(c *Config) { c.GuestCIDR = netip.MustParsePrefix("169.254.1.0/30") }, "reserved"},
 		{"overlap", func(c *Config) { c.GuestCIDR = netip.MustParsePrefix("100.64.0.0/30") }, "overlaps"},
 		{"multicast mac", func(c *Config) { c.GuestMAC = []byte{1, 0, 0, 0, 0, 1} }, "guest mac"},
 		{"same macs", func(c *Config) { c.TapMAC = c.GuestMAC }, "must differ"},

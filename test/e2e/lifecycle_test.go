@@ -204,6 +204,8 @@ func TestDaemonRefusesBadStart(t *testing.T) {
 		p.args("--metrics-addr", "0.0.0.0:9464"),
 		p.args("--prefix", "Bad"),
 		p.args("--uplink", "a/b"),
+		p.args("--slot-cidr", "192.0.2.0/24"), // the host's own network here
+		p.args("--slot-cidr", "127.0.0.0/8"),
 	} {
 		if out, err := p.netslotd(args...); err == nil {
 			t.Fatalf("netslotd %v started:\n%s", args, out)

@@ -1,0 +1,31 @@
+GO ?= /usr/local/go/bin/go
+export PATH := /usr/local/go/bin:$(PATH)
+
+.PHONY: all build demo test unit generate bench clean
+
+all: build
+
+build:
+	$(GO) build -o bin/ ./cmd/netslotd ./cmd/netslot
+
+# Start the daemon with its default pool and show a slot acquired and released.
+demo:
+	./scripts/demo.sh
+
+# The whole test suite (installs what it needs; runs as root).
+test:
+	./scripts/test.sh
+
+# Tests that need no root.
+unit:
+	$(GO) test ./internal/slot ./internal/pool ./internal/state ./internal/firewall ./internal/server ./internal/metrics
+
+# Regenerate the gRPC bindings from api/netslot/v1/netslot.proto.
+generate:
+	./scripts/generate.sh
+
+bench:
+	$(GO) test -p 1 -run '^$$' -bench . -benchtime 2000x ./internal/daemon ./test/e2e
+
+clean:
+	rm -rf bin
