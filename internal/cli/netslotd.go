@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -64,7 +65,7 @@ socket, and keeps the slots when it stops: a restarted daemon adopts them.
 	fl.StringVar(&f.guestCIDR, "guest-cidr", slot.DefaultGuestCIDR.String(), "guest-facing network, the same in every slot (gateway .1, guest .2)")
 	fl.StringVar(&f.guestMAC, "guest-mac", slot.DefaultGuestMAC.String(), "guest MAC, the same in every slot")
 	fl.StringVar(&f.uplink, "uplink", "", "root-namespace device slot traffic may leave through (empty: none)")
-	fl.IntVar(&f.workers, "boot-workers", 0, "parallel slot builders at boot (0: 2 per CPU)")
+	fl.IntVar(&f.workers, "boot-workers", 0, "parallel slot builders at boot (0: one per CPU, at least 2)")
 	fl.BoolVar(&f.logJSON, "log-json", false, "log JSON instead of text")
 	root.AddCommand(teardownCmd())
 	return root
@@ -105,6 +106,11 @@ func runDaemon(parent context.Context, f *daemonFlags) error {
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("netslotd must run as root (it creates namespaces and devices)")
+	}
+	if os.Getenv("GOGC") == "" {
+		// The live heap is a few MB; the default would collect every few
+		// release cycles (measured: 660 collections per 6,000 cycles).
+		debug.SetGCPercent(400)
 	}
 	// Refuse before touching anything when another daemon serves the socket.
 	if err := server.CheckSocketFree(f.socket); err != nil {

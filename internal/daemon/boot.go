@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -25,6 +26,7 @@ type jobKind uint8
 const (
 	jobCreate jobKind = iota // nothing usable exists: build the slot
 	jobAdopt                 // pin and host veth exist: verify, repair if needed
+	jobRepair                // damaged: rebuild
 )
 
 type job struct {
@@ -64,41 +66,33 @@ func (d *Daemon) Boot(ctx context.Context) error {
 		return err
 	}
 
-	jobs := make(chan job, d.opts.Workers)
-	var (
-		wg       sync.WaitGroup
-		errMu    sync.Mutex
-		failures []error
-	)
-	for w := 0; w < d.opts.Workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for err := range d.worker(rootFD, jobs) {
-				errMu.Lock()
-				failures = append(failures, err)
-				errMu.Unlock()
-			}
-		}()
-	}
 	stopProgress := d.logProgress()
-	canceled := false
-	for i := 0; i < d.cfg.Count; i++ {
-		if ctx.Err() != nil {
-			canceled = true
-			break
+	defer stopProgress()
+	// First pass: adopt what exists, create what does not. Slots whose
+	// firewall check fails come back for a second pass that rebuilds them.
+	repairs, failures := d.runPass(ctx, rootFD, func(emit func(job)) {
+		for i := 0; i < d.cfg.Count; i++ {
+			kind := jobCreate
+			if pins[i] && veths[i] {
+				kind = jobAdopt
+			}
+			emit(job{i: i, kind: kind})
 		}
-		kind := jobCreate
-		if pins[i] && veths[i] {
-			kind = jobAdopt
+	})
+	if len(repairs) > 0 && ctx.Err() == nil {
+		var more []int
+		more, failures2 := d.runPass(ctx, rootFD, func(emit func(job)) {
+			for _, i := range repairs {
+				emit(job{i: i, kind: jobRepair})
+			}
+		})
+		failures = append(failures, failures2...)
+		for _, i := range more {
+			failures = append(failures, fmt.Errorf("slot %s: still damaged after repair", d.cfg.ID(i)))
 		}
-		jobs <- job{i: i, kind: kind}
 	}
-	close(jobs)
-	wg.Wait()
-	stopProgress()
-	if canceled {
-		return ctx.Err()
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	if len(failures) > 0 {
 		return fmt.Errorf("%d of %d slots failed to boot: %w", len(failures), d.cfg.Count, errors.Join(failures[:min(3, len(failures))]...))
@@ -219,42 +213,105 @@ func (d *Daemon) scanHostVeths() ([]bool, error) {
 	return have, nil
 }
 
-// worker runs slot jobs on one locked OS thread and reports failures on the
-// returned channel, which is closed when jobs is drained. If the thread
-// cannot get back to the root namespace it is retired (never unlocked) and
-// the worker stops.
-func (d *Daemon) worker(rootFD int, jobs <-chan job) <-chan error {
-	out := make(chan error, 1)
-	go func() {
-		defer close(out)
-		runtime.LockOSThread()
-		root, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-		if err != nil {
-			out <- fmt.Errorf("netlink: %w", err)
-			runtime.UnlockOSThread()
+// runPass runs the jobs that gen emits on Options.Workers locked threads.
+// The kernel-device part of a job runs on the worker's thread; its
+// nftables part runs afterwards on an ordinary goroutine, so that the
+// worker goes on with the next slot instead of parking a locked thread on
+// every netlink round trip of the nftables library (measured: runtime
+// thread hand-offs were a quarter of boot CPU). It returns the slots whose
+// adoption found a damaged firewall, and the failures.
+func (d *Daemon) runPass(ctx context.Context, rootFD int, gen func(emit func(job))) (repairs []int, failures []error) {
+	var (
+		mu      sync.Mutex
+		workers sync.WaitGroup
+		steps   sync.WaitGroup
+	)
+	fail := func(err error) {
+		mu.Lock()
+		failures = append(failures, err)
+		mu.Unlock()
+	}
+	jobs := make(chan job, d.opts.Workers)
+	for w := 0; w < d.opts.Workers; w++ {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			d.worker(rootFD, jobs, fail, func(j job, step func() error) {
+				steps.Add(1)
+				go func() {
+					defer steps.Done()
+					if err := step(); err != nil {
+						if j.kind == jobAdopt {
+							d.log.Warn("repairing slot with a damaged firewall", "slot", d.cfg.ID(j.i), "reason", err)
+							mu.Lock()
+							repairs = append(repairs, j.i)
+							mu.Unlock()
+							return
+						}
+						d.log.Error("slot failed", "slot", d.cfg.ID(j.i), "err", err)
+						fail(fmt.Errorf("slot %s: %w", d.cfg.ID(j.i), errors.Join(err, d.removeSlotObjectsFromRoot(j.i))))
+						return
+					}
+					d.jobDone(j)
+				}()
+			})
+		}()
+	}
+	gen(func(j job) {
+		if ctx.Err() == nil {
+			jobs <- j
+		}
+	})
+	close(jobs)
+	workers.Wait()
+	steps.Wait()
+	return repairs, failures
+}
+
+// worker runs the kernel-device part of jobs on one locked OS thread and
+// hands the nftables part to next. If the thread cannot get back to the
+// root namespace it is retired (never unlocked) and the worker stops.
+func (d *Daemon) worker(rootFD int, jobs <-chan job, fail func(error), next func(job, func() error)) {
+	runtime.LockOSThread()
+	root, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		fail(fmt.Errorf("netlink: %w", err))
+		runtime.UnlockOSThread()
+		for range jobs {
+		}
+		return
+	}
+	defer root.Close()
+	for j := range jobs {
+		j, step, err := d.runJob(root, rootFD, j)
+		if rerr := netns.Enter(rootFD); rerr != nil {
+			fail(fmt.Errorf("slot %d: return to root netns: %w", j.i, rerr))
 			for range jobs {
 			}
-			return
+			return // thread stays locked: retired with the goroutine
 		}
-		defer root.Close()
-		for j := range jobs {
-			err := d.runJob(root, rootFD, j)
-			if rerr := netns.Enter(rootFD); rerr != nil {
-				out <- fmt.Errorf("slot %d: return to root netns: %w", j.i, rerr)
-				for range jobs {
-				}
-				return // thread stays locked: retired with the goroutine
-			}
-			if err != nil {
-				d.log.Error("slot failed", "slot", d.cfg.ID(j.i), "err", err)
-				out <- fmt.Errorf("slot %s: %w", d.cfg.ID(j.i), err)
-				continue
-			}
-			d.markReady(j.i)
+		if err != nil {
+			d.log.Error("slot failed", "slot", d.cfg.ID(j.i), "err", err)
+			fail(fmt.Errorf("slot %s: %w", d.cfg.ID(j.i), err))
+			continue
 		}
-		runtime.UnlockOSThread()
-	}()
-	return out
+		next(j, step)
+	}
+	runtime.UnlockOSThread()
+}
+
+func (d *Daemon) jobDone(j job) {
+	switch j.kind {
+	case jobAdopt:
+		d.adopted.Add(1)
+		d.Metrics.ReconcileAction.WithLabelValues("adopt").Inc()
+	case jobRepair:
+		d.repaired.Add(1)
+		d.Metrics.ReconcileAction.WithLabelValues("repair").Inc()
+	default:
+		d.created.Add(1)
+	}
+	d.markReady(j.i)
 }
 
 func (d *Daemon) markReady(i int) {
@@ -271,101 +328,130 @@ func (d *Daemon) markReady(i int) {
 	d.Metrics.SlotsReady.Set(float64(d.ready.Add(1)))
 }
 
-func (d *Daemon) runJob(root *netlink.Handle, rootFD int, j job) error {
+// runJob does the kernel-device part of j on the calling locked thread and
+// returns its nftables part and what the job turned out to be: a slot whose
+// devices fail the adoption check is rebuilt at once (a repair).
+func (d *Daemon) runJob(root *netlink.Handle, rootFD int, j job) (job, func() error, error) {
 	if j.kind == jobAdopt {
-		err := d.checkSlot(j.i)
+		step, err := d.checkSlot(j.i)
 		if err == nil {
-			d.adopted.Add(1)
-			d.Metrics.ReconcileAction.WithLabelValues("adopt").Inc()
-			return nil
+			return j, step, nil
 		}
 		d.log.Warn("repairing damaged slot", "slot", d.cfg.ID(j.i), "reason", err)
 		if rerr := netns.Enter(rootFD); rerr != nil {
-			return rerr
+			return j, nil, rerr
 		}
-		if err := d.buildSlot(root, rootFD, j.i); err != nil {
-			return err
-		}
-		d.repaired.Add(1)
-		d.Metrics.ReconcileAction.WithLabelValues("repair").Inc()
-		return nil
+		j.kind = jobRepair
 	}
-	if err := d.buildSlot(root, rootFD, j.i); err != nil {
-		return err
-	}
-	d.created.Add(1)
-	return nil
+	step, err := d.buildSlot(root, rootFD, j.i)
+	return j, step, err
 }
 
 // checkSlot enters slot i's namespace on the calling (locked) thread and
-// verifies devices, sysctls and firewall. The thread is left inside.
-func (d *Daemon) checkSlot(i int) error {
+// verifies its devices; it returns the check of its firewall, to be run on
+// any goroutine. The thread is left inside.
+func (d *Daemon) checkSlot(i int) (func() error, error) {
 	if err := links.VerifyHost(d.rootSys, d.cfg, i); err != nil {
-		return err
+		return nil, err
 	}
 	fd, err := netns.Open(d.cfg.NetnsPath(i))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	err = netns.Enter(fd)
 	unix.Close(fd)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
-		return fmt.Errorf("netlink: %w", err)
+		return nil, fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
 	if err := links.Verify(h, d.cfg, i); err != nil {
-		return err
+		return nil, err
 	}
-	conn, err := firewall.Dial()
+	eth0, err := h.LinkByName(slot.VethName)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer firewall.Close(conn)
-	return firewall.Slot{Config: d.cfg}.Verify(conn, egressOf(d.lease(i)))
+	if err := links.EnsureGateway(h, eth0.Attrs().Index, d.cfg, i); err != nil {
+		return nil, err
+	}
+	conn, err := firewall.Dial() // the socket belongs to this namespace
+	if err != nil {
+		return nil, err
+	}
+	egress := egressOf(d.lease(i))
+	return func() error {
+		if err := (firewall.Slot{Config: d.cfg}).Verify(conn, egress); err != nil {
+			firewall.Close(conn)
+			return err
+		}
+		d.setFwConn(i, conn)
+		return nil
+	}, nil
 }
 
-// buildSlot removes whatever is left of slot i and builds it afresh, on the
-// calling locked thread, which must be in the root namespace and is back
-// there when buildSlot returns (unless it returns an error from setns).
-func (d *Daemon) buildSlot(root *netlink.Handle, rootFD, i int) error {
+// buildSlot removes whatever is left of slot i and builds its devices
+// afresh, on the calling locked thread, which must be in the root namespace
+// and is back there when buildSlot returns (unless it returns an error from
+// setns). It returns the creation of the slot's firewall, to be run on any
+// goroutine; the slot is ready once that succeeds.
+func (d *Daemon) buildSlot(root *netlink.Handle, rootFD, i int) (func() error, error) {
 	if err := d.removeSlotObjects(root, i); err != nil {
-		return err
+		return nil, err
 	}
 	if err := netns.CreateHere(d.cfg.NetnsPath(i)); err != nil {
-		return err
+		return nil, err
 	}
-	err := d.fillSlot(rootFD, i)
+	conn, err := d.fillSlot(rootFD, i)
 	if rerr := netns.Enter(rootFD); rerr != nil {
-		return errors.Join(err, rerr)
+		return nil, errors.Join(err, rerr)
 	}
 	if err == nil {
 		err = links.FinishHost(root, d.rootSys, d.cfg, i)
 	}
 	if err != nil {
-		return errors.Join(err, d.removeSlotObjects(root, i))
+		if conn != nil {
+			firewall.Close(conn)
+		}
+		return nil, errors.Join(err, d.removeSlotObjects(root, i))
 	}
-	return nil
+	egress := egressOf(d.lease(i))
+	return func() error {
+		if err := (firewall.Slot{Config: d.cfg}).Create(conn, egress); err != nil {
+			firewall.Close(conn)
+			return err
+		}
+		d.setFwConn(i, conn)
+		return nil
+	}, nil
 }
 
-func (d *Daemon) fillSlot(rootFD, i int) error {
+// fillSlot builds slot i's devices from inside its new namespace and opens
+// an nftables connection there.
+func (d *Daemon) fillSlot(rootFD, i int) (*nftables.Conn, error) {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
-		return fmt.Errorf("netlink: %w", err)
+		return nil, fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
 	if err := links.Build(h, rootFD, d.cfg, i); err != nil {
-		return err
+		return nil, err
 	}
-	conn, err := firewall.Dial()
+	return firewall.Dial()
+}
+
+// removeSlotObjectsFromRoot is removeSlotObjects for an ordinary goroutine
+// (which is in the root namespace).
+func (d *Daemon) removeSlotObjectsFromRoot(i int) error {
+	root, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return err
 	}
-	defer firewall.Close(conn)
-	return firewall.Slot{Config: d.cfg}.Create(conn, egressOf(d.lease(i)))
+	defer root.Close()
+	return d.removeSlotObjects(root, i)
 }
 
 // removeSlotObjects unpins slot i's namespace and deletes its host veth

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -39,7 +40,7 @@ type Options struct {
 
 // DefaultWorkers is the number of slot builders used when Options.Workers
 // is 0 (see docs/boot.md for the measurements behind it).
-func DefaultWorkers() int { return 2 * runtime.NumCPU() }
+func DefaultWorkers() int { return max(2, runtime.NumCPU()) }
 
 // LockDir holds the per-prefix locks that keep two daemons off one prefix.
 const LockDir = "/run/netslot"
@@ -57,6 +58,13 @@ type Daemon struct {
 
 	mu     sync.Mutex
 	leases []*slot.Lease // by slot index; nil when not leased
+	// fwConns holds one nftables socket per slot, opened in the slot's
+	// namespace at boot and never closed while the daemon runs: a policy
+	// change is then one transaction, without entering the namespace, and
+	// no close waits for the kernel's deferred destroy work (closing a
+	// socket flushes it under the namespace's commit mutex: 5-20 ms, which
+	// a following transaction on that slot would wait for).
+	fwConns []*nftables.Conn
 
 	bootStart time.Time
 	bootDur   atomic.Int64 // nanoseconds; 0 until boot completes
@@ -115,6 +123,11 @@ func New(opts Options) (*Daemon, error) {
 	}
 	d.pool = pool.New(d.cfg.Count)
 	d.leases = make([]*slot.Lease, d.cfg.Count)
+	d.fwConns = make([]*nftables.Conn, d.cfg.Count)
+	if err := raiseFileLimit(uint64(d.cfg.Count) + 4096); err != nil {
+		d.Close()
+		return nil, err
+	}
 	d.Metrics = metrics.New(d)
 	return d, nil
 }
@@ -226,6 +239,12 @@ func (d *Daemon) Close() error {
 	if d.store != nil {
 		err = d.store.Close()
 	}
+	for i, c := range d.fwConns {
+		if c != nil {
+			c.CloseLasting()
+			d.fwConns[i] = nil
+		}
+	}
 	d.rootSys.Close()
 	d.unlock()
 	return err
@@ -255,6 +274,42 @@ func (d *Daemon) setLease(i int, l *slot.Lease) {
 	d.mu.Lock()
 	d.leases[i] = l
 	d.mu.Unlock()
+}
+
+// fwConn returns slot i's nftables socket.
+func (d *Daemon) fwConn(i int) *nftables.Conn {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.fwConns[i]
+}
+
+// setFwConn installs slot i's nftables socket, closing a previous one.
+func (d *Daemon) setFwConn(i int, c *nftables.Conn) {
+	d.mu.Lock()
+	old := d.fwConns[i]
+	d.fwConns[i] = c
+	d.mu.Unlock()
+	if old != nil {
+		firewall.Close(old)
+	}
+}
+
+// raiseFileLimit makes room for one socket per slot besides the usual
+// descriptors.
+func raiseFileLimit(need uint64) error {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("getrlimit: %w", err)
+	}
+	if lim.Cur >= need {
+		return nil
+	}
+	lim.Cur = need
+	lim.Max = max(lim.Max, need)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("raise open file limit to %d: %w", need, err)
+	}
+	return nil
 }
 
 func egressOf(l *slot.Lease) []netip.Prefix {

@@ -74,14 +74,7 @@ func (d *Daemon) Acquire(req AcquireRequest) (SlotInfo, error) {
 }
 
 func (d *Daemon) setEgress(i int, allow []netip.Prefix) error {
-	return d.inSlot(i, func() error {
-		conn, err := firewall.Dial()
-		if err != nil {
-			return err
-		}
-		defer firewall.Close(conn)
-		return firewall.Slot{Config: d.cfg}.SetEgress(conn, allow)
-	})
+	return firewall.Slot{Config: d.cfg}.SetEgress(d.fwConn(i), allow)
 }
 
 // inSlot runs fn on a locked thread inside slot i's namespace.
@@ -140,29 +133,26 @@ func (d *Daemon) Release(id string) error {
 // egress allow-list; the slot's firewall is verified and rewritten if it
 // differs.
 func (d *Daemon) scrub(i int) error {
-	return d.inSlot(i, func() error {
+	err := d.inSlot(i, func() error {
 		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 		if err != nil {
 			return fmt.Errorf("netlink: %w", err)
 		}
 		defer h.Close()
-		if err := links.Scrub(h, d.cfg, i); err != nil {
-			return err
-		}
-		conn, err := firewall.Dial()
-		if err != nil {
-			return err
-		}
-		defer firewall.Close(conn)
-		fw := firewall.Slot{Config: d.cfg}
-		if err := fw.SetEgress(conn, nil); err == nil {
-			if err = fw.Verify(conn, nil); err == nil {
-				return nil
-			}
-		}
-		d.Metrics.ReconcileAction.WithLabelValues("firewall_rewrite").Inc()
-		return fw.Apply(conn, nil)
+		return links.Scrub(h, d.cfg, i)
 	})
+	if err != nil {
+		return err
+	}
+	conn := d.fwConn(i)
+	fw := firewall.Slot{Config: d.cfg}
+	if err := fw.SetEgress(conn, nil); err == nil {
+		if err = fw.Verify(conn, nil); err == nil {
+			return nil
+		}
+	}
+	d.Metrics.ReconcileAction.WithLabelValues("firewall_rewrite").Inc()
+	return fw.Apply(conn, nil)
 }
 
 // rebuild recreates slot i from scratch (with no lease policy).
@@ -179,7 +169,11 @@ func (d *Daemon) rebuild(i int) error {
 			return fmt.Errorf("netlink: %w", err)
 		}
 		defer root.Close()
-		return d.buildSlot(root, rootFD, i)
+		step, err := d.buildSlot(root, rootFD, i)
+		if err != nil {
+			return err
+		}
+		return step()
 	})
 	if err != nil {
 		d.setLease(i, lease)

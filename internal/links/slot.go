@@ -81,8 +81,8 @@ func Build(h *netlink.Handle, rootFD int, c slot.Config, i int) error {
 	if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(c.SlotIP(i), 32)}); err != nil {
 		return fmt.Errorf("address %s: %w", slot.VethName, err)
 	}
-	if err := h.NeighAdd(gatewayNeigh(eth0.Attrs().Index, c, i)); err != nil {
-		return fmt.Errorf("neighbour %s: %w", slot.HostGateway, err)
+	if err := EnsureGateway(h, eth0.Attrs().Index, c, i); err != nil {
+		return err
 	}
 	if err := h.RouteAdd(defaultRoute(eth0.Attrs().Index)); err != nil {
 		return fmt.Errorf("default route: %w", err)
@@ -158,9 +158,9 @@ func damaged(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", ErrDamaged, fmt.Sprintf(format, a...))
 }
 
-// Verify checks the devices, addresses, routes and sysctls of slot i in the
-// namespace of h (and of the calling thread, for sysctls). hostUp reports
-// whether the root-side veth was seen up, from a dump the caller made once.
+// Verify checks the devices, addresses, device settings and routes of slot
+// i in the namespace of h. The gateway neighbour is not listed (see
+// EnsureGateway): callers rewrite it instead.
 func Verify(h *netlink.Handle, c slot.Config, i int) error {
 	tap, err := h.LinkByName(slot.TapName)
 	if err != nil {
@@ -210,20 +210,6 @@ func Verify(h *netlink.Handle, c slot.Config, i int) error {
 	if !found {
 		return damaged("default route missing")
 	}
-	neighs, err := h.NeighList(eth0.Attrs().Index, unix.AF_INET)
-	if err != nil {
-		return fmt.Errorf("list neighbours: %w", err)
-	}
-	found = false
-	for _, n := range neighs {
-		if n.IP.Equal(slot.HostGateway.AsSlice()) && n.State == netlink.NUD_PERMANENT &&
-			n.HardwareAddr.String() == c.HostVethMAC(i).String() {
-			found = true
-		}
-	}
-	if !found {
-		return damaged("gateway neighbour missing")
-	}
 	return nil
 }
 
@@ -265,12 +251,8 @@ func Scrub(h *netlink.Handle, c slot.Config, i int) error {
 	if err != nil {
 		return fmt.Errorf("find %s: %w", slot.VethName, err)
 	}
-	if err := flushNeighbours(h, tap.Attrs().Index, c, i); err != nil {
-		return err
-	}
-	if err := flushNeighbours(h, eth0.Attrs().Index, c, i); err != nil {
-		return err
-	}
+	// Taking tap0 down flushes every neighbour entry on it, permanent ones
+	// included (neigh_ifdown), and whatever is queued on its qdisc.
 	if err := h.LinkSetDown(tap); err != nil {
 		return fmt.Errorf("set %s down: %w", slot.TapName, err)
 	}
@@ -288,24 +270,19 @@ func Scrub(h *netlink.Handle, c slot.Config, i int) error {
 	if err := configureTap(h, tap, c); err != nil {
 		return err
 	}
+	if err := EnsureGateway(h, eth0.Attrs().Index, c, i); err != nil {
+		return err
+	}
 	return Verify(h, c, i)
 }
 
-// flushNeighbours deletes every neighbour entry on ifindex except the
-// permanent gateway entry that Build made.
-func flushNeighbours(h *netlink.Handle, ifindex int, c slot.Config, i int) error {
-	neighs, err := h.NeighList(ifindex, unix.AF_INET)
-	if err != nil {
-		return fmt.Errorf("list neighbours: %w", err)
-	}
-	for _, n := range neighs {
-		if n.IP.Equal(slot.HostGateway.AsSlice()) && n.State == netlink.NUD_PERMANENT &&
-			n.HardwareAddr.String() == c.HostVethMAC(i).String() {
-			continue
-		}
-		if err := h.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("delete neighbour %s: %w", n.IP, err)
-		}
+// EnsureGateway (re)writes the permanent neighbour entry of the slot's next
+// hop. Writing it is O(1); listing neighbours is not: the kernel's
+// neighbour table is shared by all namespaces and a dump walks every
+// slot's entries.
+func EnsureGateway(h *netlink.Handle, eth0Index int, c slot.Config, i int) error {
+	if err := h.NeighSet(gatewayNeigh(eth0Index, c, i)); err != nil {
+		return fmt.Errorf("neighbour %s: %w", slot.HostGateway, err)
 	}
 	return nil
 }
