@@ -24,8 +24,10 @@ unit:
 generate:
 	./scripts/generate.sh
 
+# Boot, restart, latency, idle CPU, memory and rule counts at 4,000 slots.
 bench:
-	$(GO) test -p 1 -run '^$$' -bench . -benchtime 2000x ./internal/daemon ./test/e2e
+	./scripts/bench-pool.sh 4000
+	$(GO) test -p 1 -run '^$$' -bench . -benchtime 2000x ./internal/daemon
 
 clean:
 	rm -rf bin

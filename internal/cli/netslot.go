@@ -100,7 +100,7 @@ func statusCmd(f *clientFlags) *cobra.Command {
 				b := st.GetBoot()
 				fmt.Fprintf(w, "prefix\t%s\nslots\t%d\nfree\t%d\nleased\t%d\nready\t%t\n", st.Prefix, st.Total, st.Free, st.Leased, st.Ready)
 				if st.Ready {
-					fmt.Fprintf(w, "boot\t%.2fs (created %d, adopted %d, repaired %d)\n", st.BootSeconds, b.Created, b.Adopted, b.Repaired)
+					fmt.Fprintf(w, "boot\t%.2fs (created %d, adopted %d, repaired %d; ms per slot: first tenth %.3f, last tenth %.3f)\n", st.BootSeconds, b.Created, b.Adopted, b.Repaired, b.MsPerSlotFirstTenth, b.MsPerSlotLastTenth)
 				} else {
 					fmt.Fprintf(w, "boot\t%d/%d ready, %.0f slots/s, eta %.1fs\n", b.Ready, st.Total, b.SlotsPerSecond, b.EtaSeconds)
 				}

@@ -26,7 +26,7 @@ import (
 const (
 	DefaultSlots       = 4000
 	DefaultPrefix      = "nslot"
-	DefaultStateDir    = "/var/lib/netslot"
+	DefaultStateDir    = "/run/netslot/state"
 	DefaultMetricsAddr = "127.0.0.1:9464"
 )
 
@@ -58,7 +58,7 @@ socket, and keeps the slots when it stops: a restarted daemon adopts them.
 	fl := root.Flags()
 	fl.IntVar(&f.slots, "slots", DefaultSlots, "number of slots to pre-create")
 	fl.StringVar(&f.prefix, "prefix", DefaultPrefix, "names every namespace, device and nftables table of the pool")
-	fl.StringVar(&f.stateDir, "state-dir", DefaultStateDir, "directory of the lease store")
+	fl.StringVar(&f.stateDir, "state-dir", DefaultStateDir, "directory of the lease store (best on tmpfs: leases live as long as the host boot)")
 	fl.StringVar(&f.socket, "socket", client.DefaultSocket, "unix socket of the API (mode 0600)")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", DefaultMetricsAddr, "loopback address of the Prometheus endpoint (empty: off)")
 	fl.StringVar(&f.slotCIDR, "slot-cidr", slot.DefaultSlotCIDR.String(), "IPv4 range of the unique slot addresses")
@@ -128,7 +128,7 @@ func runDaemon(parent context.Context, f *daemonFlags) error {
 	ctx, stop := signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if f.metricsAddr != "" {
-		addr, err := d.Metrics.Serve(ctx, f.metricsAddr)
+		addr, err := d.Metrics.Serve(ctx, f.metricsAddr, log)
 		if err != nil {
 			ln.Close()
 			return err

@@ -103,7 +103,9 @@ func (d *Daemon) Boot(ctx context.Context) error {
 	free, leased := d.pool.Counts()
 	d.log.Info("pool ready", "slots", d.cfg.Count, "free", free, "leased", leased,
 		"created", d.created.Load(), "adopted", d.adopted.Load(), "repaired", d.repaired.Load(),
-		"removed", d.removed.Load(), "seconds", fmt.Sprintf("%.2f", dur.Seconds()))
+		"removed", d.removed.Load(), "seconds", fmt.Sprintf("%.2f", dur.Seconds()),
+		"ms_per_slot_first_tenth", fmt.Sprintf("%.3f", d.Progress().FirstTenthMs),
+		"ms_per_slot_last_tenth", fmt.Sprintf("%.3f", d.Progress().LastTenthMs))
 	return nil
 }
 
@@ -325,7 +327,16 @@ func (d *Daemon) markReady(i int) {
 		d.log.Error("pool state", "slot", d.cfg.ID(i), "err", err)
 		return
 	}
-	d.Metrics.SlotsReady.Set(float64(d.ready.Add(1)))
+	n := d.ready.Add(1)
+	d.Metrics.SlotsReady.Set(float64(n))
+	// Marks for the per-slot cost of the first and the last tenth of boot.
+	tenth := int64(max(1, d.cfg.Count/10))
+	switch n {
+	case tenth:
+		d.t10.Store(int64(time.Since(d.bootStart)))
+	case int64(d.cfg.Count) - tenth:
+		d.t90.Store(int64(time.Since(d.bootStart)))
+	}
 }
 
 // runJob does the kernel-device part of j on the calling locked thread and
@@ -505,6 +516,9 @@ type Progress struct {
 	Rate, ETA, Elapsed                float64 // slots/s, seconds, seconds
 	Done                              bool
 	BootSeconds                       float64
+	// Wall time per slot over the first and the last tenth of the slots,
+	// in milliseconds (0 until known): flat boot means equal figures.
+	FirstTenthMs, LastTenthMs float64
 }
 
 // Progress reports how far boot has come.
@@ -516,10 +530,17 @@ func (d *Daemon) Progress() Progress {
 	if d.bootStart.IsZero() {
 		return p
 	}
+	tenth := float64(max(1, d.cfg.Count/10))
+	if t := d.t10.Load(); t > 0 {
+		p.FirstTenthMs = time.Duration(t).Seconds() * 1000 / tenth
+	}
 	if dur := d.bootDur.Load(); dur > 0 {
 		p.Done = true
 		p.BootSeconds = time.Duration(dur).Seconds()
 		p.Elapsed = p.BootSeconds
+		if t := d.t90.Load(); t > 0 && d.cfg.Count >= 20 {
+			p.LastTenthMs = time.Duration(dur-t).Seconds() * 1000 / tenth
+		}
 	} else {
 		p.Elapsed = time.Since(d.bootStart).Seconds()
 	}

@@ -73,6 +73,7 @@ type Daemon struct {
 	repaired  atomic.Int64
 	ready     atomic.Int64
 	removed   atomic.Int64
+	t10, t90  atomic.Int64 // boot time when a tenth / nine tenths were ready
 }
 
 // Errors the API maps to status codes.

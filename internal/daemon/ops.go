@@ -74,7 +74,11 @@ func (d *Daemon) Acquire(req AcquireRequest) (SlotInfo, error) {
 }
 
 func (d *Daemon) setEgress(i int, allow []netip.Prefix) error {
-	return firewall.Slot{Config: d.cfg}.SetEgress(d.fwConn(i), allow)
+	conn := d.fwConn(i)
+	if conn == nil {
+		return fmt.Errorf("slot %s has no firewall connection", d.cfg.ID(i))
+	}
+	return firewall.Slot{Config: d.cfg}.SetEgress(conn, allow)
 }
 
 // inSlot runs fn on a locked thread inside slot i's namespace.
@@ -145,6 +149,9 @@ func (d *Daemon) scrub(i int) error {
 		return err
 	}
 	conn := d.fwConn(i)
+	if conn == nil {
+		return fmt.Errorf("slot %s has no firewall connection", d.cfg.ID(i))
+	}
 	fw := firewall.Slot{Config: d.cfg}
 	if err := fw.SetEgress(conn, nil); err == nil {
 		if err = fw.Verify(conn, nil); err == nil {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -56,26 +57,25 @@ func New(g Gauges) *Metrics {
 		ReconcileAction: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netslot_reconcile_actions_total", Help: "What start-up reconciliation did, by action."}, []string{"action"}),
 	}
+	// Export every known label at zero, so that dashboards see the series
+	// before the first event.
+	for _, a := range []string{"adopt", "repair", "remove_netns", "remove_link", "firewall_rewrite", "drop_stale_leases", "drop_bad_lease"} {
+		m.ReconcileAction.WithLabelValues(a)
+	}
+	for _, r := range []string{"exhausted", "store", "firewall"} {
+		m.AcquireErrors.WithLabelValues(r)
+	}
 	r.MustRegister(m.BootSeconds, m.SlotsReady, m.AcquireSeconds, m.ReleaseSeconds, m.AcquireErrors,
 		m.ScrubFailures, m.ReconcileAction,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	for _, name := range []struct{ n, h string }{
-		{"netslot_slots_total", "Slots in the pool."},
-		{"netslot_slots_free", "Slots ready to be acquired."},
-		{"netslot_slots_leased", "Slots held by a tenant (or being released)."},
-	} {
-		name := name
-		r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name.n, Help: name.h}, func() float64 {
-			t, f, l := g.Counts()
-			switch name.n {
-			case "netslot_slots_total":
-				return float64(t)
-			case "netslot_slots_free":
-				return float64(f)
-			}
-			return float64(l)
+	gauge := func(name, help string, f func(total, free, leased int) int) {
+		r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 {
+			return float64(f(g.Counts()))
 		}))
 	}
+	gauge("netslot_slots_total", "Slots in the pool.", func(t, _, _ int) int { return t })
+	gauge("netslot_slots_free", "Slots ready to be acquired.", func(_, f, _ int) int { return f })
+	gauge("netslot_slots_leased", "Slots held by a tenant (or being released).", func(_, _, l int) int { return l })
 	return m
 }
 
@@ -96,8 +96,9 @@ func CheckLoopback(addr string) error {
 }
 
 // Serve listens on addr (which must be loopback) and serves /metrics until
-// ctx ends. The listener is bound before Serve returns.
-func (m *Metrics) Serve(ctx context.Context, addr string) (net.Addr, error) {
+// ctx ends. The listener is bound before Serve returns; a later failure is
+// logged (the API keeps serving without metrics).
+func (m *Metrics) Serve(ctx context.Context, addr string, log *slog.Logger) (net.Addr, error) {
 	if err := CheckLoopback(addr); err != nil {
 		return nil, err
 	}
@@ -116,7 +117,7 @@ func (m *Metrics) Serve(ctx context.Context, addr string) (net.Addr, error) {
 	}()
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			_ = err // the daemon keeps serving its API; metrics are best effort
+			log.Error("metrics server stopped", "err", err)
 		}
 	}()
 	return ln.Addr(), nil

@@ -149,7 +149,7 @@ func (s *Server) Status(ctx context.Context, req *netslotv1.StatusRequest) (*net
 		Boot: &netslotv1.BootProgress{
 			Ready: uint32(p.Ready), Created: uint32(p.Created), Adopted: uint32(p.Adopted),
 			Repaired: uint32(p.Repaired), SlotsPerSecond: p.Rate, EtaSeconds: p.ETA,
-			ElapsedSeconds: p.Elapsed,
+			ElapsedSeconds: p.Elapsed, MsPerSlotFirstTenth: p.FirstTenthMs, MsPerSlotLastTenth: p.LastTenthMs,
 		},
 		Version:   Version,
 		RootRules: uint32(st.RootRules),

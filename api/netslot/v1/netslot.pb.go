@@ -726,8 +726,12 @@ type BootProgress struct {
 	SlotsPerSecond float64                `protobuf:"fixed64,5,opt,name=slots_per_second,json=slotsPerSecond,proto3" json:"slots_per_second,omitempty"`
 	EtaSeconds     float64                `protobuf:"fixed64,6,opt,name=eta_seconds,json=etaSeconds,proto3" json:"eta_seconds,omitempty"`
 	ElapsedSeconds float64                `protobuf:"fixed64,7,opt,name=elapsed_seconds,json=elapsedSeconds,proto3" json:"elapsed_seconds,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Wall time per slot over the first and the last tenth of the slots
+	// (milliseconds; 0 until known). Equal figures mean a flat boot.
+	MsPerSlotFirstTenth float64 `protobuf:"fixed64,8,opt,name=ms_per_slot_first_tenth,json=msPerSlotFirstTenth,proto3" json:"ms_per_slot_first_tenth,omitempty"`
+	MsPerSlotLastTenth  float64 `protobuf:"fixed64,9,opt,name=ms_per_slot_last_tenth,json=msPerSlotLastTenth,proto3" json:"ms_per_slot_last_tenth,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *BootProgress) Reset() {
@@ -805,6 +809,20 @@ func (x *BootProgress) GetEtaSeconds() float64 {
 func (x *BootProgress) GetElapsedSeconds() float64 {
 	if x != nil {
 		return x.ElapsedSeconds
+	}
+	return 0
+}
+
+func (x *BootProgress) GetMsPerSlotFirstTenth() float64 {
+	if x != nil {
+		return x.MsPerSlotFirstTenth
+	}
+	return 0
+}
+
+func (x *BootProgress) GetMsPerSlotLastTenth() float64 {
+	if x != nil {
+		return x.MsPerSlotLastTenth
 	}
 	return 0
 }
@@ -986,7 +1004,7 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\vListRequest\"6\n" +
 	"\fListResponse\x12&\n" +
 	"\x05slots\x18\x01 \x03(\v2\x10.netslot.v1.SlotR\x05slots\"\x0f\n" +
-	"\rStatusRequest\"\xe8\x01\n" +
+	"\rStatusRequest\"\xd2\x02\n" +
 	"\fBootProgress\x12\x14\n" +
 	"\x05ready\x18\x01 \x01(\rR\x05ready\x12\x18\n" +
 	"\acreated\x18\x02 \x01(\rR\acreated\x12\x18\n" +
@@ -995,7 +1013,9 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\x10slots_per_second\x18\x05 \x01(\x01R\x0eslotsPerSecond\x12\x1f\n" +
 	"\veta_seconds\x18\x06 \x01(\x01R\n" +
 	"etaSeconds\x12'\n" +
-	"\x0felapsed_seconds\x18\a \x01(\x01R\x0eelapsedSeconds\"\xbf\x02\n" +
+	"\x0felapsed_seconds\x18\a \x01(\x01R\x0eelapsedSeconds\x124\n" +
+	"\x17ms_per_slot_first_tenth\x18\b \x01(\x01R\x13msPerSlotFirstTenth\x122\n" +
+	"\x16ms_per_slot_last_tenth\x18\t \x01(\x01R\x12msPerSlotLastTenth\"\xbf\x02\n" +
 	"\x0eStatusResponse\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\rR\x05total\x12\x12\n" +
 	"\x04free\x18\x02 \x01(\rR\x04free\x12\x16\n" +
