@@ -65,3 +65,28 @@ func TestReleaseScrubsWhatTheTenantLeft(t *testing.T) {
 		t.Fatalf("released slot differs from a fresh one:\n--- released\n%s\n--- fresh\n%s", a, b)
 	}
 }
+
+func TestReleaseRebuildsASlotItCannotScrub(t *testing.T) {
+	p := testutil.StartPool(t, 2)
+	info, err := p.D.Acquire(daemon.AcquireRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := p.Config.ID(info.Index)
+	inNS(t, ns, "ip", "link", "del", "tap0")
+	if err := p.D.Release(info.ID); err != nil {
+		t.Fatalf("release of a damaged slot: %v", err)
+	}
+	if out := inNS(t, ns, "ip", "-br", "link", "show", "tap0"); !strings.Contains(out, "tap0") {
+		t.Fatalf("tap0 not rebuilt: %q", out)
+	}
+	if st := p.D.Status(); st.Free != 2 || st.Leased != 0 {
+		t.Fatalf("pool after rebuild: %+v", st)
+	}
+	// The rebuilt slot is vendable and its firewall works.
+	for range 2 {
+		if _, err := p.D.Acquire(daemon.AcquireRequest{EgressAllow: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15")}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -40,6 +40,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
 		os.Exit(2)
 	}
+	os.Chmod(dir, 0o755) // other users may run the CLI (the daemon refuses them)
 	binDir = dir
 	code := m.Run()
 	os.RemoveAll(dir)

@@ -3,6 +3,9 @@ package e2e
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
 	"strings"
 	"testing"
 	"time"
@@ -76,6 +79,24 @@ func TestLifecycleThroughCLI(t *testing.T) {
 	if fi, err := os.Stat(p.socket); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("socket mode: %v %v", fi.Mode(), err)
 	}
+	// A client that is not root is refused even when the socket's mode
+	// would let it connect (the daemon checks SO_PEERCRED).
+	asNobody := func() error {
+		c := exec.Command(filepath.Join(binDir, "netslot"), "--socket", p.socket, "--timeout", "2s", "status")
+		c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		return c.Run()
+	}
+	for d := filepath.Dir(p.socket); d != "/"; d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	os.Chmod(p.socket, 0o666)
+	if err := asNobody(); err == nil {
+		t.Fatal("non-root client served")
+	}
+	if _, err := p.cli("status"); err != nil {
+		t.Fatalf("root client after the refusal: %v", err)
+	}
+	os.Chmod(p.socket, 0o600)
 
 	a := p.acquireJSON("--owner", "vm-a")
 	b := p.acquireJSON("--vni", "4242", "--vtep", "198.18.0.9", "--vpc-ip", "10.1.0.5", "--vpc-cidr", "10.1.0.0/16")
