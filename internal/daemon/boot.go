@@ -416,12 +416,12 @@ func (d *Daemon) buildSlot(root *netlink.Handle, rootFD, i int) (func() error, e
 	if err := netns.CreateHere(d.cfg.NetnsPath(i)); err != nil {
 		return nil, err
 	}
-	conn, err := d.fillSlot(rootFD, i)
+	conn, hostIndex, err := d.fillSlot(rootFD, i)
 	if rerr := netns.Enter(rootFD); rerr != nil {
 		return nil, errors.Join(err, rerr)
 	}
 	if err == nil {
-		err = links.FinishHost(root, d.rootSys, d.cfg, i)
+		err = links.FinishHost(root, d.rootSys, d.cfg, i, hostIndex)
 	}
 	if err != nil {
 		if conn != nil {
@@ -441,17 +441,19 @@ func (d *Daemon) buildSlot(root *netlink.Handle, rootFD, i int) (func() error, e
 }
 
 // fillSlot builds slot i's devices from inside its new namespace and opens
-// an nftables connection there.
-func (d *Daemon) fillSlot(rootFD, i int) (*nftables.Conn, error) {
+// an nftables connection there. It returns the host veth's ifindex.
+func (d *Daemon) fillSlot(rootFD, i int) (*nftables.Conn, int, error) {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
-		return nil, fmt.Errorf("netlink: %w", err)
+		return nil, 0, fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
-	if err := links.Build(h, rootFD, d.cfg, i); err != nil {
-		return nil, err
+	hostIndex, err := links.Build(h, rootFD, d.cfg, i)
+	if err != nil {
+		return nil, 0, err
 	}
-	return firewall.Dial()
+	conn, err := firewall.Dial()
+	return conn, hostIndex, err
 }
 
 // removeSlotObjectsFromRoot is removeSlotObjects for an ordinary goroutine
