@@ -80,16 +80,13 @@ func (d *Daemon) Boot(ctx context.Context) error {
 		}
 	})
 	if len(repairs) > 0 && ctx.Err() == nil {
-		var more []int
-		more, failures2 := d.runPass(ctx, rootFD, func(emit func(job)) {
+		// Repair jobs report their failures as failures, never as repairs.
+		_, more := d.runPass(ctx, rootFD, func(emit func(job)) {
 			for _, i := range repairs {
 				emit(job{i: i, kind: jobRepair})
 			}
 		})
-		failures = append(failures, failures2...)
-		for _, i := range more {
-			failures = append(failures, fmt.Errorf("slot %s: still damaged after repair", d.cfg.ID(i)))
-		}
+		failures = append(failures, more...)
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -101,11 +98,12 @@ func (d *Daemon) Boot(ctx context.Context) error {
 	d.bootDur.Store(int64(dur))
 	d.Metrics.BootSeconds.Set(dur.Seconds())
 	free, leased := d.pool.Counts()
+	p := d.Progress()
 	d.log.Info("pool ready", "slots", d.cfg.Count, "free", free, "leased", leased,
-		"created", d.created.Load(), "adopted", d.adopted.Load(), "repaired", d.repaired.Load(),
+		"created", p.Created, "adopted", p.Adopted, "repaired", p.Repaired,
 		"removed", d.removed.Load(), "seconds", fmt.Sprintf("%.2f", dur.Seconds()),
-		"ms_per_slot_first_tenth", fmt.Sprintf("%.3f", d.Progress().FirstTenthMs),
-		"ms_per_slot_last_tenth", fmt.Sprintf("%.3f", d.Progress().LastTenthMs))
+		"ms_per_slot_first_tenth", fmt.Sprintf("%.3f", p.FirstTenthMs),
+		"ms_per_slot_last_tenth", fmt.Sprintf("%.3f", p.LastTenthMs))
 	return nil
 }
 
