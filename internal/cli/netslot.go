@@ -195,6 +195,11 @@ func listCmd(f *clientFlags) *cobra.Command {
 		Short: "List slots",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch state {
+			case "", "free", "leased", "releasing", "acquiring", "pending":
+			default:
+				return fmt.Errorf("unknown state %q: want free, leased, releasing, acquiring or pending", state)
+			}
 			return f.run(cmd, func(ctx context.Context, c *client.Client) error {
 				slots, err := c.List(ctx)
 				if err != nil {
@@ -233,7 +238,7 @@ func listCmd(f *clientFlags) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&state, "state", "", "only slots in this state (free, leased, releasing, pending)")
+	cmd.Flags().StringVar(&state, "state", "", "only slots in this state (free, leased, releasing, acquiring, pending)")
 	return cmd
 }
 

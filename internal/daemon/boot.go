@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"sync"
@@ -39,7 +40,6 @@ type job struct {
 // created, objects of the prefix outside the pool are removed. Ready slots
 // are vendable while the rest boot.
 func (d *Daemon) Boot(ctx context.Context) error {
-	d.bootStart = time.Now()
 	if err := d.loadLeases(); err != nil {
 		return err
 	}
@@ -150,7 +150,7 @@ func (d *Daemon) loadLeases() error {
 			}
 			continue
 		}
-		d.leases[i] = l
+		d.setLease(i, l)
 	}
 	return nil
 }
@@ -343,16 +343,30 @@ func (d *Daemon) markReady(i int) {
 func (d *Daemon) runJob(root *netlink.Handle, rootFD int, j job) (job, func() error, error) {
 	if j.kind == jobAdopt {
 		step, err := d.checkSlot(j.i)
+		// Only damage is repaired; a failed netlink call is retried.
+		for try := 0; err != nil && !errors.Is(err, links.ErrDamaged) && try < 3; try++ {
+			if rerr := netns.Enter(rootFD); rerr != nil {
+				return j, nil, rerr
+			}
+			step, err = d.checkSlot(j.i)
+		}
 		if err == nil {
 			return j, step, nil
 		}
-		d.log.Warn("repairing damaged slot", "slot", d.cfg.ID(j.i), "reason", err)
+		if !errors.Is(err, links.ErrDamaged) {
+			return j, nil, err
+		}
+		if d.lease(j.i) != nil {
+			d.log.Error("rebuilding a damaged leased slot: its VM must reattach to tap0", "slot", d.cfg.ID(j.i), "reason", err)
+		} else {
+			d.log.Warn("repairing damaged slot", "slot", d.cfg.ID(j.i), "reason", err)
+		}
 		if rerr := netns.Enter(rootFD); rerr != nil {
 			return j, nil, rerr
 		}
 		j.kind = jobRepair
 	}
-	step, err := d.buildSlot(root, rootFD, j.i)
+	step, err := d.buildSlot(root, rootFD, j.i, egressOf(d.lease(j.i)))
 	return j, step, err
 }
 
@@ -365,7 +379,7 @@ func (d *Daemon) checkSlot(i int) (func() error, error) {
 	}
 	fd, err := netns.Open(d.cfg.NetnsPath(i))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", links.ErrDamaged, err)
 	}
 	err = netns.Enter(fd)
 	unix.Close(fd)
@@ -407,7 +421,10 @@ func (d *Daemon) checkSlot(i int) (func() error, error) {
 // and is back there when buildSlot returns (unless it returns an error from
 // setns). It returns the creation of the slot's firewall, to be run on any
 // goroutine; the slot is ready once that succeeds.
-func (d *Daemon) buildSlot(root *netlink.Handle, rootFD, i int) (func() error, error) {
+func (d *Daemon) buildSlot(root *netlink.Handle, rootFD, i int, egress []netip.Prefix) (func() error, error) {
+	// The old namespace's nftables socket would keep it alive and take
+	// policy changes meant for the new one.
+	d.setFwConn(i, nil)
 	if err := d.removeSlotObjects(root, i); err != nil {
 		return nil, err
 	}
@@ -427,7 +444,6 @@ func (d *Daemon) buildSlot(root *netlink.Handle, rootFD, i int) (func() error, e
 		}
 		return nil, errors.Join(err, d.removeSlotObjects(root, i))
 	}
-	egress := egressOf(d.lease(i))
 	return func() error {
 		if err := (firewall.Slot{Config: d.cfg}).Create(conn, egress); err != nil {
 			firewall.Close(conn)

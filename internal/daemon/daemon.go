@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/netslot/netslot/internal/firewall"
@@ -39,7 +38,7 @@ type Options struct {
 }
 
 // DefaultWorkers is the number of slot builders used when Options.Workers
-// is 0 (see docs/boot.md for the measurements behind it).
+// is 0 (see docs/design.md for the measurements behind it).
 func DefaultWorkers() int { return max(2, runtime.NumCPU()) }
 
 // LockDir holds the per-prefix locks that keep two daemons off one prefix.
@@ -66,7 +65,7 @@ type Daemon struct {
 	// a following transaction on that slot would wait for).
 	fwConns []*nftables.Conn
 
-	bootStart time.Time
+	bootStart time.Time    // set in New, read-only after
 	bootDur   atomic.Int64 // nanoseconds; 0 until boot completes
 	created   atomic.Int64
 	adopted   atomic.Int64
@@ -83,7 +82,8 @@ var (
 	ErrUnknownID  = errors.New("unknown slot id")
 	ErrNotLeased  = errors.New("slot is not leased")
 	ErrExhausted  = errors.New("pool exhausted")
-	ErrInProgress = errors.New("release in progress")
+	ErrInProgress = errors.New("acquire or release in progress")
+	ErrInUse      = errors.New("tap0 is still attached")
 )
 
 // New validates opts, takes the state directory and prefix locks, and opens
@@ -102,13 +102,16 @@ func New(opts Options) (*Daemon, error) {
 	if err := checkSlotCIDRUnrouted(opts.Config.SlotCIDR); err != nil {
 		return nil, err
 	}
+	if err := checkPrefixFree(opts.Config); err != nil {
+		return nil, err
+	}
 	if opts.Workers <= 0 {
 		opts.Workers = DefaultWorkers()
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	d := &Daemon{cfg: opts.Config, opts: opts, log: opts.Logger, rootSys: links.NoSysctlDir}
+	d := &Daemon{cfg: opts.Config, opts: opts, log: opts.Logger, rootSys: links.NoSysctlDir, bootStart: time.Now()}
 	if err := d.lock(); err != nil {
 		return nil, err
 	}
@@ -137,7 +140,7 @@ func New(opts Options) (*Daemon, error) {
 // root namespace (other than a default route): slot addresses there would
 // shadow, or be shadowed by, the host's own networks.
 func checkSlotCIDRUnrouted(p netip.Prefix) error {
-	routes, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	routes, err := links.RootRoutes()
 	if err != nil {
 		return fmt.Errorf("list root routes: %w", err)
 	}
@@ -153,6 +156,28 @@ func checkSlotCIDRUnrouted(p netip.Prefix) error {
 		if rp := netip.PrefixFrom(a, ones); rp.Overlaps(p) {
 			return fmt.Errorf("slot cidr %s overlaps the host's route to %s: choose a range the host does not use", p, rp)
 		}
+	}
+	return nil
+}
+
+// checkPrefixFree refuses a prefix that names root-namespace devices other
+// than this pool's host veths: the root table matches slot devices by name
+// prefix ("en" would match the host's enp0s3), and boot deletes veths of
+// the prefix it does not know.
+func checkPrefixFree(c slot.Config) error {
+	all, err := links.RootLinks()
+	if err != nil {
+		return err
+	}
+	for _, l := range all {
+		name := l.Attrs().Name
+		if !strings.HasPrefix(name, c.Prefix) {
+			continue
+		}
+		if _, ok := c.IndexOfName(name, ""); ok && l.Type() == "veth" {
+			continue // ours, or a stray of ours that boot removes
+		}
+		return fmt.Errorf("prefix %q also matches the host device %s: choose another prefix", c.Prefix, name)
 	}
 	return nil
 }

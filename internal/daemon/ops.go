@@ -59,9 +59,11 @@ func (d *Daemon) Acquire(req AcquireRequest) (SlotInfo, error) {
 	if len(req.EgressAllow) > 0 {
 		if err := d.setEgress(i, req.EgressAllow); err != nil {
 			if derr := d.store.DeleteLease(i); derr != nil {
-				// Keep it leased: the store says so and a retry of release cleans up.
+				// Keep it leased: the store says so and a release cleans up.
 				d.setLease(i, l)
-				return SlotInfo{}, errors.Join(err, derr)
+				d.pool.CommitTake(i)
+				d.Metrics.AcquireErrors.WithLabelValues("firewall").Inc()
+				return SlotInfo{}, fmt.Errorf("slot %s: %w; it stays leased until released: %w", d.cfg.ID(i), err, derr)
 			}
 			d.pool.Untake(i)
 			d.Metrics.AcquireErrors.WithLabelValues("firewall").Inc()
@@ -69,6 +71,7 @@ func (d *Daemon) Acquire(req AcquireRequest) (SlotInfo, error) {
 		}
 	}
 	d.setLease(i, l)
+	d.pool.CommitTake(i)
 	d.Metrics.AcquireSeconds.WithLabelValues(kind).Observe(time.Since(start).Seconds())
 	return SlotInfo{Index: i, ID: d.cfg.ID(i), State: pool.Leased, Lease: l}, nil
 }
@@ -110,12 +113,15 @@ func (d *Daemon) Release(id string) error {
 	switch err := d.pool.BeginRelease(i); {
 	case errors.Is(err, pool.ErrAlreadyFree):
 		return fmt.Errorf("release %s: %w (already free)", id, ErrNotLeased)
-	case errors.Is(err, pool.ErrReleasing):
-		return fmt.Errorf("release %s: %w", id, ErrInProgress)
+	case errors.Is(err, pool.ErrReleasing), errors.Is(err, pool.ErrAcquiring):
+		return fmt.Errorf("release %s: %w: %w", id, ErrInProgress, err)
 	case err != nil:
 		return fmt.Errorf("release %s: %w: %w", id, ErrNotLeased, err)
 	}
-	if err := d.scrub(i); err != nil {
+	if err := d.scrub(i); errors.Is(err, links.ErrTapInUse) {
+		d.pool.EndRelease(i, false)
+		return fmt.Errorf("release %s: %w: stop the VM first", id, ErrInUse)
+	} else if err != nil {
 		d.Metrics.ScrubFailures.Inc()
 		d.log.Warn("scrub failed, rebuilding slot", "slot", id, "err", err)
 		if rerr := d.rebuild(i); rerr != nil {
@@ -168,22 +174,19 @@ func (d *Daemon) rebuild(i int) error {
 	if err != nil {
 		return err
 	}
-	lease := d.lease(i)
-	d.setLease(i, nil)
 	err = netns.Do(rootFD, func() error {
 		root, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 		if err != nil {
 			return fmt.Errorf("netlink: %w", err)
 		}
 		defer root.Close()
-		step, err := d.buildSlot(root, rootFD, i)
+		step, err := d.buildSlot(root, rootFD, i, nil)
 		if err != nil {
 			return err
 		}
 		return step()
 	})
 	if err != nil {
-		d.setLease(i, lease)
 		return err
 	}
 	d.Metrics.ReconcileAction.WithLabelValues("repair").Inc()

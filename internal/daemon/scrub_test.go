@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"errors"
 	"net/netip"
 	"os/exec"
 	"regexp"
@@ -8,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/slot"
 	"github.com/netslot/netslot/internal/testutil"
 )
 
@@ -48,20 +50,21 @@ func TestReleaseScrubsWhatTheTenantLeft(t *testing.T) {
 	inNS(t, ns, "ip", "neigh", "add", "172.16.0.3", "lladdr", "02:00:00:00:00:02", "dev", "tap0", "nud", "permanent")
 	inNS(t, ns, "ip", "link", "set", "tap0", "address", "02:00:00:00:00:99", "mtu", "1400", "txqueuelen", "10")
 	inNS(t, ns, "ip", "link", "set", "tap0", "down")
-	if d := dump(t, ns); d == fresh {
-		t.Fatal("dirtying the slot changed nothing")
-	}
-	if err := p.D.Release(info.ID); err != nil {
-		t.Fatal(err)
-	}
-	got := dump(t, ns)
 	norm := func(s string, i int) string {
 		s = strings.ReplaceAll(s, p.Config.SlotIP(i).String(), "SLOTIP")
 		s = strings.ReplaceAll(s, p.Config.HostVethMAC(i).String(), "HOSTMAC")
 		s = strings.ReplaceAll(s, p.Config.SlotVethMAC(i).String(), "SLOTMAC")
 		return peerIndex.ReplaceAllString(s, "@ifN")
 	}
-	if a, b := norm(got, info.Index), norm(fresh, (info.Index+1)%3); a != b {
+	want := norm(fresh, (info.Index+1)%3)
+	if d := norm(dump(t, ns), info.Index); d == want {
+		t.Fatal("dirtying the slot changed nothing")
+	}
+	if err := p.D.Release(info.ID); err != nil {
+		t.Fatal(err)
+	}
+	got := dump(t, ns)
+	if a, b := norm(got, info.Index), want; a != b {
 		t.Fatalf("released slot differs from a fresh one:\n--- released\n%s\n--- fresh\n%s", a, b)
 	}
 }
@@ -80,6 +83,9 @@ func TestReleaseRebuildsASlotItCannotScrub(t *testing.T) {
 	if out := inNS(t, ns, "ip", "-br", "link", "show", "tap0"); !strings.Contains(out, "tap0") {
 		t.Fatalf("tap0 not rebuilt: %q", out)
 	}
+	if out := inNS(t, ns, "nft", "list", "table", "netdev", p.Config.Prefix); !strings.Contains(out, "tap-ingress") {
+		t.Fatalf("rebuilt slot has no firewall: %q", out)
+	}
 	if st := p.D.Status(); st.Free != 2 || st.Leased != 0 {
 		t.Fatalf("pool after rebuild: %+v", st)
 	}
@@ -88,5 +94,28 @@ func TestReleaseRebuildsASlotItCannotScrub(t *testing.T) {
 		if _, err := p.D.Acquire(daemon.AcquireRequest{EgressAllow: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15")}}); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+func TestReleaseRefusedWhileTheVMHoldsTheTap(t *testing.T) {
+	p := testutil.StartPool(t, 2)
+	info, err := p.D.Acquire(daemon.AcquireRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := testutil.AttachTap(p.Config.NetnsPath(info.Index), slot.TapName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.D.Release(info.ID); !errors.Is(err, daemon.ErrInUse) {
+		g.Close()
+		t.Fatalf("release with the tap attached: %v", err)
+	}
+	if st := p.D.Status(); st.Leased != 1 {
+		t.Fatalf("slot not leased after the refused release: %+v", st)
+	}
+	g.Close()
+	if err := p.D.Release(info.ID); err != nil {
+		t.Fatalf("release after the VM let go: %v", err)
 	}
 }

@@ -55,10 +55,8 @@ func Teardown(prefix, stateDir string, wait time.Duration, log *slog.Logger) err
 	if err := (firewall.Root{Prefix: prefix}).Remove(); err != nil {
 		errs = append(errs, err)
 	}
-	for _, f := range []string{state.FileName} {
-		if err := os.Remove(filepath.Join(stateDir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("remove state: %w", err))
-		}
+	if err := os.Remove(filepath.Join(stateDir, state.FileName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove state: %w", err))
 	}
 	// The kernel dismantles unpinned namespaces in the background, in
 	// batches; their veths leave the root namespace with them.
@@ -80,15 +78,18 @@ func Teardown(prefix, stateDir string, wait time.Duration, log *slog.Logger) err
 					errs = append(errs, fmt.Errorf("delete %s: %w", l.Attrs().Name, err))
 				}
 			}
-			log.Warn("namespaces still held by processes; deleted their host veths", "count", len(left))
+			names := make([]string, 0, len(left))
+			for _, l := range left {
+				names = append(names, l.Attrs().Name)
+			}
+			log.Warn("namespaces still held by processes (a VM still running?); deleted their host veths", "veths", names)
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// The lock files stay: unlinking a held lock would let two daemons lock
+	// two different files of one name.
 	log.Info("teardown done", "prefix", prefix, "namespaces", pins)
-	for _, f := range []string{filepath.Join(LockDir, prefix+".lock"), filepath.Join(stateDir, "lock")} {
-		os.Remove(f) // we hold both locks; the next daemon recreates them
-	}
 	return errors.Join(errs...)
 }
 

@@ -158,12 +158,3 @@ func (s Slot) Verify(conn *nftables.Conn, allow []netip.Prefix) error {
 	}
 	return nil
 }
-
-// RuleCount is the number of rules in one slot.
-func (s Slot) RuleCount() int {
-	n := 0
-	for _, t := range s.specs() {
-		n += t.ruleCount()
-	}
-	return n
-}

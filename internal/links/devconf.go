@@ -53,8 +53,11 @@ func devConf(ifindex int) (forwarding, noAddrGen bool, err error) {
 	msg.Index = int32(ifindex)
 	req.AddData(msg)
 	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
-	if err != nil || len(msgs) != 1 || len(msgs[0]) < unix.SizeofIfInfomsg {
+	if err != nil {
 		return false, false, fmt.Errorf("get link %d: %w", ifindex, err)
+	}
+	if len(msgs) != 1 || len(msgs[0]) < unix.SizeofIfInfomsg {
+		return false, false, fmt.Errorf("get link %d: %d messages in the answer", ifindex, len(msgs))
 	}
 	attrs, err := nl.ParseRouteAttr(msgs[0][unix.SizeofIfInfomsg:])
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // dumpRetries bounds the retries of an interrupted dump. The kernel marks
@@ -16,6 +17,14 @@ const dumpRetries = 10
 // kernel reports as interrupted.
 func RootLinks() ([]netlink.Link, error) {
 	return retryDump(netlink.LinkList)
+}
+
+// RootRoutes lists the IPv4 routes of every table of the calling thread's
+// namespace, retrying interrupted dumps.
+func RootRoutes() ([]netlink.Route, error) {
+	return retryDump(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	})
 }
 
 func retryDump[T any](dump func() ([]T, error)) ([]T, error) {

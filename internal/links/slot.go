@@ -160,6 +160,9 @@ func VerifyHost(rootSys SysctlDir, c slot.Config, i int) error {
 // ErrDamaged marks a slot whose devices differ from what Build makes.
 var ErrDamaged = errors.New("slot damaged")
 
+// ErrTapInUse: a process (the VM's VMM) still holds tap0 open.
+var ErrTapInUse = errors.New("tap0 still attached")
+
 func damaged(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", ErrDamaged, fmt.Sprintf(format, a...))
 }
@@ -252,6 +255,11 @@ func Scrub(h *netlink.Handle, c slot.Config, i int) error {
 	tap, err := h.LinkByName(slot.TapName)
 	if err != nil {
 		return fmt.Errorf("find %s: %w", slot.TapName, err)
+	}
+	// A tap has carrier while a process holds it open: the old VM is still
+	// there, and the next one could not attach.
+	if tap.Attrs().RawFlags&unix.IFF_LOWER_UP != 0 {
+		return ErrTapInUse
 	}
 	eth0, err := h.LinkByName(slot.VethName)
 	if err != nil {

@@ -53,7 +53,7 @@ func New(g Gauges) *Metrics {
 		AcquireErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netslot_acquire_errors_total", Help: "Failed acquires by reason."}, []string{"reason"}),
 		ScrubFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "netslot_scrub_failures_total", Help: "Releases whose scrub failed (the slot stays leased)."}),
+			Name: "netslot_scrub_failures_total", Help: "Releases whose scrub failed (the slot is rebuilt; if that fails too it stays leased)."}),
 		ReconcileAction: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netslot_reconcile_actions_total", Help: "What start-up reconciliation did, by action."}, []string{"action"}),
 	}

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"strconv"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -125,11 +124,6 @@ func Enter(fd int) error {
 		return fmt.Errorf("setns: %w", err)
 	}
 	return nil
-}
-
-// ThreadPath is the namespace file of the calling thread.
-func ThreadPath() string {
-	return "/proc/self/task/" + strconv.Itoa(unix.Gettid()) + "/ns/net"
 }
 
 // Do runs fn on a locked OS thread inside namespace fd and returns the

@@ -16,6 +16,7 @@ const (
 	Free                   // ready and vendable
 	Leased                 // held by a tenant
 	Releasing              // being scrubbed, not vendable
+	Acquiring              // taken, lease not yet complete: not releasable
 )
 
 func (s State) String() string {
@@ -28,6 +29,8 @@ func (s State) String() string {
 		return "leased"
 	case Releasing:
 		return "releasing"
+	case Acquiring:
+		return "acquiring"
 	}
 	return fmt.Sprintf("state(%d)", s)
 }
@@ -37,8 +40,8 @@ var (
 	ErrExhausted   = errors.New("no free slot")
 	ErrNotLeased   = errors.New("slot is not leased")
 	ErrOutOfRange  = errors.New("slot index out of range")
-	ErrWrongState  = errors.New("slot is in the wrong state")
 	ErrReleasing   = errors.New("slot is being released")
+	ErrAcquiring   = errors.New("slot is being acquired")
 	ErrNotPending  = errors.New("slot is not pending")
 	ErrAlreadyFree = errors.New("slot is already free")
 )
@@ -59,9 +62,6 @@ type Pool struct {
 func New(n int) *Pool {
 	return &Pool{state: make([]State, n), free: make([]int, n)}
 }
-
-// Len is the number of slots.
-func (p *Pool) Len() int { return len(p.state) }
 
 func (p *Pool) push(i int) {
 	p.free[(p.head+p.size)%len(p.free)] = i
@@ -99,7 +99,9 @@ func (p *Pool) MarkLeased(i int) error {
 	return nil
 }
 
-// Take removes the oldest free slot from the pool and marks it leased.
+// Take removes the oldest free slot from the pool and marks it Acquiring:
+// counted as leased, but not releasable until CommitTake (a late release
+// from a previous tenant must not free a slot whose new lease is half made).
 func (p *Pool) Take() (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -110,26 +112,34 @@ func (p *Pool) Take() (int, error) {
 		if p.state[i] != Free { // cannot happen; keep the ring honest
 			continue
 		}
-		p.state[i] = Leased
+		p.state[i] = Acquiring
 		p.leased++
 		return i, nil
 	}
 	return 0, ErrExhausted
 }
 
+// CommitTake completes a Take: the slot is Leased.
+func (p *Pool) CommitTake(i int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state[i] == Acquiring {
+		p.state[i] = Leased
+	}
+}
+
 // Untake undoes a Take whose lease could not be completed: the slot goes
-// back to the front of the free queue.
+// to the back of the free queue, so that a slot that failed is not the
+// next one tried.
 func (p *Pool) Untake(i int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.state[i] != Leased {
+	if p.state[i] != Acquiring {
 		return
 	}
 	p.state[i] = Free
 	p.leased--
-	p.head = (p.head - 1 + len(p.free)) % len(p.free)
-	p.free[p.head] = i
-	p.size++
+	p.push(i)
 }
 
 // BeginRelease moves a leased slot to Releasing so that no one else can
@@ -146,6 +156,8 @@ func (p *Pool) BeginRelease(i int) error {
 		return nil
 	case Releasing:
 		return ErrReleasing
+	case Acquiring:
+		return ErrAcquiring
 	case Free:
 		return ErrAlreadyFree
 	default:

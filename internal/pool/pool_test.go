@@ -22,6 +22,10 @@ func TestFIFOAndExhaustion(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if err := p.BeginRelease(i); !errors.Is(err, ErrAcquiring) {
+			t.Fatalf("release of a slot being acquired: %v", err)
+		}
+		p.CommitTake(i)
 		got = append(got, i)
 	}
 	if got[0] != 2 || got[1] != 0 || got[2] != 1 {
@@ -41,6 +45,8 @@ func TestFIFOAndExhaustion(t *testing.T) {
 	p.EndRelease(2, true)
 	if i, _ := p.Take(); i != 0 {
 		t.Fatalf("took %d, want 0 (released first)", i)
+	} else {
+		p.CommitTake(i)
 	}
 	free, leased := p.Counts()
 	if free != 1 || leased != 2 {
@@ -71,13 +77,17 @@ func TestReleaseStates(t *testing.T) {
 	if err := p.MarkFree(0); !errors.Is(err, ErrNotPending) {
 		t.Fatalf("mark free twice: %v", err)
 	}
-	i, _ := p.Take()
-	p.Untake(i)
-	if p.State(i) != Free {
-		t.Fatalf("untake left %s", p.State(i))
+	p2 := New(3)
+	for i := range 3 {
+		p2.MarkFree(i)
 	}
-	if j, _ := p.Take(); j != i {
-		t.Fatalf("untaken slot not first: %d", j)
+	i, _ := p2.Take()
+	p2.Untake(i)
+	if p2.State(i) != Free {
+		t.Fatalf("untake left %s", p2.State(i))
+	}
+	if j, _ := p2.Take(); j == i {
+		t.Fatalf("untaken slot %d vended first again", j)
 	}
 }
 

@@ -33,8 +33,8 @@ func (l credListener) Accept() (net.Conn, error) {
 		}
 		var cred *unix.Ucred
 		var cerr error
-		raw.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
-		if cerr != nil || cred.Uid != 0 {
+		err = raw.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+		if err != nil || cerr != nil || cred == nil || cred.Uid != 0 {
 			c.Close()
 			continue
 		}

@@ -189,7 +189,7 @@ func toStatus(err error) error {
 	switch {
 	case errors.Is(err, daemon.ErrUnknownID):
 		code = codes.NotFound
-	case errors.Is(err, daemon.ErrNotLeased):
+	case errors.Is(err, daemon.ErrNotLeased), errors.Is(err, daemon.ErrInUse):
 		code = codes.FailedPrecondition
 	case errors.Is(err, daemon.ErrInProgress):
 		code = codes.Aborted

@@ -176,8 +176,8 @@ func (c Config) SlotIP(i int) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
-// poolTag is one byte that differs between pools of different prefixes, so
-// that MACs of two pools on one host do not collide.
+// poolTag is one byte derived from the prefix, so that MACs of two pools on
+// one host differ (except for 1 pair of prefixes in 256).
 func (c Config) poolTag() byte {
 	h := fnv.New32a()
 	h.Write([]byte(c.Prefix))

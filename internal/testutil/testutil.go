@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -77,10 +76,6 @@ func StartPoolWith(tb testing.TB, cfg slot.Config, stateDir, uplink string) *Poo
 func Teardown(tb testing.TB, prefix, stateDir string) {
 	tb.Helper()
 	if err := daemon.Teardown(prefix, stateDir, 60*time.Second, Logger(tb)); err != nil {
-		if strings.Contains(err.Error(), "held by another netslotd") {
-			tb.Errorf("teardown %s: %v", prefix, err)
-			return
-		}
 		tb.Errorf("teardown %s: %v", prefix, err)
 	}
 }

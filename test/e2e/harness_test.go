@@ -121,7 +121,10 @@ func (p *pool) kill() {
 
 func run(name string, args ...string) (string, error) {
 	var out, errb bytes.Buffer
-	c := exec.Command(name, args...)
+	// Bounded: a daemon that wrongly starts must not hang the test.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := exec.CommandContext(ctx, name, args...)
 	c.Stdout, c.Stderr = &out, &errb
 	err := c.Run()
 	if err != nil {

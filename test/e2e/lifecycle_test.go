@@ -86,17 +86,20 @@ func TestLifecycleThroughCLI(t *testing.T) {
 		c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 		return c.Run()
 	}
-	for d := filepath.Dir(p.socket); d != "/"; d = filepath.Dir(d) {
+	// The socket lives in a test directory; only that directory and the
+	// socket are opened up, for the length of this check.
+	open := filepath.Dir(p.socket)
+	for d := open; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
 		os.Chmod(d, 0o755)
 	}
 	os.Chmod(p.socket, 0o666)
 	if err := asNobody(); err == nil {
 		t.Fatal("non-root client served")
 	}
+	os.Chmod(p.socket, 0o600)
 	if _, err := p.cli("status"); err != nil {
 		t.Fatalf("root client after the refusal: %v", err)
 	}
-	os.Chmod(p.socket, 0o600)
 
 	a := p.acquireJSON("--owner", "vm-a")
 	b := p.acquireJSON("--vni", "4242", "--vtep", "198.18.0.9", "--vpc-ip", "10.1.0.5", "--vpc-cidr", "10.1.0.0/16")
@@ -174,7 +177,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{[]string{"release", p.prefix + "-999"}, "unknown slot id"},
 		{[]string{"release", "nonsense"}, "unknown slot id"},
 		{[]string{"show", p.prefix + "-20"}, "unknown slot id"},
-		{[]string{"release", p.prefix + "-19"}, "not leased"},
+		{[]string{"release", otherThan(p, held.ID)}, "not leased"},
 	}
 	for _, tc := range bad {
 		out, err := p.cli(tc.args...)
@@ -215,8 +218,21 @@ func TestBadInputChangesNothing(t *testing.T) {
 	}
 }
 
+// otherThan returns a slot id of p other than id.
+func otherThan(p *pool, id string) string {
+	if id == p.prefix+"-0" {
+		return p.prefix + "-1"
+	}
+	return p.prefix + "-0"
+}
+
 func TestDaemonRefusesBadStart(t *testing.T) {
 	p := newPool(t, 10)
+	// A range the host routes is refused: give the host such a route.
+	if out, err := exec.Command("ip", "route", "add", "blackhole", "198.51.100.0/24").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	defer exec.Command("ip", "route", "del", "blackhole", "198.51.100.0/24").Run()
 	// A slot count the slot CIDR cannot hold: refused, nothing created.
 	if out, err := p.netslotd(p.args("--slot-cidr", "100.99.0.0/29")...); err == nil || !strings.Contains(out, "holds 6 slot addresses") {
 		t.Fatalf("too many slots for the cidr: %v\n%s", err, out)
@@ -225,8 +241,9 @@ func TestDaemonRefusesBadStart(t *testing.T) {
 		p.args("--metrics-addr", "0.0.0.0:9464"),
 		p.args("--prefix", "Bad"),
 		p.args("--uplink", "a/b"),
-		p.args("--slot-cidr", "192.0.2.0/24"), // the host's own network here
+		p.args("--slot-cidr", "198.51.100.0/25"), // routed by the host (below)
 		p.args("--slot-cidr", "127.0.0.0/8"),
+		p.args("--prefix", "lo"), // would match the host's lo in the root table
 	} {
 		if out, err := p.netslotd(args...); err == nil {
 			t.Fatalf("netslotd %v started:\n%s", args, out)

@@ -91,10 +91,10 @@ func TestRestartRepairsAndRemovesStrays(t *testing.T) {
 	if out, err := exec.Command("ip", "netns", "add", p.prefix+"-77").CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
-	if out, err := exec.Command("ip", "link", "add", p.prefix+"99", "type", "veth", "peer", "name", p.prefix+"x99").CombinedOutput(); err != nil {
+	if out, err := exec.Command("ip", "link", "add", p.prefix+"99", "type", "veth", "peer", "name", "x"+p.prefix+"99").CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
-	defer exec.Command("ip", "link", "del", p.prefix+"x99").Run()
+	defer exec.Command("ip", "link", "del", "x"+p.prefix+"99").Run()
 	if err := (firewall.Root{Prefix: p.prefix}).Remove(); err != nil {
 		t.Fatal(err)
 	}
