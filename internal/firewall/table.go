@@ -127,12 +127,40 @@ func (t *tableSpec) verify(conn *nftables.Conn) error {
 		}
 		for i, r := range rules {
 			w := want.rules[i]
-			if !bytes.Equal(r.UserData, userData(w.name)) || len(r.Exprs) != len(w.exprs) {
+			if !bytes.Equal(r.UserData, userData(w.name)) || !sameExprs(t.table.Family, r.Exprs, w.exprs) {
 				return fmt.Errorf("%w: chain %s rule %d is not %s", ErrChanged, c.Name, i, w.name)
 			}
 		}
 	}
 	return nil
+}
+
+// sameExprs compares rules expression by expression, in the kernel's
+// encoding. A listed lookup names its set but carries no set id (the id
+// only binds a set created in the same transaction), so ids are ignored.
+func sameExprs(fam nftables.TableFamily, got, want []expr.Any) bool {
+	if len(got) != len(want) {
+		return false
+	}
+	enc := func(e expr.Any) []byte {
+		if l, ok := e.(*expr.Lookup); ok {
+			c := *l
+			c.SetID = 0
+			e = &c
+		}
+		b, err := expr.Marshal(byte(fam), e)
+		if err != nil {
+			return nil
+		}
+		return b
+	}
+	for i := range got {
+		a, b := enc(got[i]), enc(want[i])
+		if a == nil || !bytes.Equal(a, b) {
+			return false
+		}
+	}
+	return true
 }
 
 func sameChain(got, want *nftables.Chain) bool {
