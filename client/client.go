@@ -65,6 +65,14 @@ func (c *Client) Release(ctx context.Context, id string) error {
 	return err
 }
 
+// ReleaseLease releases slot id only if it is still held by leaseID (from
+// the Acquire answer): a late or repeated release never frees a later
+// tenant's slot.
+func (c *Client) ReleaseLease(ctx context.Context, id, leaseID string) error {
+	_, err := c.api.Release(ctx, &netslotv1.ReleaseRequest{Id: id, LeaseId: leaseID})
+	return err
+}
+
 // Get describes one slot.
 func (c *Client) Get(ctx context.Context, id string) (*netslotv1.Slot, error) {
 	return c.api.Get(ctx, &netslotv1.GetRequest{Id: id})

@@ -151,13 +151,14 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 }
 
 func releaseCmd(f *clientFlags) *cobra.Command {
-	return &cobra.Command{
+	var leaseID string
+	cmd := &cobra.Command{
 		Use:   "release ID",
 		Short: "Scrub a leased slot and return it to the pool",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return f.run(cmd, func(ctx context.Context, c *client.Client) error {
-				if err := c.Release(ctx, args[0]); err != nil {
+				if err := c.ReleaseLease(ctx, args[0], leaseID); err != nil {
 					return err
 				}
 				if f.output == "json" {
@@ -169,6 +170,8 @@ func releaseCmd(f *clientFlags) *cobra.Command {
 			})
 		},
 	}
+	cmd.Flags().StringVar(&leaseID, "lease", "", "release only if the slot is still held by this lease id (from acquire)")
+	return cmd
 }
 
 func showCmd(f *clientFlags) *cobra.Command {
@@ -255,6 +258,7 @@ func printSlot(w io.Writer, format string, s *netslotv1.Slot) error {
 	fc := s.GetFirecracker()
 	fmt.Fprintf(tw, "firecracker\tiface_id=%s host_dev_name=%s guest_mac=%s\n", fc.GetIfaceId(), fc.GetHostDevName(), fc.GetGuestMac())
 	if l := s.GetLease(); l != nil {
+		fmt.Fprintf(tw, "lease id\t%s\n", l.LeaseId)
 		if l.Owner != "" {
 			fmt.Fprintf(tw, "owner\t%s\n", l.Owner)
 		}

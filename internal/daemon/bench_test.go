@@ -15,7 +15,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := p.D.Release(s.ID); err != nil {
+		if err := p.D.Release(s.ID, ""); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -48,7 +48,7 @@ func (d *Daemon) Acquire(req AcquireRequest) (SlotInfo, error) {
 		free, leased := d.pool.Counts()
 		return SlotInfo{}, fmt.Errorf("%w: %d slots, %d leased, %d free (%d ready)", ErrExhausted, d.cfg.Count, leased, free, d.ready.Load())
 	}
-	l := &slot.Lease{Owner: req.Owner, AcquiredNs: time.Now().UnixNano(), VPC: req.VPC, EgressAllow: req.EgressAllow}
+	l := &slot.Lease{ID: slot.NewLeaseID(), Owner: req.Owner, AcquiredNs: time.Now().UnixNano(), VPC: req.VPC, EgressAllow: req.EgressAllow}
 	// Persist first: a crash after this point leaves the slot leased (never
 	// vended twice); the tenant finds it with list and releases it.
 	if err := d.store.PutLease(i, l); err != nil {
@@ -104,7 +104,8 @@ func (d *Daemon) index(id string) (int, error) {
 
 // Release scrubs slot id and returns it to the pool. A slot whose scrub
 // fails is rebuilt; if even that fails it stays leased and the error says so.
-func (d *Daemon) Release(id string) error {
+// With a non-empty leaseID, only that lease is released.
+func (d *Daemon) Release(id, leaseID string) error {
 	start := time.Now()
 	i, err := d.index(id)
 	if err != nil {
@@ -117,6 +118,10 @@ func (d *Daemon) Release(id string) error {
 		return fmt.Errorf("release %s: %w: %w", id, ErrInProgress, err)
 	case err != nil:
 		return fmt.Errorf("release %s: %w: %w", id, ErrNotLeased, err)
+	}
+	if l := d.lease(i); leaseID != "" && (l == nil || l.ID != leaseID) {
+		d.pool.EndRelease(i, false)
+		return fmt.Errorf("release %s: %w: held by another lease than %s", id, ErrNotLeased, leaseID)
 	}
 	if err := d.scrub(i); errors.Is(err, links.ErrTapInUse) {
 		d.pool.EndRelease(i, false)

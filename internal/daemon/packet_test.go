@@ -58,7 +58,7 @@ func TestEgressAllowListAndAntiSpoofingWithPackets(t *testing.T) {
 
 	// Release clears the allow-list: the same slot now lets the guest reach
 	// what was denied.
-	if err := p.D.Release(info.ID); err != nil {
+	if err := p.D.Release(info.ID, ""); err != nil {
 		t.Fatal(err)
 	}
 	g, err = testutil.AttachTap(c.NetnsPath(info.Index), slot.TapName)

@@ -60,7 +60,7 @@ func TestReleaseScrubsWhatTheTenantLeft(t *testing.T) {
 	if d := norm(dump(t, ns), info.Index); d == want {
 		t.Fatal("dirtying the slot changed nothing")
 	}
-	if err := p.D.Release(info.ID); err != nil {
+	if err := p.D.Release(info.ID, ""); err != nil {
 		t.Fatal(err)
 	}
 	got := dump(t, ns)
@@ -77,7 +77,7 @@ func TestReleaseRebuildsASlotItCannotScrub(t *testing.T) {
 	}
 	ns := p.Config.ID(info.Index)
 	inNS(t, ns, "ip", "link", "del", "tap0")
-	if err := p.D.Release(info.ID); err != nil {
+	if err := p.D.Release(info.ID, ""); err != nil {
 		t.Fatalf("release of a damaged slot: %v", err)
 	}
 	if out := inNS(t, ns, "ip", "-br", "link", "show", "tap0"); !strings.Contains(out, "tap0") {
@@ -107,7 +107,7 @@ func TestReleaseRefusedWhileTheVMHoldsTheTap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.D.Release(info.ID); !errors.Is(err, daemon.ErrInUse) {
+	if err := p.D.Release(info.ID, ""); !errors.Is(err, daemon.ErrInUse) {
 		g.Close()
 		t.Fatalf("release with the tap attached: %v", err)
 	}
@@ -115,7 +115,35 @@ func TestReleaseRefusedWhileTheVMHoldsTheTap(t *testing.T) {
 		t.Fatalf("slot not leased after the refused release: %+v", st)
 	}
 	g.Close()
-	if err := p.D.Release(info.ID); err != nil {
+	if err := p.D.Release(info.ID, ""); err != nil {
 		t.Fatalf("release after the VM let go: %v", err)
+	}
+}
+
+func TestStaleReleaseNeverFreesTheNextTenant(t *testing.T) {
+	p := testutil.StartPool(t, 1)
+	first, err := p.D.Acquire(daemon.AcquireRequest{Owner: "vm-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.D.Release(first.ID, first.Lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	second, err := p.D.Acquire(daemon.AcquireRequest{Owner: "vm-2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.ID != first.ID || second.Lease.ID == first.Lease.ID {
+		t.Fatalf("leases %+v and %+v", first.Lease, second.Lease)
+	}
+	// vm-1's launcher retries its release: refused, vm-2 keeps the slot.
+	if err := p.D.Release(first.ID, first.Lease.ID); !errors.Is(err, daemon.ErrNotLeased) {
+		t.Fatalf("stale release: %v", err)
+	}
+	if st := p.D.Status(); st.Leased != 1 {
+		t.Fatalf("stale release freed the slot: %+v", st)
+	}
+	if err := p.D.Release(second.ID, second.Lease.ID); err != nil {
+		t.Fatal(err)
 	}
 }

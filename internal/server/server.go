@@ -115,7 +115,7 @@ func parseAcquire(req *netslotv1.AcquireRequest) (daemon.AcquireRequest, error) 
 }
 
 func (s *Server) Release(ctx context.Context, req *netslotv1.ReleaseRequest) (*netslotv1.ReleaseResponse, error) {
-	if err := s.d.Release(req.GetId()); err != nil {
+	if err := s.d.Release(req.GetId(), req.GetLeaseId()); err != nil {
 		return nil, toStatus(err)
 	}
 	return &netslotv1.ReleaseResponse{}, nil
@@ -169,7 +169,7 @@ func (s *Server) slotMsg(info daemon.SlotInfo) *netslotv1.Slot {
 		},
 	}
 	if l := info.Lease; l != nil {
-		m.Lease = &netslotv1.Lease{Owner: l.Owner, AcquiredUnixNano: l.AcquiredNs}
+		m.Lease = &netslotv1.Lease{LeaseId: l.ID, Owner: l.Owner, AcquiredUnixNano: l.AcquiredNs}
 		for _, p := range l.EgressAllow {
 			m.Lease.EgressAllow = append(m.Lease.EgressAllow, p.String())
 		}

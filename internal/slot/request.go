@@ -1,6 +1,8 @@
 package slot
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 )
@@ -15,10 +17,20 @@ type Attachment struct {
 
 // Lease is what a tenant asked for when it acquired a slot.
 type Lease struct {
+	ID          string // random, names this lease (see NewLeaseID)
 	Owner       string
 	AcquiredNs  int64
 	VPC         *Attachment
 	EgressAllow []netip.Prefix
+}
+
+// NewLeaseID returns a random lease id.
+func NewLeaseID() string {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return hex.EncodeToString(b[:])
 }
 
 // maxListLen bounds the CIDR lists of one request: each becomes a set

@@ -155,6 +155,7 @@ type storedAttachment struct {
 }
 
 type storedLease struct {
+	ID          string            `json:"id,omitempty"`
 	Owner       string            `json:"owner,omitempty"`
 	AcquiredNs  int64             `json:"acquired_ns"`
 	VPC         *storedAttachment `json:"vpc,omitempty"`
@@ -172,7 +173,7 @@ func prefixesToStrings(ps []netip.Prefix) []string {
 }
 
 func encodeLease(l *slot.Lease) ([]byte, error) {
-	sl := storedLease{Owner: l.Owner, AcquiredNs: l.AcquiredNs, EgressAllow: prefixesToStrings(l.EgressAllow)}
+	sl := storedLease{ID: l.ID, Owner: l.Owner, AcquiredNs: l.AcquiredNs, EgressAllow: prefixesToStrings(l.EgressAllow)}
 	if a := l.VPC; a != nil {
 		sl.VPC = &storedAttachment{VNI: a.VNI, RemoteVTEP: a.RemoteVTEP.String(), VPCIP: a.VPCIP.String(), VPCCIDRs: prefixesToStrings(a.VPCCIDRs)}
 	}
@@ -184,7 +185,7 @@ func decodeLease(b []byte) (*slot.Lease, error) {
 	if err := json.Unmarshal(b, &sl); err != nil {
 		return nil, err
 	}
-	l := &slot.Lease{Owner: sl.Owner, AcquiredNs: sl.AcquiredNs}
+	l := &slot.Lease{ID: sl.ID, Owner: sl.Owner, AcquiredNs: sl.AcquiredNs}
 	var err error
 	if l.EgressAllow, err = slot.ParseCIDRs("egress cidr", sl.EgressAllow); err != nil {
 		return nil, err

@@ -138,6 +138,9 @@ func TestLifecycleThroughCLI(t *testing.T) {
 	if leased != 2 {
 		t.Fatalf("list shows %d leased", leased)
 	}
+	if out, err := p.cli("show", a.ID, "-o", "json"); err != nil || !strings.Contains(out, `"lease_id":"`) {
+		t.Fatalf("show %s has no lease id: %s %v", a.ID, out, err)
+	}
 	out, err = p.cli("show", b.ID, "-o", "json")
 	if err != nil || !strings.Contains(out, `"vni":4242`) || !strings.Contains(out, `"remote_vtep":"198.18.0.9"`) {
 		t.Fatalf("show %s: %s %v", b.ID, out, err)

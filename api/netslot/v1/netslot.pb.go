@@ -228,8 +228,11 @@ type Lease struct {
 	AcquiredUnixNano int64                  `protobuf:"varint,2,opt,name=acquired_unix_nano,json=acquiredUnixNano,proto3" json:"acquired_unix_nano,omitempty"`
 	Vpc              *VpcAttachment         `protobuf:"bytes,3,opt,name=vpc,proto3" json:"vpc,omitempty"`
 	EgressAllow      []string               `protobuf:"bytes,4,rep,name=egress_allow,json=egressAllow,proto3" json:"egress_allow,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Names this lease among all leases of the slot over time. A release
+	// that gives it only frees this lease, never a later tenant's.
+	LeaseId       string `protobuf:"bytes,5,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Lease) Reset() {
@@ -288,6 +291,13 @@ func (x *Lease) GetEgressAllow() []string {
 		return x.EgressAllow
 	}
 	return nil
+}
+
+func (x *Lease) GetLeaseId() string {
+	if x != nil {
+		return x.LeaseId
+	}
+	return ""
 }
 
 type Slot struct {
@@ -478,8 +488,10 @@ func (x *AcquireResponse) GetSlot() *Slot {
 }
 
 type ReleaseRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Optional: refuse unless the slot is still held by this lease.
+	LeaseId       string `protobuf:"bytes,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -517,6 +529,13 @@ func (*ReleaseRequest) Descriptor() ([]byte, []int) {
 func (x *ReleaseRequest) GetId() string {
 	if x != nil {
 		return x.Id
+	}
+	return ""
+}
+
+func (x *ReleaseRequest) GetLeaseId() string {
+	if x != nil {
+		return x.LeaseId
 	}
 	return ""
 }
@@ -971,12 +990,13 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\x14FirecrackerInterface\x12\x19\n" +
 	"\biface_id\x18\x01 \x01(\tR\aifaceId\x12\"\n" +
 	"\rhost_dev_name\x18\x02 \x01(\tR\vhostDevName\x12\x1b\n" +
-	"\tguest_mac\x18\x03 \x01(\tR\bguestMac\"\x9b\x01\n" +
+	"\tguest_mac\x18\x03 \x01(\tR\bguestMac\"\xb6\x01\n" +
 	"\x05Lease\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\tR\x05owner\x12,\n" +
 	"\x12acquired_unix_nano\x18\x02 \x01(\x03R\x10acquiredUnixNano\x12+\n" +
 	"\x03vpc\x18\x03 \x01(\v2\x19.netslot.v1.VpcAttachmentR\x03vpc\x12!\n" +
-	"\fegress_allow\x18\x04 \x03(\tR\vegressAllow\"\x8e\x03\n" +
+	"\fegress_allow\x18\x04 \x03(\tR\vegressAllow\x12\x19\n" +
+	"\blease_id\x18\x05 \x01(\tR\aleaseId\"\x8e\x03\n" +
 	"\x04Slot\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\rR\x05index\x12\x14\n" +
@@ -994,9 +1014,10 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\vfirecracker\x18\f \x01(\v2 .netslot.v1.FirecrackerInterfaceR\vfirecracker\x12'\n" +
 	"\x05lease\x18\r \x01(\v2\x11.netslot.v1.LeaseR\x05lease\"7\n" +
 	"\x0fAcquireResponse\x12$\n" +
-	"\x04slot\x18\x01 \x01(\v2\x10.netslot.v1.SlotR\x04slot\" \n" +
+	"\x04slot\x18\x01 \x01(\v2\x10.netslot.v1.SlotR\x04slot\";\n" +
 	"\x0eReleaseRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x11\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
+	"\blease_id\x18\x02 \x01(\tR\aleaseId\"\x11\n" +
 	"\x0fReleaseResponse\"\x1c\n" +
 	"\n" +
 	"GetRequest\x12\x0e\n" +
