@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"time"
@@ -159,21 +159,17 @@ func (d *Daemon) loadLeases() error {
 // are not slots of this pool.
 func (d *Daemon) scanPins() ([]bool, error) {
 	have := make([]bool, d.cfg.Count)
-	ents, err := os.ReadDir(slot.NetnsDir)
+	pins, err := pinsOf(d.cfg)
 	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", slot.NetnsDir, err)
+		return nil, err
 	}
-	for _, e := range ents {
-		i, ok := d.cfg.IndexOfName(e.Name(), "-")
-		if !ok {
-			continue
-		}
+	for name, i := range pins {
 		if i < d.cfg.Count {
 			have[i] = true
 			continue
 		}
-		d.log.Info("removing namespace outside the pool", "netns", e.Name())
-		if err := netns.Remove(slot.NetnsDir + "/" + e.Name()); err != nil {
+		d.log.Info("removing namespace outside the pool", "netns", name)
+		if err := netns.Remove(filepath.Join(slot.NetnsDir, name)); err != nil {
 			return nil, err
 		}
 		d.removed.Add(1)
@@ -186,22 +182,16 @@ func (d *Daemon) scanPins() ([]bool, error) {
 // deletes those that are not veths of this pool.
 func (d *Daemon) scanHostVeths() ([]bool, error) {
 	have := make([]bool, d.cfg.Count)
-	all, err := links.RootLinks()
+	veths, err := hostVeths(d.cfg)
 	if err != nil {
-		return nil, fmt.Errorf("list root links: %w", err)
+		return nil, err
 	}
-	for _, l := range all {
-		i, ok := d.cfg.IndexOfName(l.Attrs().Name, "")
-		if !ok {
-			continue
-		}
-		if i < d.cfg.Count && l.Type() == "veth" {
+	for _, l := range veths {
+		i, _ := d.cfg.IndexOfName(l.Attrs().Name, "")
+		if i < d.cfg.Count {
 			// A host veth that is down is damaged: rebuild the slot.
 			have[i] = l.Attrs().Flags&net.FlagUp != 0
 			continue
-		}
-		if l.Type() != "veth" {
-			continue // not ours: we only ever create veths under this name
 		}
 		d.log.Info("removing host veth outside the pool", "link", l.Attrs().Name)
 		if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {

@@ -37,20 +37,17 @@ func Teardown(prefix, stateDir string, wait time.Duration, log *slog.Logger) err
 	defer d.unlock()
 
 	var errs []error
-	pins := 0
-	if ents, err := os.ReadDir(slot.NetnsDir); err == nil {
-		for _, e := range ents {
-			if _, ok := cfg.IndexOfName(e.Name(), "-"); !ok {
-				continue
-			}
-			if err := netns.Remove(filepath.Join(slot.NetnsDir, e.Name())); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			pins++
+	removed := 0
+	pins, err := pinsOf(cfg)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for name := range pins {
+		if err := netns.Remove(filepath.Join(slot.NetnsDir, name)); err != nil {
+			errs = append(errs, err)
+			continue
 		}
-	} else if !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("list %s: %w", slot.NetnsDir, err))
+		removed++
 	}
 	if err := (firewall.Root{Prefix: prefix}).Remove(); err != nil {
 		errs = append(errs, err)
@@ -89,8 +86,26 @@ func Teardown(prefix, stateDir string, wait time.Duration, log *slog.Logger) err
 	}
 	// The lock files stay: unlinking a held lock would let two daemons lock
 	// two different files of one name.
-	log.Info("teardown done", "prefix", prefix, "namespaces", pins)
+	log.Info("teardown done", "prefix", prefix, "namespaces", removed)
 	return errors.Join(errs...)
+}
+
+// pinsOf maps the names of namespace pins of the prefix to their index.
+func pinsOf(cfg slot.Config) (map[string]int, error) {
+	ents, err := os.ReadDir(slot.NetnsDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", slot.NetnsDir, err)
+	}
+	out := map[string]int{}
+	for _, e := range ents {
+		if i, ok := cfg.IndexOfName(e.Name(), "-"); ok {
+			out[e.Name()] = i
+		}
+	}
+	return out, nil
 }
 
 // hostVeths lists root-namespace veths named like host veths of prefix.

@@ -30,9 +30,13 @@ func matchIfname(key expr.MetaKey, name string, wildcard bool, op expr.CmpOp) []
 }
 
 func matchPayload(base expr.PayloadBase, off, n uint32, data []byte) []expr.Any {
+	return cmpPayload(base, off, n, expr.CmpOpEq, data)
+}
+
+func cmpPayload(base expr.PayloadBase, off, n uint32, op expr.CmpOp, data []byte) []expr.Any {
 	return []expr.Any{
 		&expr.Payload{DestRegister: 1, Base: base, Offset: off, Len: n},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: data},
+		&expr.Cmp{Op: op, Register: 1, Data: data},
 	}
 }
 

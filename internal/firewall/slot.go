@@ -56,10 +56,7 @@ func (s Slot) specs() []*tableSpec {
 	drop := []expr.Any{verdict(expr.VerdictDrop)}
 	acceptV := []expr.Any{verdict(expr.VerdictAccept)}
 	neq := func(base expr.PayloadBase, off, n uint32, data []byte) []expr.Any {
-		return []expr.Any{
-			&expr.Payload{DestRegister: 1, Base: base, Offset: off, Len: n},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: data},
-		}
+		return cmpPayload(base, off, n, expr.CmpOpNeq, data)
 	}
 	be16 := func(v uint16) []byte { return []byte{byte(v >> 8), byte(v)} }
 	gip, gw := c.GuestIP().As4(), c.GatewayIP().As4()

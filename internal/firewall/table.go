@@ -54,8 +54,7 @@ func userData(name string) []byte { return []byte("netslot:" + name) }
 // name and family and the creation of t ("add; delete; add" succeeds whether
 // or not the table existed).
 func (t *tableSpec) replace(conn *nftables.Conn, setElems map[string][]nftables.SetElement) error {
-	conn.AddTable(t.table)
-	conn.DelTable(t.table)
+	t.remove(conn)
 	return t.create(conn, setElems)
 }
 

@@ -79,6 +79,9 @@ func (s *Server) GRPC() *grpc.Server {
 	g := grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.ConnectionTimeout(5*time.Second),
+		// Stop returns only when handlers are done: the daemon closes its
+		// store and sockets right after.
+		grpc.WaitForHandlers(true),
 	)
 	netslotv1.RegisterSlotServiceServer(g, s)
 	return g
