@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/nftables"
@@ -222,11 +223,13 @@ func (d *Daemon) runPass(ctx context.Context, rootFD int, gen func(emit func(job
 		mu.Unlock()
 	}
 	jobs := make(chan job, d.opts.Workers)
+	var alive atomic.Int32
+	alive.Store(int32(d.opts.Workers))
 	for w := 0; w < d.opts.Workers; w++ {
 		workers.Add(1)
 		go func() {
 			defer workers.Done()
-			d.worker(rootFD, jobs, fail, func(j job, step func() error) {
+			d.worker(rootFD, jobs, &alive, fail, func(j job, step func() error) {
 				steps.Add(1)
 				go func() {
 					defer steps.Done()
@@ -261,24 +264,32 @@ func (d *Daemon) runPass(ctx context.Context, rootFD int, gen func(emit func(job
 // worker runs the kernel-device part of jobs on one locked OS thread and
 // hands the nftables part to next. If the thread cannot get back to the
 // root namespace it is retired (never unlocked) and the worker stops.
-func (d *Daemon) worker(rootFD int, jobs <-chan job, fail func(error), next func(job, func() error)) {
+//
+// A worker that dies leaves its jobs to the others; the last one to die
+// takes the remaining jobs as failures, so that the pass always ends.
+func (d *Daemon) worker(rootFD int, jobs <-chan job, alive *atomic.Int32, fail func(error), next func(job, func() error)) {
+	died := func(err error) {
+		fail(err)
+		if alive.Add(-1) == 0 {
+			for j := range jobs {
+				fail(fmt.Errorf("slot %s: no worker left", d.cfg.ID(j.i)))
+			}
+		}
+	}
 	runtime.LockOSThread()
 	root, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
-		fail(fmt.Errorf("netlink: %w", err))
 		runtime.UnlockOSThread()
-		for range jobs {
-		}
+		died(fmt.Errorf("netlink: %w", err))
 		return
 	}
 	defer root.Close()
 	for j := range jobs {
 		j, step, err := d.runJob(root, rootFD, j)
 		if rerr := netns.Enter(rootFD); rerr != nil {
-			fail(fmt.Errorf("slot %d: return to root netns: %w", j.i, rerr))
-			for range jobs {
-			}
-			return // thread stays locked: retired with the goroutine
+			// The thread stays locked: it is retired with the goroutine.
+			died(fmt.Errorf("slot %s: return to root netns: %w", d.cfg.ID(j.i), rerr))
+			return
 		}
 		if err != nil {
 			d.log.Error("slot failed", "slot", d.cfg.ID(j.i), "err", err)

@@ -52,8 +52,10 @@ func Teardown(prefix, stateDir string, wait time.Duration, log *slog.Logger) err
 	if err := (firewall.Root{Prefix: prefix}).Remove(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := os.Remove(filepath.Join(stateDir, state.FileName)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("remove state: %w", err))
+	for _, f := range []string{state.FileName, state.BootIDFile} {
+		if err := os.Remove(filepath.Join(stateDir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove state: %w", err))
+		}
 	}
 	// The kernel dismantles unpinned namespaces in the background, in
 	// batches; their veths leave the root namespace with them.

@@ -40,18 +40,30 @@ type Store struct {
 	db *bolt.DB
 }
 
+// BootIDFile mirrors the boot id outside the database, so that a database
+// that cannot be read can still be dated.
+const BootIDFile = "boot_id"
+
 // Open opens (creating if needed) the store in dir.
+//
+// The store is written without fsync, so a power cut can leave it torn. A
+// store that cannot be opened is set aside and replaced when it was written
+// during an earlier boot of the host (its leases would be dropped anyway);
+// during this boot it is an error, since running VMs hold its leases.
 func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir %s: %w", dir, err)
 	}
-	db, err := bolt.Open(filepath.Join(dir, FileName), 0o600, &bolt.Options{
-		Timeout:        100 * time.Millisecond,
-		NoSync:         true,
-		NoFreelistSync: true,
-	})
+	path := filepath.Join(dir, FileName)
+	db, err := openDB(path)
+	if err != nil && !errors.Is(err, bolt.ErrTimeout) && writtenBeforeThisBoot(dir) {
+		aside := fmt.Sprintf("%s.unreadable-%d", path, time.Now().Unix())
+		if rerr := os.Rename(path, aside); rerr == nil {
+			db, err = openDB(path)
+		}
+	}
 	if err != nil {
-		return nil, fmt.Errorf("open state %s: %w", filepath.Join(dir, FileName), err)
+		return nil, fmt.Errorf("open state %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketMeta, bucketLeases} {
@@ -66,6 +78,25 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("initialise state: %w", err)
 	}
 	return &Store{db: db}, nil
+}
+
+func openDB(path string) (*bolt.DB, error) {
+	return bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:        100 * time.Millisecond,
+		NoSync:         true,
+		NoFreelistSync: true,
+	})
+}
+
+// writtenBeforeThisBoot reports whether the store in dir was last written
+// during an earlier boot of the host, by the boot id file beside it.
+func writtenBeforeThisBoot(dir string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, BootIDFile))
+	if err != nil {
+		return false
+	}
+	cur, err := CurrentBootID()
+	return err == nil && strings.TrimSpace(string(b)) != cur
 }
 
 // Close closes the store.
@@ -133,9 +164,18 @@ func (s *Store) BootID() (string, error) {
 	return id, err
 }
 
-// SetBootID records the boot id of the running kernel.
+// SetBootID records the boot id of the running kernel, in the store and in
+// a file beside it.
 func (s *Store) SetBootID(id string) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyBootID, []byte(id)) })
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyBootID, []byte(id)) }); err != nil {
+		return err
+	}
+	dir := filepath.Dir(s.db.Path())
+	tmp := filepath.Join(dir, BootIDFile+".tmp")
+	if err := os.WriteFile(tmp, []byte(id+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write boot id: %w", err)
+	}
+	return os.Rename(tmp, filepath.Join(dir, BootIDFile))
 }
 
 // CurrentBootID is the running kernel's boot id.

@@ -3,6 +3,9 @@ package state
 import (
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/netslot/netslot/internal/slot"
@@ -72,5 +75,38 @@ func TestSecondOpenTimesOut(t *testing.T) {
 	defer s.Close()
 	if _, err := Open(dir); err == nil {
 		t.Fatal("a second open of a held store succeeded")
+	}
+}
+
+func TestUnreadableStore(t *testing.T) {
+	dir := t.TempDir()
+	garbage := []byte("this is not a bbolt file, it was torn by a power cut")
+	cur, err := CurrentBootID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Written during this boot: refuse, running VMs hold its leases.
+	os.WriteFile(filepath.Join(dir, FileName), garbage, 0o600)
+	os.WriteFile(filepath.Join(dir, BootIDFile), []byte(cur+"\n"), 0o600)
+	if s, err := Open(dir); err == nil {
+		s.Close()
+		t.Fatal("unreadable store of this boot was replaced")
+	}
+	// Written during an earlier boot: set aside and start afresh.
+	os.WriteFile(filepath.Join(dir, BootIDFile), []byte("an-earlier-boot\n"), 0o600)
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatalf("unreadable store of an earlier boot: %v", err)
+	}
+	defer s.Close()
+	matches, _ := filepath.Glob(filepath.Join(dir, FileName+".unreadable-*"))
+	if len(matches) != 1 {
+		t.Fatalf("old store not set aside: %v", matches)
+	}
+	if err := s.SetBootID(cur); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, BootIDFile)); strings.TrimSpace(string(b)) != cur {
+		t.Fatalf("boot id file %q", b)
 	}
 }
