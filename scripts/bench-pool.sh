@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"
 N=${1:-4000}
 P=bench
-DIR=$(mktemp -d "${BENCH_DIR:-/tmp}/netslot-bench.XXXX")
+mkdir -p "${BENCH_DIR:=/run/netslot}"
+DIR=$(mktemp -d "$BENCH_DIR/bench.XXXX")  # state as the daemon keeps it by default
 SOCK=$DIR/netslot.sock
 go build -o bin/ ./cmd/netslotd ./cmd/netslot
 ns() { ./bin/netslot --socket "$SOCK" "$@"; }

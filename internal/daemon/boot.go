@@ -392,14 +392,7 @@ func (d *Daemon) checkSlot(i int) (func() error, error) {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
-	if err := links.Verify(h, d.cfg, i); err != nil {
-		return nil, err
-	}
-	eth0, err := h.LinkByName(slot.VethName)
-	if err != nil {
-		return nil, err
-	}
-	if err := links.EnsureGateway(h, eth0.Attrs().Index, d.cfg, i); err != nil {
+	if err := links.Adopt(h, d.cfg, i); err != nil {
 		return nil, err
 	}
 	conn, err := firewall.Dial() // the socket belongs to this namespace

@@ -171,44 +171,58 @@ func damaged(format string, a ...any) error {
 // i in the namespace of h. The gateway neighbour is not listed (see
 // EnsureGateway): callers rewrite it instead.
 func Verify(h *netlink.Handle, c slot.Config, i int) error {
+	_, err := verify(h, c, i)
+	return err
+}
+
+// Adopt verifies slot i (see Verify) and rewrites its gateway neighbour.
+func Adopt(h *netlink.Handle, c slot.Config, i int) error {
+	eth0, err := verify(h, c, i)
+	if err != nil {
+		return err
+	}
+	return EnsureGateway(h, eth0, c, i)
+}
+
+func verify(h *netlink.Handle, c slot.Config, i int) (eth0Index int, err error) {
 	tap, err := h.LinkByName(slot.TapName)
 	if err != nil {
-		return damaged("%s missing", slot.TapName)
+		return 0, damaged("%s missing", slot.TapName)
 	}
 	if _, ok := tap.(*netlink.Tuntap); !ok || tap.Type() != "tuntap" {
-		return damaged("%s is a %s", slot.TapName, tap.Type())
+		return 0, damaged("%s is a %s", slot.TapName, tap.Type())
 	}
 	if tap.Attrs().HardwareAddr.String() != c.TapMAC.String() {
-		return damaged("%s mac %s", slot.TapName, tap.Attrs().HardwareAddr)
+		return 0, damaged("%s mac %s", slot.TapName, tap.Attrs().HardwareAddr)
 	}
 	if tap.Attrs().Flags&net.FlagUp == 0 {
-		return damaged("%s down", slot.TapName)
+		return 0, damaged("%s down", slot.TapName)
 	}
 	if err := hasOnlyAddr(h, tap, c.GatewayIP(), c.GuestCIDR.Bits()); err != nil {
-		return err
+		return 0, err
 	}
 	if err := checkDevConf(tap); err != nil {
-		return err
+		return 0, err
 	}
 	eth0, err := h.LinkByName(slot.VethName)
 	if err != nil {
-		return damaged("%s missing", slot.VethName)
+		return 0, damaged("%s missing", slot.VethName)
 	}
 	if eth0.Type() != "veth" || eth0.Attrs().HardwareAddr.String() != c.SlotVethMAC(i).String() {
-		return damaged("%s is not slot %d's veth", slot.VethName, i)
+		return 0, damaged("%s is not slot %d's veth", slot.VethName, i)
 	}
 	if eth0.Attrs().Flags&net.FlagUp == 0 {
-		return damaged("%s down", slot.VethName)
+		return 0, damaged("%s down", slot.VethName)
 	}
 	if err := hasOnlyAddr(h, eth0, c.SlotIP(i), 32); err != nil {
-		return err
+		return 0, err
 	}
 	if err := checkDevConf(eth0); err != nil {
-		return err
+		return 0, err
 	}
 	routes, err := h.RouteList(eth0, unix.AF_INET)
 	if err != nil {
-		return fmt.Errorf("list routes: %w", err)
+		return 0, fmt.Errorf("list routes: %w", err)
 	}
 	found := false
 	for _, r := range routes {
@@ -217,9 +231,9 @@ func Verify(h *netlink.Handle, c slot.Config, i int) error {
 		}
 	}
 	if !found {
-		return damaged("default route missing")
+		return 0, damaged("default route missing")
 	}
-	return nil
+	return eth0.Attrs().Index, nil
 }
 
 func checkDevConf(l netlink.Link) error {
