@@ -27,15 +27,26 @@ teardown() { ./bin/netslotd teardown --prefix $P --state-dir "$DIR/state" >/dev/
 rules() { nft -a list ruleset 2>/dev/null | grep '# handle' | grep -cvE '^\s*(table|chain|set|map|flowtable) ' || true; }
 legacy() { { iptables-legacy-save 2>/dev/null; ip6tables-legacy-save 2>/dev/null; } | grep -c '^-A' || true; }
 mem_kb() { awk '/^(Slab|KernelStack|PageTables):/ {s+=$2} END {print s}' /proc/meminfo; }
+# settle waits until the kernel has dismantled namespaces torn down before
+# (their cleanup runs in the background and would be measured as ours).
+settle() {
+  local prev=-1 cur same=0
+  for _ in $(seq 120); do
+    cur=$(awk '$1 == "net_namespace" {print $2}' /proc/slabinfo)
+    if [ "$cur" = "$prev" ]; then same=$((same + 1)); else same=0; fi
+    [ $same -ge 3 ] && return 0
+    prev=$cur; sleep 1
+  done
+}
 trap 'stop; teardown; rm -rf "$DIR"' EXIT
 
-teardown
+teardown; settle
 echo "measuring with $N slots on $(nproc) cores, kernel $(uname -r)" >&2
 sync; echo 3 >/proc/sys/vm/drop_caches
 r0=$(rules); l0=$(legacy); m0=$(mem_kb)
 start 100
 r100=$(( $(rules) - r0 )); l100=$(( $(legacy) - l0 ))
-stop; teardown; sleep 3
+stop; teardown; settle
 start "$N"
 st=$(ns status -o json)
 boot=$(echo "$st" | jget boot_seconds); first=$(echo "$st" | jget ms_per_slot_first_tenth); last=$(echo "$st" | jget ms_per_slot_last_tenth)
