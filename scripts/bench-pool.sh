@@ -38,7 +38,7 @@ settle() {
     prev=$cur; sleep 1
   done
 }
-trap 'stop; teardown; rm -rf "$DIR"' EXIT
+trap 'stop; teardown; rm -rf "$DIR" /run/netslot/$P.lock' EXIT
 
 teardown; settle
 echo "measuring with $N slots on $(nproc) cores, kernel $(uname -r)" >&2

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -78,4 +79,11 @@ func Teardown(tb testing.TB, prefix, stateDir string) {
 	if err := daemon.Teardown(prefix, stateDir, 60*time.Second, Logger(tb)); err != nil {
 		tb.Errorf("teardown %s: %v", prefix, err)
 	}
+	RemoveLock(prefix)
+}
+
+// RemoveLock removes the prefix lock file that teardown leaves (it never
+// unlinks a lock a daemon could hold); a test knows no daemon is left.
+func RemoveLock(prefix string) {
+	os.Remove(filepath.Join(daemon.LockDir, prefix+".lock"))
 }

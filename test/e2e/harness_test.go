@@ -70,6 +70,7 @@ func newPool(t *testing.T, slots int) *pool {
 		if out, err := p.netslotd("teardown", "--prefix", p.prefix, "--state-dir", p.stateDir); err != nil {
 			t.Errorf("teardown: %v\n%s", err, out)
 		}
+		testutil.RemoveLock(p.prefix)
 		if n := p.kernelObjects(); n != (objects{}) {
 			t.Errorf("left behind after teardown: %+v", n)
 		}
