@@ -399,15 +399,20 @@ func (d *Daemon) checkSlot(i int) (func() error, error) {
 	if err != nil {
 		return nil, err
 	}
-	egress := egressOf(d.lease(i))
+	return d.fwStep(i, conn, egressOf(d.lease(i)), firewall.Slot.Verify), nil
+}
+
+// fwStep returns the nftables part of a job on slot i: op on conn, after
+// which the slot keeps conn (or, on failure, conn is closed).
+func (d *Daemon) fwStep(i int, conn *nftables.Conn, egress []netip.Prefix, op func(firewall.Slot, *nftables.Conn, []netip.Prefix) error) func() error {
 	return func() error {
-		if err := (firewall.Slot{Config: d.cfg}).Verify(conn, egress); err != nil {
+		if err := op(firewall.Slot{Config: d.cfg}, conn, egress); err != nil {
 			firewall.Close(conn)
 			return err
 		}
 		d.setFwConn(i, conn)
 		return nil
-	}, nil
+	}
 }
 
 // buildSlot removes whatever is left of slot i and builds its devices
@@ -438,14 +443,7 @@ func (d *Daemon) buildSlot(root *netlink.Handle, rootFD, i int, egress []netip.P
 		}
 		return nil, errors.Join(err, d.removeSlotObjects(root, i))
 	}
-	return func() error {
-		if err := (firewall.Slot{Config: d.cfg}).Create(conn, egress); err != nil {
-			firewall.Close(conn)
-			return err
-		}
-		d.setFwConn(i, conn)
-		return nil
-	}, nil
+	return d.fwStep(i, conn, egress, firewall.Slot.Create), nil
 }
 
 // fillSlot builds slot i's devices from inside its new namespace and opens
