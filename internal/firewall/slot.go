@@ -51,7 +51,8 @@ func (s Slot) specs() []*tableSpec {
 	ingress := &nftables.Chain{Name: "tap-ingress", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookIngress, Priority: nftables.ChainPriorityRef(-500),
 		Policy: &accept, Device: slot.TapName}
-	set := &nftables.Set{Table: t, ID: 1, Name: egressSet, KeyType: nftables.TypeIPAddr, Interval: true}
+	set := egressSetOf(t)
+	set.ID = 1 // binds the rule's lookup to the set created in the same transaction
 
 	drop := []expr.Any{verdict(expr.VerdictDrop)}
 	acceptV := []expr.Any{verdict(expr.VerdictAccept)}
@@ -82,12 +83,12 @@ func (s Slot) specs() []*tableSpec {
 }
 
 func (s Slot) egressSetRef() *nftables.Set {
-	return &nftables.Set{
-		Table:    &nftables.Table{Name: s.Config.Prefix, Family: nftables.TableFamilyNetdev},
-		Name:     egressSet,
-		KeyType:  nftables.TypeIPAddr,
-		Interval: true,
-	}
+	return egressSetOf(&nftables.Table{Name: s.Config.Prefix, Family: nftables.TableFamilyNetdev})
+}
+
+// egressSetOf is the egress allow-list set of table t.
+func egressSetOf(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: egressSet, KeyType: nftables.TypeIPAddr, Interval: true}
 }
 
 func allowOrEverything(allow []netip.Prefix) []netip.Prefix {

@@ -263,7 +263,8 @@ func hasOnlyAddr(h *netlink.Handle, l netlink.Link, a netip.Addr, bits int) erro
 
 // Scrub removes what a tenant may have left on the slot's devices: learned
 // neighbours, a changed MAC, MTU or queue length, and anything queued on the
-// tap (a down/up cycle flushes the qdisc). The calling thread must be in the
+// tap (a down/up cycle flushes the qdisc), then verifies the slot and
+// rewrites its gateway neighbour (Adopt). The calling thread must be in the
 // slot's namespace.
 func Scrub(h *netlink.Handle, c slot.Config, i int) error {
 	tap, err := h.LinkByName(slot.TapName)
@@ -274,10 +275,6 @@ func Scrub(h *netlink.Handle, c slot.Config, i int) error {
 	// there, and the next one could not attach.
 	if tap.Attrs().RawFlags&unix.IFF_LOWER_UP != 0 {
 		return ErrTapInUse
-	}
-	eth0, err := h.LinkByName(slot.VethName)
-	if err != nil {
-		return fmt.Errorf("find %s: %w", slot.VethName, err)
 	}
 	// Taking tap0 down flushes every neighbour entry on it, permanent ones
 	// included (neigh_ifdown), and whatever is queued on its qdisc.
@@ -298,10 +295,7 @@ func Scrub(h *netlink.Handle, c slot.Config, i int) error {
 	if err := configureTap(h, tap, c); err != nil {
 		return err
 	}
-	if err := EnsureGateway(h, eth0.Attrs().Index, c, i); err != nil {
-		return err
-	}
-	return Verify(h, c, i)
+	return Adopt(h, c, i)
 }
 
 // EnsureGateway (re)writes the permanent neighbour entry of the slot's next
