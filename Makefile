@@ -20,7 +20,8 @@ test:
 unit:
 	$(GO) test ./internal/slot ./internal/pool ./internal/state ./internal/firewall ./internal/server ./internal/metrics
 
-# Regenerate the gRPC bindings from api/netslot/v1/netslot.proto.
+# Regenerate the gRPC bindings (api/netslot/v1/netslot.proto) and the eBPF
+# objects and bindings (bpf/*.c -> internal/datapath).
 generate:
 	./scripts/generate.sh
 

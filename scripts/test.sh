@@ -14,4 +14,5 @@ if [ -n "$bad" ]; then
   exit 1
 fi
 go vet ./...
+./scripts/check-generated.sh
 go test -p 1 -count=1 -timeout 30m ./... "$@"

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/netip"
 )
 
@@ -13,6 +14,9 @@ type Attachment struct {
 	RemoteVTEP netip.Addr
 	VPCIP      netip.Addr
 	VPCCIDRs   []netip.Prefix
+	// PeerMAC is the VPC side's MAC (its gateway, or the remote geneve
+	// device); nil to learn it by ARP through the tunnel.
+	PeerMAC net.HardwareAddr
 }
 
 // Lease is what a tenant asked for when it acquired a slot.
@@ -42,8 +46,8 @@ const maxOwnerLen = 256
 
 // ParseAttachment validates the strings of a VPC attachment.
 func ParseAttachment(vni uint32, vtep, vpcIP string, cidrs []string) (*Attachment, error) {
-	if vni == 0 || vni > MaxVNI {
-		return nil, fmt.Errorf("invalid vni %d: want 1..%d", vni, MaxVNI)
+	if vni == 0 || vni > MaxAttachVNI {
+		return nil, fmt.Errorf("invalid vni %d: want 1..%d (%d and up are reserved for pooled slots)", vni, MaxAttachVNI, DummyVNIBase)
 	}
 	a := &Attachment{VNI: vni}
 	var err error
@@ -63,6 +67,21 @@ func ParseAttachment(vni uint32, vtep, vpcIP string, cidrs []string) (*Attachmen
 		return nil, err
 	}
 	return a, nil
+}
+
+// ParsePeerMAC validates the optional VPC peer MAC of an attachment.
+func ParsePeerMAC(s string) (net.HardwareAddr, error) {
+	if s == "" {
+		return nil, nil
+	}
+	m, err := net.ParseMAC(s)
+	if err != nil || len(m) != 6 {
+		return nil, fmt.Errorf("invalid peer mac %q: want a 6-byte MAC", s)
+	}
+	if m[0]&1 != 0 || isZero(m) {
+		return nil, fmt.Errorf("invalid peer mac %q: want a unicast MAC", s)
+	}
+	return m, nil
 }
 
 // ParseCIDRs validates a list of IPv4 CIDRs (what names the list in errors).

@@ -52,6 +52,13 @@ var reserved = []netip.Prefix{
 // MaxVNI is the largest 24-bit Geneve VNI.
 const MaxVNI = 1<<24 - 1
 
+// DummyVNIBase starts the VNIs reserved for pooled slots: slot i carries
+// DummyVNIBase+i while no VPC is attached, and no attachment may use them.
+const DummyVNIBase = 0xF00000
+
+// MaxAttachVNI is the largest VNI an attachment may use.
+const MaxAttachVNI = DummyVNIBase - 1
+
 // prefixRE: a prefix must not end in a digit, so that "<prefix><index>"
 // names of two pools can never collide ("ab1"+"0" vs "ab"+"10").
 var prefixRE = regexp.MustCompile(`^[a-z]([a-z0-9]{0,6}[a-z])?$`)
@@ -193,6 +200,10 @@ func (c Config) HostVethMAC(i int) net.HardwareAddr { return c.mac(i, 0x01) }
 
 // SlotVethMAC is the MAC of eth0 inside slot i.
 func (c Config) SlotVethMAC(i int) net.HardwareAddr { return c.mac(i, 0x02) }
+
+// VPCMAC is slot i's MAC inside its VPC: the inner source of what it sends
+// through the tunnel and what it answers ARP with.
+func (c Config) VPCMAC(i int) net.HardwareAddr { return c.mac(i, 0x03) }
 
 // ParseID returns the index of a slot id of this pool.
 func (c Config) ParseID(id string) (int, error) {

@@ -121,7 +121,7 @@ func TestParseAttachment(t *testing.T) {
 		cidrs            []string
 	}{
 		{0, "198.18.0.9", "10.1.0.5", "invalid vni 0", good},
-		{MaxVNI + 1, "198.18.0.9", "10.1.0.5", "invalid vni", good},
+		{MaxAttachVNI + 1, "198.18.0.9", "10.1.0.5", "invalid vni", good},
 		{5, "198.18.0.999", "10.1.0.5", "invalid remote vtep", good},
 		{5, "fd00::1", "10.1.0.5", "want IPv4", good},
 		{5, "224.0.0.1", "10.1.0.5", "unicast", good},
@@ -135,7 +135,7 @@ func TestParseAttachment(t *testing.T) {
 			t.Errorf("ParseAttachment(%d,%s,%s,%v) = %v, want %q", tc.vni, tc.vtep, tc.ip, tc.cidrs, err, tc.errHas)
 		}
 	}
-	if _, err := ParseAttachment(MaxVNI, "198.18.0.9", "10.1.0.5", good); err != nil {
+	if _, err := ParseAttachment(MaxAttachVNI, "198.18.0.9", "10.1.0.5", good); err != nil {
 		t.Errorf("max vni refused: %v", err)
 	}
 	many := make([]string, maxListLen+1)

@@ -192,6 +192,7 @@ type storedAttachment struct {
 	RemoteVTEP string   `json:"remote_vtep"`
 	VPCIP      string   `json:"vpc_ip"`
 	VPCCIDRs   []string `json:"vpc_cidrs"`
+	PeerMAC    string   `json:"peer_mac,omitempty"`
 }
 
 type storedLease struct {
@@ -216,6 +217,9 @@ func encodeLease(l *slot.Lease) ([]byte, error) {
 	sl := storedLease{ID: l.ID, Owner: l.Owner, AcquiredNs: l.AcquiredNs, EgressAllow: prefixesToStrings(l.EgressAllow)}
 	if a := l.VPC; a != nil {
 		sl.VPC = &storedAttachment{VNI: a.VNI, RemoteVTEP: a.RemoteVTEP.String(), VPCIP: a.VPCIP.String(), VPCCIDRs: prefixesToStrings(a.VPCCIDRs)}
+		if a.PeerMAC != nil {
+			sl.VPC.PeerMAC = a.PeerMAC.String()
+		}
 	}
 	return json.Marshal(sl)
 }
@@ -232,6 +236,9 @@ func decodeLease(b []byte) (*slot.Lease, error) {
 	}
 	if a := sl.VPC; a != nil {
 		if l.VPC, err = slot.ParseAttachment(a.VNI, a.RemoteVTEP, a.VPCIP, a.VPCCIDRs); err != nil {
+			return nil, err
+		}
+		if l.VPC.PeerMAC, err = slot.ParsePeerMAC(a.PeerMAC); err != nil {
 			return nil, err
 		}
 	}

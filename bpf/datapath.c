@@ -1,0 +1,769 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * netslot datapath: stateless NAT and Geneve for every slot of a pool, from
+ * two programs attached to the uplink (tcx ingress and egress) whatever the
+ * number of slots.
+ *
+ *   slot -> world   The slot namespace routes the guest's packet to its host
+ *                   veth; the root namespace forwards it to the uplink (one
+ *                   policy rule for the whole pool). uplink_egress tells the
+ *                   slot by skb->ingress_ifindex (the host veth), then
+ *                     - to a VPC CIDR of the slot's attachment: source
+ *                       rewritten to the slot's VPC address, Geneve
+ *                       encapsulation with the slot's VNI toward its VTEP;
+ *                     - anywhere else: source rewritten to the slot address.
+ *   world -> slot   uplink_ingress takes
+ *                     - IPv4 to a slot address: destination rewritten to the
+ *                       guest address;
+ *                     - Geneve to the underlay address with (VNI, inner
+ *                       destination) of an attached slot: decapsulated,
+ *                       destination rewritten to the guest address;
+ *                   and hands the packet to the slot's eth0 with
+ *                   bpf_redirect_peer (no root-namespace stack, no backlog).
+ *
+ * No conntrack, no per-flow state: every rewrite comes from per-slot map
+ * entries written by netslotd. Every lookup is O(1) in the number of slots.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/pkt_cls.h>
+#include <stddef.h>
+#include <stdbool.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#ifndef TCX_NEXT
+#define TCX_NEXT -1
+#define TCX_PASS 0
+#define TCX_DROP 2
+#define TCX_REDIRECT 7
+#endif
+
+#define GENEVE_PORT 6081
+#define ETH_P_TEB_ 0x6558
+/* VNIs from DUMMY_VNI_BASE up are never a customer's: slot i carries
+ * DUMMY_VNI_BASE + i while it is not attached to a VPC. */
+#define DUMMY_VNI_BASE 0xF00000
+#define GENEVE_HLEN 8
+#define ENCAP_LEN (sizeof(struct iphdr) + sizeof(struct udphdr) + GENEVE_HLEN + ETH_HLEN)
+#define IP_DF 0x4000
+#define IP_OFFMASK 0x1fff
+
+/* Why a packet was dropped; the order is the order of stats.drops. */
+enum drop_reason {
+	DROP_GENEVE_TRUNCATED,   /* Geneve header or inner frame cut short */
+	DROP_GENEVE_VERSION,     /* Geneve version is not 0 */
+	DROP_GENEVE_OPTLEN,      /* options run past the packet */
+	DROP_GENEVE_PROTO,       /* protocol type is not Ethernet (0x6558) */
+	DROP_DUMMY_VNI,          /* a pooled slot's dummy VNI */
+	DROP_UNKNOWN_VNI,        /* no slot attached to this VNI */
+	DROP_UNKNOWN_DST,        /* known VNI, no slot with this inner address */
+	DROP_WRONG_VTEP,         /* outer source is not the slot's remote VTEP */
+	DROP_INNER_IPV6,         /* the guest has no IPv6 */
+	DROP_INNER_MULTICAST,    /* inner multicast/broadcast not for the guest */
+	DROP_INNER_MAC,          /* inner unicast to another MAC */
+	DROP_INNER_OTHER,        /* other inner ethertypes and ARP operations */
+	DROP_EGRESS_DUMMY_VNI,   /* never send a dummy VNI */
+	DROP_EGRESS_NOT_IPV4,    /* slot egress that is not IPv4 */
+	DROP_EGRESS_SPOOF,       /* slot egress not from the guest address */
+	DROP_NO_ROUTE,           /* no route to the remote VTEP */
+	DROP_REWRITE,            /* a helper failed (truncated L4, GSO limits) */
+	DROP_NO_SLOT,            /* to a slot address that is not a slot */
+	DROP_REASONS,
+};
+
+struct pool_config {
+	__be32 guest_ip;      /* the guest address, the same in every slot */
+	__be32 slot_first;    /* the address of slot 0 */
+	__u32 slot_count;
+	__be32 underlay_ip;   /* outer source of Geneve, destination of ingress */
+	__u32 uplink_ifindex;
+	__u32 route_table;    /* where VTEPs are looked up */
+	__u8 uplink_mac[6];
+	__u8 pad[2];
+};
+
+struct slot_info {
+	__u32 host_ifindex;   /* the root-side veth; 0: no slot */
+	__be32 slot_ip;
+	__u8 slot_mac[6];     /* eth0 in the slot */
+	__u8 host_mac[6];     /* the root-side veth */
+};
+
+/* The slot's VPC attachment. Pooled slots carry vni = DUMMY_VNI_BASE + i and
+ * nothing else; acquire replaces the whole entry in one update. */
+struct tunnel_info {
+	__u32 vni;
+	__be32 vpc_ip;
+	__be32 remote_ip;
+	__u8 vpc_mac[6];      /* the slot's MAC in the VPC */
+	__u8 pad[2];
+};
+
+/* The VPC side's MAC as seen by a slot: given at attach or learned from
+ * frames the slot receives through the tunnel. */
+struct peer_info {
+	__u8 mac[6];
+	__u16 known;
+};
+
+struct vni_key {
+	__u32 vni;
+	__be32 ip;
+};
+
+struct vpc_route_key {
+	__u32 prefixlen;      /* 32 (slot) + CIDR length */
+	__u32 slot;
+	__be32 ip;
+};
+
+struct slot_stats {
+	__u64 tx_packets;     /* slot to uplink */
+	__u64 tx_bytes;
+	__u64 rx_packets;     /* uplink to slot */
+	__u64 rx_bytes;
+	__u64 encap_packets;  /* of tx, sent through the tunnel */
+	__u64 decap_packets;  /* of rx, received through the tunnel */
+	__u64 arp_replies;    /* answered for the VPC address */
+	__u64 arp_requests;   /* sent for an unknown VPC peer */
+	__u64 drops[DROP_REASONS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pool_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1); /* set to the pool size at load */
+	__type(key, __u32);
+	__type(value, struct slot_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);   /* host veth ifindex */
+	__type(value, __u32); /* slot index */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} by_ifindex SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* replaced whole, RCU-freed */
+	__type(key, __u32);
+	__type(value, struct tunnel_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tunnels SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct peer_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct vni_key);
+	__type(value, __u32); /* slot index */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vni_dst SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);   /* VNI */
+	__type(value, __u32); /* attached slots */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vnis SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct vpc_route_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vpc_routes SEC(".maps");
+
+/* Entry slot_count (the last) counts what belongs to no slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct slot_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} stats SEC(".maps");
+
+/* Give bpf2go the types the maps do not name. */
+const enum drop_reason *unused_drop_reason __attribute__((unused));
+
+struct geneve_frame {
+	struct iphdr ip;
+	struct udphdr udp;
+	__u8 ver_optlen;
+	__u8 flags;
+	__be16 proto;
+	__u8 vni[3];
+	__u8 rsvd;
+	struct ethhdr inner;
+} __attribute__((packed));
+
+/* linux/if_arp.h pulls in libc headers; the ARP header is small. */
+#define ARPHRD_ETHER 1
+#define ARPOP_REQUEST 1
+#define ARPOP_REPLY 2
+
+struct arp_ipv4 {
+	struct {
+		__be16 ar_hrd;
+		__be16 ar_pro;
+		__u8 ar_hln;
+		__u8 ar_pln;
+		__be16 ar_op;
+	} hdr;
+	__u8 sha[ETH_ALEN];
+	__be32 spa;
+	__u8 tha[ETH_ALEN];
+	__be32 tpa;
+} __attribute__((packed));
+
+static __always_inline struct pool_config *get_config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&config, &zero);
+}
+
+static __always_inline struct slot_stats *get_stats(__u32 idx)
+{
+	return bpf_map_lookup_elem(&stats, &idx);
+}
+
+static __always_inline int drop(__u32 idx, enum drop_reason why)
+{
+	struct slot_stats *s = get_stats(idx);
+	if (s && why < DROP_REASONS)
+		s->drops[why]++;
+	return TCX_DROP;
+}
+
+static __always_inline void count_rx(__u32 idx, __u32 len, bool decap)
+{
+	struct slot_stats *s = get_stats(idx);
+	if (!s)
+		return;
+	s->rx_packets++;
+	s->rx_bytes += len;
+	if (decap)
+		s->decap_packets++;
+}
+
+static __always_inline bool mac_eq(const __u8 *a, const __u8 *b)
+{
+	/* Byte by byte: the MACs sit unaligned in packed headers. */
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] &&
+	       a[3] == b[3] && a[4] == b[4] && a[5] == b[5];
+}
+
+/*
+ * Rewrite the IPv4 source (dst = false) or destination (dst = true) at
+ * l3_off from old to new, fixing the IPv4 checksum and, in a first or only
+ * fragment, the TCP or UDP checksum (ICMP has no pseudo-header).
+ */
+static __always_inline int rewrite_ip(struct __sk_buff *skb, __u32 l3_off,
+				      __u32 l4_off, __u8 proto, bool l4,
+				      __be32 old, __be32 new, bool dst)
+{
+	__u32 addr_off = l3_off + (dst ? offsetof(struct iphdr, daddr)
+				       : offsetof(struct iphdr, saddr));
+
+	if (l4) {
+		if (proto == IPPROTO_TCP) {
+			if (bpf_l4_csum_replace(skb, l4_off + offsetof(struct tcphdr, check),
+						old, new, BPF_F_PSEUDO_HDR | sizeof(new)))
+				return -1;
+		} else if (proto == IPPROTO_UDP) {
+			if (bpf_l4_csum_replace(skb, l4_off + offsetof(struct udphdr, check),
+						old, new, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | sizeof(new)))
+				return -1;
+		}
+	}
+	if (bpf_l3_csum_replace(skb, l3_off + offsetof(struct iphdr, check), old, new, sizeof(new)))
+		return -1;
+	if (bpf_skb_store_bytes(skb, addr_off, &new, sizeof(new), 0))
+		return -1;
+	return 0;
+}
+
+/* Set the Ethernet header for delivery into slot s and hand the packet to
+ * its eth0. */
+static __always_inline int deliver(struct __sk_buff *skb, __u32 idx, const struct slot_info *s,
+				   bool decap)
+{
+	struct ethhdr eth;
+
+	__builtin_memcpy(eth.h_dest, s->slot_mac, ETH_ALEN);
+	__builtin_memcpy(eth.h_source, s->host_mac, ETH_ALEN);
+	eth.h_proto = bpf_htons(ETH_P_IP);
+	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0))
+		return drop(idx, DROP_REWRITE);
+	count_rx(idx, skb->len, decap);
+	return bpf_redirect_peer(s->host_ifindex, 0);
+}
+
+static __always_inline __u16 csum_fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+static __always_inline __u32 slot_of_ip(const struct pool_config *cfg, __be32 ip)
+{
+	return bpf_ntohl(ip) - bpf_ntohl(cfg->slot_first);
+}
+
+/*
+ * An ARP request for a slot's VPC address arrived through the tunnel (the
+ * frame at off, a request already checked): answer it in place and send it
+ * back out of the uplink to the VTEP it came from.
+ */
+static __always_inline int answer_arp(struct __sk_buff *skb, __u32 idx, __u32 l3_off,
+				      __u32 inner_off, struct geneve_frame *g,
+				      struct arp_ipv4 *arp, const struct tunnel_info *t)
+{
+	struct ethhdr outer;
+	struct slot_stats *st;
+	__be32 tmp;
+
+	if (bpf_skb_load_bytes(skb, 0, &outer, sizeof(outer)))
+		return drop(idx, DROP_REWRITE);
+	/* Outer: back to where it came from. Swapping the addresses leaves the
+	 * IPv4 checksum as it is. */
+	__builtin_memcpy(outer.h_dest, outer.h_source, ETH_ALEN);
+	tmp = g->ip.saddr;
+	g->ip.saddr = g->ip.daddr;
+	g->ip.daddr = tmp;
+	g->udp.dest = bpf_htons(GENEVE_PORT);
+	g->udp.check = 0;
+	/* Inner: the reply. */
+	__builtin_memcpy(g->inner.h_dest, arp->sha, ETH_ALEN);
+	__builtin_memcpy(g->inner.h_source, t->vpc_mac, ETH_ALEN);
+	arp->hdr.ar_op = bpf_htons(ARPOP_REPLY);
+	__builtin_memcpy(arp->tha, arp->sha, ETH_ALEN);
+	__builtin_memcpy(arp->sha, t->vpc_mac, ETH_ALEN);
+	tmp = arp->spa;
+	arp->spa = arp->tpa;
+	arp->tpa = tmp;
+
+	struct pool_config *cfg = get_config();
+	if (!cfg)
+		return drop(idx, DROP_REWRITE);
+	__builtin_memcpy(outer.h_source, cfg->uplink_mac, ETH_ALEN);
+	if (bpf_skb_store_bytes(skb, 0, &outer, sizeof(outer), 0) ||
+	    bpf_skb_store_bytes(skb, l3_off, g, offsetof(struct geneve_frame, inner), 0) ||
+	    bpf_skb_store_bytes(skb, inner_off, &g->inner, sizeof(g->inner), 0) ||
+	    bpf_skb_store_bytes(skb, inner_off + ETH_HLEN, arp, sizeof(*arp), 0))
+		return drop(idx, DROP_REWRITE);
+	st = get_stats(idx);
+	if (st)
+		st->arp_replies++;
+	return bpf_redirect(cfg->uplink_ifindex, 0);
+}
+
+static __always_inline void learn_peer(__u32 idx, const __u8 *mac)
+{
+	struct peer_info *p = bpf_map_lookup_elem(&peers, &idx);
+
+	if (!p || (mac[0] & 1))
+		return;
+	if (p->known && mac_eq(p->mac, mac))
+		return;
+	__builtin_memcpy(p->mac, mac, ETH_ALEN);
+	p->known = 1;
+}
+
+/* Geneve to the underlay address: everything below either delivers into a
+ * slot, answers ARP, or drops with a reason. */
+static __always_inline int geneve_ingress(struct __sk_buff *skb, const struct pool_config *cfg,
+					  __u32 l3_off, __u32 ihl)
+{
+	struct geneve_frame g;
+	__u32 none = cfg->slot_count;
+	__u32 udp_off = l3_off + ihl;
+	__u32 inner_off, optlen, vni, *idxp, idx;
+	struct vni_key key = {};
+	struct tunnel_info *t;
+	struct slot_info *s;
+
+	/* The fixed part: the outer IPv4 header without options, UDP, the
+	 * Geneve header and an inner Ethernet header. */
+	if (ihl != sizeof(struct iphdr))
+		return drop(none, DROP_GENEVE_TRUNCATED);
+	if (skb->len < udp_off + sizeof(struct udphdr) + GENEVE_HLEN)
+		return drop(none, DROP_GENEVE_TRUNCATED);
+	if (bpf_skb_load_bytes(skb, l3_off, &g, offsetof(struct geneve_frame, inner)))
+		return drop(none, DROP_GENEVE_TRUNCATED);
+	if (g.ver_optlen >> 6)
+		return drop(none, DROP_GENEVE_VERSION);
+	optlen = (g.ver_optlen & 0x3f) * 4;
+	inner_off = udp_off + sizeof(struct udphdr) + GENEVE_HLEN + optlen;
+	if (skb->len < inner_off)
+		return drop(none, DROP_GENEVE_OPTLEN);
+	if (g.proto != bpf_htons(ETH_P_TEB_))
+		return drop(none, DROP_GENEVE_PROTO);
+	if (skb->len < inner_off + ETH_HLEN ||
+	    bpf_skb_load_bytes(skb, inner_off, &g.inner, sizeof(g.inner)))
+		return drop(none, DROP_GENEVE_TRUNCATED);
+
+	vni = (__u32)g.vni[0] << 16 | (__u32)g.vni[1] << 8 | g.vni[2];
+	if (vni >= DUMMY_VNI_BASE)
+		return drop(none, DROP_DUMMY_VNI);
+	if (!bpf_map_lookup_elem(&vnis, &vni))
+		return drop(none, DROP_UNKNOWN_VNI);
+
+	key.vni = vni;
+	if (g.inner.h_proto == bpf_htons(ETH_P_ARP)) {
+		struct arp_ipv4 arp;
+
+		if (bpf_skb_load_bytes(skb, inner_off + ETH_HLEN, &arp, sizeof(arp)))
+			return drop(none, DROP_GENEVE_TRUNCATED);
+		if (arp.hdr.ar_hrd != bpf_htons(ARPHRD_ETHER) ||
+		    arp.hdr.ar_pro != bpf_htons(ETH_P_IP) ||
+		    arp.hdr.ar_hln != ETH_ALEN || arp.hdr.ar_pln != 4)
+			return drop(none, DROP_INNER_OTHER);
+		key.ip = arp.tpa;
+		idxp = bpf_map_lookup_elem(&vni_dst, &key);
+		if (!idxp)
+			return drop(none, DROP_UNKNOWN_DST);
+		idx = *idxp;
+		t = bpf_map_lookup_elem(&tunnels, &idx);
+		if (!t || t->vni != vni)
+			return drop(none, DROP_UNKNOWN_DST);
+		if (g.ip.saddr != t->remote_ip)
+			return drop(idx, DROP_WRONG_VTEP);
+		if (arp.sha[0] & 1)
+			return drop(idx, DROP_INNER_OTHER);
+		learn_peer(idx, arp.sha);
+		if (arp.hdr.ar_op == bpf_htons(ARPOP_REQUEST))
+			return answer_arp(skb, idx, l3_off, inner_off, &g, &arp, t);
+		if (arp.hdr.ar_op == bpf_htons(ARPOP_REPLY)) {
+			/* Learned above; nothing to deliver. */
+			struct slot_stats *st = get_stats(idx);
+			if (st)
+				st->rx_packets++;
+			return TCX_DROP;
+		}
+		return drop(idx, DROP_INNER_OTHER);
+	}
+	if (g.inner.h_proto == bpf_htons(ETH_P_IPV6))
+		return drop(none, DROP_INNER_IPV6);
+	if (g.inner.h_proto != bpf_htons(ETH_P_IP))
+		return drop(none, DROP_INNER_OTHER);
+
+	struct iphdr ip;
+	__u32 in_l3 = inner_off + ETH_HLEN;
+
+	if (bpf_skb_load_bytes(skb, in_l3, &ip, sizeof(ip)))
+		return drop(none, DROP_GENEVE_TRUNCATED);
+	if ((g.inner.h_dest[0] & 1) || (bpf_ntohl(ip.daddr) >> 28) == 0xe ||
+	    ip.daddr == 0xffffffff)
+		return drop(none, DROP_INNER_MULTICAST);
+	if (ip.ihl < 5 || ip.version != 4)
+		return drop(none, DROP_INNER_OTHER);
+	key.ip = ip.daddr;
+	idxp = bpf_map_lookup_elem(&vni_dst, &key);
+	if (!idxp)
+		return drop(none, DROP_UNKNOWN_DST);
+	idx = *idxp;
+	t = bpf_map_lookup_elem(&tunnels, &idx);
+	s = bpf_map_lookup_elem(&slots, &idx);
+	if (!t || !s || t->vni != vni || !s->host_ifindex)
+		return drop(none, DROP_UNKNOWN_DST);
+	if (g.ip.saddr != t->remote_ip)
+		return drop(idx, DROP_WRONG_VTEP);
+	if (!mac_eq(g.inner.h_dest, t->vpc_mac))
+		return drop(idx, DROP_INNER_MAC);
+	learn_peer(idx, g.inner.h_source);
+
+	/* Take off outer IPv4, UDP, Geneve and the inner Ethernet header; the
+	 * outer Ethernet header stays and is rewritten for the slot. */
+	if (bpf_skb_adjust_room(skb, -(__s32)(in_l3 - l3_off), BPF_ADJ_ROOM_MAC, 0))
+		return drop(idx, DROP_REWRITE);
+	__u32 in_l4 = l3_off + ip.ihl * 4;
+	bool l4 = !(ip.frag_off & bpf_htons(IP_OFFMASK));
+	if (rewrite_ip(skb, l3_off, in_l4, ip.protocol, l4, ip.daddr, cfg->guest_ip, true))
+		return drop(idx, DROP_REWRITE);
+	return deliver(skb, idx, s, true);
+}
+
+SEC("tcx/ingress")
+int uplink_ingress(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip;
+	struct pool_config *cfg;
+	__u32 l3_off = ETH_HLEN, ihl, idx;
+
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return TCX_NEXT;
+	if (data + ETH_HLEN + sizeof(*ip) > end) {
+		if (bpf_skb_pull_data(skb, ETH_HLEN + sizeof(*ip)))
+			return TCX_NEXT;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		if (data + ETH_HLEN + sizeof(*ip) > end)
+			return TCX_NEXT;
+	}
+	ip = data + ETH_HLEN;
+	cfg = get_config();
+	if (!cfg || !cfg->slot_count)
+		return TCX_NEXT;
+	ihl = ip->ihl * 4;
+	if (ihl < sizeof(*ip))
+		return TCX_NEXT;
+
+	if (ip->daddr == cfg->underlay_ip && ip->protocol == IPPROTO_UDP &&
+	    !(ip->frag_off & bpf_htons(IP_OFFMASK | 0x2000))) {
+		struct udphdr udp;
+
+		if (bpf_skb_load_bytes(skb, l3_off + ihl, &udp, sizeof(udp)))
+			return TCX_NEXT;
+		if (udp.dest == bpf_htons(GENEVE_PORT))
+			return geneve_ingress(skb, cfg, l3_off, ihl);
+		return TCX_NEXT;
+	}
+
+	idx = slot_of_ip(cfg, ip->daddr);
+	if (idx >= cfg->slot_count)
+		return TCX_NEXT;
+
+	/* To a slot address: the reply half of the stateless NAT. */
+	struct slot_info *s = bpf_map_lookup_elem(&slots, &idx);
+	if (!s || !s->host_ifindex || s->slot_ip != ip->daddr)
+		return drop(cfg->slot_count, DROP_NO_SLOT);
+	__be32 old = ip->daddr;
+	__u8 proto = ip->protocol;
+	bool l4 = !(ip->frag_off & bpf_htons(IP_OFFMASK));
+	if (rewrite_ip(skb, l3_off, l3_off + ihl, proto, l4, old, cfg->guest_ip, true))
+		return drop(idx, DROP_REWRITE);
+	return deliver(skb, idx, s, false);
+}
+
+/* The UDP source port of a tunnel packet spreads flows over the underlay
+ * (RFC 8926 section 3.3), in the ephemeral range like the kernel's. */
+static __always_inline __be16 flow_port(struct __sk_buff *skb)
+{
+	__u32 hash = bpf_get_hash_recalc(skb);
+	return bpf_htons((__u16)(((__u64)hash * (65535 - 49152 + 1)) >> 32) + 49152);
+}
+
+/*
+ * The peer's MAC is not known yet: turn the packet into an ARP request for
+ * its destination, to go through the tunnel in its place (the packet is lost,
+ * as when a neighbour queue is full; the answer teaches the peer's MAC).
+ */
+static __always_inline int to_arp_request(struct __sk_buff *skb, __u32 idx,
+					  const struct tunnel_info *t, __be32 target)
+{
+	struct arp_ipv4 arp = {
+		.hdr = {
+			.ar_hrd = bpf_htons(ARPHRD_ETHER),
+			.ar_pro = bpf_htons(ETH_P_IP),
+			.ar_hln = ETH_ALEN,
+			.ar_pln = 4,
+			.ar_op = bpf_htons(ARPOP_REQUEST),
+		},
+		.spa = t->vpc_ip,
+		.tpa = target,
+	};
+	__be16 proto = bpf_htons(ETH_P_ARP);
+
+	__builtin_memcpy(arp.sha, t->vpc_mac, ETH_ALEN);
+	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(arp), 0) ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN, &arp, sizeof(arp), 0) ||
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &proto, sizeof(proto), 0))
+		return -1;
+	struct slot_stats *st = get_stats(idx);
+	if (st)
+		st->arp_requests++;
+	return 0;
+}
+
+static __always_inline int encap(struct __sk_buff *skb, const struct pool_config *cfg, __u32 idx,
+				 const struct iphdr *ip, __u32 ihl)
+{
+	static const __u8 bcast[ETH_ALEN] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+	struct bpf_fib_lookup fib = {};
+	struct geneve_frame g = {};
+	struct ethhdr outer;
+	struct tunnel_info *t;
+	struct peer_info *p;
+	bool arp = false;
+	__be16 sport;
+	__u32 sum;
+	long rc;
+
+	t = bpf_map_lookup_elem(&tunnels, &idx);
+	if (!t || t->vni >= DUMMY_VNI_BASE || !t->vni)
+		return drop(idx, DROP_EGRESS_DUMMY_VNI);
+
+	/* Where the VTEP is: the pool's routing table, which only holds the
+	 * uplink's routes, looked up as a packet forwarded from the slot's
+	 * host veth (the lookup wants forwarding on its input device; the
+	 * uplink need not forward anything). */
+	fib.family = 2; /* AF_INET */
+	fib.ifindex = skb->ingress_ifindex;
+	fib.ipv4_src = cfg->underlay_ip;
+	fib.ipv4_dst = t->remote_ip;
+	fib.tbid = cfg->route_table;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib),
+			    BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_TBID | BPF_FIB_LOOKUP_SKIP_NEIGH);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex != cfg->uplink_ifindex)
+		return drop(idx, DROP_NO_ROUTE);
+
+	sport = flow_port(skb);
+	p = bpf_map_lookup_elem(&peers, &idx);
+	if (p && p->known) {
+		bool l4 = !(ip->frag_off & bpf_htons(IP_OFFMASK));
+		if (rewrite_ip(skb, ETH_HLEN, ETH_HLEN + ihl, ip->protocol, l4, ip->saddr,
+			       t->vpc_ip, false))
+			return drop(idx, DROP_REWRITE);
+		__builtin_memcpy(g.inner.h_dest, p->mac, ETH_ALEN);
+		g.inner.h_proto = bpf_htons(ETH_P_IP);
+	} else {
+		if (to_arp_request(skb, idx, t, ip->daddr))
+			return drop(idx, DROP_REWRITE);
+		__builtin_memcpy(g.inner.h_dest, bcast, ETH_ALEN);
+		g.inner.h_proto = bpf_htons(ETH_P_ARP);
+		arp = true;
+	}
+	__builtin_memcpy(g.inner.h_source, t->vpc_mac, ETH_ALEN);
+
+	if (bpf_skb_adjust_room(skb, ENCAP_LEN, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
+				BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN)))
+		return drop(idx, DROP_REWRITE);
+
+	__u16 tot = skb->len - ETH_HLEN;
+	struct iphdr oip = {
+		.version = 4,
+		.ihl = 5,
+		.tos = arp ? 0 : ip->tos,
+		.tot_len = bpf_htons(tot),
+		.ttl = 64,
+		.protocol = IPPROTO_UDP,
+		.saddr = cfg->underlay_ip,
+		.daddr = t->remote_ip,
+	};
+	sum = bpf_csum_diff(0, 0, (__be32 *)&oip, sizeof(oip), 0);
+	oip.check = csum_fold(sum);
+	__builtin_memcpy(&g.ip, &oip, sizeof(oip));
+	g.udp.source = sport;
+	g.udp.dest = bpf_htons(GENEVE_PORT);
+	g.udp.len = bpf_htons(tot - sizeof(struct iphdr));
+	g.udp.check = 0; /* allowed for IPv4 (RFC 8926 section 3.3) */
+	g.proto = bpf_htons(ETH_P_TEB_);
+	g.vni[0] = t->vni >> 16;
+	g.vni[1] = t->vni >> 8;
+	g.vni[2] = t->vni;
+
+	__builtin_memcpy(outer.h_source, cfg->uplink_mac, ETH_ALEN);
+	__builtin_memcpy(outer.h_dest, cfg->uplink_mac, ETH_ALEN); /* set by the neighbour */
+	outer.h_proto = bpf_htons(ETH_P_IP);
+	if (bpf_skb_store_bytes(skb, 0, &outer, sizeof(outer), 0) ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN, &g, sizeof(g), 0))
+		return drop(idx, DROP_REWRITE);
+
+	struct slot_stats *st = get_stats(idx);
+	if (st) {
+		st->tx_packets++;
+		st->tx_bytes += skb->len;
+		st->encap_packets++;
+	}
+	/* The neighbour subsystem resolves the next hop's MAC (and queues
+	 * while it does). The packet passes this program once more on its way
+	 * out; its outer source, the underlay address, lets it through. */
+	struct bpf_redir_neigh nh = {.nh_family = 2, .ipv4_nh = fib.ipv4_dst};
+	return bpf_redirect_neigh(cfg->uplink_ifindex, &nh, sizeof(nh), 0);
+}
+
+SEC("tcx/egress")
+int uplink_egress(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct vpc_route_key rk;
+	struct iphdr *ip;
+	struct pool_config *cfg;
+	__u32 ifindex = skb->ingress_ifindex, *idxp, idx, ihl;
+
+	idxp = bpf_map_lookup_elem(&by_ifindex, &ifindex);
+	if (!idxp)
+		return TCX_NEXT; /* not forwarded from a slot */
+	idx = *idxp;
+	cfg = get_config();
+	if (!cfg)
+		return TCX_NEXT;
+	if ((void *)(eth + 1) > end)
+		return drop(idx, DROP_EGRESS_NOT_IPV4);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return drop(idx, DROP_EGRESS_NOT_IPV4);
+	if (data + ETH_HLEN + sizeof(*ip) > end) {
+		if (bpf_skb_pull_data(skb, ETH_HLEN + sizeof(*ip)))
+			return drop(idx, DROP_EGRESS_NOT_IPV4);
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		if (data + ETH_HLEN + sizeof(*ip) > end)
+			return drop(idx, DROP_EGRESS_NOT_IPV4);
+	}
+	ip = data + ETH_HLEN;
+	if (ip->saddr == cfg->underlay_ip)
+		return TCX_NEXT; /* encapsulated above, on its way out */
+	ihl = ip->ihl * 4;
+	if (ip->saddr != cfg->guest_ip || ihl < sizeof(*ip))
+		return drop(idx, DROP_EGRESS_SPOOF);
+
+	rk.prefixlen = 64;
+	rk.slot = idx;
+	rk.ip = ip->daddr;
+	if (bpf_map_lookup_elem(&vpc_routes, &rk)) {
+		struct iphdr copy = *ip;
+		return encap(skb, cfg, idx, &copy, ihl);
+	}
+
+	/* Anywhere else: the request half of the stateless NAT. */
+	struct slot_info *s = bpf_map_lookup_elem(&slots, &idx);
+	if (!s || !s->host_ifindex)
+		return drop(idx, DROP_NO_SLOT);
+	__be32 old = ip->saddr;
+	__u8 proto = ip->protocol;
+	bool l4 = !(ip->frag_off & bpf_htons(IP_OFFMASK));
+	if (rewrite_ip(skb, ETH_HLEN, ETH_HLEN + ihl, proto, l4, old, s->slot_ip, false))
+		return drop(idx, DROP_REWRITE);
+	struct slot_stats *st = get_stats(idx);
+	if (st) {
+		st->tx_packets++;
+		st->tx_bytes += skb->len;
+	}
+	return TCX_NEXT;
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,281 @@
+package datapath
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/netslot/netslot/internal/slot"
+)
+
+// DefaultPinRoot is where pools pin their maps and links, one directory per
+// prefix.
+const DefaultPinRoot = "/sys/fs/bpf/netslot"
+
+// DummyVNIBase is the first VNI of the reserved range: slot i carries
+// DummyVNIBase+i while it is pooled. Must match DUMMY_VNI_BASE in
+// bpf/datapath.c.
+const DummyVNIBase = slot.DummyVNIBase
+
+// MaxSlots is the largest pool the dummy VNI range covers.
+const MaxSlots = slot.MaxVNI + 1 - DummyVNIBase
+
+// vpcRoutesPerSlot bounds the VPC CIDRs of one attachment (the LPM trie is
+// sized for it; its nodes are allocated on use).
+const vpcRoutesPerSlot = 256
+
+// Pin names of the two links on the uplink.
+const (
+	ingressPin = "link_uplink_ingress"
+	egressPin  = "link_uplink_egress"
+)
+
+// Config is what the datapath needs to know of a pool.
+type Config struct {
+	Slot       slot.Config
+	Uplink     string     // "" loads and pins maps but attaches nothing
+	UnderlayIP netip.Addr // outer source of Geneve; required with Uplink
+	RouteTable int        // table holding the uplink's routes
+	PinRoot    string     // DefaultPinRoot if empty
+}
+
+// Errors callers may test for.
+var (
+	ErrConflict     = errors.New("vpc address already attached on this vni")
+	ErrIncompatible = errors.New("pinned datapath does not match this pool")
+)
+
+// Datapath is a loaded, pinned datapath of one pool.
+type Datapath struct {
+	cfg  Config
+	dir  string
+	objs datapathObjects
+
+	mu   sync.Mutex
+	vnis map[uint32]uint32 // VNI -> attached slots, mirrors the vnis map
+}
+
+// PinDir is the bpffs directory of prefix's pool.
+func PinDir(pinRoot, prefix string) string {
+	if pinRoot == "" {
+		pinRoot = DefaultPinRoot
+	}
+	return filepath.Join(pinRoot, prefix)
+}
+
+// Open loads the programs, reuses the pool's pinned maps (or creates and
+// pins them), writes the pool configuration and, with an uplink, attaches
+// the programs to it. Pinned links are updated in place, so packets keep
+// flowing through a restart.
+func Open(c Config) (*Datapath, error) {
+	if c.Slot.Count > MaxSlots {
+		return nil, fmt.Errorf("%d slots: the dummy vni range holds at most %d", c.Slot.Count, MaxSlots)
+	}
+	if c.Uplink != "" && !c.UnderlayIP.Is4() {
+		return nil, fmt.Errorf("an uplink needs an IPv4 underlay address")
+	}
+	dir := PinDir(c.PinRoot, c.Slot.Prefix)
+	if err := EnsureBPFFS(dir); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create pin dir: %w", err)
+	}
+	spec, err := loadDatapath()
+	if err != nil {
+		return nil, fmt.Errorf("load datapath spec: %w", err)
+	}
+	n := uint32(c.Slot.Count)
+	for name, size := range map[string]uint32{
+		"slots": n, "by_ifindex": n, "tunnels": n, "peers": n, "vni_dst": n, "vnis": n,
+		"vpc_routes": n * vpcRoutesPerSlot, "stats": n + 1,
+	} {
+		spec.Maps[name].MaxEntries = size
+	}
+	d := &Datapath{cfg: c, dir: dir, vnis: map[uint32]uint32{}}
+	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}})
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		return nil, fmt.Errorf("%w (%w): run 'netslotd teardown' for prefix %q first", ErrIncompatible, err, c.Slot.Prefix)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load datapath: %w", err)
+	}
+	if err := d.writeConfig(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	if err := d.countVNIs(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	if err := d.attach(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// Close releases the loaded objects; pinned maps and links stay in the
+// kernel and keep forwarding.
+func (d *Datapath) Close() error { return d.objs.Close() }
+
+func be32(a netip.Addr) uint32 {
+	if !a.Is4() {
+		return 0
+	}
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+func mac6(m net.HardwareAddr) (out [6]uint8) {
+	copy(out[:], m)
+	return out
+}
+
+func (d *Datapath) writeConfig() error {
+	c := d.cfg
+	pc := datapathPoolConfig{
+		GuestIp:    be32(c.Slot.GuestIP()),
+		SlotFirst:  be32(c.Slot.SlotIP(0)),
+		SlotCount:  uint32(c.Slot.Count),
+		UnderlayIp: be32(c.UnderlayIP),
+		RouteTable: uint32(c.RouteTable),
+	}
+	if c.Uplink != "" {
+		l, err := net.InterfaceByName(c.Uplink)
+		if err != nil {
+			return fmt.Errorf("uplink %s: %w", c.Uplink, err)
+		}
+		pc.UplinkIfindex = uint32(l.Index)
+		pc.UplinkMac = mac6(l.HardwareAddr)
+	}
+	if err := d.objs.Config.Update(uint32(0), &pc, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write datapath config: %w", err)
+	}
+	return nil
+}
+
+// attach makes the two uplink links run the freshly loaded programs: a
+// pinned link on the same device is updated in place (no gap in
+// forwarding); anything else is replaced. Without an uplink, pinned links
+// are removed.
+func (d *Datapath) attach() error {
+	ifindex := 0
+	if d.cfg.Uplink != "" {
+		l, err := net.InterfaceByName(d.cfg.Uplink)
+		if err != nil {
+			return fmt.Errorf("uplink %s: %w", d.cfg.Uplink, err)
+		}
+		ifindex = l.Index
+	}
+	for _, a := range []struct {
+		pin  string
+		prog *ebpf.Program
+		at   ebpf.AttachType
+	}{
+		{ingressPin, d.objs.UplinkIngress, ebpf.AttachTCXIngress},
+		{egressPin, d.objs.UplinkEgress, ebpf.AttachTCXEgress},
+	} {
+		path := filepath.Join(d.dir, a.pin)
+		if old, err := link.LoadPinnedLink(path, nil); err == nil {
+			info, ierr := old.Info()
+			if ierr == nil && ifindex != 0 && info.TCX() != nil && int(info.TCX().Ifindex) == ifindex {
+				err := old.Update(a.prog)
+				old.Close()
+				if err != nil {
+					return fmt.Errorf("update %s: %w", a.pin, err)
+				}
+				continue
+			}
+			old.Unpin()
+			old.Close()
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("load %s: %w", a.pin, err)
+		}
+		if ifindex == 0 {
+			continue
+		}
+		l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: a.prog, Attach: a.at})
+		if err != nil {
+			return fmt.Errorf("attach to %s: %w", d.cfg.Uplink, err)
+		}
+		err = l.Pin(path)
+		l.Close()
+		if err != nil {
+			return fmt.Errorf("pin %s: %w", a.pin, err)
+		}
+	}
+	return nil
+}
+
+// Remove detaches and unpins prefix's datapath; a missing one is not an
+// error.
+func Remove(pinRoot, prefix string) error {
+	dir := PinDir(pinRoot, prefix)
+	for _, pin := range []string{ingressPin, egressPin} {
+		l, err := link.LoadPinnedLink(filepath.Join(dir, pin), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("load %s: %w", pin, err)
+		}
+		err = l.Unpin()
+		l.Close()
+		if err != nil {
+			return fmt.Errorf("unpin %s: %w", pin, err)
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Exists reports whether prefix's datapath is pinned.
+func Exists(pinRoot, prefix string) bool {
+	_, err := os.Stat(PinDir(pinRoot, prefix))
+	return err == nil
+}
+
+// EnsureBPFFS makes sure pinRoot lies on a bpffs: if the nearest existing
+// directory of it is on another file system and pinRoot is under
+// /sys/fs/bpf, a bpffs is mounted there (hosts without systemd often lack
+// it); anywhere else that is an error.
+func EnsureBPFFS(pinRoot string) error {
+	p := filepath.Clean(pinRoot)
+	for {
+		if _, err := os.Stat(p); err == nil || p == "/" {
+			break
+		}
+		p = filepath.Dir(p)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(p, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", p, err)
+	}
+	if st.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	const bpffs = "/sys/fs/bpf"
+	if !strings.HasPrefix(filepath.Clean(pinRoot)+"/", bpffs+"/") {
+		return fmt.Errorf("pin root %s is not on a bpffs", pinRoot)
+	}
+	if err := os.MkdirAll(bpffs, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", bpffs, err)
+	}
+	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs on %s: %w", bpffs, err)
+	}
+	return nil
+}
