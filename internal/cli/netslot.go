@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -108,7 +109,11 @@ func statusCmd(f *clientFlags) *cobra.Command {
 				if uplink == "" {
 					uplink = "(none: slot traffic stays on the host)"
 				}
-				fmt.Fprintf(w, "slot cidr\t%s\nuplink\t%s\nroot rules\t%d\nversion\t%s\n", st.SlotCidr, uplink, st.RootRules, st.Version)
+				fmt.Fprintf(w, "slot cidr\t%s\nuplink\t%s\n", st.SlotCidr, uplink)
+				if st.UnderlayIp != "" {
+					fmt.Fprintf(w, "underlay ip\t%s\n", st.UnderlayIp)
+				}
+				fmt.Fprintf(w, "root rules\t%d\nunattributed drops\t%s\nversion\t%s\n", st.RootRules, formatDrops(st.UnattributedDrops), st.Version)
 				return w.Flush()
 			})
 		},
@@ -119,6 +124,7 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 	var (
 		vni                 uint32
 		vtep, vpcIP, owner  string
+		peerMAC             string
 		vpcCIDRs, allowList []string
 	)
 	cmd := &cobra.Command{
@@ -127,9 +133,9 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			req := &netslotv1.AcquireRequest{EgressAllow: allowList, Owner: owner}
-			vpcSet := cmd.Flags().Changed("vni") || vtep != "" || vpcIP != "" || len(vpcCIDRs) > 0
+			vpcSet := cmd.Flags().Changed("vni") || vtep != "" || vpcIP != "" || len(vpcCIDRs) > 0 || peerMAC != ""
 			if vpcSet {
-				req.Vpc = &netslotv1.VpcAttachment{Vni: vni, RemoteVtep: vtep, VpcIp: vpcIP, VpcCidrs: vpcCIDRs}
+				req.Vpc = &netslotv1.VpcAttachment{Vni: vni, RemoteVtep: vtep, VpcIp: vpcIP, VpcCidrs: vpcCIDRs, PeerMac: peerMAC}
 			}
 			return f.run(cmd, func(ctx context.Context, c *client.Client) error {
 				s, err := c.Acquire(ctx, req)
@@ -141,7 +147,8 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 		},
 	}
 	fl := cmd.Flags()
-	fl.Uint32Var(&vni, "vni", 0, "Geneve VNI of the VPC (1-16777215)")
+	fl.Uint32Var(&vni, "vni", 0, "Geneve VNI of the VPC (1-15728639; higher ones are the dummy VNIs of pooled slots)")
+	fl.StringVar(&peerMAC, "peer-mac", "", "MAC of the VPC side (gateway or remote geneve device); empty: learned by ARP through the tunnel")
 	fl.StringVar(&vtep, "vtep", "", "IPv4 address of the VPC's remote tunnel endpoint")
 	fl.StringVar(&vpcIP, "vpc-ip", "", "the guest's IPv4 address inside the VPC")
 	fl.StringArrayVar(&vpcCIDRs, "vpc-cidr", nil, "a CIDR of the VPC (repeatable)")
@@ -268,7 +275,38 @@ func printSlot(w io.Writer, format string, s *netslotv1.Slot) error {
 		}
 		if v := l.GetVpc(); v != nil {
 			fmt.Fprintf(tw, "vpc\tvni=%d vtep=%s vpc_ip=%s cidrs=%s\n", v.Vni, v.RemoteVtep, v.VpcIp, strings.Join(v.VpcCidrs, ","))
+			if v.PeerMac != "" {
+				fmt.Fprintf(tw, "vpc peer mac\t%s\n", v.PeerMac)
+			}
 		}
 	}
+	if dp := s.GetDatapath(); dp != nil {
+		kind := "attached"
+		if dp.DummyVni {
+			kind = "dummy, not attached"
+		}
+		fmt.Fprintf(tw, "vni\t%d (%s)\nvpc mac\t%s\n", dp.Vni, kind, dp.VpcMac)
+		fmt.Fprintf(tw, "tx (guest to uplink)\t%d packets, %d bytes, %d encapsulated\n", dp.TxPackets, dp.TxBytes, dp.EncapPackets)
+		fmt.Fprintf(tw, "rx (uplink to guest)\t%d packets, %d bytes, %d decapsulated\n", dp.RxPackets, dp.RxBytes, dp.DecapPackets)
+		fmt.Fprintf(tw, "arp through tunnel\t%d replies sent, %d requests sent\n", dp.ArpReplies, dp.ArpRequests)
+		fmt.Fprintf(tw, "drops\t%s\n", formatDrops(dp.Drops))
+	}
 	return tw.Flush()
+}
+
+// formatDrops prints drop counters sorted by reason ("none" if empty).
+func formatDrops(m map[string]uint64) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
+	}
+	return strings.Join(parts, " ")
 }

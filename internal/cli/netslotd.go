@@ -36,6 +36,7 @@ type daemonFlags struct {
 	socket, metricsAddr string
 	slotCIDR, guestCIDR string
 	guestMAC, uplink    string
+	underlayIP, gateway string
 	workers             int
 	logJSON             bool
 }
@@ -64,7 +65,9 @@ socket, and keeps the slots when it stops: a restarted daemon adopts them.
 	fl.StringVar(&f.slotCIDR, "slot-cidr", slot.DefaultSlotCIDR.String(), "IPv4 range of the unique slot addresses")
 	fl.StringVar(&f.guestCIDR, "guest-cidr", slot.DefaultGuestCIDR.String(), "guest-facing network, the same in every slot (gateway .1, guest .2)")
 	fl.StringVar(&f.guestMAC, "guest-mac", slot.DefaultGuestMAC.String(), "guest MAC, the same in every slot")
-	fl.StringVar(&f.uplink, "uplink", "", "root-namespace device slot traffic may leave through (empty: none)")
+	fl.StringVar(&f.uplink, "uplink", "", "root-namespace device slot traffic leaves through, NATed or in Geneve (empty: it does not leave the host)")
+	fl.StringVar(&f.underlayIP, "underlay-ip", "", "the uplink's IPv4 address that Geneve tunnels leave from (required with --uplink)")
+	fl.StringVar(&f.gateway, "uplink-gateway", "", "next hop on the uplink for slot traffic (empty: destinations are on the uplink's link)")
 	fl.IntVar(&f.workers, "boot-workers", 0, "parallel slot builders at boot (0: one per CPU, at least 2)")
 	fl.BoolVar(&f.logJSON, "log-json", false, "log JSON instead of text")
 	root.AddCommand(teardownCmd())
@@ -84,6 +87,17 @@ func (f *daemonFlags) config() (slot.Config, error) {
 		return c, fmt.Errorf("invalid --guest-mac %q: %w", f.guestMAC, err)
 	}
 	return c, c.Validate()
+}
+
+func parseOptionalAddr(flag, s string) (netip.Addr, error) {
+	if s == "" {
+		return netip.Addr{}, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || !a.Is4() {
+		return netip.Addr{}, fmt.Errorf("invalid %s %q: want an IPv4 address", flag, s)
+	}
+	return a, nil
 }
 
 func newLogger(jsonOut bool) *slog.Logger {
@@ -116,7 +130,14 @@ func runDaemon(parent context.Context, f *daemonFlags) error {
 	if err := server.CheckSocketFree(f.socket); err != nil {
 		return err
 	}
-	d, err := daemon.New(daemon.Options{Config: cfg, StateDir: f.stateDir, Uplink: f.uplink, Workers: f.workers, Logger: log})
+	opts := daemon.Options{Config: cfg, StateDir: f.stateDir, Uplink: f.uplink, Workers: f.workers, Logger: log}
+	if opts.UnderlayIP, err = parseOptionalAddr("--underlay-ip", f.underlayIP); err != nil {
+		return err
+	}
+	if opts.UplinkGateway, err = parseOptionalAddr("--uplink-gateway", f.gateway); err != nil {
+		return err
+	}
+	d, err := daemon.New(opts)
 	if err != nil {
 		return err
 	}

@@ -66,6 +66,9 @@ func (d *Daemon) Boot(ctx context.Context) error {
 	if err := d.rootFirewall().Apply(); err != nil {
 		return err
 	}
+	if err := d.setupDatapath(); err != nil {
+		return err
+	}
 
 	stopProgress := d.logProgress()
 	defer stopProgress()
@@ -192,6 +195,7 @@ func (d *Daemon) scanHostVeths() ([]bool, error) {
 		if i < d.cfg.Count {
 			// A host veth that is down is damaged: rebuild the slot.
 			have[i] = l.Attrs().Flags&net.FlagUp != 0
+			d.setHostIndex(i, l.Attrs().Index)
 			continue
 		}
 		d.log.Info("removing host veth outside the pool", "link", l.Attrs().Name)
@@ -375,7 +379,10 @@ func (d *Daemon) runJob(root *netlink.Handle, rootFD int, j job) (job, func() er
 // verifies its devices; it returns the check of its firewall, to be run on
 // any goroutine. The thread is left inside.
 func (d *Daemon) checkSlot(i int) (func() error, error) {
-	if err := links.VerifyHost(d.rootSys, d.cfg, i); err != nil {
+	d.mu.Lock()
+	host := d.hostIdx[i]
+	d.mu.Unlock()
+	if err := links.VerifyHost(d.rootSys, d.cfg, i, host); err != nil {
 		return nil, err
 	}
 	fd, err := netns.Open(d.cfg.NetnsPath(i))
@@ -411,7 +418,7 @@ func (d *Daemon) fwStep(i int, conn *nftables.Conn, egress []netip.Prefix, op fu
 			return err
 		}
 		d.setFwConn(i, conn)
-		return nil
+		return d.registerDatapath(i)
 	}
 }
 
@@ -436,6 +443,9 @@ func (d *Daemon) buildSlot(root *netlink.Handle, rootFD, i int, egress []netip.P
 	}
 	if err == nil {
 		err = links.FinishHost(root, d.rootSys, d.cfg, i, hostIndex)
+	}
+	if err == nil {
+		d.setHostIndex(i, hostIndex)
 	}
 	if err != nil {
 		if conn != nil {

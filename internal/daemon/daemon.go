@@ -20,6 +20,7 @@ import (
 	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
+	"github.com/netslot/netslot/internal/datapath"
 	"github.com/netslot/netslot/internal/firewall"
 	"github.com/netslot/netslot/internal/links"
 	"github.com/netslot/netslot/internal/metrics"
@@ -33,8 +34,15 @@ type Options struct {
 	Config   slot.Config
 	StateDir string
 	Uplink   string // root-namespace device slot traffic may leave through
-	Workers  int    // parallel slot builders; 0 picks a default
-	Logger   *slog.Logger
+	// UnderlayIP is the uplink's address Geneve leaves from and arrives
+	// at; required with Uplink.
+	UnderlayIP netip.Addr
+	// UplinkGateway is the next hop on the uplink; invalid: destinations
+	// are on the uplink's link.
+	UplinkGateway netip.Addr
+	PinRoot       string // bpffs directory for the datapath; "" for the default
+	Workers       int    // parallel slot builders; 0 picks a default
+	Logger        *slog.Logger
 }
 
 // DefaultWorkers is the number of slot builders used when Options.Workers
@@ -64,6 +72,8 @@ type Daemon struct {
 	// socket flushes it under the namespace's commit mutex: 5-20 ms, which
 	// a following transaction on that slot would wait for).
 	fwConns []*nftables.Conn
+	dp      *datapath.Datapath
+	hostIdx []int // ifindex of each slot's host veth (0: unknown)
 
 	bootStart time.Time    // set in New, read-only after
 	bootDur   atomic.Int64 // nanoseconds; 0 until boot completes
@@ -99,6 +109,9 @@ func New(opts Options) (*Daemon, error) {
 	if opts.Uplink != "" && (len(opts.Uplink) > 15 || strings.ContainsAny(opts.Uplink, "/ \t")) {
 		return nil, fmt.Errorf("invalid uplink name %q", opts.Uplink)
 	}
+	if err := checkUplink(opts); err != nil {
+		return nil, err
+	}
 	if err := checkSlotCIDRUnrouted(opts.Config.SlotCIDR); err != nil {
 		return nil, err
 	}
@@ -128,6 +141,7 @@ func New(opts Options) (*Daemon, error) {
 	d.pool = pool.New(d.cfg.Count)
 	d.leases = make([]*slot.Lease, d.cfg.Count)
 	d.fwConns = make([]*nftables.Conn, d.cfg.Count)
+	d.hostIdx = make([]int, d.cfg.Count)
 	if err := raiseFileLimit(uint64(d.cfg.Count) + 4096); err != nil {
 		d.Close()
 		return nil, err
@@ -270,6 +284,10 @@ func (d *Daemon) Close() error {
 			c.CloseLasting()
 			d.fwConns[i] = nil
 		}
+	}
+	if d.dp != nil {
+		d.dp.Close() // pinned: the datapath keeps forwarding
+		d.dp = nil
 	}
 	d.rootSys.Close()
 	d.unlock()

@@ -25,10 +25,11 @@ type AcquireRequest struct {
 
 // SlotInfo describes a slot to API clients.
 type SlotInfo struct {
-	Index int
-	ID    string
-	State pool.State
-	Lease *slot.Lease
+	Index    int
+	ID       string
+	State    pool.State
+	Lease    *slot.Lease
+	Datapath *DatapathInfo // set by Get and Acquire
 }
 
 // Acquire leases the free slot that has rested longest. It never waits:
@@ -58,22 +59,36 @@ func (d *Daemon) Acquire(req AcquireRequest) (SlotInfo, error) {
 	}
 	if len(req.EgressAllow) > 0 {
 		if err := d.setEgress(i, req.EgressAllow); err != nil {
-			if derr := d.store.DeleteLease(i); derr != nil {
-				// Keep it leased: the store says so and a release cleans up.
-				d.setLease(i, l)
-				d.pool.CommitTake(i)
-				d.Metrics.AcquireErrors.WithLabelValues("firewall").Inc()
-				return SlotInfo{}, fmt.Errorf("slot %s: %w; it stays leased until released: %w", d.cfg.ID(i), err, derr)
+			return SlotInfo{}, d.abortAcquire(i, l, "firewall", err)
+		}
+	}
+	// The flip from the dummy VNI: map updates only.
+	if req.VPC != nil {
+		if err := d.dp.Attach(i, req.VPC); err != nil {
+			if len(req.EgressAllow) > 0 {
+				err = errors.Join(err, d.setEgress(i, nil))
 			}
-			d.pool.Untake(i)
-			d.Metrics.AcquireErrors.WithLabelValues("firewall").Inc()
-			return SlotInfo{}, err
+			return SlotInfo{}, d.abortAcquire(i, l, "datapath", err)
 		}
 	}
 	d.setLease(i, l)
 	d.pool.CommitTake(i)
 	d.Metrics.AcquireSeconds.WithLabelValues(kind).Observe(time.Since(start).Seconds())
 	return SlotInfo{Index: i, ID: d.cfg.ID(i), State: pool.Leased, Lease: l}, nil
+}
+
+// abortAcquire undoes the lease record of a failed acquire of slot i and
+// returns the error to report. If the store cannot forget the lease, the
+// slot stays leased (the store says so) until a release scrubs it.
+func (d *Daemon) abortAcquire(i int, l *slot.Lease, what string, err error) error {
+	d.Metrics.AcquireErrors.WithLabelValues(what).Inc()
+	if derr := d.store.DeleteLease(i); derr != nil {
+		d.setLease(i, l)
+		d.pool.CommitTake(i)
+		return fmt.Errorf("slot %s: %w; it stays leased until released: %w", d.cfg.ID(i), err, derr)
+	}
+	d.pool.Untake(i)
+	return err
 }
 
 func (d *Daemon) setEgress(i int, allow []netip.Prefix) error {
@@ -159,6 +174,13 @@ func (d *Daemon) scrub(i int) error {
 	if err != nil {
 		return err
 	}
+	var vpc *slot.Attachment
+	if l := d.lease(i); l != nil {
+		vpc = l.VPC
+	}
+	if err := d.scrubDatapath(i, vpc); err != nil {
+		return err
+	}
 	conn := d.fwConn(i)
 	if conn == nil {
 		return fmt.Errorf("slot %s has no firewall connection", d.cfg.ID(i))
@@ -189,7 +211,14 @@ func (d *Daemon) rebuild(i int) error {
 		if err != nil {
 			return err
 		}
-		return step()
+		if err := step(); err != nil {
+			return err
+		}
+		var vpc *slot.Attachment
+		if l := d.lease(i); l != nil {
+			vpc = l.VPC
+		}
+		return d.scrubDatapath(i, vpc)
 	})
 	if err != nil {
 		return err
@@ -208,7 +237,7 @@ func (d *Daemon) Get(id string) (SlotInfo, error) {
 }
 
 func (d *Daemon) info(i int) SlotInfo {
-	return SlotInfo{Index: i, ID: d.cfg.ID(i), State: d.pool.State(i), Lease: d.lease(i)}
+	return SlotInfo{Index: i, ID: d.cfg.ID(i), State: d.pool.State(i), Lease: d.lease(i), Datapath: d.datapathInfo(i)}
 }
 
 // List describes every slot.
@@ -228,7 +257,9 @@ type Status struct {
 	Total, Free, Leased int
 	Progress            Progress
 	Uplink              string
+	UnderlayIP          netip.Addr
 	RootRules           int
+	UnattributedDrops   map[string]uint64
 }
 
 // Status reports the pool's size, occupancy and boot progress.
@@ -236,7 +267,8 @@ func (d *Daemon) Status() Status {
 	free, leased := d.pool.Counts()
 	return Status{
 		Total: d.cfg.Count, Free: free, Leased: leased,
-		Progress: d.Progress(), Uplink: d.opts.Uplink,
-		RootRules: d.rootFirewall().RuleCount(),
+		Progress: d.Progress(), Uplink: d.opts.Uplink, UnderlayIP: d.opts.UnderlayIP,
+		RootRules:         d.rootFirewall().RuleCount(),
+		UnattributedDrops: d.UnattributedDrops(),
 	}
 }

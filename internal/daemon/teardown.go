@@ -11,6 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/netslot/netslot/internal/datapath"
 	"github.com/netslot/netslot/internal/firewall"
 	"github.com/netslot/netslot/internal/links"
 	"github.com/netslot/netslot/internal/netns"
@@ -23,6 +24,12 @@ import (
 // returns only when the kernel has dismantled the namespaces (or after wait,
 // naming what is still held, typically by a process still inside a slot).
 func Teardown(prefix, stateDir string, wait time.Duration, log *slog.Logger) error {
+	return TeardownPins(prefix, stateDir, "", wait, log)
+}
+
+// TeardownPins is Teardown for a datapath pinned under pinRoot ("" for the
+// default).
+func TeardownPins(prefix, stateDir, pinRoot string, wait time.Duration, log *slog.Logger) error {
 	cfg := slot.Config{Prefix: prefix}
 	if !slot.ValidPrefix(prefix) {
 		return fmt.Errorf("invalid prefix %q", prefix)
@@ -50,6 +57,12 @@ func Teardown(prefix, stateDir string, wait time.Duration, log *slog.Logger) err
 		removed++
 	}
 	if err := (firewall.Root{Prefix: prefix}).Remove(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := links.RemoveUplinkRoute(prefix); err != nil {
+		errs = append(errs, err)
+	}
+	if err := datapath.Remove(pinRoot, prefix); err != nil {
 		errs = append(errs, err)
 	}
 	for _, f := range []string{state.FileName, state.BootIDFile} {

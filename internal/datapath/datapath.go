@@ -97,7 +97,7 @@ func Open(c Config) (*Datapath, error) {
 	}
 	n := uint32(c.Slot.Count)
 	for name, size := range map[string]uint32{
-		"slots": n, "by_ifindex": n, "tunnels": n, "peers": n, "vni_dst": n, "vnis": n,
+		"slots": n, "by_ifindex": 2 * n, "tunnels": n, "peers": n, "vni_dst": n, "vnis": n,
 		"vpc_routes": n * vpcRoutesPerSlot, "stats": n + 1,
 	} {
 		spec.Maps[name].MaxEntries = size
@@ -239,6 +239,7 @@ func Remove(pinRoot, prefix string) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("remove %s: %w", dir, err)
 	}
+	os.Remove(filepath.Dir(dir)) // the pin root, once no pool is left in it
 	return nil
 }
 

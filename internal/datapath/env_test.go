@@ -106,7 +106,7 @@ func newEnv(t *testing.T, slots int) *env {
 	t.Cleanup(func() { dp.Close() })
 	e.dp = dp
 	for i, h := range e.hosts {
-		must(dp.SetSlot(i, h, 0), "set slot")
+		must(dp.SetSlot(i, h), "set slot")
 	}
 	return e
 }

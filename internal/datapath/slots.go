@@ -41,8 +41,14 @@ func (d *Datapath) dummy(i int) datapathTunnelInfo {
 
 // SetSlot records slot i and its host veth: the static half of its
 // datapath state. A slot without a tunnel entry gets its dummy VNI; an
-// existing entry (a lease that survived a restart) is kept.
-func (d *Datapath) SetSlot(i, hostIfindex, oldIfindex int) error {
+// existing entry (a lease that survived a restart) is kept. The entry of a
+// previous host veth of the slot (a rebuilt slot) is removed.
+func (d *Datapath) SetSlot(i, hostIfindex int) error {
+	var prev datapathSlotInfo
+	oldIfindex := 0
+	if err := d.objs.Slots.Lookup(uint32(i), &prev); err == nil {
+		oldIfindex = int(prev.HostIfindex)
+	}
 	c := d.cfg.Slot
 	si := datapathSlotInfo{
 		HostIfindex: uint32(hostIfindex),

@@ -15,7 +15,10 @@ import (
 //   - slots cannot talk to each other through the root namespace,
 //   - slot traffic is forwarded only to and from the uplink (with no uplink,
 //     not at all), never out of the host's default route,
-//   - slots cannot reach services of the root namespace.
+//   - slots cannot reach services of the root namespace,
+//   - slot traffic is never tracked: the datapath's NAT is stateless, and a
+//     conntrack entry per flow is the cost the design removes (other rules
+//     of the host that load conntrack would otherwise track it).
 type Root struct {
 	Prefix string // names the table and is the prefix of every host veth
 	Uplink string // may be empty
@@ -29,6 +32,8 @@ func (r Root) spec() *tableSpec {
 		Hooknum: nftables.ChainHookForward, Priority: prio, Policy: &accept}
 	in := &nftables.Chain{Name: "input", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookInput, Priority: prio, Policy: &accept}
+	raw := &nftables.Chain{Name: "prerouting", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw, Policy: &accept}
 	drop := []expr.Any{verdict(expr.VerdictDrop)}
 	fromSlot := matchIfname(expr.MetaKeyIIFNAME, r.Prefix, true, expr.CmpOpEq)
 	toSlot := matchIfname(expr.MetaKeyOIFNAME, r.Prefix, true, expr.CmpOpEq)
@@ -47,6 +52,7 @@ func (r Root) spec() *tableSpec {
 		chains: []chainSpec{
 			{fwd, fwdRules},
 			{in, []ruleSpec{{"slot-to-host", rule(fromSlot, drop)}}},
+			{raw, []ruleSpec{{"slot-notrack", rule(fromSlot, []expr.Any{&expr.Notrack{}})}}},
 		},
 	}
 }

@@ -24,6 +24,7 @@ import (
 
 const (
 	ipv4DevconfForwarding = 1 // IPV4_DEVCONF_FORWARDING (1-based index)
+	ipv4DevconfRPFilter   = 8 // IPV4_DEVCONF_RP_FILTER
 	in6AddrGenModeNone    = 1 // IN6_ADDR_GEN_MODE_NONE
 )
 
@@ -46,22 +47,53 @@ func setDevConf(ifindex int) error {
 	return nil
 }
 
+// setHostDevConf enables IPv4 forwarding on a host veth (slot traffic is
+// routed from it to the uplink) and turns reverse-path filtering off on it:
+// every slot's traffic carries the same guest source address, which the
+// root namespace cannot route back to any one veth. (The kernel applies the
+// larger of this and net.ipv4.conf.all.rp_filter; see checkRPFilter.)
+func setHostDevConf(ifindex int) error {
+	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(ifindex)
+	req.AddData(msg)
+	af := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
+	conf := af.AddRtAttr(unix.AF_INET, nil).AddRtAttr(unix.IFLA_INET_CONF, nil)
+	conf.AddRtAttr(ipv4DevconfForwarding, nl.Uint32Attr(1))
+	conf.AddRtAttr(ipv4DevconfRPFilter, nl.Uint32Attr(0))
+	req.AddData(af)
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+		return fmt.Errorf("set device conf of ifindex %d: %w", ifindex, err)
+	}
+	return nil
+}
+
 // devConf reads back what setDevConf writes.
 func devConf(ifindex int) (forwarding, noAddrGen bool, err error) {
+	c, err := readDevConf(ifindex)
+	return c.forwarding, c.noAddrGen, err
+}
+
+type devConfig struct {
+	forwarding, noAddrGen bool
+	rpFilter              uint32
+}
+
+func readDevConf(ifindex int) (c devConfig, err error) {
 	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
 	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
 	msg.Index = int32(ifindex)
 	req.AddData(msg)
 	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
 	if err != nil {
-		return false, false, fmt.Errorf("get link %d: %w", ifindex, err)
+		return c, fmt.Errorf("get link %d: %w", ifindex, err)
 	}
 	if len(msgs) != 1 || len(msgs[0]) < unix.SizeofIfInfomsg {
-		return false, false, fmt.Errorf("get link %d: %d messages in the answer", ifindex, len(msgs))
+		return c, fmt.Errorf("get link %d: %d messages in the answer", ifindex, len(msgs))
 	}
 	attrs, err := nl.ParseRouteAttr(msgs[0][unix.SizeofIfInfomsg:])
 	if err != nil {
-		return false, false, err
+		return c, err
 	}
 	for _, a := range attrs {
 		if a.Attr.Type&^unix.NLA_F_NESTED != unix.IFLA_AF_SPEC {
@@ -69,25 +101,32 @@ func devConf(ifindex int) (forwarding, noAddrGen bool, err error) {
 		}
 		fams, err := nl.ParseRouteAttr(a.Value)
 		if err != nil {
-			return false, false, err
+			return c, err
 		}
 		for _, f := range fams {
 			inner, err := nl.ParseRouteAttr(f.Value)
 			if err != nil {
-				return false, false, err
+				return c, err
 			}
 			for _, x := range inner {
 				switch {
 				case f.Attr.Type == unix.AF_INET && x.Attr.Type == unix.IFLA_INET_CONF:
-					off := (ipv4DevconfForwarding - 1) * 4
-					if len(x.Value) >= off+4 {
-						forwarding = binary.NativeEndian.Uint32(x.Value[off:]) == 1
-					}
+					c.forwarding = confAt(x.Value, ipv4DevconfForwarding) == 1
+					c.rpFilter = confAt(x.Value, ipv4DevconfRPFilter)
 				case f.Attr.Type == unix.AF_INET6 && x.Attr.Type == unix.IFLA_INET6_ADDR_GEN_MODE:
-					noAddrGen = len(x.Value) > 0 && x.Value[0] == in6AddrGenModeNone
+					c.noAddrGen = len(x.Value) > 0 && x.Value[0] == in6AddrGenModeNone
 				}
 			}
 		}
 	}
-	return forwarding, noAddrGen, nil
+	return c, nil
+}
+
+// confAt is entry idx (1-based) of an IFLA_INET_CONF array.
+func confAt(v []byte, idx int) uint32 {
+	off := (idx - 1) * 4
+	if len(v) < off+4 {
+		return 0
+	}
+	return binary.NativeEndian.Uint32(v[off:])
 }

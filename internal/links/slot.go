@@ -109,6 +109,9 @@ func FinishHost(root *netlink.Handle, rootSys SysctlDir, c slot.Config, i, hostI
 	if err := rootSys.Set(name+"/disable_ipv6", "1"); err != nil {
 		return err
 	}
+	if err := setHostDevConf(hostIndex); err != nil {
+		return err
+	}
 	if err := root.LinkSetUp(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: hostIndex, Name: name}}); err != nil {
 		return fmt.Errorf("set %s up: %w", name, err)
 	}
@@ -144,9 +147,16 @@ func defaultRoute(ifindex int) *netlink.Route {
 	}
 }
 
-// VerifyHost checks slot i's host veth settings that a root-namespace dump
-// does not show.
-func VerifyHost(rootSys SysctlDir, c slot.Config, i int) error {
+// VerifyHost checks slot i's host veth (ifindex hostIndex) settings that a
+// root-namespace dump does not show.
+func VerifyHost(rootSys SysctlDir, c slot.Config, i, hostIndex int) error {
+	conf, err := readDevConf(hostIndex)
+	if err != nil {
+		return err
+	}
+	if !conf.forwarding || conf.rpFilter != 0 {
+		return damaged("%s forwarding=%t rp_filter=%d", c.HostVeth(i), conf.forwarding, conf.rpFilter)
+	}
 	v, err := rootSys.Get(c.HostVeth(i) + "/disable_ipv6")
 	if err != nil {
 		return damaged("%v", err)

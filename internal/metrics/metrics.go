@@ -16,9 +16,63 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Gauges reads the pool's live counts when scraped.
+// Gauges reads the pool's live counts and datapath counters when scraped.
 type Gauges interface {
 	Counts() (total, free, leased int)
+	// DatapathCounters calls emit for each leased slot, and once with
+	// slot "none" for what belongs to no slot.
+	DatapathCounters(emit func(slot string, c Counters))
+}
+
+// Counters are one slot's datapath counters.
+type Counters struct {
+	TxPackets, TxBytes, RxPackets, RxBytes uint64
+	EncapPackets, DecapPackets             uint64
+	Drops                                  map[string]uint64
+}
+
+// datapathCollector reads the datapath's per-CPU maps at scrape time:
+// nothing is counted in the daemon itself.
+type datapathCollector struct {
+	g                           Gauges
+	packets, bytes, tunnel, drp *prometheus.Desc
+}
+
+func newDatapathCollector(g Gauges) *datapathCollector {
+	return &datapathCollector{
+		g: g,
+		packets: prometheus.NewDesc("netslot_slot_packets_total",
+			"Packets through a leased slot's datapath (tx: guest to uplink, rx: uplink to guest).", []string{"slot", "direction"}, nil),
+		bytes: prometheus.NewDesc("netslot_slot_bytes_total",
+			"Bytes through a leased slot's datapath.", []string{"slot", "direction"}, nil),
+		tunnel: prometheus.NewDesc("netslot_slot_tunnel_packets_total",
+			"Of those, packets encapsulated in or decapsulated from Geneve.", []string{"slot", "op"}, nil),
+		drp: prometheus.NewDesc("netslot_datapath_drops_total",
+			"Packets the datapath dropped, by slot (\"none\": no slot, e.g. unknown VNI) and reason.", []string{"slot", "reason"}, nil),
+	}
+}
+
+func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.packets
+	ch <- c.bytes
+	ch <- c.tunnel
+	ch <- c.drp
+}
+
+func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
+	c.g.DatapathCounters(func(slot string, n Counters) {
+		if slot != "none" {
+			ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(n.TxPackets), slot, "tx")
+			ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(n.RxPackets), slot, "rx")
+			ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(n.TxBytes), slot, "tx")
+			ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(n.RxBytes), slot, "rx")
+			ch <- prometheus.MustNewConstMetric(c.tunnel, prometheus.CounterValue, float64(n.EncapPackets), slot, "encap")
+			ch <- prometheus.MustNewConstMetric(c.tunnel, prometheus.CounterValue, float64(n.DecapPackets), slot, "decap")
+		}
+		for reason, v := range n.Drops {
+			ch <- prometheus.MustNewConstMetric(c.drp, prometheus.CounterValue, float64(v), slot, reason)
+		}
+	})
 }
 
 // Metrics holds every metric netslotd exports.
@@ -68,6 +122,7 @@ func New(g Gauges) *Metrics {
 	r.MustRegister(m.BootSeconds, m.SlotsReady, m.AcquireSeconds, m.ReleaseSeconds, m.AcquireErrors,
 		m.ScrubFailures, m.ReconcileAction,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	r.MustRegister(newDatapathCollector(g))
 	gauge := func(name, help string, f func(total, free, leased int) int) {
 		r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 {
 			return float64(f(g.Counts()))

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -16,6 +17,7 @@ import (
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
 	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/datapath"
 	"github.com/netslot/netslot/internal/slot"
 )
 
@@ -106,6 +108,9 @@ func parseAcquire(req *netslotv1.AcquireRequest) (daemon.AcquireRequest, error) 
 		if ar.VPC, err = slot.ParseAttachment(v.GetVni(), v.GetRemoteVtep(), v.GetVpcIp(), v.GetVpcCidrs()); err != nil {
 			return ar, err
 		}
+		if ar.VPC.PeerMAC, err = slot.ParsePeerMAC(v.GetPeerMac()); err != nil {
+			return ar, err
+		}
 	}
 	if ar.EgressAllow, err = slot.ParseCIDRs("egress cidr", req.GetEgressAllow()); err != nil {
 		return ar, err
@@ -154,8 +159,10 @@ func (s *Server) Status(ctx context.Context, req *netslotv1.StatusRequest) (*net
 			Repaired: uint32(p.Repaired), SlotsPerSecond: p.Rate, EtaSeconds: p.ETA,
 			ElapsedSeconds: p.Elapsed, MsPerSlotFirstTenth: p.FirstTenthMs, MsPerSlotLastTenth: p.LastTenthMs,
 		},
-		Version:   Version,
-		RootRules: uint32(st.RootRules),
+		Version:           Version,
+		RootRules:         uint32(st.RootRules),
+		UnderlayIp:        addrString(st.UnderlayIP),
+		UnattributedDrops: st.UnattributedDrops,
 	}, nil
 }
 
@@ -181,10 +188,28 @@ func (s *Server) slotMsg(info daemon.SlotInfo) *netslotv1.Slot {
 			for _, p := range a.VPCCIDRs {
 				v.VpcCidrs = append(v.VpcCidrs, p.String())
 			}
+			if a.PeerMAC != nil {
+				v.PeerMac = a.PeerMAC.String()
+			}
 			m.Lease.Vpc = v
 		}
 	}
+	if dp := info.Datapath; dp != nil {
+		m.Datapath = &netslotv1.Datapath{
+			Vni: dp.VNI, DummyVni: dp.Dummy, VpcMac: dp.VPCMAC,
+			TxPackets: dp.TxPackets, TxBytes: dp.TxBytes, RxPackets: dp.RxPackets, RxBytes: dp.RxBytes,
+			EncapPackets: dp.EncapPackets, DecapPackets: dp.DecapPackets,
+			ArpReplies: dp.ARPReplies, ArpRequests: dp.ARPRequests, Drops: dp.Drops,
+		}
+	}
 	return m
+}
+
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }
 
 func toStatus(err error) error {
@@ -198,6 +223,8 @@ func toStatus(err error) error {
 		code = codes.Aborted
 	case errors.Is(err, daemon.ErrExhausted):
 		code = codes.ResourceExhausted
+	case errors.Is(err, datapath.ErrConflict):
+		code = codes.AlreadyExists
 	}
 	return status.Error(code, err.Error())
 }

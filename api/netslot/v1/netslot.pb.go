@@ -27,14 +27,18 @@ const (
 // VpcAttachment connects a slot's guest to a customer VPC through Geneve.
 type VpcAttachment struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Geneve virtual network identifier, 1..16777215.
+	// Geneve virtual network identifier, 1..15728639 (0xF00000 and up are
+	// the dummy VNIs of pooled slots).
 	Vni uint32 `protobuf:"varint,1,opt,name=vni,proto3" json:"vni,omitempty"`
 	// IPv4 address of the remote tunnel endpoint.
 	RemoteVtep string `protobuf:"bytes,2,opt,name=remote_vtep,json=remoteVtep,proto3" json:"remote_vtep,omitempty"`
 	// The guest's address inside the VPC.
 	VpcIp string `protobuf:"bytes,3,opt,name=vpc_ip,json=vpcIp,proto3" json:"vpc_ip,omitempty"`
 	// Destinations reached through the tunnel.
-	VpcCidrs      []string `protobuf:"bytes,4,rep,name=vpc_cidrs,json=vpcCidrs,proto3" json:"vpc_cidrs,omitempty"`
+	VpcCidrs []string `protobuf:"bytes,4,rep,name=vpc_cidrs,json=vpcCidrs,proto3" json:"vpc_cidrs,omitempty"`
+	// Optional: the VPC side's MAC (its gateway, or the remote geneve
+	// device). Without it the slot learns it by ARP through the tunnel.
+	PeerMac       string `protobuf:"bytes,5,opt,name=peer_mac,json=peerMac,proto3" json:"peer_mac,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -95,6 +99,13 @@ func (x *VpcAttachment) GetVpcCidrs() []string {
 		return x.VpcCidrs
 	}
 	return nil
+}
+
+func (x *VpcAttachment) GetPeerMac() string {
+	if x != nil {
+		return x.PeerMac
+	}
+	return ""
 }
 
 type AcquireRequest struct {
@@ -317,7 +328,10 @@ type Slot struct {
 	HostVeth       string                `protobuf:"bytes,11,opt,name=host_veth,json=hostVeth,proto3" json:"host_veth,omitempty"`
 	Firecracker    *FirecrackerInterface `protobuf:"bytes,12,opt,name=firecracker,proto3" json:"firecracker,omitempty"`
 	// Set while the slot is leased.
-	Lease         *Lease `protobuf:"bytes,13,opt,name=lease,proto3" json:"lease,omitempty"`
+	Lease *Lease `protobuf:"bytes,13,opt,name=lease,proto3" json:"lease,omitempty"`
+	// The slot's datapath: its VNI and packet counters since it was last
+	// scrubbed.
+	Datapath      *Datapath `protobuf:"bytes,14,opt,name=datapath,proto3" json:"datapath,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -443,6 +457,151 @@ func (x *Slot) GetLease() *Lease {
 	return nil
 }
 
+func (x *Slot) GetDatapath() *Datapath {
+	if x != nil {
+		return x.Datapath
+	}
+	return nil
+}
+
+type Datapath struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The VNI the slot's tunnel entry carries; a dummy one while no VPC is
+	// attached.
+	Vni      uint32 `protobuf:"varint,1,opt,name=vni,proto3" json:"vni,omitempty"`
+	DummyVni bool   `protobuf:"varint,2,opt,name=dummy_vni,json=dummyVni,proto3" json:"dummy_vni,omitempty"`
+	// The slot's MAC inside its VPC.
+	VpcMac string `protobuf:"bytes,3,opt,name=vpc_mac,json=vpcMac,proto3" json:"vpc_mac,omitempty"`
+	// Guest to uplink (NATed or encapsulated).
+	TxPackets uint64 `protobuf:"varint,4,opt,name=tx_packets,json=txPackets,proto3" json:"tx_packets,omitempty"`
+	TxBytes   uint64 `protobuf:"varint,5,opt,name=tx_bytes,json=txBytes,proto3" json:"tx_bytes,omitempty"`
+	// Uplink to guest.
+	RxPackets    uint64 `protobuf:"varint,6,opt,name=rx_packets,json=rxPackets,proto3" json:"rx_packets,omitempty"`
+	RxBytes      uint64 `protobuf:"varint,7,opt,name=rx_bytes,json=rxBytes,proto3" json:"rx_bytes,omitempty"`
+	EncapPackets uint64 `protobuf:"varint,8,opt,name=encap_packets,json=encapPackets,proto3" json:"encap_packets,omitempty"`
+	DecapPackets uint64 `protobuf:"varint,9,opt,name=decap_packets,json=decapPackets,proto3" json:"decap_packets,omitempty"`
+	ArpReplies   uint64 `protobuf:"varint,10,opt,name=arp_replies,json=arpReplies,proto3" json:"arp_replies,omitempty"`
+	ArpRequests  uint64 `protobuf:"varint,11,opt,name=arp_requests,json=arpRequests,proto3" json:"arp_requests,omitempty"`
+	// Drops by reason (only reasons with drops).
+	Drops         map[string]uint64 `protobuf:"bytes,12,rep,name=drops,proto3" json:"drops,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Datapath) Reset() {
+	*x = Datapath{}
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Datapath) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Datapath) ProtoMessage() {}
+
+func (x *Datapath) ProtoReflect() protoreflect.Message {
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Datapath.ProtoReflect.Descriptor instead.
+func (*Datapath) Descriptor() ([]byte, []int) {
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Datapath) GetVni() uint32 {
+	if x != nil {
+		return x.Vni
+	}
+	return 0
+}
+
+func (x *Datapath) GetDummyVni() bool {
+	if x != nil {
+		return x.DummyVni
+	}
+	return false
+}
+
+func (x *Datapath) GetVpcMac() string {
+	if x != nil {
+		return x.VpcMac
+	}
+	return ""
+}
+
+func (x *Datapath) GetTxPackets() uint64 {
+	if x != nil {
+		return x.TxPackets
+	}
+	return 0
+}
+
+func (x *Datapath) GetTxBytes() uint64 {
+	if x != nil {
+		return x.TxBytes
+	}
+	return 0
+}
+
+func (x *Datapath) GetRxPackets() uint64 {
+	if x != nil {
+		return x.RxPackets
+	}
+	return 0
+}
+
+func (x *Datapath) GetRxBytes() uint64 {
+	if x != nil {
+		return x.RxBytes
+	}
+	return 0
+}
+
+func (x *Datapath) GetEncapPackets() uint64 {
+	if x != nil {
+		return x.EncapPackets
+	}
+	return 0
+}
+
+func (x *Datapath) GetDecapPackets() uint64 {
+	if x != nil {
+		return x.DecapPackets
+	}
+	return 0
+}
+
+func (x *Datapath) GetArpReplies() uint64 {
+	if x != nil {
+		return x.ArpReplies
+	}
+	return 0
+}
+
+func (x *Datapath) GetArpRequests() uint64 {
+	if x != nil {
+		return x.ArpRequests
+	}
+	return 0
+}
+
+func (x *Datapath) GetDrops() map[string]uint64 {
+	if x != nil {
+		return x.Drops
+	}
+	return nil
+}
+
 type AcquireResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Slot          *Slot                  `protobuf:"bytes,1,opt,name=slot,proto3" json:"slot,omitempty"`
@@ -452,7 +611,7 @@ type AcquireResponse struct {
 
 func (x *AcquireResponse) Reset() {
 	*x = AcquireResponse{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[5]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -464,7 +623,7 @@ func (x *AcquireResponse) String() string {
 func (*AcquireResponse) ProtoMessage() {}
 
 func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[5]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -477,7 +636,7 @@ func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireResponse.ProtoReflect.Descriptor instead.
 func (*AcquireResponse) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{5}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AcquireResponse) GetSlot() *Slot {
@@ -498,7 +657,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[6]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -510,7 +669,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[6]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -523,7 +682,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{6}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReleaseRequest) GetId() string {
@@ -548,7 +707,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[7]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -560,7 +719,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[7]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -573,7 +732,7 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{7}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{8}
 }
 
 type GetRequest struct {
@@ -585,7 +744,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[8]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +756,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[8]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +769,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{8}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetRequest) GetId() string {
@@ -628,7 +787,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[9]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -640,7 +799,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[9]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -653,7 +812,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{9}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{10}
 }
 
 type ListResponse struct {
@@ -665,7 +824,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[10]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -677,7 +836,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[10]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -690,7 +849,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{10}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListResponse) GetSlots() []*Slot {
@@ -708,7 +867,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[11]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -720,7 +879,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[11]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -733,7 +892,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{11}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{12}
 }
 
 type BootProgress struct {
@@ -755,7 +914,7 @@ type BootProgress struct {
 
 func (x *BootProgress) Reset() {
 	*x = BootProgress{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[12]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -767,7 +926,7 @@ func (x *BootProgress) String() string {
 func (*BootProgress) ProtoMessage() {}
 
 func (x *BootProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[12]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -780,7 +939,7 @@ func (x *BootProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootProgress.ProtoReflect.Descriptor instead.
 func (*BootProgress) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{12}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *BootProgress) GetReady() uint32 {
@@ -859,14 +1018,19 @@ type StatusResponse struct {
 	Boot        *BootProgress          `protobuf:"bytes,9,opt,name=boot,proto3" json:"boot,omitempty"`
 	Version     string                 `protobuf:"bytes,10,opt,name=version,proto3" json:"version,omitempty"`
 	// Root-namespace firewall rules owned by netslotd.
-	RootRules     uint32 `protobuf:"varint,11,opt,name=root_rules,json=rootRules,proto3" json:"root_rules,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RootRules uint32 `protobuf:"varint,11,opt,name=root_rules,json=rootRules,proto3" json:"root_rules,omitempty"`
+	// The underlay address Geneve leaves from ("" without an uplink).
+	UnderlayIp string `protobuf:"bytes,12,opt,name=underlay_ip,json=underlayIp,proto3" json:"underlay_ip,omitempty"`
+	// Packets that belong to no slot and were dropped, by reason (Geneve for
+	// unknown VNIs, dummy VNIs, malformed headers...).
+	UnattributedDrops map[string]uint64 `protobuf:"bytes,13,rep,name=unattributed_drops,json=unattributedDrops,proto3" json:"unattributed_drops,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[13]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -878,7 +1042,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[13]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -891,7 +1055,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{13}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StatusResponse) GetTotal() uint32 {
@@ -971,18 +1135,33 @@ func (x *StatusResponse) GetRootRules() uint32 {
 	return 0
 }
 
+func (x *StatusResponse) GetUnderlayIp() string {
+	if x != nil {
+		return x.UnderlayIp
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetUnattributedDrops() map[string]uint64 {
+	if x != nil {
+		return x.UnattributedDrops
+	}
+	return nil
+}
+
 var File_api_netslot_v1_netslot_proto protoreflect.FileDescriptor
 
 const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\n" +
 	"\x1capi/netslot/v1/netslot.proto\x12\n" +
-	"netslot.v1\"v\n" +
+	"netslot.v1\"\x91\x01\n" +
 	"\rVpcAttachment\x12\x10\n" +
 	"\x03vni\x18\x01 \x01(\rR\x03vni\x12\x1f\n" +
 	"\vremote_vtep\x18\x02 \x01(\tR\n" +
 	"remoteVtep\x12\x15\n" +
 	"\x06vpc_ip\x18\x03 \x01(\tR\x05vpcIp\x12\x1b\n" +
-	"\tvpc_cidrs\x18\x04 \x03(\tR\bvpcCidrs\"v\n" +
+	"\tvpc_cidrs\x18\x04 \x03(\tR\bvpcCidrs\x12\x19\n" +
+	"\bpeer_mac\x18\x05 \x01(\tR\apeerMac\"v\n" +
 	"\x0eAcquireRequest\x12+\n" +
 	"\x03vpc\x18\x01 \x01(\v2\x19.netslot.v1.VpcAttachmentR\x03vpc\x12!\n" +
 	"\fegress_allow\x18\x02 \x03(\tR\vegressAllow\x12\x14\n" +
@@ -996,7 +1175,7 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\x12acquired_unix_nano\x18\x02 \x01(\x03R\x10acquiredUnixNano\x12+\n" +
 	"\x03vpc\x18\x03 \x01(\v2\x19.netslot.v1.VpcAttachmentR\x03vpc\x12!\n" +
 	"\fegress_allow\x18\x04 \x03(\tR\vegressAllow\x12\x19\n" +
-	"\blease_id\x18\x05 \x01(\tR\aleaseId\"\x8e\x03\n" +
+	"\blease_id\x18\x05 \x01(\tR\aleaseId\"\xc0\x03\n" +
 	"\x04Slot\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\rR\x05index\x12\x14\n" +
@@ -1012,7 +1191,29 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	" \x01(\tR\x06slotIp\x12\x1b\n" +
 	"\thost_veth\x18\v \x01(\tR\bhostVeth\x12B\n" +
 	"\vfirecracker\x18\f \x01(\v2 .netslot.v1.FirecrackerInterfaceR\vfirecracker\x12'\n" +
-	"\x05lease\x18\r \x01(\v2\x11.netslot.v1.LeaseR\x05lease\"7\n" +
+	"\x05lease\x18\r \x01(\v2\x11.netslot.v1.LeaseR\x05lease\x120\n" +
+	"\bdatapath\x18\x0e \x01(\v2\x14.netslot.v1.DatapathR\bdatapath\"\xc5\x03\n" +
+	"\bDatapath\x12\x10\n" +
+	"\x03vni\x18\x01 \x01(\rR\x03vni\x12\x1b\n" +
+	"\tdummy_vni\x18\x02 \x01(\bR\bdummyVni\x12\x17\n" +
+	"\avpc_mac\x18\x03 \x01(\tR\x06vpcMac\x12\x1d\n" +
+	"\n" +
+	"tx_packets\x18\x04 \x01(\x04R\ttxPackets\x12\x19\n" +
+	"\btx_bytes\x18\x05 \x01(\x04R\atxBytes\x12\x1d\n" +
+	"\n" +
+	"rx_packets\x18\x06 \x01(\x04R\trxPackets\x12\x19\n" +
+	"\brx_bytes\x18\a \x01(\x04R\arxBytes\x12#\n" +
+	"\rencap_packets\x18\b \x01(\x04R\fencapPackets\x12#\n" +
+	"\rdecap_packets\x18\t \x01(\x04R\fdecapPackets\x12\x1f\n" +
+	"\varp_replies\x18\n" +
+	" \x01(\x04R\n" +
+	"arpReplies\x12!\n" +
+	"\farp_requests\x18\v \x01(\x04R\varpRequests\x125\n" +
+	"\x05drops\x18\f \x03(\v2\x1f.netslot.v1.Datapath.DropsEntryR\x05drops\x1a8\n" +
+	"\n" +
+	"DropsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"7\n" +
 	"\x0fAcquireResponse\x12$\n" +
 	"\x04slot\x18\x01 \x01(\v2\x10.netslot.v1.SlotR\x04slot\";\n" +
 	"\x0eReleaseRequest\x12\x0e\n" +
@@ -1036,7 +1237,7 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"etaSeconds\x12'\n" +
 	"\x0felapsed_seconds\x18\a \x01(\x01R\x0eelapsedSeconds\x124\n" +
 	"\x17ms_per_slot_first_tenth\x18\b \x01(\x01R\x13msPerSlotFirstTenth\x122\n" +
-	"\x16ms_per_slot_last_tenth\x18\t \x01(\x01R\x12msPerSlotLastTenth\"\xbf\x02\n" +
+	"\x16ms_per_slot_last_tenth\x18\t \x01(\x01R\x12msPerSlotLastTenth\"\x88\x04\n" +
 	"\x0eStatusResponse\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\rR\x05total\x12\x12\n" +
 	"\x04free\x18\x02 \x01(\rR\x04free\x12\x16\n" +
@@ -1050,7 +1251,13 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\aversion\x18\n" +
 	" \x01(\tR\aversion\x12\x1d\n" +
 	"\n" +
-	"root_rules\x18\v \x01(\rR\trootRules2\xc2\x02\n" +
+	"root_rules\x18\v \x01(\rR\trootRules\x12\x1f\n" +
+	"\vunderlay_ip\x18\f \x01(\tR\n" +
+	"underlayIp\x12`\n" +
+	"\x12unattributed_drops\x18\r \x03(\v21.netslot.v1.StatusResponse.UnattributedDropsEntryR\x11unattributedDrops\x1aD\n" +
+	"\x16UnattributedDropsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x012\xc2\x02\n" +
 	"\vSlotService\x12B\n" +
 	"\aAcquire\x12\x1a.netslot.v1.AcquireRequest\x1a\x1b.netslot.v1.AcquireResponse\x12B\n" +
 	"\aRelease\x12\x1a.netslot.v1.ReleaseRequest\x1a\x1b.netslot.v1.ReleaseResponse\x12/\n" +
@@ -1070,46 +1277,52 @@ func file_api_netslot_v1_netslot_proto_rawDescGZIP() []byte {
 	return file_api_netslot_v1_netslot_proto_rawDescData
 }
 
-var file_api_netslot_v1_netslot_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_api_netslot_v1_netslot_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_api_netslot_v1_netslot_proto_goTypes = []any{
 	(*VpcAttachment)(nil),        // 0: netslot.v1.VpcAttachment
 	(*AcquireRequest)(nil),       // 1: netslot.v1.AcquireRequest
 	(*FirecrackerInterface)(nil), // 2: netslot.v1.FirecrackerInterface
 	(*Lease)(nil),                // 3: netslot.v1.Lease
 	(*Slot)(nil),                 // 4: netslot.v1.Slot
-	(*AcquireResponse)(nil),      // 5: netslot.v1.AcquireResponse
-	(*ReleaseRequest)(nil),       // 6: netslot.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),      // 7: netslot.v1.ReleaseResponse
-	(*GetRequest)(nil),           // 8: netslot.v1.GetRequest
-	(*ListRequest)(nil),          // 9: netslot.v1.ListRequest
-	(*ListResponse)(nil),         // 10: netslot.v1.ListResponse
-	(*StatusRequest)(nil),        // 11: netslot.v1.StatusRequest
-	(*BootProgress)(nil),         // 12: netslot.v1.BootProgress
-	(*StatusResponse)(nil),       // 13: netslot.v1.StatusResponse
+	(*Datapath)(nil),             // 5: netslot.v1.Datapath
+	(*AcquireResponse)(nil),      // 6: netslot.v1.AcquireResponse
+	(*ReleaseRequest)(nil),       // 7: netslot.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),      // 8: netslot.v1.ReleaseResponse
+	(*GetRequest)(nil),           // 9: netslot.v1.GetRequest
+	(*ListRequest)(nil),          // 10: netslot.v1.ListRequest
+	(*ListResponse)(nil),         // 11: netslot.v1.ListResponse
+	(*StatusRequest)(nil),        // 12: netslot.v1.StatusRequest
+	(*BootProgress)(nil),         // 13: netslot.v1.BootProgress
+	(*StatusResponse)(nil),       // 14: netslot.v1.StatusResponse
+	nil,                          // 15: netslot.v1.Datapath.DropsEntry
+	nil,                          // 16: netslot.v1.StatusResponse.UnattributedDropsEntry
 }
 var file_api_netslot_v1_netslot_proto_depIdxs = []int32{
 	0,  // 0: netslot.v1.AcquireRequest.vpc:type_name -> netslot.v1.VpcAttachment
 	0,  // 1: netslot.v1.Lease.vpc:type_name -> netslot.v1.VpcAttachment
 	2,  // 2: netslot.v1.Slot.firecracker:type_name -> netslot.v1.FirecrackerInterface
 	3,  // 3: netslot.v1.Slot.lease:type_name -> netslot.v1.Lease
-	4,  // 4: netslot.v1.AcquireResponse.slot:type_name -> netslot.v1.Slot
-	4,  // 5: netslot.v1.ListResponse.slots:type_name -> netslot.v1.Slot
-	12, // 6: netslot.v1.StatusResponse.boot:type_name -> netslot.v1.BootProgress
-	1,  // 7: netslot.v1.SlotService.Acquire:input_type -> netslot.v1.AcquireRequest
-	6,  // 8: netslot.v1.SlotService.Release:input_type -> netslot.v1.ReleaseRequest
-	8,  // 9: netslot.v1.SlotService.Get:input_type -> netslot.v1.GetRequest
-	9,  // 10: netslot.v1.SlotService.List:input_type -> netslot.v1.ListRequest
-	11, // 11: netslot.v1.SlotService.Status:input_type -> netslot.v1.StatusRequest
-	5,  // 12: netslot.v1.SlotService.Acquire:output_type -> netslot.v1.AcquireResponse
-	7,  // 13: netslot.v1.SlotService.Release:output_type -> netslot.v1.ReleaseResponse
-	4,  // 14: netslot.v1.SlotService.Get:output_type -> netslot.v1.Slot
-	10, // 15: netslot.v1.SlotService.List:output_type -> netslot.v1.ListResponse
-	13, // 16: netslot.v1.SlotService.Status:output_type -> netslot.v1.StatusResponse
-	12, // [12:17] is the sub-list for method output_type
-	7,  // [7:12] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	5,  // 4: netslot.v1.Slot.datapath:type_name -> netslot.v1.Datapath
+	15, // 5: netslot.v1.Datapath.drops:type_name -> netslot.v1.Datapath.DropsEntry
+	4,  // 6: netslot.v1.AcquireResponse.slot:type_name -> netslot.v1.Slot
+	4,  // 7: netslot.v1.ListResponse.slots:type_name -> netslot.v1.Slot
+	13, // 8: netslot.v1.StatusResponse.boot:type_name -> netslot.v1.BootProgress
+	16, // 9: netslot.v1.StatusResponse.unattributed_drops:type_name -> netslot.v1.StatusResponse.UnattributedDropsEntry
+	1,  // 10: netslot.v1.SlotService.Acquire:input_type -> netslot.v1.AcquireRequest
+	7,  // 11: netslot.v1.SlotService.Release:input_type -> netslot.v1.ReleaseRequest
+	9,  // 12: netslot.v1.SlotService.Get:input_type -> netslot.v1.GetRequest
+	10, // 13: netslot.v1.SlotService.List:input_type -> netslot.v1.ListRequest
+	12, // 14: netslot.v1.SlotService.Status:input_type -> netslot.v1.StatusRequest
+	6,  // 15: netslot.v1.SlotService.Acquire:output_type -> netslot.v1.AcquireResponse
+	8,  // 16: netslot.v1.SlotService.Release:output_type -> netslot.v1.ReleaseResponse
+	4,  // 17: netslot.v1.SlotService.Get:output_type -> netslot.v1.Slot
+	11, // 18: netslot.v1.SlotService.List:output_type -> netslot.v1.ListResponse
+	14, // 19: netslot.v1.SlotService.Status:output_type -> netslot.v1.StatusResponse
+	15, // [15:20] is the sub-list for method output_type
+	10, // [10:15] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_api_netslot_v1_netslot_proto_init() }
@@ -1123,7 +1336,7 @@ func file_api_netslot_v1_netslot_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_netslot_v1_netslot_proto_rawDesc), len(file_api_netslot_v1_netslot_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

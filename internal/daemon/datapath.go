@@ -1,0 +1,179 @@
+package daemon
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/netslot/netslot/internal/datapath"
+	"github.com/netslot/netslot/internal/links"
+	"github.com/netslot/netslot/internal/metrics"
+	"github.com/netslot/netslot/internal/slot"
+)
+
+// checkUplink validates the uplink options against the host, changing
+// nothing.
+func checkUplink(opts Options) error {
+	if opts.Uplink == "" {
+		if opts.UnderlayIP.IsValid() || opts.UplinkGateway.IsValid() {
+			return fmt.Errorf("--underlay-ip and --uplink-gateway need --uplink")
+		}
+		return nil
+	}
+	if !opts.UnderlayIP.Is4() {
+		return fmt.Errorf("--uplink %s needs --underlay-ip, an IPv4 address of %s (the source of Geneve packets)", opts.Uplink, opts.Uplink)
+	}
+	if opts.UplinkGateway.IsValid() && !opts.UplinkGateway.Is4() {
+		return fmt.Errorf("invalid uplink gateway %s: want IPv4", opts.UplinkGateway)
+	}
+	addrs, err := links.UplinkAddrs(opts.Uplink)
+	if err != nil {
+		return fmt.Errorf("uplink: %w", err)
+	}
+	if !slices.Contains(addrs, opts.UnderlayIP) {
+		return fmt.Errorf("underlay ip %s is not an address of %s (it has %v)", opts.UnderlayIP, opts.Uplink, addrs)
+	}
+	rp, err := links.RPFilterAll()
+	if err != nil {
+		return err
+	}
+	if rp == 1 {
+		return fmt.Errorf("net.ipv4.conf.all.rp_filter is 1 (strict): slot traffic reaches the root namespace with the guest address as source and would be dropped; set it to 0 or 2")
+	}
+	return nil
+}
+
+// setupDatapath routes slot traffic to the uplink (or removes that routing
+// when there is no uplink) and loads the pool's datapath, reusing pinned
+// maps and links.
+func (d *Daemon) setupDatapath() error {
+	if d.opts.Uplink == "" {
+		if err := links.RemoveUplinkRoute(d.cfg.Prefix); err != nil {
+			return err
+		}
+	} else {
+		r := links.UplinkRoute{Prefix: d.cfg.Prefix, Uplink: d.opts.Uplink, Gateway: d.opts.UplinkGateway, GuestCIDR: d.cfg.GuestCIDR}
+		if err := r.Apply(); err != nil {
+			return err
+		}
+	}
+	dp, err := datapath.Open(datapath.Config{
+		Slot: d.cfg, Uplink: d.opts.Uplink, UnderlayIP: d.opts.UnderlayIP,
+		RouteTable: links.RouteTable(d.cfg.Prefix), PinRoot: d.opts.PinRoot,
+	})
+	if err != nil {
+		return err
+	}
+	d.dp = dp
+	// Entries of leases that ended while the daemon was down.
+	return dp.Prune(func(i int, vni uint32, vpcIP netip.Addr) bool {
+		if i < 0 || i >= d.cfg.Count {
+			return false
+		}
+		l := d.lease(i)
+		if l == nil || l.VPC == nil {
+			return false
+		}
+		return vni == 0 || (l.VPC.VNI == vni && l.VPC.VPCIP == vpcIP)
+	})
+}
+
+// registerDatapath records slot i's host veth in the datapath and brings
+// its tunnel entry in line with its lease: attached for a lease with a VPC,
+// the dummy VNI otherwise.
+func (d *Daemon) registerDatapath(i int) error {
+	d.mu.Lock()
+	host := d.hostIdx[i]
+	d.mu.Unlock()
+	if host == 0 {
+		return fmt.Errorf("slot %s: host veth index unknown", d.cfg.ID(i))
+	}
+	if err := d.dp.SetSlot(i, host); err != nil {
+		return err
+	}
+	if l := d.lease(i); l != nil && l.VPC != nil {
+		return d.dp.Attach(i, l.VPC)
+	}
+	return d.dp.Detach(i, nil)
+}
+
+func (d *Daemon) setHostIndex(i, ifindex int) {
+	d.mu.Lock()
+	d.hostIdx[i] = ifindex
+	d.mu.Unlock()
+}
+
+// scrubDatapath detaches slot i's VPC (a), clears what it learned and
+// zeroes its counters.
+func (d *Daemon) scrubDatapath(i int, a *slot.Attachment) error {
+	if err := d.dp.Detach(i, a); err != nil {
+		return err
+	}
+	return d.dp.ResetStats(i)
+}
+
+// DatapathInfo is a slot's datapath state for API clients.
+type DatapathInfo struct {
+	VNI    uint32
+	Dummy  bool
+	VPCMAC string
+	datapath.Stats
+}
+
+func (d *Daemon) datapathInfo(i int) *DatapathInfo {
+	if d.dp == nil {
+		return nil
+	}
+	vni, dummy, err := d.dp.Tunnel(i)
+	if err != nil {
+		return nil
+	}
+	st, err := d.dp.Stats(i)
+	if err != nil {
+		return nil
+	}
+	return &DatapathInfo{VNI: vni, Dummy: dummy, VPCMAC: d.cfg.VPCMAC(i).String(), Stats: st}
+}
+
+// UnattributedDrops are drops that belong to no slot, by reason.
+func (d *Daemon) UnattributedDrops() map[string]uint64 {
+	if d.dp == nil {
+		return nil
+	}
+	st, err := d.dp.Stats(d.cfg.Count)
+	if err != nil {
+		return nil
+	}
+	return st.Drops
+}
+
+// SlotStats returns slot i's counters (for metrics).
+func (d *Daemon) SlotStats(i int) (datapath.Stats, bool) {
+	if d.dp == nil {
+		return datapath.Stats{}, false
+	}
+	st, err := d.dp.Stats(i)
+	return st, err == nil
+}
+
+// DatapathCounters implements metrics.Gauges.
+func (d *Daemon) DatapathCounters(emit func(slot string, c metrics.Counters)) {
+	if d.dp == nil {
+		return
+	}
+	conv := func(s datapath.Stats) metrics.Counters {
+		return metrics.Counters{TxPackets: s.TxPackets, TxBytes: s.TxBytes, RxPackets: s.RxPackets, RxBytes: s.RxBytes,
+			EncapPackets: s.EncapPackets, DecapPackets: s.DecapPackets, Drops: s.Drops}
+	}
+	for i := 0; i < d.cfg.Count; i++ {
+		if d.lease(i) == nil {
+			continue
+		}
+		if st, err := d.dp.Stats(i); err == nil {
+			emit(d.cfg.ID(i), conv(st))
+		}
+	}
+	if st, err := d.dp.Stats(d.cfg.Count); err == nil {
+		emit("none", conv(st))
+	}
+}

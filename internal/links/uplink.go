@@ -1,0 +1,161 @@
+package links
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// UplinkRoute is how slot traffic reaches the uplink: one policy rule sends
+// everything from the guest address (the same in every slot, and the
+// source of every packet a slot forwards before the datapath rewrites it on
+// the uplink) to the pool's own routing table, which holds only a default
+// route out of the uplink. The host's main table, and its default route,
+// never see slot traffic. Two objects whatever the pool size.
+type UplinkRoute struct {
+	Prefix    string // names the table (see RouteTable)
+	Uplink    string
+	Gateway   netip.Addr // next hop on the uplink; invalid: destinations are on-link
+	GuestCIDR netip.Prefix
+}
+
+// RulePriority is the priority of the pool's policy rule: before the main
+// table (32766).
+const RulePriority = 1000
+
+// RouteTable is the routing table of prefix's pool: a fixed function of
+// the prefix, so that teardown finds it without any state.
+func RouteTable(prefix string) int {
+	h := fnv.New32a()
+	h.Write([]byte(prefix))
+	return 0x6e730000 | int(h.Sum32()&0xffff) // "ns" in the high bytes
+}
+
+func (u UplinkRoute) rule() *netlink.Rule {
+	r := netlink.NewRule()
+	r.Family = unix.AF_INET
+	r.Priority = RulePriority
+	r.Table = RouteTable(u.Prefix)
+	r.Src = &net.IPNet{IP: u.GuestCIDR.Addr().AsSlice(), Mask: net.CIDRMask(u.GuestCIDR.Bits(), 32)}
+	return r
+}
+
+func (u UplinkRoute) route(uplink int) *netlink.Route {
+	r := &netlink.Route{
+		LinkIndex: uplink,
+		Table:     RouteTable(u.Prefix),
+		Dst:       &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
+	}
+	if u.Gateway.IsValid() {
+		r.Gw = u.Gateway.AsSlice()
+	} else {
+		r.Scope = netlink.SCOPE_LINK
+	}
+	return r
+}
+
+// Apply writes the table's default route and the rule, in the calling
+// thread's namespace. It refuses when another table already takes traffic
+// from the guest CIDR at that priority (another pool with the same guest
+// addressing has an uplink).
+func (u UplinkRoute) Apply() error {
+	l, err := netlink.LinkByName(u.Uplink)
+	if err != nil {
+		return fmt.Errorf("uplink %s: %w", u.Uplink, err)
+	}
+	want := u.rule()
+	rules, err := netlink.RuleList(unix.AF_INET)
+	if err != nil {
+		return fmt.Errorf("list rules: %w", err)
+	}
+	have := false
+	for _, r := range rules {
+		if r.Priority != RulePriority || r.Src == nil || r.Src.String() != want.Src.String() {
+			continue
+		}
+		if r.Table != want.Table {
+			return fmt.Errorf("traffic from %s is already routed by table %d (another netslot pool with an uplink?)", u.GuestCIDR, r.Table)
+		}
+		have = true
+	}
+	if err := netlink.RouteReplace(u.route(l.Attrs().Index)); err != nil {
+		return fmt.Errorf("default route of table %d via %s: %w", want.Table, u.Uplink, err)
+	}
+	if !have {
+		if err := netlink.RuleAdd(want); err != nil {
+			return fmt.Errorf("rule from %s: %w", u.GuestCIDR, err)
+		}
+	}
+	return nil
+}
+
+// RemoveUplinkRoute deletes prefix's rules and the routes of its table; what
+// is missing is not an error.
+func RemoveUplinkRoute(prefix string) error {
+	table := RouteTable(prefix)
+	rules, err := netlink.RuleList(unix.AF_INET)
+	if err != nil {
+		return fmt.Errorf("list rules: %w", err)
+	}
+	var errs []error
+	for _, r := range rules {
+		if r.Table != table {
+			continue
+		}
+		if err := netlink.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("delete rule: %w", err))
+		}
+	}
+	routes, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("list table %d: %w", table, err))...)
+	}
+	for _, r := range routes {
+		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("delete route: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// UplinkAddrs are the IPv4 addresses of the root-namespace device name.
+func UplinkAddrs(name string) ([]netip.Addr, error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("uplink %s: %w", name, err)
+	}
+	addrs, err := netlink.AddrList(l, unix.AF_INET)
+	if err != nil {
+		return nil, fmt.Errorf("addresses of %s: %w", name, err)
+	}
+	out := make([]netip.Addr, 0, len(addrs))
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
+			out = append(out, ip)
+		}
+	}
+	return out, nil
+}
+
+// RPFilterAll is net.ipv4.conf.all.rp_filter of the root namespace.
+func RPFilterAll() (int, error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/conf/all/rp_filter")
+	if err != nil {
+		return 0, fmt.Errorf("read rp_filter: %w", err)
+	}
+	switch strings.TrimSpace(string(b)) {
+	case "0":
+		return 0, nil
+	case "1":
+		return 1, nil
+	default:
+		return 2, nil
+	}
+}
