@@ -73,6 +73,7 @@ enum drop_reason {
 	DROP_NO_ROUTE,           /* no route to the remote VTEP */
 	DROP_REWRITE,            /* a helper failed (truncated L4, GSO limits) */
 	DROP_NO_SLOT,            /* to a slot address that is not a slot */
+	DROP_SLOT_TO_SLOT,       /* a guest to another slot's address */
 	DROP_REASONS,
 };
 
@@ -740,6 +741,11 @@ int uplink_egress(struct __sk_buff *skb)
 	ihl = ip->ihl * 4;
 	if (ip->saddr != cfg->guest_ip || ihl < sizeof(*ip))
 		return drop(idx, DROP_EGRESS_SPOOF);
+
+	/* Slots never reach each other, not even by a hairpin through the
+	 * fabric. */
+	if (slot_of_ip(cfg, ip->daddr) < cfg->slot_count)
+		return drop(idx, DROP_SLOT_TO_SLOT);
 
 	rk.prefixlen = 64;
 	rk.slot = idx;

@@ -14,7 +14,7 @@ export PATH="/usr/local/go/bin:$PATH"
 command -v go >/dev/null || { echo "Go is not installed (expected /usr/local/go)" >&2; exit 1; }
 
 need=()
-for pair in ip:iproute2 nft:nftables iptables-legacy-save:iptables \
+for pair in ip:iproute2 nft:nftables iptables-legacy-save:iptables conntrack:conntrack ping:iputils-ping \
   clang:clang llvm-strip:llvm tshark:tshark; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done

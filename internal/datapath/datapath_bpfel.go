@@ -34,7 +34,8 @@ const (
 	datapathDropReasonDROP_NO_ROUTE         datapathDropReason = 15
 	datapathDropReasonDROP_REWRITE          datapathDropReason = 16
 	datapathDropReasonDROP_NO_SLOT          datapathDropReason = 17
-	datapathDropReasonDROP_REASONS          datapathDropReason = 18
+	datapathDropReasonDROP_SLOT_TO_SLOT     datapathDropReason = 18
+	datapathDropReasonDROP_REASONS          datapathDropReason = 19
 )
 
 type datapathPeerInfo struct {
@@ -73,7 +74,7 @@ type datapathSlotStats struct {
 	DecapPackets uint64
 	ArpReplies   uint64
 	ArpRequests  uint64
-	Drops        [18]uint64
+	Drops        [19]uint64
 }
 
 type datapathTunnelInfo struct {

@@ -103,6 +103,10 @@ func TestDropReasons(t *testing.T) {
 			return v
 		}},
 		{"rewrite", func() uint32 { v, _ := e.egress(shortTCP(), 0); return v }},
+		{"slot_to_slot", func() uint32 {
+			v, _ := e.egress(guestFrame(t, e.cfg, e.cfg.SlotIP(2), udp()...), 0)
+			return v
+		}},
 		{"no_slot", func() uint32 {
 			var none datapathSlotInfo
 			if err := e.dp.objs.Slots.Update(uint32(1), &none, ebpf.UpdateAny); err != nil {

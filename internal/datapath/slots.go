@@ -18,7 +18,7 @@ var DropReasons = []string{
 	"dummy_vni", "unknown_vni", "unknown_dst", "wrong_vtep",
 	"inner_ipv6", "inner_multicast", "inner_mac", "inner_other",
 	"egress_dummy_vni", "egress_not_ipv4", "egress_spoof",
-	"no_route", "rewrite", "no_slot",
+	"no_route", "rewrite", "no_slot", "slot_to_slot",
 }
 
 func init() {

@@ -73,6 +73,26 @@ func StartPoolWith(tb testing.TB, cfg slot.Config, stateDir, uplink string) *Poo
 	return &Pool{D: d, Config: cfg, StateDir: stateDir}
 }
 
+// StartPoolOpts boots a pool with opts (Config and StateDir must be set;
+// Logger is filled in) and registers its teardown.
+func StartPoolOpts(tb testing.TB, opts daemon.Options) *Pool {
+	tb.Helper()
+	RequireRoot(tb)
+	tb.Cleanup(func() { Teardown(tb, opts.Config.Prefix, opts.StateDir) })
+	if opts.Logger == nil {
+		opts.Logger = Logger(tb)
+	}
+	d, err := daemon.New(opts)
+	if err != nil {
+		tb.Fatalf("new daemon: %v", err)
+	}
+	tb.Cleanup(func() { d.Close() })
+	if err := d.Boot(context.Background()); err != nil {
+		tb.Fatalf("boot: %v", err)
+	}
+	return &Pool{D: d, Config: opts.Config, StateDir: opts.StateDir}
+}
+
 // Teardown removes every object of prefix, failing tb if it cannot.
 func Teardown(tb testing.TB, prefix, stateDir string) {
 	tb.Helper()

@@ -1,0 +1,210 @@
+package testutil
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/netslot/netslot/internal/links"
+	"github.com/netslot/netslot/internal/netns"
+)
+
+// Fabric is the network a pool's uplink leads to, played by a namespace the
+// test makes: a veth from the root namespace (the uplink) to the fabric
+// namespace, which holds the gateway, a remote VTEP's underlay address and
+// an outside host. Its ranges come from 198.18.0.0/15, set aside for
+// benchmarks; NewFabric refuses to run if the host routes them.
+type Fabric struct {
+	Name     string // of the namespace, pinned at /run/netns/<Name>
+	Uplink   string // root-namespace end of the veth
+	Underlay netip.Addr
+	Gateway  netip.Addr
+	VTEP     netip.Addr
+	Outside  netip.Addr
+}
+
+// Fabric addresses.
+var (
+	FabricNet     = netip.MustParsePrefix("198.18.0.0/24")
+	FabricOutside = netip.MustParsePrefix("198.19.1.0/24")
+)
+
+// NetnsPath is the fabric namespace's pin.
+func (f *Fabric) NetnsPath() string { return "/run/netns/" + f.Name }
+
+// NewFabric builds a fabric whose hosts route slotCIDR back through the
+// uplink, and registers its removal with tb. tag (a test prefix) names its
+// objects.
+func NewFabric(tb testing.TB, tag string, slotCIDR netip.Prefix) *Fabric {
+	tb.Helper()
+	RequireRoot(tb)
+	if err := refuseRouted(FabricNet, FabricOutside); err != nil {
+		tb.Skip(err.Error())
+	}
+	f := &Fabric{
+		Name: "f" + tag, Uplink: "u" + tag,
+		Underlay: netip.MustParseAddr("198.18.0.2"), Gateway: netip.MustParseAddr("198.18.0.1"),
+		VTEP: netip.MustParseAddr("198.18.0.9"), Outside: netip.MustParseAddr("198.19.1.1"),
+	}
+	tb.Cleanup(func() { f.Remove() })
+	if err := netns.EnsureDir("/run/netns"); err != nil {
+		tb.Fatal(err)
+	}
+	must := func(err error) {
+		tb.Helper()
+		if err != nil {
+			f.Remove()
+			tb.Fatalf("fabric: %v", err)
+		}
+	}
+	nsFD := -1
+	must(InNewNS(f.NetnsPath(), func() error {
+		lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1}}
+		if err := netlink.LinkSetUp(lo); err != nil {
+			return err
+		}
+		return netlink.AddrAdd(lo, addr(f.Outside, 32))
+	}))
+	fd, err := netns.Open(f.NetnsPath())
+	must(err)
+	nsFD = fd
+	defer unix.Close(nsFD)
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: f.Uplink, MTU: 9000}, PeerName: "f0", PeerNamespace: netlink.NsFd(nsFD)}
+	must(netlink.LinkAdd(veth))
+	up, err := netlink.LinkByName(f.Uplink)
+	must(err)
+	must(netlink.AddrAdd(up, addr(f.Underlay, 24)))
+	must(netlink.LinkSetUp(up))
+	must(netns.Do(nsFD, func() error {
+		f0, err := netlink.LinkByName("f0")
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetMTU(f0, 9000); err != nil {
+			return err
+		}
+		for _, a := range []netip.Addr{f.Gateway, f.VTEP} {
+			if err := netlink.AddrAdd(f0, addr(a, 24)); err != nil {
+				return err
+			}
+		}
+		if err := netlink.LinkSetUp(f0); err != nil {
+			return err
+		}
+		// Slot addresses live behind the host's underlay address.
+		return netlink.RouteAdd(&netlink.Route{LinkIndex: f0.Attrs().Index, Gw: f.Underlay.AsSlice(),
+			Dst: &net.IPNet{IP: slotCIDR.Addr().AsSlice(), Mask: net.CIDRMask(slotCIDR.Bits(), 32)}})
+	}))
+	return f
+}
+
+// Remove deletes the fabric (the uplink goes with the namespace's veth).
+func (f *Fabric) Remove() {
+	if l, err := netlink.LinkByName(f.Uplink); err == nil {
+		netlink.LinkDel(l)
+	}
+	netns.Remove(f.NetnsPath())
+}
+
+// Exec runs a command inside the fabric namespace.
+func (f *Fabric) Exec(name string, args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", f.Name, name}, args...)...)
+}
+
+func addr(a netip.Addr, bits int) *netlink.Addr {
+	return &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, 32)}}
+}
+
+// refuseRouted fails if the root namespace routes any of ps: a test must
+// never put addresses on the host's own networks.
+func refuseRouted(ps ...netip.Prefix) error {
+	routes, err := links.RootRoutes()
+	if err != nil {
+		return err
+	}
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		ones, _ := r.Dst.Mask.Size()
+		a, ok := netip.AddrFromSlice(r.Dst.IP.To4())
+		if !ok || ones == 0 {
+			continue
+		}
+		for _, p := range ps {
+			if netip.PrefixFrom(a, ones).Overlaps(p) {
+				return fmt.Errorf("the host routes %s, which overlaps the test fabric's %s", r.Dst, p)
+			}
+		}
+	}
+	return nil
+}
+
+// InNewNS creates a namespace pinned at path and runs fn inside it on a
+// locked thread, which then returns to the root namespace (or, if it
+// cannot, dies with its goroutine).
+func InNewNS(path string, fn func() error) error {
+	root, err := netns.Root()
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := netns.CreateHere(path); err != nil {
+			errc <- err
+			runtime.UnlockOSThread()
+			return
+		}
+		err := fn()
+		if rerr := netns.Enter(root); rerr != nil {
+			errc <- fmt.Errorf("return to root netns: %w", rerr)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- err
+	}()
+	return <-errc
+}
+
+// InNS runs fn inside the namespace pinned at path.
+func InNS(path string, fn func() error) error {
+	fd, err := netns.Open(path)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return netns.Do(fd, fn)
+}
+
+// ConntrackEntriesFor counts the conntrack entries of the namespace at
+// path ("" for the root namespace) that mention any of addrs, by
+// conntrack(8).
+func ConntrackEntriesFor(path string, addrs ...netip.Addr) (int, error) {
+	args := []string{"-L", "-o", "extended"}
+	cmd := exec.Command("conntrack", args...)
+	if path != "" {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", strings.TrimPrefix(path, "/run/netns/"), "conntrack"}, args...)...)
+	}
+	out, err := cmd.Output()
+	if err != nil {
+		return 0, fmt.Errorf("conntrack -L: %w", err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		for _, a := range addrs {
+			if strings.Contains(line, "="+a.String()+" ") {
+				n++
+				break
+			}
+		}
+	}
+	return n, nil
+}

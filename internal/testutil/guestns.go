@@ -1,0 +1,160 @@
+package testutil
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"unsafe"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/netslot/netslot/internal/netns"
+	"github.com/netslot/netslot/internal/slot"
+)
+
+// GuestNS stands in for a VM with a real kernel network stack: a namespace
+// whose tap g0 is wired to a slot's tap0 by two copy loops, as a VMM's
+// virtio device would be. Programs in the namespace (ping, net.Dial,
+// iperf3) are the guest's applications.
+type GuestNS struct {
+	Name       string
+	slotTap    *os.File
+	guestTap   *os.File
+	wg         sync.WaitGroup
+	closeOnce  sync.Once
+	copyErrors chan error
+}
+
+// NetnsPath is the guest namespace's pin.
+func (g *GuestNS) NetnsPath() string { return "/run/netns/" + g.Name }
+
+// NewGuestNS makes guest namespace "g"+tag attached to tap0 of the slot
+// namespace at slotNS, with the slot's guest addressing (cfg), and
+// registers its removal with tb.
+func NewGuestNS(tb testing.TB, tag, slotNS string, cfg slot.Config) *GuestNS {
+	tb.Helper()
+	g := &GuestNS{Name: "g" + tag, copyErrors: make(chan error, 2)}
+	tb.Cleanup(g.Close)
+	var gfd int
+	err := InNewNS(g.NetnsPath(), func() error {
+		lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1}}
+		if err := netlink.LinkSetUp(lo); err != nil {
+			return err
+		}
+		// Not persistent: the tap goes away when the wire closes it.
+		fd, err := openTap("g0")
+		if err != nil {
+			return err
+		}
+		gfd = fd
+		l, err := netlink.LinkByName("g0")
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetHardwareAddr(l, cfg.GuestMAC); err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(l, addr(cfg.GuestIP(), cfg.GuestCIDR.Bits())); err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(l); err != nil {
+			return err
+		}
+		return netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: cfg.GatewayIP().AsSlice()})
+	})
+	if err != nil {
+		tb.Fatalf("guest namespace: %v", err)
+	}
+	// Non-blocking descriptors go through Go's poller, so that Close
+	// interrupts the copy loops.
+	unix.SetNonblock(gfd, true)
+	g.guestTap = os.NewFile(uintptr(gfd), "g0")
+	sfd, err := tapIn(slotNS, slot.TapName)
+	if err != nil {
+		tb.Fatalf("attach to %s: %v", slot.TapName, err)
+	}
+	unix.SetNonblock(sfd, true)
+	g.slotTap = os.NewFile(uintptr(sfd), slot.TapName)
+	g.wg.Add(2)
+	go g.copy(g.slotTap, g.guestTap)
+	go g.copy(g.guestTap, g.slotTap)
+	return g
+}
+
+func (g *GuestNS) copy(dst, src *os.File) {
+	defer g.wg.Done()
+	buf := make([]byte, 65536)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			if !errors.Is(err, os.ErrClosed) {
+				g.copyErrors <- err
+			}
+			return
+		}
+		// A full queue on the other side drops the frame, as a NIC would.
+		dst.Write(buf[:n])
+	}
+}
+
+// Close stops the wire and removes the namespace.
+func (g *GuestNS) Close() {
+	g.closeOnce.Do(func() {
+		if g.slotTap != nil {
+			g.slotTap.Close()
+		}
+		if g.guestTap != nil {
+			g.guestTap.Close()
+		}
+		g.wg.Wait()
+		netns.Remove(g.NetnsPath())
+	})
+}
+
+// Do runs fn inside the guest namespace (sockets it opens stay there).
+func (g *GuestNS) Do(fn func() error) error { return InNS(g.NetnsPath(), fn) }
+
+// Dial connects from inside the guest.
+func (g *GuestNS) Dial(network string, to netip.AddrPort) (net.Conn, error) {
+	var c net.Conn
+	err := g.Do(func() error {
+		var err error
+		c, err = net.Dial(network, to.String())
+		return err
+	})
+	return c, err
+}
+
+// openTap opens (creating if needed) tap name in the calling thread's
+// namespace.
+func openTap(name string) (int, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open /dev/net/tun: %w", err)
+	}
+	var req [unix.IFNAMSIZ + 24]byte
+	copy(req[:], name)
+	binary.NativeEndian.PutUint16(req[unix.IFNAMSIZ:], unix.IFF_TAP|unix.IFF_NO_PI)
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req[0]))); e != 0 {
+		unix.Close(fd)
+		return -1, fmt.Errorf("tap %s: %w", name, e)
+	}
+	return fd, nil
+}
+
+// tapIn opens tap name of the namespace pinned at path.
+func tapIn(path, name string) (int, error) {
+	var fd int
+	err := InNS(path, func() error {
+		var err error
+		fd, err = openTap(name)
+		return err
+	})
+	return fd, err
+}
