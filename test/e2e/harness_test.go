@@ -17,7 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/netslot/netslot/client"
+	"github.com/netslot/netslot/internal/datapath"
 	"github.com/netslot/netslot/internal/firewall"
 	nslinks "github.com/netslot/netslot/internal/links"
 	"github.com/netslot/netslot/internal/slot"
@@ -160,6 +164,7 @@ func ctx(t *testing.T) context.Context {
 // objects counts the kernel objects of a prefix.
 type objects struct {
 	Pins, HostVeths, RootTables int
+	BPFPinDirs, RouteRules      int
 }
 
 func (p *pool) kernelObjects() objects {
@@ -184,6 +189,18 @@ func (p *pool) kernelObjects() objects {
 		p.t.Fatal(err)
 	} else if ok {
 		o.RootTables++
+	}
+	if datapath.Exists("", p.prefix) {
+		o.BPFPinDirs++
+	}
+	rules, err := netlink.RuleList(unix.AF_INET)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	for _, r := range rules {
+		if r.Table == nslinks.RouteTable(p.prefix) {
+			o.RouteRules++
+		}
 	}
 	return o
 }

@@ -1,0 +1,110 @@
+package e2e
+
+import (
+	"net"
+	"net/netip"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
+	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/testutil"
+)
+
+// uplinkPool is a pool whose uplink leads to a fresh test fabric.
+func uplinkPool(t *testing.T, slots int) (*pool, *testutil.Fabric, []string) {
+	p := newPool(t, slots)
+	fab := testutil.NewFabric(t, p.prefix[1:], slot.DefaultSlotCIDR)
+	args := []string{"--uplink", fab.Uplink, "--underlay-ip", fab.Underlay.String(), "--uplink-gateway", fab.Gateway.String()}
+	return p, fab, args
+}
+
+var pingSummary = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
+
+// pingFlood pings dst every 10 ms from namespace ns, count times, and
+// returns a function that waits for it and reports sent and received.
+func pingFlood(t *testing.T, ns string, dst netip.Addr, count int) func() (sent, got int) {
+	cmd := exec.Command("ip", "netns", "exec", ns, "ping", "-n", "-q", "-i", "0.01", "-W", "1", "-c", strconv.Itoa(count), dst.String())
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return func() (int, int) {
+		cmd.Wait()
+		m := pingSummary.FindStringSubmatch(out.String())
+		if m == nil {
+			t.Fatalf("ping %s: %s", dst, out.String())
+		}
+		s, _ := strconv.Atoi(m[1])
+		g, _ := strconv.Atoi(m[2])
+		return s, g
+	}
+}
+
+// TestDatapathKeepsForwardingThroughKill9 pings through a leased slot every
+// 10 ms, to the outside host (NAT) and to a VPC host (Geneve), while the
+// daemon is killed with -9 and restarted: the pinned datapath forwards
+// throughout and not one echo is lost.
+func TestDatapathKeepsForwardingThroughKill9(t *testing.T) {
+	p, fab, up := uplinkPool(t, 200)
+	p.start(up...)
+	vpcHost := netip.MustParseAddr("10.9.0.1")
+	testutil.StartVTEP(t, fab, 4242, vpcHost, net.HardwareAddr{0x02, 0x76, 0x70, 0x63, 0, 1})
+	c := p.client()
+	s, err := c.Acquire(ctx(t), &netslotv1.AcquireRequest{Vpc: &netslotv1.VpcAttachment{
+		Vni: 4242, RemoteVtep: fab.VTEP.String(), VpcIp: "10.9.0.5", VpcCidrs: []string{"10.9.0.0/24"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := slot.DefaultConfig(p.prefix, p.slots)
+	g := testutil.NewGuestNS(t, p.prefix[1:], s.Netns, cfg)
+	// Warm up: the first packet to the VPC goes out as an ARP request.
+	exec.Command("ip", "netns", "exec", g.Name, "ping", "-c", "2", "-W", "1", vpcHost.String()).Run()
+
+	const count = 800 // 8 s at 10 ms
+	nat := pingFlood(t, g.Name, fab.Outside, count)
+	vpc := pingFlood(t, g.Name, vpcHost, count)
+	time.Sleep(time.Second)
+	before := p.kernelObjects()
+	p.kill()
+	killed := time.Now()
+	p.start(up...)
+	restart := time.Since(killed)
+	natSent, natGot := nat()
+	vpcSent, vpcGot := vpc()
+	t.Logf("daemon down %v; NAT %d/%d echoes, Geneve %d/%d", restart.Round(time.Millisecond), natGot, natSent, vpcGot, vpcSent)
+	if natSent != count || natGot != count {
+		t.Errorf("NAT path lost %d of %d echoes across the restart", natSent-natGot, natSent)
+	}
+	if vpcSent != count || vpcGot != count {
+		t.Errorf("Geneve path lost %d of %d echoes across the restart", vpcSent-vpcGot, vpcSent)
+	}
+	if after := p.kernelObjects(); after != before {
+		t.Errorf("restart changed kernel objects: %+v -> %+v", before, after)
+	}
+	st := p.status()
+	if st.Boot.Adopted != p.slots || st.Boot.Created != 0 || st.Leased != 1 {
+		t.Errorf("after restart: %+v", st)
+	}
+	out, err := p.cli("show", s.Id)
+	t.Logf("netslot show %s:\n%s", s.Id, out)
+	if err != nil || !regexp.MustCompile(`vni\s+4242 \(attached\)`).MatchString(out) {
+		t.Errorf("show after restart:\n%s%v", out, err)
+	}
+	// Counters survive the restart (they live in pinned maps).
+	m := regexp.MustCompile(`tx \(guest to uplink\)\s+(\d+) packets, \d+ bytes, (\d+) encapsulated`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("show has no counters:\n%s", out)
+	}
+	if tx, _ := strconv.Atoi(m[1]); tx < 2*count {
+		t.Errorf("tx counter %d after %d echo requests", tx, 2*count)
+	}
+	if enc, _ := strconv.Atoi(m[2]); enc < count {
+		t.Errorf("encapsulated counter %d after %d echo requests to the VPC", enc, count)
+	}
+}
