@@ -1,13 +1,17 @@
-package testutil
+// Package lab builds the test networks netslot is measured and tested in:
+// a fabric namespace behind an uplink, guests with a real network stack on a
+// slot's tap, a userspace Geneve VPC host. Every object is named by the
+// tag it is given and removed by its Close/Remove.
+package lab
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os/exec"
 	"runtime"
 	"strings"
-	"testing"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -39,50 +43,58 @@ var (
 // NetnsPath is the fabric namespace's pin.
 func (f *Fabric) NetnsPath() string { return "/run/netns/" + f.Name }
 
+// ErrRangeInUse: the host routes a range the fabric would use.
+var ErrRangeInUse = errors.New("fabric range in use by the host")
+
 // NewFabric builds a fabric whose hosts route slotCIDR back through the
-// uplink, and registers its removal with tb. tag (a test prefix) names its
-// objects.
-func NewFabric(tb testing.TB, tag string, slotCIDR netip.Prefix) *Fabric {
-	tb.Helper()
-	RequireRoot(tb)
+// uplink. tag names its objects. The caller removes it (Remove).
+func NewFabric(tag string, slotCIDR netip.Prefix) (*Fabric, error) {
 	if err := refuseRouted(FabricNet, FabricOutside); err != nil {
-		tb.Skip(err.Error())
+		return nil, fmt.Errorf("%w: %w", ErrRangeInUse, err)
 	}
 	f := &Fabric{
 		Name: "f" + tag, Uplink: "u" + tag,
 		Underlay: netip.MustParseAddr("198.18.0.2"), Gateway: netip.MustParseAddr("198.18.0.1"),
 		VTEP: netip.MustParseAddr("198.18.0.9"), Outside: netip.MustParseAddr("198.19.1.1"),
 	}
-	tb.Cleanup(func() { f.Remove() })
 	if err := netns.EnsureDir("/run/netns"); err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
-	must := func(err error) {
-		tb.Helper()
+	var err error
+	must := func(e error) bool {
+		if e != nil && err == nil {
+			err = e
+		}
+		return err == nil
+	}
+	defer func() {
 		if err != nil {
 			f.Remove()
-			tb.Fatalf("fabric: %v", err)
 		}
-	}
-	nsFD := -1
-	must(InNewNS(f.NetnsPath(), func() error {
+	}()
+	if !must(InNewNS(f.NetnsPath(), func() error {
 		lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1}}
 		if err := netlink.LinkSetUp(lo); err != nil {
 			return err
 		}
 		return netlink.AddrAdd(lo, addr(f.Outside, 32))
-	}))
-	fd, err := netns.Open(f.NetnsPath())
-	must(err)
-	nsFD = fd
+	})) {
+		return nil, fmt.Errorf("fabric namespace: %w", err)
+	}
+	nsFD, oerr := netns.Open(f.NetnsPath())
+	if !must(oerr) {
+		return nil, err
+	}
 	defer unix.Close(nsFD)
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: f.Uplink, MTU: 9000}, PeerName: "f0", PeerNamespace: netlink.NsFd(nsFD)}
-	must(netlink.LinkAdd(veth))
-	up, err := netlink.LinkByName(f.Uplink)
-	must(err)
-	must(netlink.AddrAdd(up, addr(f.Underlay, 24)))
-	must(netlink.LinkSetUp(up))
-	must(netns.Do(nsFD, func() error {
+	if !must(netlink.LinkAdd(veth)) {
+		return nil, fmt.Errorf("fabric uplink: %w", err)
+	}
+	up, lerr := netlink.LinkByName(f.Uplink)
+	if !must(lerr) || !must(netlink.AddrAdd(up, addr(f.Underlay, 24))) || !must(netlink.LinkSetUp(up)) {
+		return nil, fmt.Errorf("fabric uplink: %w", err)
+	}
+	if !must(netns.Do(nsFD, func() error {
 		f0, err := netlink.LinkByName("f0")
 		if err != nil {
 			return err
@@ -101,8 +113,10 @@ func NewFabric(tb testing.TB, tag string, slotCIDR netip.Prefix) *Fabric {
 		// Slot addresses live behind the host's underlay address.
 		return netlink.RouteAdd(&netlink.Route{LinkIndex: f0.Attrs().Index, Gw: f.Underlay.AsSlice(),
 			Dst: &net.IPNet{IP: slotCIDR.Addr().AsSlice(), Mask: net.CIDRMask(slotCIDR.Bits(), 32)}})
-	}))
-	return f
+	})) {
+		return nil, fmt.Errorf("fabric side: %w", err)
+	}
+	return f, nil
 }
 
 // Remove deletes the fabric (the uplink goes with the namespace's veth).

@@ -1,12 +1,12 @@
-package testutil
+package lab
 
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
-	"testing"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -41,8 +41,7 @@ type VTEPFrame struct {
 }
 
 // StartVTEP starts a VTEP for vni with VPC address ip in fabric f.
-func StartVTEP(tb testing.TB, f *Fabric, vni uint32, ip netip.Addr, mac net.HardwareAddr) *VTEP {
-	tb.Helper()
+func StartVTEP(f *Fabric, vni uint32, ip netip.Addr, mac net.HardwareAddr) (*VTEP, error) {
 	v := &VTEP{VNI: vni, IP: ip, MAC: mac}
 	err := InNS(f.NetnsPath(), func() error {
 		c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(f.VTEP, 6081)))
@@ -50,12 +49,11 @@ func StartVTEP(tb testing.TB, f *Fabric, vni uint32, ip netip.Addr, mac net.Hard
 		return err
 	})
 	if err != nil {
-		tb.Fatalf("vtep: %v", err)
+		return nil, fmt.Errorf("vtep: %w", err)
 	}
-	tb.Cleanup(v.Close)
 	v.wg.Add(1)
 	go v.serve()
-	return v
+	return v, nil
 }
 
 // Close stops the VTEP.

@@ -1,4 +1,4 @@
-package testutil
+package lab
 
 import (
 	"encoding/binary"
@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"sync"
-	"testing"
 	"unsafe"
 
 	"github.com/vishvananda/netlink"
@@ -35,12 +34,10 @@ type GuestNS struct {
 func (g *GuestNS) NetnsPath() string { return "/run/netns/" + g.Name }
 
 // NewGuestNS makes guest namespace "g"+tag attached to tap0 of the slot
-// namespace at slotNS, with the slot's guest addressing (cfg), and
-// registers its removal with tb.
-func NewGuestNS(tb testing.TB, tag, slotNS string, cfg slot.Config) *GuestNS {
-	tb.Helper()
+// namespace at slotNS, with the slot's guest addressing (cfg). The caller
+// closes it.
+func NewGuestNS(tag, slotNS string, cfg slot.Config) (*GuestNS, error) {
 	g := &GuestNS{Name: "g" + tag, copyErrors: make(chan error, 2)}
-	tb.Cleanup(g.Close)
 	var gfd int
 	err := InNewNS(g.NetnsPath(), func() error {
 		lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1}}
@@ -69,7 +66,8 @@ func NewGuestNS(tb testing.TB, tag, slotNS string, cfg slot.Config) *GuestNS {
 		return netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: cfg.GatewayIP().AsSlice()})
 	})
 	if err != nil {
-		tb.Fatalf("guest namespace: %v", err)
+		g.Close()
+		return nil, fmt.Errorf("guest namespace: %w", err)
 	}
 	// Non-blocking descriptors go through Go's poller, so that Close
 	// interrupts the copy loops.
@@ -77,14 +75,15 @@ func NewGuestNS(tb testing.TB, tag, slotNS string, cfg slot.Config) *GuestNS {
 	g.guestTap = os.NewFile(uintptr(gfd), "g0")
 	sfd, err := tapIn(slotNS, slot.TapName)
 	if err != nil {
-		tb.Fatalf("attach to %s: %v", slot.TapName, err)
+		g.Close()
+		return nil, fmt.Errorf("attach to %s: %w", slot.TapName, err)
 	}
 	unix.SetNonblock(sfd, true)
 	g.slotTap = os.NewFile(uintptr(sfd), slot.TapName)
 	g.wg.Add(2)
 	go g.copy(g.slotTap, g.guestTap)
 	go g.copy(g.guestTap, g.slotTap)
-	return g
+	return g, nil
 }
 
 func (g *GuestNS) copy(dst, src *os.File) {

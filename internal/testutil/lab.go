@@ -1,0 +1,65 @@
+package testutil
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/netslot/netslot/internal/lab"
+	"github.com/netslot/netslot/internal/slot"
+)
+
+// Types of package lab, for tests.
+type (
+	Fabric  = lab.Fabric
+	GuestNS = lab.GuestNS
+	VTEP    = lab.VTEP
+)
+
+// Functions of package lab that need no cleanup.
+var (
+	InNS                = lab.InNS
+	InNewNS             = lab.InNewNS
+	ConntrackEntriesFor = lab.ConntrackEntriesFor
+)
+
+// NewFabric builds a test fabric (see lab.NewFabric) removed when tb ends;
+// tb is skipped if the host routes the fabric's ranges.
+func NewFabric(tb testing.TB, tag string, slotCIDR netip.Prefix) *Fabric {
+	tb.Helper()
+	RequireRoot(tb)
+	f, err := lab.NewFabric(tag, slotCIDR)
+	if errors.Is(err, lab.ErrRangeInUse) {
+		tb.Skip(err.Error())
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(f.Remove)
+	return f
+}
+
+// NewGuestNS wires a guest namespace to a slot's tap (see lab.NewGuestNS)
+// and removes it when tb ends.
+func NewGuestNS(tb testing.TB, tag, slotNS string, cfg slot.Config) *GuestNS {
+	tb.Helper()
+	g, err := lab.NewGuestNS(tag, slotNS, cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(g.Close)
+	return g
+}
+
+// StartVTEP starts a userspace VPC host in the fabric (see lab.StartVTEP)
+// and stops it when tb ends.
+func StartVTEP(tb testing.TB, f *Fabric, vni uint32, ip netip.Addr, mac net.HardwareAddr) *VTEP {
+	tb.Helper()
+	v, err := lab.StartVTEP(f, vni, ip, mac)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(v.Close)
+	return v
+}
