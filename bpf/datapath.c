@@ -95,14 +95,25 @@ struct slot_info {
 	__u8 host_mac[6];     /* the root-side veth */
 };
 
+#define TUNNEL_CIDRS 8
+
+struct vpc_cidr {
+	__be32 addr;
+	__be32 mask;
+};
+
 /* The slot's VPC attachment. Pooled slots carry vni = DUMMY_VNI_BASE + i and
- * nothing else; acquire replaces the whole entry in one update. */
+ * nothing else; acquire replaces the whole entry in one update, VPC CIDRs
+ * included (up to TUNNEL_CIDRS of them; more go to vpc_routes first), so
+ * packets see a slot attached or not, never half of it. */
 struct tunnel_info {
 	__u32 vni;
 	__be32 vpc_ip;
 	__be32 remote_ip;
 	__u8 vpc_mac[6];      /* the slot's MAC in the VPC */
-	__u8 pad[2];
+	__u8 ncidrs;          /* used entries of cidrs */
+	__u8 more_routes;     /* further CIDRs are in vpc_routes */
+	struct vpc_cidr cidrs[TUNNEL_CIDRS];
 };
 
 /* The VPC side's MAC as seen by a slot: given at attach or learned from
@@ -747,12 +758,29 @@ int uplink_egress(struct __sk_buff *skb)
 	if (slot_of_ip(cfg, ip->daddr) < cfg->slot_count)
 		return drop(idx, DROP_SLOT_TO_SLOT);
 
-	rk.prefixlen = 64;
-	rk.slot = idx;
-	rk.ip = ip->daddr;
-	if (bpf_map_lookup_elem(&vpc_routes, &rk)) {
-		struct iphdr copy = *ip;
-		return encap(skb, cfg, idx, &copy, ihl);
+	/* To the slot's VPC: the CIDRs of its tunnel entry (a bounded loop),
+	 * then, for long lists, the slot's routes in the LPM trie. */
+	struct tunnel_info *t = bpf_map_lookup_elem(&tunnels, &idx);
+	if (t && t->ncidrs) {
+		bool vpc = false;
+		for (int k = 0; k < TUNNEL_CIDRS; k++) {
+			if (k >= t->ncidrs)
+				break;
+			if ((ip->daddr & t->cidrs[k].mask) == t->cidrs[k].addr) {
+				vpc = true;
+				break;
+			}
+		}
+		if (!vpc && t->more_routes) {
+			rk.prefixlen = 64;
+			rk.slot = idx;
+			rk.ip = ip->daddr;
+			vpc = bpf_map_lookup_elem(&vpc_routes, &rk) != NULL;
+		}
+		if (vpc) {
+			struct iphdr copy = *ip;
+			return encap(skb, cfg, idx, &copy, ihl);
+		}
 	}
 
 	/* Anywhere else: the request half of the stateless NAT. */

@@ -61,8 +61,13 @@ type Datapath struct {
 	dir  string
 	objs datapathObjects
 
-	mu   sync.Mutex
-	vnis map[uint32]uint32 // VNI -> attached slots, mirrors the vnis map
+	// The inbound keys and their owners, and the number of slots per VNI:
+	// mirrors of vni_dst and vnis, so that an attach checks conflicts and
+	// counts without reading the kernel's maps (the vnis map is written
+	// only when a VNI gains its first slot or loses its last).
+	mu    sync.Mutex
+	owner map[datapathVniKey]int
+	vnis  map[uint32]int
 }
 
 // PinDir is the bpffs directory of prefix's pool.
@@ -102,7 +107,7 @@ func Open(c Config) (*Datapath, error) {
 	} {
 		spec.Maps[name].MaxEntries = size
 	}
-	d := &Datapath{cfg: c, dir: dir, vnis: map[uint32]uint32{}}
+	d := &Datapath{cfg: c, dir: dir}
 	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}})
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		return nil, fmt.Errorf("%w (%w): run 'netslotd teardown' for prefix %q first", ErrIncompatible, err, c.Slot.Prefix)
@@ -114,7 +119,7 @@ func Open(c Config) (*Datapath, error) {
 		d.Close()
 		return nil, err
 	}
-	if err := d.countVNIs(); err != nil {
+	if err := d.loadInbound(); err != nil {
 		d.Close()
 		return nil, err
 	}

@@ -78,18 +78,26 @@ type datapathSlotStats struct {
 }
 
 type datapathTunnelInfo struct {
-	_        structs.HostLayout
-	Vni      uint32
-	VpcIp    uint32
-	RemoteIp uint32
-	VpcMac   [6]uint8
-	Pad      [2]uint8
+	_          structs.HostLayout
+	Vni        uint32
+	VpcIp      uint32
+	RemoteIp   uint32
+	VpcMac     [6]uint8
+	Ncidrs     uint8
+	MoreRoutes uint8
+	Cidrs      [8]datapathVpcCidr
 }
 
 type datapathVniKey struct {
 	_   structs.HostLayout
 	Vni uint32
 	Ip  uint32
+}
+
+type datapathVpcCidr struct {
+	_    structs.HostLayout
+	Addr uint32
+	Mask uint32
 }
 
 type datapathVpcRouteKey struct {

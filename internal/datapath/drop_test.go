@@ -75,14 +75,13 @@ func TestDropReasons(t *testing.T) {
 		}},
 		{"inner_other", func() uint32 { v, _ := e.ingress(geneveFrame(t, gnvOpts{vni: 100}, lldp)); return v }},
 		{"egress_dummy_vni", func() uint32 {
-			// A route without its tunnel: the window between the two map
-			// updates of an attach. The packet must not leave.
-			k := routeKey(1, netip.MustParsePrefix("10.77.0.0/16"))
-			dummy := e.dp.dummy(1)
-			if err := e.dp.objs.Tunnels.Update(uint32(1), &dummy, ebpf.UpdateAny); err != nil {
-				t.Fatal(err)
-			}
-			if err := e.dp.objs.VpcRoutes.Update(&k, uint8(1), ebpf.UpdateAny); err != nil {
+			// A tunnel entry with VPC CIDRs but a dummy VNI (never written
+			// by netslotd): the packet must not leave, neither through the
+			// tunnel nor through the NAT.
+			bad := e.dp.dummy(1)
+			bad.Ncidrs = 1
+			bad.Cidrs[0] = datapathVpcCidr{Addr: be32(netip.MustParseAddr("10.77.0.0")), Mask: be32(netip.MustParseAddr("255.255.0.0"))}
+			if err := e.dp.objs.Tunnels.Update(uint32(1), &bad, ebpf.UpdateAny); err != nil {
 				t.Fatal(err)
 			}
 			v, _ := e.egress(guestFrame(t, e.cfg, netip.MustParseAddr("10.77.0.1"), udp()...), 1)

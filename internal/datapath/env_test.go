@@ -40,7 +40,7 @@ const (
 
 type env struct {
 	atts  map[int]*slot.Attachment
-	t     *testing.T
+	t     testing.TB
 	dp    *Datapath
 	cfg   slot.Config
 	hosts []int // host ifindex per slot
@@ -57,7 +57,7 @@ func requireRoot(t testing.TB) {
 // thread is never unlocked, so it dies with the test instead of going back
 // to the pool in the wrong namespace) and loads a two-slot datapath on an
 // uplink veth there.
-func newEnv(t *testing.T, slots int) *env {
+func newEnv(t testing.TB, slots int) *env {
 	requireRoot(t)
 	runtime.LockOSThread()
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {

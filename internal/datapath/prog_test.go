@@ -3,12 +3,15 @@ package datapath
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+
+	"github.com/netslot/netslot/internal/slot"
 )
 
 // These tests run the programs on crafted packets with BPF_PROG_TEST_RUN
@@ -338,5 +341,49 @@ func TestARPThroughTunnel(t *testing.T) {
 	}
 	if s := e.stats(0); s.ARPReplies != 1 {
 		t.Errorf("counters %+v, want one ARP reply", s)
+	}
+}
+
+// More VPC CIDRs than a tunnel entry holds: the rest are routes in the LPM
+// trie, consulted only for that slot.
+func TestEncapsulationManyCIDRs(t *testing.T) {
+	e := newEnv(t, 2)
+	var cidrs []string
+	for k := range 20 {
+		cidrs = append(cidrs, fmt.Sprintf("10.%d.0.0/16", 100+k))
+	}
+	a, err := slot.ParseAttachment(99, vtep.String(), "10.100.0.5", cidrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.dp.Attach(1, a); err != nil {
+		t.Fatal(err)
+	}
+	for _, dst := range []string{"10.100.1.1", "10.107.1.1", "10.108.1.1", "10.119.255.1"} {
+		verdict, out := e.egress(guestFrame(t, e.cfg, netip.MustParseAddr(dst), &layers.UDP{SrcPort: 1, DstPort: 2}), 1)
+		if verdict != verdictRedirect {
+			t.Errorf("%s: verdict %d, want it through the tunnel", dst, int32(verdict))
+			continue
+		}
+		if gnv, _ := decodeGeneve(t, out); gnv.VNI != 99 {
+			t.Errorf("%s: vni %d", dst, gnv.VNI)
+		}
+	}
+	for _, dst := range []string{"10.120.0.1", "10.99.0.1"} {
+		if verdict, _ := e.egress(guestFrame(t, e.cfg, netip.MustParseAddr(dst), &layers.UDP{SrcPort: 1, DstPort: 2}), 1); verdict != verdictNext {
+			t.Errorf("%s (not in the VPC): verdict %d, want NAT", dst, int32(verdict))
+		}
+	}
+	// Slot 0 has none of slot 1's routes.
+	if verdict, _ := e.egress(guestFrame(t, e.cfg, netip.MustParseAddr("10.119.0.1"), &layers.UDP{SrcPort: 1, DstPort: 2}), 0); verdict != verdictNext {
+		t.Errorf("slot 0 to slot 1's VPC: verdict %d, want NAT", int32(verdict))
+	}
+	if err := e.dp.Detach(1, a); err != nil {
+		t.Fatal(err)
+	}
+	var k datapathVpcRouteKey
+	var v uint8
+	if it := e.dp.objs.VpcRoutes.Iterate(); it.Next(&k, &v) {
+		t.Errorf("route %+v left after detach", k)
 	}
 }

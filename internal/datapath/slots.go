@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"runtime"
 
@@ -93,38 +94,30 @@ func routeKey(i int, p netip.Prefix) datapathVpcRouteKey {
 // idempotent, so a restart re-applies leases as they are.
 func (d *Datapath) Attach(i int, a *slot.Attachment) error {
 	key := datapathVniKey{Vni: a.VNI, Ip: be32(a.VPCIP)}
-	var owner uint32
-	err := d.objs.VniDst.Lookup(&key, &owner)
-	switch {
-	case err == nil && int(owner) != i:
+	d.mu.Lock()
+	owner, exists := d.owner[key]
+	d.mu.Unlock()
+	if exists && owner != i {
 		return fmt.Errorf("%s on vni %d (slot %d): %w", a.VPCIP, a.VNI, owner, ErrConflict)
-	case err != nil && !errors.Is(err, ebpf.ErrKeyNotExist):
-		return fmt.Errorf("slot %d: read vni entry: %w", i, err)
 	}
-	fresh := err != nil // re-applied after a restart: already counted
+	inline, extra := splitCIDRs(a.VPCCIDRs)
 	one := uint8(1)
-	for n, p := range a.VPCCIDRs {
+	for n, p := range extra {
 		if err := d.objs.VpcRoutes.Update(routeKey(i, p), one, ebpf.UpdateAny); err != nil {
-			d.deleteRoutes(i, a.VPCCIDRs[:n])
+			d.deleteRoutes(i, extra[:n])
 			return fmt.Errorf("slot %d: vpc route %s: %w", i, p, err)
 		}
 	}
-	undo := func() { d.deleteRoutes(i, a.VPCCIDRs) }
-	if err := d.objs.VniDst.Update(&key, uint32(i), ebpf.UpdateAny); err != nil {
-		undo()
-		return fmt.Errorf("slot %d: vni entry: %w", i, err)
-	}
-	undo = func() {
-		d.objs.VniDst.Delete(&key)
-		d.deleteRoutes(i, a.VPCCIDRs)
-	}
-	if fresh {
-		if err := d.addVNI(a.VNI, 1); err != nil {
+	undo := func() { d.deleteRoutes(i, extra) }
+	if !exists {
+		if err := d.addInbound(key, i); err != nil {
 			undo()
 			return fmt.Errorf("slot %d: %w", i, err)
 		}
-		prev := undo
-		undo = func() { d.addVNI(a.VNI, -1); prev() }
+		undo = func() {
+			d.removeInbound(key, i)
+			d.deleteRoutes(i, extra)
+		}
 	}
 	if a.PeerMAC != nil {
 		p := datapathPeerInfo{Mac: mac6(a.PeerMAC), Known: 1}
@@ -138,6 +131,13 @@ func (d *Datapath) Attach(i int, a *slot.Attachment) error {
 		VpcIp:    be32(a.VPCIP),
 		RemoteIp: be32(a.RemoteVTEP),
 		VpcMac:   mac6(d.cfg.Slot.VPCMAC(i)),
+		Ncidrs:   uint8(len(inline)),
+	}
+	if len(extra) > 0 {
+		t.MoreRoutes = 1
+	}
+	for n, p := range inline {
+		t.Cidrs[n] = datapathVpcCidr{Addr: be32(p.Addr()), Mask: be32(maskOf(p))}
 	}
 	if err := d.objs.Tunnels.Update(uint32(i), &t, ebpf.UpdateAny); err != nil {
 		undo()
@@ -155,16 +155,9 @@ func (d *Datapath) Detach(i int, a *slot.Attachment) error {
 	}
 	var errs []error
 	if a != nil {
-		key := datapathVniKey{Vni: a.VNI, Ip: be32(a.VPCIP)}
-		var owner uint32
-		if err := d.objs.VniDst.Lookup(&key, &owner); err == nil && int(owner) == i {
-			if err := d.objs.VniDst.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				errs = append(errs, fmt.Errorf("delete vni entry: %w", err))
-			} else if err := d.addVNI(a.VNI, -1); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		errs = append(errs, d.deleteRoutes(i, a.VPCCIDRs))
+		errs = append(errs, d.removeInbound(datapathVniKey{Vni: a.VNI, Ip: be32(a.VPCIP)}, i))
+		_, extra := splitCIDRs(a.VPCCIDRs)
+		errs = append(errs, d.deleteRoutes(i, extra))
 	}
 	if err := d.objs.Peers.Update(uint32(i), &datapathPeerInfo{}, ebpf.UpdateAny); err != nil {
 		errs = append(errs, fmt.Errorf("clear peer: %w", err))
@@ -173,6 +166,22 @@ func (d *Datapath) Detach(i int, a *slot.Attachment) error {
 		return fmt.Errorf("slot %d: detach: %w", i, err)
 	}
 	return nil
+}
+
+// tunnelCIDRs is how many VPC CIDRs a tunnel entry holds (TUNNEL_CIDRS in
+// bpf/datapath.c); the rest go to the LPM trie.
+const tunnelCIDRs = len(datapathTunnelInfo{}.Cidrs)
+
+func splitCIDRs(ps []netip.Prefix) (inline, extra []netip.Prefix) {
+	if len(ps) <= tunnelCIDRs {
+		return ps, nil
+	}
+	return ps[:tunnelCIDRs], ps[tunnelCIDRs:]
+}
+
+func maskOf(p netip.Prefix) netip.Addr {
+	m := net.CIDRMask(p.Bits(), 32)
+	return netip.AddrFrom4([4]byte(m))
 }
 
 func (d *Datapath) deleteRoutes(i int, ps []netip.Prefix) error {
@@ -186,34 +195,55 @@ func (d *Datapath) deleteRoutes(i int, ps []netip.Prefix) error {
 	return errors.Join(errs...)
 }
 
-// addVNI changes the number of slots attached to vni; the vnis map holds
-// the VNIs with at least one.
-func (d *Datapath) addVNI(vni uint32, delta int) error {
+// addInbound maps (VNI, VPC address) to slot i, marking the VNI known when
+// it gains its first slot.
+func (d *Datapath) addInbound(k datapathVniKey, i int) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	n := int(d.vnis[vni]) + delta
-	if n <= 0 {
-		delete(d.vnis, vni)
-		if err := d.objs.Vnis.Delete(vni); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete vni %d: %w", vni, err)
+	if err := d.objs.VniDst.Update(&k, uint32(i), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("vni entry: %w", err)
+	}
+	if d.vnis[k.Vni] == 0 {
+		if err := d.objs.Vnis.Update(k.Vni, uint32(1), ebpf.UpdateAny); err != nil {
+			d.objs.VniDst.Delete(&k)
+			return fmt.Errorf("vni %d: %w", k.Vni, err)
 		}
-		return nil
 	}
-	if err := d.objs.Vnis.Update(vni, uint32(n), ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("count vni %d: %w", vni, err)
-	}
-	d.vnis[vni] = uint32(n)
+	d.owner[k] = i
+	d.vnis[k.Vni]++
 	return nil
 }
 
-// countVNIs rebuilds the VNI counts from the inbound entries (after a
+// removeInbound undoes addInbound if slot i owns k.
+func (d *Datapath) removeInbound(k datapathVniKey, i int) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if owner, ok := d.owner[k]; !ok || owner != i {
+		return nil
+	}
+	if err := d.objs.VniDst.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete vni entry: %w", err)
+	}
+	delete(d.owner, k)
+	if d.vnis[k.Vni]--; d.vnis[k.Vni] <= 0 {
+		delete(d.vnis, k.Vni)
+		if err := d.objs.Vnis.Delete(k.Vni); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete vni %d: %w", k.Vni, err)
+		}
+	}
+	return nil
+}
+
+// loadInbound rebuilds the mirrors from the kernel's maps (after a
 // restart) and rewrites the vnis map to match.
-func (d *Datapath) countVNIs() error {
-	counts := map[uint32]uint32{}
+func (d *Datapath) loadInbound() error {
+	owner := map[datapathVniKey]int{}
+	counts := map[uint32]int{}
 	var k datapathVniKey
 	var v uint32
 	it := d.objs.VniDst.Iterate()
 	for it.Next(&k, &v) {
+		owner[k] = int(v)
 		counts[k.Vni]++
 	}
 	if err := it.Err(); err != nil {
@@ -235,19 +265,20 @@ func (d *Datapath) countVNIs() error {
 			return fmt.Errorf("delete vni %d: %w", vni, err)
 		}
 	}
-	for vni, n := range counts {
-		if err := d.objs.Vnis.Update(vni, n, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("count vni %d: %w", vni, err)
+	for vni := range counts {
+		if err := d.objs.Vnis.Update(vni, uint32(1), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("mark vni %d: %w", vni, err)
 		}
 	}
 	d.mu.Lock()
-	d.vnis = counts
+	d.owner, d.vnis = owner, counts
 	d.mu.Unlock()
 	return nil
 }
 
 // Prune removes inbound entries and VPC routes of slots for which keep
-// returns false (leases gone while the daemon was down), then recounts.
+// returns false (leases gone while the daemon was down), then reloads the
+// mirrors.
 func (d *Datapath) Prune(keep func(i int, vni uint32, vpcIP netip.Addr) bool) error {
 	var k datapathVniKey
 	var v uint32
@@ -285,7 +316,7 @@ func (d *Datapath) Prune(keep func(i int, vni uint32, vpcIP netip.Addr) bool) er
 			return fmt.Errorf("delete vpc route: %w", err)
 		}
 	}
-	return d.countVNIs()
+	return d.loadInbound()
 }
 
 // ResetStats zeroes slot i's counters.

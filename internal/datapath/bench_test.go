@@ -1,0 +1,47 @@
+package datapath
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/netslot/netslot/internal/slot"
+)
+
+// BenchmarkAttach times the flip of a slot to a VPC (map updates only) and
+// reports percentiles; detaches run outside the timed part.
+func BenchmarkAttach(b *testing.B) {
+	e := newEnv(b, 16)
+	var atts []*slot.Attachment
+	for i := range 16 {
+		a, err := slot.ParseAttachment(4242, vtep.String(), fmt.Sprintf("10.9.0.%d", 10+i), []string{"10.9.0.0/24", "10.10.0.0/16"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		atts = append(atts, a)
+	}
+	var lat []time.Duration
+	n := 0
+	for b.Loop() {
+		i := n % 16
+		start := time.Now()
+		if err := e.dp.Attach(i, atts[i]); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+		n++
+		if i == 15 {
+			b.StopTimer()
+			for j := range 16 {
+				if err := e.dp.Detach(j, atts[j]); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StartTimer()
+		}
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1000, "p50-us")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1000, "p99-us")
+}
