@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Starts netslotd with its default pool (4,000 slots), then acquires a slot,
-# shows what a VM launcher gets, and releases it. The daemon keeps running;
-# the last lines say how to stop it and remove every slot.
+# Starts netslotd with its default pool (4,000 slots) and its uplink on a
+# demo fabric (a namespace behind a veth, with an outside host and a VPC
+# host behind a Geneve VTEP), then acquires a slot attached to the VPC,
+# puts a guest on its tap, sends traffic through the NAT and the tunnel,
+# shows the slot's counters, and releases it. The daemon keeps running; the
+# last lines say how to stop it and remove everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
@@ -13,11 +16,16 @@ SOCK=/run/netslot/netslot.sock
 LOG=/var/log/netslotd.log
 ns=./bin/netslot
 
+if ! ip netns list | grep -qw fdemo; then
+  echo "== demo fabric: namespace fdemo behind uplink veth udemo (198.18.0.0/15, routed nowhere else)"
+  $ns lab fabric --tag demo
+fi
+
 if $ns --socket "$SOCK" status >/dev/null 2>&1; then
   echo "== netslotd is already running on $SOCK"
 else
-  echo "== starting netslotd (4,000 slots; log: $LOG)"
-  nohup ./bin/netslotd >"$LOG" 2>&1 &
+  echo "== starting netslotd (4,000 slots, uplink udemo; log: $LOG)"
+  nohup ./bin/netslotd --uplink udemo --underlay-ip 198.18.0.2 --uplink-gateway 198.18.0.1 >"$LOG" 2>&1 &
   echo $! >/run/netslot-demo.pid
   sleep 0.5
 fi
@@ -37,16 +45,44 @@ done
 $ns --socket "$SOCK" status
 
 echo
-echo "== acquire (what a VM launcher gets)"
-slot=$($ns --socket "$SOCK" acquire --owner demo-vm -o json)
+uplink=$($ns --socket "$SOCK" status -o json | sed -nE 's/.*"uplink":"([^"]*)".*/\1/p')
+if [ -z "$uplink" ]; then
+  echo "(the running netslotd has no uplink: slot traffic stays on the host; restart it to see the datapath)"
+fi
+
+echo
+echo "== a VPC host (10.9.0.1, vni 4242) behind the fabric's VTEP 198.18.0.9"
+$ns lab vtep --tag demo --vni 4242 --ip 10.9.0.1 &
+vtep=$!
+echo
+echo "== acquire, attached to the VPC (what a VM launcher gets)"
+slot=$($ns --socket "$SOCK" acquire --owner demo-vm --vni 4242 --vtep 198.18.0.9 --vpc-ip 10.9.0.5 --vpc-cidr 10.9.0.0/24 -o json)
 echo "$slot"
 id=$(echo "$slot" | sed -E 's/.*"id":"([^"]+)".*/\1/')
-echo
-$ns --socket "$SOCK" show "$id"
+netns=$(echo "$slot" | sed -E 's/.*"netns":"([^"]+)".*/\1/')
 echo
 echo "== inside $id"
 ip netns exec "$id" ip -br addr
 ip netns exec "$id" ip route
+echo
+echo "== a guest on $id's tap0 (a namespace with a kernel network stack, like a VM's)"
+$ns lab guest --netns "$netns" --tag demo &
+guest=$!
+for _ in $(seq 50); do ip netns list | grep -qw gdemo && break; sleep 0.1; done
+sleep 0.3
+cleanup() { kill "$guest" "$vtep" 2>/dev/null || true; wait "$guest" "$vtep" 2>/dev/null || true; }
+trap cleanup EXIT
+echo "-- ping the outside host 198.19.1.1 (stateless NAT to the slot address)"
+ip netns exec gdemo ping -c 3 -i 0.2 198.19.1.1 | tail -2
+echo "-- ping the VPC host 10.9.0.1 (Geneve, vni 4242; the first echo may go to ARP through the tunnel)"
+ip netns exec gdemo ping -c 4 -i 0.2 10.9.0.1 | tail -2
+echo
+$ns --socket "$SOCK" show "$id"
+echo
+echo "-- conntrack entries in the root namespace and in $id (slot traffic is never tracked)"
+echo "root: $(conntrack -L 2>/dev/null | grep -c -e 100.64. -e 172.16.0.2 || true)   $id: $(ip netns exec "$id" conntrack -L 2>/dev/null | grep -c . || true)"
+cleanup
+trap - EXIT
 echo
 echo "== release"
 $ns --socket "$SOCK" release "$id"
@@ -57,3 +93,4 @@ echo
 pid=$(cat /run/netslot/nslot.lock 2>/dev/null || true)
 echo "netslotd keeps running (pid ${pid:-?}). Stop it with: kill ${pid:-<pid>}"
 echo "Then remove every slot with: ./bin/netslotd teardown"
+echo "and the demo fabric with: ./bin/netslot lab fabric --tag demo --remove"

@@ -2,7 +2,11 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
 	"slices"
 	"text/tabwriter"
 	"time"
@@ -11,6 +15,7 @@ import (
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
 	"github.com/netslot/netslot/client"
+	"github.com/netslot/netslot/internal/bench"
 )
 
 // latencies summarises samples.
@@ -29,6 +34,7 @@ func (l latencies) pct(p float64) time.Duration {
 func benchCmd(f *clientFlags) *cobra.Command {
 	var n int
 	var allow []string
+	var vpc bool
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure acquire and release latency through the API of a running daemon",
@@ -50,7 +56,14 @@ It needs one free slot and leaves the pool as it found it.`,
 			for i := 0; i < n; i++ {
 				rctx, cancel := context.WithTimeout(ctx, f.timeout)
 				t0 := time.Now()
-				s, err := c.Acquire(rctx, &netslotv1.AcquireRequest{EgressAllow: allow})
+				req := &netslotv1.AcquireRequest{EgressAllow: allow}
+				if vpc {
+					// A documentation-range VTEP: nothing is sent while the
+					// slot is only acquired and released.
+					req.Vpc = &netslotv1.VpcAttachment{Vni: 4242, RemoteVtep: "198.18.255.254", VpcIp: "10.254.0.5",
+						VpcCidrs: []string{"10.254.0.0/16"}}
+				}
+				s, err := c.Acquire(rctx, req)
 				t1 := time.Now()
 				if err != nil {
 					cancel()
@@ -79,5 +92,77 @@ It needs one free slot and leaves the pool as it found it.`,
 	}
 	cmd.Flags().IntVarP(&n, "count", "n", 1000, "acquire/release cycles")
 	cmd.Flags().StringArrayVar(&allow, "allow", nil, "acquire with this egress allow-list entry (repeatable)")
+	cmd.Flags().BoolVar(&vpc, "vpc", false, "acquire with a VPC attachment (the flip from the dummy VNI)")
+	cmd.AddCommand(benchDatapathCmd(), loadgenCmd())
+	return cmd
+}
+
+// loadgenCmd is the guest-side load generator of bench datapath, run in a
+// guest's namespace.
+func loadgenCmd() *cobra.Command {
+	var mode, dst string
+	var d time.Duration
+	var workers, samples int
+	cmd := &cobra.Command{
+		Use:    "loadgen",
+		Short:  "Generate load from the current network namespace (used by bench datapath)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			to, err := netip.ParseAddrPort(dst)
+			if err != nil {
+				return fmt.Errorf("invalid --dst %q: %w", dst, err)
+			}
+			r, err := bench.Load(cmd.Context(), mode, to, d, workers, samples)
+			if err != nil {
+				return err
+			}
+			return json.NewEncoder(cmd.OutOrStdout()).Encode(r)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&mode, "mode", "rtt", "cps, pps or rtt")
+	fl.StringVar(&dst, "dst", "", "server address:port")
+	fl.DurationVar(&d, "duration", 5*time.Second, "length of a cps or pps run")
+	fl.IntVar(&workers, "workers", 16, "concurrency")
+	fl.IntVar(&samples, "samples", 1000, "round trips of an rtt run")
+	return cmd
+}
+
+func benchDatapathCmd() *cobra.Command {
+	o := bench.DatapathOptions{}
+	cmd := &cobra.Command{
+		Use:   "datapath",
+		Short: "Measure the eBPF datapath against the replaced design (double NAT, conntrack, per-slot root rules), side by side",
+		Long: `datapath builds its own lab (run as root; no daemon needed): a test fabric
+namespace behind an uplink veth, a netslot pool of --slots slots on it, and
+the replaced design beside it (MASQUERADE in the slot and again in the root
+namespace with conntrack, 30 root iptables rules per slot, written for
+--slots slots). Guests with a real network stack sit on slot 0 and slot N-1
+of each. It measures TCP connections per second, UDP request rate and round
+trips, in rounds that alternate the designs, prints a table and removes
+everything it made. Traffic stays inside namespaces it created.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.Log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			o.Loadgen = []string{exe, "bench", "loadgen"}
+			res, err := bench.RunDatapath(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			res.Write(cmd.OutOrStdout())
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&o.Slots, "slots", 4000, "pool size (and the replaced design's rule count / 30)")
+	fl.IntVar(&o.Rounds, "rounds", 3, "measurement rounds, alternating the designs")
+	fl.DurationVar(&o.Duration, "duration", 5*time.Second, "length of each throughput measurement")
+	fl.IntVar(&o.RTTSamples, "rtt-samples", 1000, "round trips per guest and round")
+	fl.IntVar(&o.Workers, "workers", 16, "concurrent connections or requests in flight")
 	return cmd
 }

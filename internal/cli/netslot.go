@@ -43,7 +43,7 @@ func Netslot() *cobra.Command {
 	root.PersistentFlags().StringVar(&f.socket, "socket", client.DefaultSocket, "netslotd's unix socket")
 	root.PersistentFlags().StringVarP(&f.output, "output", "o", "table", "output format: table or json")
 	root.PersistentFlags().DurationVar(&f.timeout, "timeout", 10*time.Second, "deadline of each request")
-	root.AddCommand(statusCmd(f), acquireCmd(f), releaseCmd(f), listCmd(f), showCmd(f), benchCmd(f))
+	root.AddCommand(statusCmd(f), acquireCmd(f), releaseCmd(f), listCmd(f), showCmd(f), benchCmd(f), labCmd())
 	return root
 }
 

@@ -43,6 +43,16 @@ var (
 // NetnsPath is the fabric namespace's pin.
 func (f *Fabric) NetnsPath() string { return "/run/netns/" + f.Name }
 
+// FabricNamed describes the fabric of tag (existing or not): its names
+// and addresses.
+func FabricNamed(tag string) *Fabric {
+	return &Fabric{
+		Name: "f" + tag, Uplink: "u" + tag,
+		Underlay: netip.MustParseAddr("198.18.0.2"), Gateway: netip.MustParseAddr("198.18.0.1"),
+		VTEP: netip.MustParseAddr("198.18.0.9"), Outside: netip.MustParseAddr("198.19.1.1"),
+	}
+}
+
 // ErrRangeInUse: the host routes a range the fabric would use.
 var ErrRangeInUse = errors.New("fabric range in use by the host")
 
@@ -52,11 +62,7 @@ func NewFabric(tag string, slotCIDR netip.Prefix) (*Fabric, error) {
 	if err := refuseRouted(FabricNet, FabricOutside); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrRangeInUse, err)
 	}
-	f := &Fabric{
-		Name: "f" + tag, Uplink: "u" + tag,
-		Underlay: netip.MustParseAddr("198.18.0.2"), Gateway: netip.MustParseAddr("198.18.0.1"),
-		VTEP: netip.MustParseAddr("198.18.0.9"), Outside: netip.MustParseAddr("198.19.1.1"),
-	}
+	f := FabricNamed(tag)
 	if err := netns.EnsureDir("/run/netns"); err != nil {
 		return nil, err
 	}
