@@ -11,8 +11,8 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"strconv"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
