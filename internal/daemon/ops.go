@@ -74,7 +74,13 @@ func (d *Daemon) Acquire(req AcquireRequest) (SlotInfo, error) {
 	d.setLease(i, l)
 	d.pool.CommitTake(i)
 	d.Metrics.AcquireSeconds.WithLabelValues(kind).Observe(time.Since(start).Seconds())
-	return SlotInfo{Index: i, ID: d.cfg.ID(i), State: pool.Leased, Lease: l}, nil
+	// What the datapath now holds, known without reading it back; the
+	// counters were zeroed by the last scrub.
+	dp := &DatapathInfo{VNI: uint32(slot.DummyVNIBase + i), Dummy: true, VPCMAC: d.cfg.VPCMAC(i).String()}
+	if req.VPC != nil {
+		dp.VNI, dp.Dummy = req.VPC.VNI, false
+	}
+	return SlotInfo{Index: i, ID: d.cfg.ID(i), State: pool.Leased, Lease: l, Datapath: dp}, nil
 }
 
 // abortAcquire undoes the lease record of a failed acquire of slot i and
