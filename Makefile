@@ -1,7 +1,7 @@
 GO ?= /usr/local/go/bin/go
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build demo test unit generate bench clean
+.PHONY: all build demo test unit generate bench bench-datapath clean
 
 all: build
 
@@ -28,7 +28,13 @@ generate:
 # Boot, restart, latency, idle CPU, memory and rule counts at 4,000 slots.
 bench:
 	./scripts/bench-pool.sh 4000
-	$(GO) test -p 1 -run '^$$' -bench . -benchtime 2000x ./internal/daemon
+	$(GO) test -p 1 -run '^$$' -bench . -benchtime 2000x ./internal/daemon ./internal/datapath
+
+# The eBPF datapath against the replaced design, side by side (root).
+bench-datapath:
+	./scripts/deps.sh
+	$(GO) build -o bin/ ./cmd/netslotd ./cmd/netslot
+	./bin/netslot bench datapath --slots 4000 --rounds 5
 
 clean:
 	rm -rf bin

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 
@@ -55,6 +56,10 @@ func (d *Daemon) setupDatapath() error {
 		r := links.UplinkRoute{Prefix: d.cfg.Prefix, Uplink: d.opts.Uplink, Gateway: d.opts.UplinkGateway, GuestCIDR: d.cfg.GuestCIDR}
 		if err := r.Apply(); err != nil {
 			return err
+		}
+		if l, err := net.InterfaceByName(d.opts.Uplink); err == nil && l.MTU < 1500+datapath.EncapOverhead {
+			d.log.Warn("the uplink's MTU leaves no room for Geneve headers over a 1500-byte guest MTU: full-size VPC packets will be dropped",
+				"uplink", d.opts.Uplink, "mtu", l.MTU, "want_at_least", 1500+datapath.EncapOverhead)
 		}
 	}
 	dp, err := datapath.Open(datapath.Config{

@@ -12,7 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/firewall"
+	nslinks "github.com/netslot/netslot/internal/links"
 	"github.com/netslot/netslot/internal/slot"
 	"github.com/netslot/netslot/internal/testutil"
 )
@@ -237,5 +241,143 @@ func TestDatapathNATAndGeneveThroughFabric(t *testing.T) {
 	got, _ = p.D.Get(info.ID)
 	if !got.Datapath.Dummy || got.Datapath.TxPackets != 0 {
 		t.Errorf("after release: %+v, want the dummy vni and zeroed counters", got.Datapath)
+	}
+}
+
+// kernelObjects counts what an acquire must not create: root-namespace
+// links, root nftables rules and loaded BPF programs.
+func kernelObjects(t *testing.T) (links, rules, progs int) {
+	t.Helper()
+	ls, err := nslinks.RootLinks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := firewall.CountRules()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id ebpf.ProgramID
+	for {
+		next, err := ebpf.ProgramGetNextID(id)
+		if err != nil {
+			break
+		}
+		progs++
+		id = next
+	}
+	return len(ls), n, progs
+}
+
+// Isolation with real packets, and what an attach creates: nothing but map
+// entries.
+func TestDatapathIsolationAndAttachCreatesNothing(t *testing.T) {
+	p, fab, tag := datapathPool(t, 3)
+	serveOutside(t, fab)
+	att := func(vni uint32, ip string) *slot.Attachment {
+		a, err := slot.ParseAttachment(vni, fab.VTEP.String(), ip, []string{"10.9.0.0/24"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	l0, r0, p0 := kernelObjects(t)
+	a, err := p.D.Acquire(daemon.AcquireRequest{VPC: att(100, "10.9.0.5")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.D.Acquire(daemon.AcquireRequest{VPC: att(200, "10.9.0.6")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l1, r1, p1 := kernelObjects(t); l1 != l0 || r1 != r0 || p1 != p0 {
+		t.Errorf("acquire with a VPC created kernel objects: links %d->%d, root rules %d->%d, bpf programs %d->%d", l0, l1, r0, r1, p0, p1)
+	}
+	// The same VPC address on the same VNI is refused.
+	if _, err := p.D.Acquire(daemon.AcquireRequest{VPC: att(100, "10.9.0.5")}); err == nil {
+		t.Error("a second slot took 10.9.0.5 on vni 100")
+	}
+
+	ga := testutil.NewGuestNS(t, tag+"a", p.Config.NetnsPath(a.Index), p.Config)
+	gb := testutil.NewGuestNS(t, tag+"b", p.Config.NetnsPath(b.Index), p.Config)
+	// Guest A cannot reach slot B, not even by its slot address (which the
+	// fabric would route back to the host).
+	if n := ping(t, ga.Name, p.Config.SlotIP(b.Index), 3); n != 0 {
+		t.Errorf("guest A reached slot B's address: %d replies", n)
+	}
+	if got, _ := p.D.Get(a.ID); got.Datapath.Drops["slot_to_slot"] == 0 {
+		t.Errorf("no slot_to_slot drop counted: %+v", got.Datapath)
+	}
+	// Nor the host's own addresses.
+	if n := ping(t, ga.Name, fab.Underlay, 2); n != 0 {
+		t.Errorf("guest A reached the host's underlay address: %d replies", n)
+	}
+
+	// Geneve from the VTEP with slot A's VNI and slot B's inner address is
+	// not delivered to B; with B's VNI it is.
+	var c *net.UDPConn
+	if err := testutil.InNS(fab.NetnsPath(), func() error {
+		var err error
+		c, err = net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(fab.VTEP, 6081)),
+			net.UDPAddrFromAddrPort(netip.AddrPortFrom(fab.Underlay, 6081)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	listen := func(g *testutil.GuestNS) *net.UDPConn {
+		var l *net.UDPConn
+		if err := g.Do(func() error {
+			var err error
+			l, err = net.ListenUDP("udp4", &net.UDPAddr{Port: 5555})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	lb := listen(gb)
+	defer lb.Close()
+	send := func(vni uint32, dst string) {
+		frame := testutil.InnerUDP(net.HardwareAddr{0x02, 0x76, 0x70, 0x63, 0, 1}, p.Config.VPCMAC(b.Index),
+			vpcHost, netip.MustParseAddr(dst), 5555, []byte("for b"))
+		if _, err := c.Write(testutil.Geneve(vni, frame)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := p.D.UnattributedDrops()["unknown_dst"]
+	send(100, "10.9.0.6") // slot A's VNI, slot B's address
+	lb.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	buf := make([]byte, 64)
+	if n, err := lb.Read(buf); err == nil {
+		t.Errorf("slot B got %q sent on slot A's VNI", buf[:n])
+	}
+	if after := p.D.UnattributedDrops()["unknown_dst"]; after != before+1 {
+		t.Errorf("unknown_dst drops %d -> %d, want one more", before, after)
+	}
+	send(200, "10.9.0.6") // B's own VNI: delivered
+	lb.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if n, err := lb.Read(buf); err != nil || string(buf[:n]) != "for b" {
+		t.Errorf("slot B on its own VNI: %q, %v", buf[:n], err)
+	}
+
+	// The counters reach the metrics endpoint.
+	mfs, err := p.D.Metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, mf := range mfs {
+		if mf.GetName() == "netslot_slot_packets_total" {
+			for _, m := range mf.GetMetric() {
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == "slot" && lp.GetValue() == b.ID && m.GetCounter().GetValue() > 0 {
+						found = true
+					}
+				}
+			}
+		}
+	}
+	if !found {
+		t.Errorf("netslot_slot_packets_total has no traffic for %s", b.ID)
 	}
 }

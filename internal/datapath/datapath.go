@@ -30,6 +30,10 @@ const DummyVNIBase = slot.DummyVNIBase
 // MaxSlots is the largest pool the dummy VNI range covers.
 const MaxSlots = slot.MaxVNI + 1 - DummyVNIBase
 
+// EncapOverhead is what Geneve adds to a guest's frame on the underlay:
+// outer IPv4, UDP, Geneve and inner Ethernet headers.
+const EncapOverhead = 20 + 8 + 8 + 14
+
 // vpcRoutesPerSlot bounds the VPC CIDRs of one attachment (the LPM trie is
 // sized for it; its nodes are allocated on use).
 const vpcRoutesPerSlot = 256
