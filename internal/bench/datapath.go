@@ -256,7 +256,7 @@ func (r *DatapathResult) Write(w io.Writer) {
 	fmt.Fprintf(w, "| UDP requests/s answered, slot 0 (2 packets each) | %.0f (%s) | %.0f (%s) | %.2fx |\n", bp, spread(r.BasePPS), op, spread(r.OursPPS), op/bp)
 	row := func(name string, base, ours []time.Duration) {
 		b, a := sortedCopy(base), sortedCopy(ours)
-		fmt.Fprintf(w, "| UDP round trip, %s: p50 / p99 | %s / %s | %s / %s | %.2fx |\n", name,
+		fmt.Fprintf(w, "| UDP round trip, %s: p50 / p99 | %s / %s | %s / %s | %.3gx |\n", name,
 			us(percentile(b, 0.5)), us(percentile(b, 0.99)), us(percentile(a, 0.5)), us(percentile(a, 0.99)),
 			float64(percentile(a, 0.5))/float64(percentile(b, 0.5)))
 	}
