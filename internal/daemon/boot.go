@@ -382,7 +382,7 @@ func (d *Daemon) checkSlot(i int) (func() error, error) {
 	d.mu.Lock()
 	host := d.hostIdx[i]
 	d.mu.Unlock()
-	if err := links.VerifyHost(d.rootSys, d.cfg, i, host); err != nil {
+	if err := links.VerifyHost(d.rootSys, d.cfg, i, host, d.opts.Uplink != ""); err != nil {
 		return nil, err
 	}
 	fd, err := netns.Open(d.cfg.NetnsPath(i))
@@ -442,7 +442,7 @@ func (d *Daemon) buildSlot(root *netlink.Handle, rootFD, i int, egress []netip.P
 		return nil, errors.Join(err, rerr)
 	}
 	if err == nil {
-		err = links.FinishHost(root, d.rootSys, d.cfg, i, hostIndex)
+		err = links.FinishHost(root, d.rootSys, d.cfg, i, hostIndex, d.opts.Uplink != "")
 	}
 	if err == nil {
 		d.setHostIndex(i, hostIndex)

@@ -381,3 +381,91 @@ func TestDatapathIsolationAndAttachCreatesNothing(t *testing.T) {
 		t.Errorf("netslot_slot_packets_total has no traffic for %s", b.ID)
 	}
 }
+
+// sideNet is a network the host routes through a device other than the
+// uplink: a namespace behind a veth, holding 198.19.77.1, with the root
+// namespace routing 198.19.77.0/24 there. Slot traffic must never take it.
+func sideNet(t *testing.T, tag string) (ns string, listen func() *net.UDPConn) {
+	t.Helper()
+	ns = "s" + tag
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	run("ip", "netns", "add", ns)
+	t.Cleanup(func() {
+		exec.Command("ip", "link", "del", "v"+tag).Run()
+		exec.Command("ip", "netns", "del", ns).Run()
+	})
+	run("ip", "link", "add", "v"+tag, "type", "veth", "peer", "name", "side0", "netns", ns)
+	run("ip", "addr", "add", "198.18.77.2/24", "dev", "v"+tag)
+	run("ip", "link", "set", "v"+tag, "up")
+	run("ip", "route", "add", "198.19.77.0/24", "via", "198.18.77.1")
+	for _, a := range [][]string{
+		{"ip", "link", "set", "lo", "up"}, {"ip", "link", "set", "side0", "up"},
+		{"ip", "addr", "add", "198.18.77.1/24", "dev", "side0"}, {"ip", "addr", "add", "198.19.77.1/32", "dev", "lo"},
+	} {
+		run(append([]string{"ip", "netns", "exec", ns}, a...)...)
+	}
+	return ns, func() *net.UDPConn {
+		var c *net.UDPConn
+		if err := testutil.InNS("/run/netns/"+ns, func() error {
+			var err error
+			c, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(198, 19, 77, 1), Port: 9})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+}
+
+// TestSlotTrafficLeavesOnlyThroughUplink sends guest traffic to a
+// destination the host routes through another device: with no uplink it
+// does not leave the host at all, with one it leaves through the uplink
+// (where the fabric has no route for it), never through the host's own
+// routes.
+func TestSlotTrafficLeavesOnlyThroughUplink(t *testing.T) {
+	for _, withUplink := range []bool{false, true} {
+		t.Run(fmt.Sprintf("uplink=%v", withUplink), func(t *testing.T) {
+			var p *testutil.Pool
+			var tag string
+			if withUplink {
+				p, _, tag = datapathPool(t, 2)
+			} else {
+				p = testutil.StartPool(t, 2)
+				tag = p.Config.Prefix[1:]
+			}
+			_, listen := sideNet(t, tag)
+			side := listen()
+			defer side.Close()
+			info, err := p.D.Acquire(daemon.AcquireRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			g := testutil.NewGuestNS(t, tag, p.Config.NetnsPath(info.Index), p.Config)
+			c, err := g.Dial("udp4", netip.MustParseAddrPort("198.19.77.1:9"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			for range 5 {
+				c.Write([]byte("must not arrive"))
+			}
+			side.SetReadDeadline(time.Now().Add(time.Second))
+			buf := make([]byte, 64)
+			if n, from, err := side.ReadFrom(buf); err == nil {
+				t.Fatalf("slot traffic left through the host's own route: %q from %v", buf[:n], from)
+			}
+			got, _ := p.D.Get(info.ID)
+			if withUplink && got.Datapath.TxPackets != 5 {
+				t.Errorf("with an uplink the 5 datagrams should have left through it: %+v", got.Datapath)
+			}
+			if !withUplink && got.Datapath.TxPackets != 0 {
+				t.Errorf("with no uplink nothing should reach the datapath: %+v", got.Datapath)
+			}
+		})
+	}
+}

@@ -47,19 +47,27 @@ func setDevConf(ifindex int) error {
 	return nil
 }
 
-// setHostDevConf enables IPv4 forwarding on a host veth (slot traffic is
-// routed from it to the uplink) and turns reverse-path filtering off on it:
-// every slot's traffic carries the same guest source address, which the
-// root namespace cannot route back to any one veth. (The kernel applies the
-// larger of this and net.ipv4.conf.all.rp_filter; see checkRPFilter.)
-func setHostDevConf(ifindex int) error {
+// SetHostDevConf sets a host veth's IPv4 forwarding (on only when the
+// pool has an uplink: slot traffic is routed from the veth to it; with no
+// uplink the root namespace refuses to route slot traffic at all, besides
+// the root table's drop rules) and turns reverse-path filtering off: every
+// slot's traffic carries the same guest source address, which the root
+// namespace cannot route back to any one veth. (The kernel applies the
+// larger of this and net.ipv4.conf.all.rp_filter; netslotd refuses strict
+// mode.) It runs in the calling thread's namespace, which must be the root
+// namespace.
+func SetHostDevConf(ifindex int, forward bool) error {
+	fwd := uint32(0)
+	if forward {
+		fwd = 1
+	}
 	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
 	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
 	msg.Index = int32(ifindex)
 	req.AddData(msg)
 	af := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
 	conf := af.AddRtAttr(unix.AF_INET, nil).AddRtAttr(unix.IFLA_INET_CONF, nil)
-	conf.AddRtAttr(ipv4DevconfForwarding, nl.Uint32Attr(1))
+	conf.AddRtAttr(ipv4DevconfForwarding, nl.Uint32Attr(fwd))
 	conf.AddRtAttr(ipv4DevconfRPFilter, nl.Uint32Attr(0))
 	req.AddData(af)
 	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {

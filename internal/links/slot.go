@@ -104,12 +104,12 @@ func Build(h *netlink.Handle, rootFD int, c slot.Config, i int) (hostIndex int, 
 //
 // The device is addressed by index: a lookup by name would make the kernel
 // resolve the veth's peer namespace id, a walk over every slot namespace.
-func FinishHost(root *netlink.Handle, rootSys SysctlDir, c slot.Config, i, hostIndex int) error {
+func FinishHost(root *netlink.Handle, rootSys SysctlDir, c slot.Config, i, hostIndex int, forward bool) error {
 	name := c.HostVeth(i)
 	if err := rootSys.Set(name+"/disable_ipv6", "1"); err != nil {
 		return err
 	}
-	if err := setHostDevConf(hostIndex); err != nil {
+	if err := SetHostDevConf(hostIndex, forward); err != nil {
 		return err
 	}
 	if err := root.LinkSetUp(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: hostIndex, Name: name}}); err != nil {
@@ -148,14 +148,21 @@ func defaultRoute(ifindex int) *netlink.Route {
 }
 
 // VerifyHost checks slot i's host veth (ifindex hostIndex) settings that a
-// root-namespace dump does not show.
-func VerifyHost(rootSys SysctlDir, c slot.Config, i, hostIndex int) error {
+// root-namespace dump does not show, and sets its forwarding to forward:
+// a restart may add or remove the uplink, which must not rebuild slots that
+// VMs are using.
+func VerifyHost(rootSys SysctlDir, c slot.Config, i, hostIndex int, forward bool) error {
 	conf, err := readDevConf(hostIndex)
 	if err != nil {
 		return err
 	}
-	if !conf.forwarding || conf.rpFilter != 0 {
-		return damaged("%s forwarding=%t rp_filter=%d", c.HostVeth(i), conf.forwarding, conf.rpFilter)
+	if conf.rpFilter != 0 {
+		return damaged("%s rp_filter=%d", c.HostVeth(i), conf.rpFilter)
+	}
+	if conf.forwarding != forward {
+		if err := SetHostDevConf(hostIndex, forward); err != nil {
+			return err
+		}
 	}
 	v, err := rootSys.Get(c.HostVeth(i) + "/disable_ipv6")
 	if err != nil {
