@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"net"
+	"os"
+	"path/filepath"
 	"net/netip"
 	"os/exec"
 	"regexp"
@@ -106,5 +108,32 @@ func TestDatapathKeepsForwardingThroughKill9(t *testing.T) {
 	}
 	if enc, _ := strconv.Atoi(m[2]); enc < count {
 		t.Errorf("encapsulated counter %d after %d echo requests to the VPC", enc, count)
+	}
+}
+
+// TestBenchDatapathQuick runs the datapath benchmark at a tiny size: the
+// harness works, cleans up, and reports what the design promises (no
+// timing is asserted: this machine is shared).
+func TestBenchDatapathQuick(t *testing.T) {
+	testutil.RequireRoot(t)
+	out, err := run(filepath.Join(binDir, "netslot"), "bench", "datapath", "--slots", "50", "--rounds", "1",
+		"--duration", "1s", "--rtt-samples", "50", "--workers", "4")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	t.Log(out)
+	for _, want := range []string{"| TCP connections/s, slot 0", "| UDP round trip, slot 49", "| root-namespace rules | 1503 | 5 |"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if !regexp.MustCompile(`\| conntrack entries left by the run \| [1-9]\d* \| 0 \|`).MatchString(out) {
+		t.Errorf("want conntrack entries for the replaced design and none for netslot")
+	}
+	ents, _ := os.ReadDir("/run/netns")
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "nb") || strings.HasPrefix(e.Name(), "bq") {
+			t.Errorf("bench left namespace %s", e.Name())
+		}
 	}
 }
