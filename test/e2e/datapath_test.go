@@ -2,10 +2,10 @@ package e2e
 
 import (
 	"net"
-	"os"
-	"path/filepath"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
