@@ -74,6 +74,12 @@ enum drop_reason {
 	DROP_REWRITE,            /* a helper failed (truncated L4, GSO limits) */
 	DROP_NO_SLOT,            /* to a slot address that is not a slot */
 	DROP_SLOT_TO_SLOT,       /* a guest to another slot's address */
+	DROP_GENEVE_OAM,         /* control message (O bit): not for a guest */
+	DROP_GENEVE_CRITICAL,    /* critical options (C bit): none understood */
+	DROP_GENEVE_FRAGMENT,    /* fragmented Geneve: never reassembled here */
+	DROP_TOO_BIG,            /* encapsulated packet over the uplink's MTU */
+	DROP_PEER_UNKNOWN,       /* VPC peer MAC unknown and no ARP possible */
+	DROP_UNREGISTERED,       /* guest-sourced from a veth not (yet) a slot */
 	DROP_REASONS,
 };
 
@@ -118,9 +124,15 @@ struct tunnel_info {
 
 /* The VPC side's MAC as seen by a slot: given at attach or learned from
  * frames the slot receives through the tunnel. */
+/* Learned for (vni, remote): a MAC learned under an earlier attachment is
+ * never used by a later one, even if a packet in flight during the release
+ * wrote it after the release cleared it. */
 struct peer_info {
 	__u8 mac[6];
 	__u16 known;
+	__u32 vni;
+	__be32 remote;
+	__u64 asked_ns;       /* last ARP request sent for this slot */
 };
 
 struct vni_key {
@@ -321,6 +333,58 @@ static __always_inline int rewrite_ip(struct __sk_buff *skb, __u32 l3_off,
 	return 0;
 }
 
+/*
+ * ICMP errors (destination unreachable, time exceeded, parameter problem)
+ * carry the header of the packet they answer, which holds the other side
+ * of the translation: the slot (or VPC) address as source in an error
+ * coming in, the guest address as destination in one going out. Rewrite
+ * it too, with the embedded header's checksum and the ICMP checksum, or
+ * the guest cannot match the error to its socket (path MTU discovery
+ * breaks). The embedded transport checksum is left alone: nobody checks a
+ * truncated copy.
+ */
+static __always_inline int rewrite_icmp_inner(struct __sk_buff *skb, __u32 l4_off, __be32 old, __be32 new,
+					      bool inner_src)
+{
+	struct {
+		__u8 type;
+		__u8 code;
+		__sum16 check;
+		__u32 rest;
+	} icmp;
+	struct iphdr in;
+	__u32 in_off = l4_off + 8;
+	__sum16 new_check;
+
+	if (bpf_skb_load_bytes(skb, l4_off, &icmp, sizeof(icmp)))
+		return 0;
+	if (icmp.type != 3 && icmp.type != 11 && icmp.type != 12)
+		return 0;
+	if (bpf_skb_load_bytes(skb, in_off, &in, sizeof(in)))
+		return 0; /* too short to hold a header: nothing to translate */
+	if ((inner_src ? in.saddr : in.daddr) != old)
+		return 0;
+	if (bpf_l3_csum_replace(skb, in_off + offsetof(struct iphdr, check), old, new, sizeof(new)) ||
+	    bpf_skb_load_bytes(skb, in_off + offsetof(struct iphdr, check), &new_check, sizeof(new_check)) ||
+	    bpf_l4_csum_replace(skb, l4_off + 2, old, new, sizeof(new)) ||
+	    bpf_l4_csum_replace(skb, l4_off + 2, in.check, new_check, sizeof(new_check)) ||
+	    bpf_skb_store_bytes(skb, in_off + (inner_src ? offsetof(struct iphdr, saddr) : offsetof(struct iphdr, daddr)),
+				&new, sizeof(new), 0))
+		return -1;
+	return 0;
+}
+
+/* rewrite_ip, and the embedded header of an ICMP error. */
+static __always_inline int nat(struct __sk_buff *skb, __u32 l3_off, __u32 l4_off, __u8 proto, bool l4,
+			       __be32 old, __be32 new, bool dst)
+{
+	if (rewrite_ip(skb, l3_off, l4_off, proto, l4, old, new, dst))
+		return -1;
+	if (proto == IPPROTO_ICMP && l4)
+		return rewrite_icmp_inner(skb, l4_off, old, new, dst);
+	return 0;
+}
+
 /* Set the Ethernet header for delivery into slot s and hand the packet to
  * its eth0. */
 static __always_inline int deliver(struct __sk_buff *skb, __u32 idx, const struct slot_info *s,
@@ -397,16 +461,23 @@ static __always_inline int answer_arp(struct __sk_buff *skb, __u32 idx, __u32 l3
 	return bpf_redirect(cfg->uplink_ifindex, 0);
 }
 
-static __always_inline void learn_peer(__u32 idx, const __u8 *mac)
+static __always_inline void learn_peer(__u32 idx, const struct tunnel_info *t, const __u8 *mac)
 {
 	struct peer_info *p = bpf_map_lookup_elem(&peers, &idx);
 
 	if (!p || (mac[0] & 1))
 		return;
-	if (p->known && mac_eq(p->mac, mac))
+	if (p->known && p->vni == t->vni && p->remote == t->remote_ip && mac_eq(p->mac, mac))
 		return;
 	__builtin_memcpy(p->mac, mac, ETH_ALEN);
+	p->vni = t->vni;
+	p->remote = t->remote_ip;
 	p->known = 1;
+}
+
+static __always_inline bool peer_known(const struct peer_info *p, const struct tunnel_info *t)
+{
+	return p && p->known && p->vni == t->vni && p->remote == t->remote_ip;
 }
 
 /* Geneve to the underlay address: everything below either delivers into a
@@ -432,6 +503,12 @@ static __always_inline int geneve_ingress(struct __sk_buff *skb, const struct po
 		return drop(none, DROP_GENEVE_TRUNCATED);
 	if (g.ver_optlen >> 6)
 		return drop(none, DROP_GENEVE_VERSION);
+	/* RFC 8926 3.4: O marks a control message, not for a tenant; C marks
+	 * critical options, and this endpoint understands none. */
+	if (g.flags & 0x80)
+		return drop(none, DROP_GENEVE_OAM);
+	if (g.flags & 0x40)
+		return drop(none, DROP_GENEVE_CRITICAL);
 	optlen = (g.ver_optlen & 0x3f) * 4;
 	inner_off = udp_off + sizeof(struct udphdr) + GENEVE_HLEN + optlen;
 	if (skb->len < inner_off)
@@ -470,7 +547,7 @@ static __always_inline int geneve_ingress(struct __sk_buff *skb, const struct po
 			return drop(idx, DROP_WRONG_VTEP);
 		if (arp.sha[0] & 1)
 			return drop(idx, DROP_INNER_OTHER);
-		learn_peer(idx, arp.sha);
+		learn_peer(idx, t, arp.sha);
 		if (arp.hdr.ar_op == bpf_htons(ARPOP_REQUEST))
 			return answer_arp(skb, idx, l3_off, inner_off, &g, &arp, t);
 		if (arp.hdr.ar_op == bpf_htons(ARPOP_REPLY)) {
@@ -510,7 +587,7 @@ static __always_inline int geneve_ingress(struct __sk_buff *skb, const struct po
 		return drop(idx, DROP_WRONG_VTEP);
 	if (!mac_eq(g.inner.h_dest, t->vpc_mac))
 		return drop(idx, DROP_INNER_MAC);
-	learn_peer(idx, g.inner.h_source);
+	learn_peer(idx, t, g.inner.h_source);
 
 	/* Take off outer IPv4, UDP, Geneve and the inner Ethernet header; the
 	 * outer Ethernet header stays and is rewritten for the slot. */
@@ -518,7 +595,7 @@ static __always_inline int geneve_ingress(struct __sk_buff *skb, const struct po
 		return drop(idx, DROP_REWRITE);
 	__u32 in_l4 = l3_off + ip.ihl * 4;
 	bool l4 = !(ip.frag_off & bpf_htons(IP_OFFMASK));
-	if (rewrite_ip(skb, l3_off, in_l4, ip.protocol, l4, ip.daddr, cfg->guest_ip, true))
+	if (nat(skb, l3_off, in_l4, ip.protocol, l4, ip.daddr, cfg->guest_ip, true))
 		return drop(idx, DROP_REWRITE);
 	return deliver(skb, idx, s, true);
 }
@@ -551,15 +628,20 @@ int uplink_ingress(struct __sk_buff *skb)
 	if (ihl < sizeof(*ip))
 		return TCX_NEXT;
 
-	if (ip->daddr == cfg->underlay_ip && ip->protocol == IPPROTO_UDP &&
-	    !(ip->frag_off & bpf_htons(IP_OFFMASK | 0x2000))) {
+	if (ip->daddr == cfg->underlay_ip && ip->protocol == IPPROTO_UDP) {
 		struct udphdr udp;
 
+		if (ip->frag_off & bpf_htons(IP_OFFMASK))
+			return TCX_NEXT; /* a later fragment: no UDP header to tell */
 		if (bpf_skb_load_bytes(skb, l3_off + ihl, &udp, sizeof(udp)))
 			return TCX_NEXT;
-		if (udp.dest == bpf_htons(GENEVE_PORT))
-			return geneve_ingress(skb, cfg, l3_off, ihl);
-		return TCX_NEXT;
+		if (udp.dest != bpf_htons(GENEVE_PORT))
+			return TCX_NEXT;
+		/* Our own tunnels leave with DF; a peer's fragments would need
+		 * reassembly, which nothing here does. */
+		if (ip->frag_off & bpf_htons(0x2000))
+			return drop(cfg->slot_count, DROP_GENEVE_FRAGMENT);
+		return geneve_ingress(skb, cfg, l3_off, ihl);
 	}
 
 	idx = slot_of_ip(cfg, ip->daddr);
@@ -573,7 +655,7 @@ int uplink_ingress(struct __sk_buff *skb)
 	__be32 old = ip->daddr;
 	__u8 proto = ip->protocol;
 	bool l4 = !(ip->frag_off & bpf_htons(IP_OFFMASK));
-	if (rewrite_ip(skb, l3_off, l3_off + ihl, proto, l4, old, cfg->guest_ip, true))
+	if (nat(skb, l3_off, l3_off + ihl, proto, l4, old, cfg->guest_ip, true))
 		return drop(idx, DROP_REWRITE);
 	return deliver(skb, idx, s, false);
 }
@@ -586,13 +668,22 @@ static __always_inline __be16 flow_port(struct __sk_buff *skb)
 	return bpf_htons((__u16)(((__u64)hash * (65535 - 49152 + 1)) >> 32) + 49152);
 }
 
+#define ARP_INTERVAL_NS (100 * 1000 * 1000)
+
 /*
  * The peer's MAC is not known yet: turn the packet into an ARP request for
- * its destination, to go through the tunnel in its place (the packet is lost,
- * as when a neighbour queue is full; the answer teaches the peer's MAC).
+ * its destination, to go through the tunnel in its place (the packet is
+ * lost, as when a neighbour queue is full; the answer teaches the peer's
+ * MAC). At most one request per slot every ARP_INTERVAL_NS.
+ *
+ * The request is inserted in front of the IP header and what follows is
+ * cut down to the transport header, never below: a guest that left its
+ * checksum to offload (CHECKSUM_PARTIAL, as virtio guests do) has it
+ * written later into the frame's trailer, not into the request, and the
+ * kernel refuses to trim below that checksum anyway.
  */
-static __always_inline int to_arp_request(struct __sk_buff *skb, __u32 idx,
-					  const struct tunnel_info *t, __be32 target)
+static __always_inline int to_arp_request(struct __sk_buff *skb, __u32 idx, const struct tunnel_info *t,
+					  const struct iphdr *ip, __u32 ihl, struct peer_info *p)
 {
 	struct arp_ipv4 arp = {
 		.hdr = {
@@ -603,15 +694,26 @@ static __always_inline int to_arp_request(struct __sk_buff *skb, __u32 idx,
 			.ar_op = bpf_htons(ARPOP_REQUEST),
 		},
 		.spa = t->vpc_ip,
-		.tpa = target,
+		.tpa = ip->daddr,
 	};
 	__be16 proto = bpf_htons(ETH_P_ARP);
+	__u64 now = bpf_ktime_get_ns();
+	__u32 keep;
 
+	if (!p || skb->gso_size)
+		return -1; /* a flow's first packet is never a GSO one */
+	if (p->asked_ns && now - p->asked_ns < ARP_INTERVAL_NS)
+		return -1;
 	__builtin_memcpy(arp.sha, t->vpc_mac, ETH_ALEN);
-	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(arp), 0) ||
-	    bpf_skb_store_bytes(skb, ETH_HLEN, &arp, sizeof(arp), 0) ||
+	keep = ETH_HLEN + sizeof(arp) + ihl + (ip->protocol == IPPROTO_TCP ? sizeof(struct tcphdr) : 8);
+	if (bpf_skb_adjust_room(skb, sizeof(arp), BPF_ADJ_ROOM_MAC, 0))
+		return -1;
+	if (skb->len > keep && bpf_skb_change_tail(skb, keep, 0))
+		return -1;
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, &arp, sizeof(arp), 0) ||
 	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &proto, sizeof(proto), 0))
 		return -1;
+	p->asked_ns = now;
 	struct slot_stats *st = get_stats(idx);
 	if (st)
 		st->arp_requests++;
@@ -652,16 +754,15 @@ static __always_inline int encap(struct __sk_buff *skb, const struct pool_config
 
 	sport = flow_port(skb);
 	p = bpf_map_lookup_elem(&peers, &idx);
-	if (p && p->known) {
+	if (peer_known(p, t)) {
 		bool l4 = !(ip->frag_off & bpf_htons(IP_OFFMASK));
-		if (rewrite_ip(skb, ETH_HLEN, ETH_HLEN + ihl, ip->protocol, l4, ip->saddr,
-			       t->vpc_ip, false))
+		if (nat(skb, ETH_HLEN, ETH_HLEN + ihl, ip->protocol, l4, ip->saddr, t->vpc_ip, false))
 			return drop(idx, DROP_REWRITE);
 		__builtin_memcpy(g.inner.h_dest, p->mac, ETH_ALEN);
 		g.inner.h_proto = bpf_htons(ETH_P_IP);
 	} else {
-		if (to_arp_request(skb, idx, t, ip->daddr))
-			return drop(idx, DROP_REWRITE);
+		if (to_arp_request(skb, idx, t, ip, ihl, p))
+			return drop(idx, DROP_PEER_UNKNOWN);
 		__builtin_memcpy(g.inner.h_dest, bcast, ETH_ALEN);
 		g.inner.h_proto = bpf_htons(ETH_P_ARP);
 		arp = true;
@@ -679,6 +780,9 @@ static __always_inline int encap(struct __sk_buff *skb, const struct pool_config
 		.ihl = 5,
 		.tos = arp ? 0 : ip->tos,
 		.tot_len = bpf_htons(tot),
+		/* DF: fragments of a tunnel packet would need reassembly at
+		 * the VTEP; too big is dropped below instead. */
+		.frag_off = bpf_htons(IP_DF),
 		.ttl = 64,
 		.protocol = IPPROTO_UDP,
 		.saddr = cfg->underlay_ip,
@@ -702,6 +806,11 @@ static __always_inline int encap(struct __sk_buff *skb, const struct pool_config
 	if (bpf_skb_store_bytes(skb, 0, &outer, sizeof(outer), 0) ||
 	    bpf_skb_store_bytes(skb, ETH_HLEN, &g, sizeof(g), 0))
 		return drop(idx, DROP_REWRITE);
+	/* The uplink's MTU must hold the guest's packet plus the tunnel's
+	 * headers (GSO packets: each segment). */
+	__u32 mtu = 0;
+	if (bpf_check_mtu(skb, cfg->uplink_ifindex, &mtu, 0, 0))
+		return drop(idx, DROP_TOO_BIG);
 
 	struct slot_stats *st = get_stats(idx);
 	if (st) {
@@ -727,27 +836,31 @@ int uplink_egress(struct __sk_buff *skb)
 	struct pool_config *cfg;
 	__u32 ifindex = skb->ingress_ifindex, *idxp, idx, ihl;
 
-	idxp = bpf_map_lookup_elem(&by_ifindex, &ifindex);
-	if (!idxp)
-		return TCX_NEXT; /* not forwarded from a slot */
-	idx = *idxp;
 	cfg = get_config();
 	if (!cfg)
 		return TCX_NEXT;
-	if ((void *)(eth + 1) > end)
-		return drop(idx, DROP_EGRESS_NOT_IPV4);
-	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return drop(idx, DROP_EGRESS_NOT_IPV4);
+	idxp = bpf_map_lookup_elem(&by_ifindex, &ifindex);
+	idx = idxp ? *idxp : cfg->slot_count;
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return idxp ? drop(idx, DROP_EGRESS_NOT_IPV4) : TCX_NEXT;
 	if (data + ETH_HLEN + sizeof(*ip) > end) {
 		if (bpf_skb_pull_data(skb, ETH_HLEN + sizeof(*ip)))
-			return drop(idx, DROP_EGRESS_NOT_IPV4);
+			return idxp ? drop(idx, DROP_EGRESS_NOT_IPV4) : TCX_NEXT;
 		data = (void *)(long)skb->data;
 		end = (void *)(long)skb->data_end;
 		if (data + ETH_HLEN + sizeof(*ip) > end)
-			return drop(idx, DROP_EGRESS_NOT_IPV4);
+			return idxp ? drop(idx, DROP_EGRESS_NOT_IPV4) : TCX_NEXT;
 	}
 	ip = data + ETH_HLEN;
-	if (ip->saddr == cfg->underlay_ip)
+	if (!idxp) {
+		/* Not forwarded from a known slot. The guest address must never
+		 * leave untranslated: a slot whose veth the datapath does not
+		 * know (yet) is stopped here, not leaked. */
+		if (ip->saddr == cfg->guest_ip)
+			return drop(cfg->slot_count, DROP_UNREGISTERED);
+		return TCX_NEXT;
+	}
+	if (ip->saddr == cfg->underlay_ip && ip->protocol == IPPROTO_UDP)
 		return TCX_NEXT; /* encapsulated above, on its way out */
 	ihl = ip->ihl * 4;
 	if (ip->saddr != cfg->guest_ip || ihl < sizeof(*ip))
@@ -790,7 +903,7 @@ int uplink_egress(struct __sk_buff *skb)
 	__be32 old = ip->saddr;
 	__u8 proto = ip->protocol;
 	bool l4 = !(ip->frag_off & bpf_htons(IP_OFFMASK));
-	if (rewrite_ip(skb, ETH_HLEN, ETH_HLEN + ihl, proto, l4, old, s->slot_ip, false))
+	if (nat(skb, ETH_HLEN, ETH_HLEN + ihl, proto, l4, old, s->slot_ip, false))
 		return drop(idx, DROP_REWRITE);
 	struct slot_stats *st = get_stats(idx);
 	if (st) {

@@ -36,7 +36,10 @@ func BenchmarkAcquireVPC(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { os.RemoveAll(dir) })
-	p := testutil.StartPoolWith(b, testutil.NewConfig(16), dir, "")
+	cfg := testutil.NewConfig(16)
+	fab := testutil.NewFabric(b, cfg.Prefix[1:], cfg.SlotCIDR)
+	p := testutil.StartPoolOpts(b, daemon.Options{Config: cfg, StateDir: dir,
+		Uplink: fab.Uplink, UnderlayIP: fab.Underlay, UplinkGateway: fab.Gateway})
 	var atts []*slot.Attachment
 	for i := range 16 {
 		a, err := slot.ParseAttachment(4242, "198.18.0.9", fmt.Sprintf("10.9.0.%d", 10+i), []string{"10.9.0.0/24", "10.10.0.0/16"})

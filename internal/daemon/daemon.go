@@ -94,6 +94,7 @@ var (
 	ErrExhausted  = errors.New("pool exhausted")
 	ErrInProgress = errors.New("acquire or release in progress")
 	ErrInUse      = errors.New("tap0 is still attached")
+	ErrNoUplink   = errors.New("no uplink")
 )
 
 // New validates opts, takes the state directory and prefix locks, and opens

@@ -43,6 +43,10 @@ func (d *Daemon) Acquire(req AcquireRequest) (SlotInfo, error) {
 	if req.VPC != nil {
 		kind += "+vpc"
 	}
+	if req.VPC != nil && d.opts.Uplink == "" {
+		d.Metrics.AcquireErrors.WithLabelValues("no_uplink").Inc()
+		return SlotInfo{}, fmt.Errorf("%w: this pool has no uplink, so no tunnel can reach a VPC (start netslotd with --uplink and --underlay-ip)", ErrNoUplink)
+	}
 	i, err := d.pool.Take()
 	if err != nil {
 		d.Metrics.AcquireErrors.WithLabelValues("exhausted").Inc()

@@ -187,6 +187,11 @@ func (d *Datapath) attach() error {
 		}
 		ifindex = l.Index
 	}
+	if ifindex != 0 {
+		if other := d.uplinkUser(ifindex); other != "" {
+			return fmt.Errorf("uplink %s already carries pool %q's datapath: pools cannot share an uplink (each drops the other's Geneve as unknown)", d.cfg.Uplink, other)
+		}
+	}
 	for _, a := range []struct {
 		pin  string
 		prog *ebpf.Program
@@ -225,6 +230,31 @@ func (d *Datapath) attach() error {
 		}
 	}
 	return nil
+}
+
+// uplinkUser returns the prefix of another pool whose pinned links sit on
+// ifindex, or "".
+func (d *Datapath) uplinkUser(ifindex int) string {
+	root := filepath.Dir(d.dir)
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return ""
+	}
+	for _, e := range ents {
+		if !e.IsDir() || filepath.Join(root, e.Name()) == d.dir {
+			continue
+		}
+		l, err := link.LoadPinnedLink(filepath.Join(root, e.Name(), ingressPin), nil)
+		if err != nil {
+			continue
+		}
+		info, err := l.Info()
+		l.Close()
+		if err == nil && info.TCX() != nil && int(info.TCX().Ifindex) == ifindex {
+			return e.Name()
+		}
+	}
+	return ""
 }
 
 // Remove detaches and unpins prefix's datapath; a missing one is not an

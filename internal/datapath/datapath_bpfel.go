@@ -35,13 +35,22 @@ const (
 	datapathDropReasonDROP_REWRITE          datapathDropReason = 16
 	datapathDropReasonDROP_NO_SLOT          datapathDropReason = 17
 	datapathDropReasonDROP_SLOT_TO_SLOT     datapathDropReason = 18
-	datapathDropReasonDROP_REASONS          datapathDropReason = 19
+	datapathDropReasonDROP_GENEVE_OAM       datapathDropReason = 19
+	datapathDropReasonDROP_GENEVE_CRITICAL  datapathDropReason = 20
+	datapathDropReasonDROP_GENEVE_FRAGMENT  datapathDropReason = 21
+	datapathDropReasonDROP_TOO_BIG          datapathDropReason = 22
+	datapathDropReasonDROP_PEER_UNKNOWN     datapathDropReason = 23
+	datapathDropReasonDROP_UNREGISTERED     datapathDropReason = 24
+	datapathDropReasonDROP_REASONS          datapathDropReason = 25
 )
 
 type datapathPeerInfo struct {
-	_     structs.HostLayout
-	Mac   [6]uint8
-	Known uint16
+	_       structs.HostLayout
+	Mac     [6]uint8
+	Known   uint16
+	Vni     uint32
+	Remote  uint32
+	AskedNs uint64
 }
 
 type datapathPoolConfig struct {
@@ -74,7 +83,7 @@ type datapathSlotStats struct {
 	DecapPackets uint64
 	ArpReplies   uint64
 	ArpRequests  uint64
-	Drops        [19]uint64
+	Drops        [25]uint64
 }
 
 type datapathTunnelInfo struct {

@@ -8,6 +8,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+	"github.com/vishvananda/netlink"
 )
 
 // total sums reason's drops over every slot and the no-slot entry.
@@ -102,6 +103,44 @@ func TestDropReasons(t *testing.T) {
 			return v
 		}},
 		{"rewrite", func() uint32 { v, _ := e.egress(shortTCP(), 0); return v }},
+		{"geneve_oam", func() uint32 { v, _ := e.ingress(geneveFrame(t, gnvOpts{vni: 100, flags: 0x80}, toSlot0)); return v }},
+		{"geneve_critical", func() uint32 { v, _ := e.ingress(geneveFrame(t, gnvOpts{vni: 100, flags: 0x40}, toSlot0)); return v }},
+		{"geneve_fragment", func() uint32 { v, _ := e.ingress(geneveFrame(t, gnvOpts{vni: 100, mf: true}, toSlot0)); return v }},
+		{"too_big", func() uint32 {
+			// A full 1500-byte guest packet through a 1500-byte uplink:
+			// no room for the tunnel's 50 bytes.
+			up, err := netlink.LinkByName("up0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := netlink.LinkSetMTU(up, 1500); err != nil {
+				t.Fatal(err)
+			}
+			defer netlink.LinkSetMTU(up, 9000)
+			if err := e.dp.objs.Peers.Update(uint32(0), &datapathPeerInfo{Mac: mac6(peerMAC), Known: 1, Vni: 100, Remote: be32(vtep)}, ebpf.UpdateAny); err != nil {
+				t.Fatal(err)
+			}
+			big := guestFrame(t, e.cfg, netip.MustParseAddr("10.9.0.1"), &layers.UDP{SrcPort: 1, DstPort: 2}, gopacket.Payload(make([]byte, 1472)))
+			v, _ := e.egress(big, 0)
+			return v
+		}},
+		{"peer_unknown", func() uint32 {
+			// Slot 1 learned nothing: the first packet becomes an ARP
+			// request, the next one within the interval is dropped.
+			if err := e.dp.Attach(1, e.attachment(1)); err != nil { // undo egress_dummy_vni's damage
+				t.Fatal(err)
+			}
+			e.egress(guestFrame(t, e.cfg, netip.MustParseAddr("10.9.0.1"), udp()...), 1)
+			v, _ := e.egress(guestFrame(t, e.cfg, netip.MustParseAddr("10.9.0.1"), udp()...), 1)
+			return v
+		}},
+		{"unregistered", func() uint32 {
+			// Guest-sourced, from a veth the datapath does not know: never
+			// leaves untranslated.
+			up, _ := net.InterfaceByName("up1")
+			v, _ := e.run(e.dp.objs.UplinkEgress, guestFrame(t, e.cfg, outside, udp()...), up.Index)
+			return v
+		}},
 		{"slot_to_slot", func() uint32 {
 			v, _ := e.egress(guestFrame(t, e.cfg, e.cfg.SlotIP(2), udp()...), 0)
 			return v

@@ -3,11 +3,13 @@ package datapath
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
@@ -80,19 +82,25 @@ func TestIngressNAT(t *testing.T) {
 	if verdict, out := e.ingress(pkt); verdict != verdictNext || !bytes.Equal(out, pkt) {
 		t.Errorf("host traffic: verdict %d, changed %v", int32(verdict), !bytes.Equal(out, pkt))
 	}
-	// A slot address beyond the pool: dropped (the pool owns its CIDR).
-	if verdict, _ := e.egress(guestFrame(t, e.cfg, outside, &layers.UDP{SrcPort: 1, DstPort: 2}), 0); verdict != verdictNext {
-		t.Errorf("egress verdict %d", int32(verdict))
+	// An address of the slot CIDR beyond the pool is no slot's: not ours
+	// to translate, it goes on to the host (which does not route it).
+	ip = &layers.IPv4{Version: 4, IHL: 5, TTL: 60, Protocol: layers.IPProtocolUDP, SrcIP: outside.AsSlice(), DstIP: e.cfg.SlotIP(2).AsSlice()}
+	pkt = serialize(t, &layers.Ethernet{SrcMAC: fabricGWMAC, DstMAC: uplinkMAC, EthernetType: layers.EthernetTypeIPv4}, ip,
+		&layers.UDP{SrcPort: 1, DstPort: 53}, gopacket.Payload("x"))
+	if verdict, out := e.ingress(pkt); verdict != verdictNext || !bytes.Equal(out, pkt) {
+		t.Errorf("beyond the pool: verdict %d, changed %v", int32(verdict), !bytes.Equal(out, pkt))
 	}
 }
 
 func TestEgressFromHostPasses(t *testing.T) {
 	e := newEnv(t, 1)
-	pkt := guestFrame(t, e.cfg, outside, &layers.UDP{SrcPort: 1, DstPort: 2})
+	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: underlay.AsSlice(), DstIP: outside.AsSlice()}
+	pkt := serialize(t, &layers.Ethernet{SrcMAC: uplinkMAC, DstMAC: fabricGWMAC, EthernetType: layers.EthernetTypeIPv4}, ip,
+		&layers.UDP{SrcPort: 1, DstPort: 2}, gopacket.Payload("host"))
 	up, _ := net.InterfaceByName("up0")
 	verdict, out := e.run(e.dp.objs.UplinkEgress, pkt, up.Index)
 	if verdict != verdictNext || !bytes.Equal(out, pkt) {
-		t.Errorf("a packet not forwarded from a slot: verdict %d, changed %v", int32(verdict), !bytes.Equal(out, pkt))
+		t.Errorf("the host's own packet: verdict %d, changed %v", int32(verdict), !bytes.Equal(out, pkt))
 	}
 }
 
@@ -234,6 +242,8 @@ func TestEncapsulationARPsForUnknownPeer(t *testing.T) {
 type gnvOpts struct {
 	src     netip.Addr
 	vni     uint32
+	flags   uint8 // O (0x80) and C (0x40)
+	mf      bool  // outer IPv4 more-fragments
 	version uint8
 	optLen  uint8 // in 4-byte words, as on the wire
 	proto   uint16
@@ -250,6 +260,7 @@ func geneveFrame(t *testing.T, o gnvOpts, inner []byte) []byte {
 	}
 	hdr := make([]byte, 8+int(o.optLen)*4)
 	hdr[0] = o.version<<6 | o.optLen
+	hdr[1] = o.flags
 	binary.BigEndian.PutUint16(hdr[2:], o.proto)
 	hdr[4], hdr[5], hdr[6] = byte(o.vni>>16), byte(o.vni>>8), byte(o.vni)
 	for i := 8; i < len(hdr); i += 4 {
@@ -257,6 +268,9 @@ func geneveFrame(t *testing.T, o gnvOpts, inner []byte) []byte {
 		hdr[i+2] = 0
 	}
 	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: o.src.AsSlice(), DstIP: underlay.AsSlice()}
+	if o.mf {
+		ip.Flags = layers.IPv4MoreFragments
+	}
 	pkt := serialize(t, &layers.Ethernet{SrcMAC: fabricGWMAC, DstMAC: uplinkMAC, EthernetType: layers.EthernetTypeIPv4}, ip,
 		&layers.UDP{SrcPort: 50000, DstPort: 6081}, gopacket.Payload(append(hdr, inner...)))
 	return pkt[:len(pkt)-o.cut]
@@ -356,6 +370,7 @@ func TestEncapsulationManyCIDRs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	a.PeerMAC = peerMAC
 	if err := e.dp.Attach(1, a); err != nil {
 		t.Fatal(err)
 	}
@@ -385,5 +400,111 @@ func TestEncapsulationManyCIDRs(t *testing.T) {
 	var v uint8
 	if it := e.dp.objs.VpcRoutes.Iterate(); it.Next(&k, &v) {
 		t.Errorf("route %+v left after detach", k)
+	}
+}
+
+// A learned peer MAC belongs to the attachment it was learned under: one
+// written late by a packet of the previous lease (after the release
+// cleared it) is not used by the next lease, which asks by ARP instead.
+func TestStalePeerIsNotReused(t *testing.T) {
+	e := newEnv(t, 1)
+	a := e.attach(0, 4242, "10.9.0.5", "10.9.0.0/16", nil, vtep)
+	if err := e.dp.Detach(0, a); err != nil {
+		t.Fatal(err)
+	}
+	stale := datapathPeerInfo{Mac: mac6(peerMAC), Known: 1, Vni: 4242, Remote: be32(vtep)}
+	if err := e.dp.objs.Peers.Update(uint32(0), &stale, ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+	e.attach(0, 5151, "10.9.0.5", "10.9.0.0/16", nil, vtep)
+	verdict, out := e.egress(guestFrame(t, e.cfg, netip.MustParseAddr("10.9.0.1"), &layers.UDP{SrcPort: 1, DstPort: 2}), 0)
+	if verdict != verdictRedirect {
+		t.Fatalf("verdict %d", int32(verdict))
+	}
+	gnv, inner := decodeGeneve(t, out)
+	if gnv.VNI != 5151 || binary.BigEndian.Uint16(inner[12:]) != 0x0806 {
+		t.Errorf("want an ARP request on vni 5151, got vni %d ethertype %#x to %s", gnv.VNI,
+			binary.BigEndian.Uint16(inner[12:]), net.HardwareAddr(inner[0:6]))
+	}
+}
+
+// An ICMP error for a slot's traffic carries the slot address inside; the
+// guest must see its own address there. And the other way round.
+func TestICMPErrorsTranslated(t *testing.T) {
+	e := newEnv(t, 2)
+	// What the guest sent, as the outside host saw it (from the slot
+	// address), quoted in a fragmentation-needed error.
+	quoted := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, Flags: layers.IPv4DontFragment,
+		SrcIP: e.cfg.SlotIP(1).AsSlice(), DstIP: outside.AsSlice()}
+	qudp := &layers.UDP{SrcPort: 40000, DstPort: 53}
+	qudp.SetNetworkLayerForChecksum(quoted)
+	inner := serialize(t, quoted, qudp)
+	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 60, Protocol: layers.IPProtocolICMPv4, SrcIP: fabricGW.AsSlice(), DstIP: e.cfg.SlotIP(1).AsSlice()}
+	pkt := serialize(t, &layers.Ethernet{SrcMAC: fabricGWMAC, DstMAC: uplinkMAC, EthernetType: layers.EthernetTypeIPv4}, ip,
+		&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodeFragmentationNeeded), Seq: 1400},
+		gopacket.Payload(inner))
+	verdict, out := e.ingress(pkt)
+	if verdict != verdictRedirect {
+		t.Fatalf("verdict %d", int32(verdict))
+	}
+	checkIPv4(t, "error to the guest", out[14:])
+	q := out[14+20+8:]
+	if got := addr(q[12:16]); got != e.cfg.GuestIP() {
+		t.Errorf("quoted source %s, want the guest address", got)
+	}
+	if c := checksum(q[:20], 0); c != 0 {
+		t.Error("quoted header checksum wrong")
+	}
+
+	// The guest answers a packet from outside with port unreachable: the
+	// quoted packet's destination must become the slot address.
+	quoted = &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: outside.AsSlice(), DstIP: e.cfg.GuestIP().AsSlice()}
+	qudp = &layers.UDP{SrcPort: 53, DstPort: 999}
+	qudp.SetNetworkLayerForChecksum(quoted)
+	inner = serialize(t, quoted, qudp)
+	verdict, out = e.egress(guestFrame(t, e.cfg, outside, &layers.ICMPv4{
+		TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodePort)}, gopacket.Payload(inner)), 1)
+	if verdict != verdictNext {
+		t.Fatalf("verdict %d", int32(verdict))
+	}
+	checkIPv4(t, "error from the guest", out[14:])
+	q = out[14+20+8:]
+	if got := addr(q[16:20]); got != e.cfg.SlotIP(1) {
+		t.Errorf("quoted destination %s, want the slot address", got)
+	}
+	if c := checksum(q[:20], 0); c != 0 {
+		t.Error("quoted header checksum wrong")
+	}
+}
+
+// Two acquires of one (VNI, address) at once: exactly one wins.
+func TestAttachConflictRace(t *testing.T) {
+	e := newEnv(t, 8)
+	a, err := slot.ParseAttachment(77, vtep.String(), "10.9.0.5", []string{"10.9.0.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 8)
+	for i := range 8 {
+		go func() { errs <- e.dp.Attach(i, a) }()
+	}
+	ok := 0
+	for range 8 {
+		if err := <-errs; err == nil {
+			ok++
+		} else if !errors.Is(err, ErrConflict) {
+			t.Errorf("unexpected error: %v", err)
+		}
+	}
+	if ok != 1 {
+		t.Errorf("%d slots attached the same address", ok)
+	}
+	var k datapathVniKey
+	var v uint32
+	n := 0
+	for it := e.dp.objs.VniDst.Iterate(); it.Next(&k, &v); n++ {
+	}
+	if n != 1 {
+		t.Errorf("%d inbound entries, want 1", n)
 	}
 }

@@ -20,6 +20,7 @@ var DropReasons = []string{
 	"inner_ipv6", "inner_multicast", "inner_mac", "inner_other",
 	"egress_dummy_vni", "egress_not_ipv4", "egress_spoof",
 	"no_route", "rewrite", "no_slot", "slot_to_slot",
+	"geneve_oam", "geneve_critical", "geneve_fragment", "too_big", "peer_unknown", "unregistered",
 }
 
 func init() {
@@ -57,7 +58,9 @@ func (d *Datapath) SetSlot(i, hostIfindex int) error {
 		SlotMac:     mac6(c.SlotVethMAC(i)),
 		HostMac:     mac6(c.HostVethMAC(i)),
 	}
-	if oldIfindex != 0 && oldIfindex != hostIfindex {
+	var owner uint32
+	if oldIfindex != 0 && oldIfindex != hostIfindex &&
+		d.objs.ByIfindex.Lookup(uint32(oldIfindex), &owner) == nil && int(owner) == i {
 		if err := d.objs.ByIfindex.Delete(uint32(oldIfindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("slot %d: forget ifindex %d: %w", i, oldIfindex, err)
 		}
@@ -112,6 +115,9 @@ func (d *Datapath) Attach(i int, a *slot.Attachment) error {
 	if !exists {
 		if err := d.addInbound(key, i); err != nil {
 			undo()
+			if errors.Is(err, ErrConflict) {
+				return fmt.Errorf("%s on vni %d: %w", a.VPCIP, a.VNI, err)
+			}
 			return fmt.Errorf("slot %d: %w", i, err)
 		}
 		undo = func() {
@@ -120,7 +126,7 @@ func (d *Datapath) Attach(i int, a *slot.Attachment) error {
 		}
 	}
 	if a.PeerMAC != nil {
-		p := datapathPeerInfo{Mac: mac6(a.PeerMAC), Known: 1}
+		p := datapathPeerInfo{Mac: mac6(a.PeerMAC), Known: 1, Vni: a.VNI, Remote: be32(a.RemoteVTEP)}
 		if err := d.objs.Peers.Update(uint32(i), &p, ebpf.UpdateAny); err != nil {
 			undo()
 			return fmt.Errorf("slot %d: peer mac: %w", i, err)
@@ -200,6 +206,13 @@ func (d *Datapath) deleteRoutes(i int, ps []netip.Prefix) error {
 func (d *Datapath) addInbound(k datapathVniKey, i int) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	// Checked again under the lock: two acquires of one key race here.
+	if owner, ok := d.owner[k]; ok {
+		if owner == i {
+			return nil
+		}
+		return fmt.Errorf("owned by slot %d: %w", owner, ErrConflict)
+	}
 	if err := d.objs.VniDst.Update(&k, uint32(i), ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("vni entry: %w", err)
 	}

@@ -35,7 +35,8 @@ const RulePriority = 1000
 func RouteTable(prefix string) int {
 	h := fnv.New32a()
 	h.Write([]byte(prefix))
-	return 0x6e730000 | int(h.Sum32()&0xffff) // "ns" in the high bytes
+	// 30 bits of hash above the small ids people configure by hand.
+	return 0x40000000 | int(h.Sum32()&0x3fffffff)
 }
 
 func (u UplinkRoute) rule() *netlink.Rule {

@@ -116,7 +116,7 @@ func New(g Gauges) *Metrics {
 	for _, a := range []string{"adopt", "repair", "remove_netns", "remove_link", "firewall_rewrite", "drop_stale_leases", "drop_bad_lease"} {
 		m.ReconcileAction.WithLabelValues(a)
 	}
-	for _, r := range []string{"exhausted", "store", "firewall"} {
+	for _, r := range []string{"exhausted", "store", "firewall", "datapath", "no_uplink"} {
 		m.AcquireErrors.WithLabelValues(r)
 	}
 	r.MustRegister(m.BootSeconds, m.SlotsReady, m.AcquireSeconds, m.ReleaseSeconds, m.AcquireErrors,

@@ -217,7 +217,7 @@ func toStatus(err error) error {
 	switch {
 	case errors.Is(err, daemon.ErrUnknownID):
 		code = codes.NotFound
-	case errors.Is(err, daemon.ErrNotLeased), errors.Is(err, daemon.ErrInUse):
+	case errors.Is(err, daemon.ErrNotLeased), errors.Is(err, daemon.ErrInUse), errors.Is(err, daemon.ErrNoUplink):
 		code = codes.FailedPrecondition
 	case errors.Is(err, daemon.ErrInProgress):
 		code = codes.Aborted

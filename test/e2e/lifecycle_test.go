@@ -67,8 +67,8 @@ func (p *pool) acquireJSON(args ...string) slotJSON {
 }
 
 func TestLifecycleThroughCLI(t *testing.T) {
-	p := newPool(t, 300)
-	p.start()
+	p, _, up := uplinkPool(t, 300)
+	p.start(up...)
 	if o := p.kernelObjects(); o.Pins != 300 || o.HostVeths != 300 || o.RootTables != 1 {
 		t.Fatalf("kernel objects after boot: %+v", o)
 	}
@@ -175,6 +175,9 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{[]string{"acquire", "--vni", "7", "--vtep", "198.18.0", "--vpc-ip", "10.1.0.5", "--vpc-cidr", "10.1.0.0/16"}, "invalid remote vtep"},
 		{[]string{"acquire", "--vni", "7", "--vtep", "198.18.0.9", "--vpc-ip", "10.1.0.500", "--vpc-cidr", "10.1.0.0/16"}, "invalid vpc ip"},
 		{[]string{"acquire", "--vni", "7", "--vtep", "198.18.0.9", "--vpc-ip", "10.1.0.5", "--vpc-cidr", "10.1.0.0/99"}, "invalid vpc cidr"},
+		{[]string{"acquire", "--vni", "15728640", "--vtep", "198.18.0.9", "--vpc-ip", "10.1.0.5", "--vpc-cidr", "10.1.0.0/16"}, "reserved for pooled slots"},
+		{[]string{"acquire", "--vni", "7", "--vtep", "198.18.0.9", "--vpc-ip", "10.1.0.5", "--vpc-cidr", "10.1.0.0/16", "--peer-mac", "01:00:5e:00:00:01"}, "invalid peer mac"},
+		{[]string{"acquire", "--vni", "7", "--vtep", "198.18.0.9", "--vpc-ip", "10.1.0.5", "--vpc-cidr", "10.1.0.0/16"}, "no uplink"},
 		{[]string{"acquire", "--allow", "10.0.0.0"}, "invalid egress cidr"},
 		{[]string{"acquire", "--allow", "10.0.0.1/8"}, "host bits"},
 		{[]string{"release", p.prefix + "-999"}, "unknown slot id"},
