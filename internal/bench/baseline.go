@@ -100,7 +100,7 @@ func (b *Baseline) Create(guest netip.Prefix) error {
 
 func (b *Baseline) createSlot(i int) error {
 	ns, v := b.NetnsName(i), b.veth(i)
-	root, slotEnd, p := subnet(i)
+	root, slotEnd, _ := subnet(i)
 	gw := b.guestNet.Addr().Next()
 	steps := [][]string{
 		{"ip", "netns", "add", ns},
@@ -130,7 +130,6 @@ func (b *Baseline) createSlot(i int) error {
 			return err
 		}
 	}
-	_ = p
 	return nil
 }
 

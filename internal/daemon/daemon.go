@@ -155,22 +155,12 @@ func New(opts Options) (*Daemon, error) {
 // root namespace (other than a default route): slot addresses there would
 // shadow, or be shadowed by, the host's own networks.
 func checkSlotCIDRUnrouted(p netip.Prefix) error {
-	routes, err := links.RootRoutes()
+	rp, _, found, err := links.RoutedOverlap(p)
 	if err != nil {
-		return fmt.Errorf("list root routes: %w", err)
+		return err
 	}
-	for _, r := range routes {
-		if r.Dst == nil {
-			continue
-		}
-		ones, _ := r.Dst.Mask.Size()
-		a, ok := netip.AddrFromSlice(r.Dst.IP.To4())
-		if !ok || ones == 0 {
-			continue
-		}
-		if rp := netip.PrefixFrom(a, ones); rp.Overlaps(p) {
-			return fmt.Errorf("slot cidr %s overlaps the host's route to %s: choose a range the host does not use", p, rp)
-		}
+	if found {
+		return fmt.Errorf("slot cidr %s overlaps the host's route to %s: choose a range the host does not use", p, rp)
 	}
 	return nil
 }

@@ -107,6 +107,7 @@ func newEnv(t testing.TB, slots int) *env {
 	e.dp = dp
 	for i, h := range e.hosts {
 		must(dp.SetSlot(i, h), "set slot")
+		must(dp.Detach(i, nil), "dummy vni") // as netslotd does for a free slot
 	}
 	return e
 }

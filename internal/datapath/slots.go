@@ -42,9 +42,8 @@ func (d *Datapath) dummy(i int) datapathTunnelInfo {
 }
 
 // SetSlot records slot i and its host veth: the static half of its
-// datapath state. A slot without a tunnel entry gets its dummy VNI; an
-// existing entry (a lease that survived a restart) is kept. The entry of a
-// previous host veth of the slot (a rebuilt slot) is removed.
+// datapath state; Attach or Detach then writes its tunnel entry. The entry
+// of a previous host veth of the slot (a rebuilt slot) is removed.
 func (d *Datapath) SetSlot(i, hostIfindex int) error {
 	var prev datapathSlotInfo
 	oldIfindex := 0
@@ -70,10 +69,6 @@ func (d *Datapath) SetSlot(i, hostIfindex int) error {
 	}
 	if err := d.objs.Slots.Update(uint32(i), &si, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("slot %d: write slot: %w", i, err)
-	}
-	dummy := d.dummy(i)
-	if err := d.objs.Tunnels.Update(uint32(i), &dummy, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
-		return fmt.Errorf("slot %d: write dummy tunnel: %w", i, err)
 	}
 	return nil
 }

@@ -145,24 +145,12 @@ func addr(a netip.Addr, bits int) *netlink.Addr {
 // refuseRouted fails if the root namespace routes any of ps: a test must
 // never put addresses on the host's own networks.
 func refuseRouted(ps ...netip.Prefix) error {
-	routes, err := links.RootRoutes()
+	rp, p, found, err := links.RoutedOverlap(ps...)
 	if err != nil {
 		return err
 	}
-	for _, r := range routes {
-		if r.Dst == nil {
-			continue
-		}
-		ones, _ := r.Dst.Mask.Size()
-		a, ok := netip.AddrFromSlice(r.Dst.IP.To4())
-		if !ok || ones == 0 {
-			continue
-		}
-		for _, p := range ps {
-			if netip.PrefixFrom(a, ones).Overlaps(p) {
-				return fmt.Errorf("the host routes %s, which overlaps the test fabric's %s", r.Dst, p)
-			}
-		}
+	if found {
+		return fmt.Errorf("the host routes %s, which overlaps the test fabric's %s", rp, p)
 	}
 	return nil
 }

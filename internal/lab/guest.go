@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/vishvananda/netlink"
@@ -73,17 +74,47 @@ func NewGuestNS(tag, slotNS string, cfg slot.Config) (*GuestNS, error) {
 	// interrupts the copy loops.
 	unix.SetNonblock(gfd, true)
 	g.guestTap = os.NewFile(uintptr(gfd), "g0")
-	sfd, err := tapIn(slotNS, slot.TapName)
-	if err != nil {
+	if g.slotTap, err = OpenTap(slotNS, slot.TapName); err != nil {
 		g.Close()
 		return nil, fmt.Errorf("attach to %s: %w", slot.TapName, err)
 	}
-	unix.SetNonblock(sfd, true)
-	g.slotTap = os.NewFile(uintptr(sfd), slot.TapName)
 	g.wg.Add(2)
 	go g.copy(g.slotTap, g.guestTap)
 	go g.copy(g.guestTap, g.slotTap)
+	// Attaching brings tap0's carrier up, but its queue starts only when
+	// the kernel's link watcher gets to it (up to a second later); until
+	// then what the slot sends to the guest is dropped. A VM boots for
+	// longer than that; a test would lose its first ARP reply.
+	if err := waitOperUp(slotNS, slot.TapName, 3*time.Second); err != nil {
+		g.Close()
+		return nil, err
+	}
 	return g, nil
+}
+
+// waitOperUp waits until name in the namespace at path is operationally up.
+func waitOperUp(path, name string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		var state netlink.LinkOperState
+		err := InNS(path, func() error {
+			l, err := netlink.LinkByName(name)
+			if err == nil {
+				state = l.Attrs().OperState
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		if state == netlink.OperUp {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not up after %v (state %s)", name, limit, state)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func (g *GuestNS) copy(dst, src *os.File) {
@@ -147,13 +178,21 @@ func openTap(name string) (int, error) {
 	return fd, nil
 }
 
-// tapIn opens tap name of the namespace pinned at path.
-func tapIn(path, name string) (int, error) {
+// OpenTap attaches to tap name of the namespace pinned at path the way a
+// VMM does, non-blocking (Close interrupts a pending read).
+func OpenTap(path, name string) (*os.File, error) {
 	var fd int
 	err := InNS(path, func() error {
 		var err error
 		fd, err = openTap(name)
 		return err
 	})
-	return fd, err
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), name), nil
 }

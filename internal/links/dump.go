@@ -3,6 +3,7 @@ package links
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -37,4 +38,30 @@ func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
 		}
 	}
 	return nil, fmt.Errorf("dump interrupted %d times: %w", dumpRetries, err)
+}
+
+// RoutedOverlap returns a root-namespace route (other than a default
+// route) that overlaps one of ps, if any.
+func RoutedOverlap(ps ...netip.Prefix) (route, p netip.Prefix, found bool, err error) {
+	routes, err := RootRoutes()
+	if err != nil {
+		return route, p, false, fmt.Errorf("list root routes: %w", err)
+	}
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		ones, _ := r.Dst.Mask.Size()
+		a, ok := netip.AddrFromSlice(r.Dst.IP.To4())
+		if !ok || ones == 0 {
+			continue
+		}
+		rp := netip.PrefixFrom(a, ones)
+		for _, p := range ps {
+			if rp.Overlaps(p) {
+				return rp, p, true, nil
+			}
+		}
+	}
+	return route, p, false, nil
 }

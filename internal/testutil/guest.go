@@ -3,18 +3,16 @@ package testutil
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
 	"sync"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/netslot/netslot/internal/netns"
+	"github.com/netslot/netslot/internal/lab"
 )
 
 // Guest is a process-side stand-in for a VM: it holds the slot's tap open
@@ -23,35 +21,11 @@ type Guest struct{ f *os.File }
 
 // AttachTap opens tap0 of the namespace at nsPath the way a VMM does.
 func AttachTap(nsPath, name string) (*Guest, error) {
-	fd, err := netns.Open(nsPath)
+	f, err := lab.OpenTap(nsPath, name)
 	if err != nil {
 		return nil, err
 	}
-	defer unix.Close(fd)
-	var tfd int
-	err = netns.Do(fd, func() error {
-		var err error
-		tfd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		var req [unix.IFNAMSIZ + 24]byte
-		copy(req[:], name)
-		binary.NativeEndian.PutUint16(req[unix.IFNAMSIZ:], unix.IFF_TAP|unix.IFF_NO_PI)
-		if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(tfd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req[0]))); e != 0 {
-			unix.Close(tfd)
-			return fmt.Errorf("attach %s: %w", name, e)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.SetNonblock(tfd, true); err != nil {
-		unix.Close(tfd)
-		return nil, err
-	}
-	return &Guest{f: os.NewFile(uintptr(tfd), name)}, nil
+	return &Guest{f: f}, nil
 }
 
 // Send writes one frame.
