@@ -173,54 +173,62 @@ func PairedRTT(nsPaths []string, dst netip.AddrPort, n int) ([][]time.Duration, 
 	return out, nil
 }
 
-// CPS runs workers loops of connect, request, response (the server
-// closes) to dst for d and returns completed connections per second.
-func CPS(ctx context.Context, dst netip.AddrPort, d time.Duration, workers int) (float64, error) {
-	var done atomic.Int64
-	var failed atomic.Int64
+// runWorkers runs n copies of fn at once and returns the first error.
+func runWorkers(n int, fn func() error) error {
 	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	deadline := time.Now().Add(d)
-	for w := 0; w < workers; w++ {
+	errs := make(chan error, n)
+	for w := 0; w < n; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- func() error {
-				buf := make([]byte, 256)
-				for time.Now().Before(deadline) && ctx.Err() == nil {
-					c, err := net.DialTimeout("tcp4", dst.String(), 2*time.Second)
-					if err != nil {
-						failed.Add(1)
-						continue
-					}
-					c.SetDeadline(time.Now().Add(2 * time.Second))
-					_, err = io.WriteString(c, "GET / HTTP/1.0\r\n")
-					if err == nil {
-						_, err = io.ReadAtLeast(c, buf, 1)
-						for err == nil {
-							_, err = c.Read(buf)
-						}
-						if errors.Is(err, io.EOF) {
-							err = nil
-						}
-					}
-					c.Close()
-					if err != nil {
-						failed.Add(1)
-						continue
-					}
-					done.Add(1)
-				}
-				return nil
-			}()
+			errs <- fn()
 		}()
 	}
 	wg.Wait()
 	close(errs)
 	for err := range errs {
 		if err != nil {
-			return 0, err
+			return err
 		}
+	}
+	return nil
+}
+
+// CPS runs workers loops of connect, request, response (the server
+// closes) to dst for d and returns completed connections per second.
+func CPS(ctx context.Context, dst netip.AddrPort, d time.Duration, workers int) (float64, error) {
+	var done, failed atomic.Int64
+	deadline := time.Now().Add(d)
+	err := runWorkers(workers, func() error {
+		buf := make([]byte, 256)
+		for time.Now().Before(deadline) && ctx.Err() == nil {
+			c, err := net.DialTimeout("tcp4", dst.String(), 2*time.Second)
+			if err != nil {
+				failed.Add(1)
+				continue
+			}
+			c.SetDeadline(time.Now().Add(2 * time.Second))
+			_, err = io.WriteString(c, "GET / HTTP/1.0\r\n")
+			if err == nil {
+				_, err = io.ReadAtLeast(c, buf, 1)
+				for err == nil {
+					_, err = c.Read(buf)
+				}
+				if errors.Is(err, io.EOF) {
+					err = nil
+				}
+			}
+			c.Close()
+			if err != nil {
+				failed.Add(1)
+				continue
+			}
+			done.Add(1)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
 	}
 	if f := failed.Load(); f > done.Load()/100+10 {
 		return 0, fmt.Errorf("cps to %s: %d of %d connections failed", dst, f, f+done.Load())
@@ -233,40 +241,28 @@ func CPS(ctx context.Context, dst netip.AddrPort, d time.Duration, workers int) 
 // slot, one each way).
 func PPS(ctx context.Context, dst netip.AddrPort, d time.Duration, window int) (float64, error) {
 	var got atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, window)
 	deadline := time.Now().Add(d)
-	for w := 0; w < window; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- func() error {
-				c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(dst))
-				if err != nil {
-					return err
-				}
-				defer c.Close()
-				msg := make([]byte, 64)
-				buf := make([]byte, 128)
-				for time.Now().Before(deadline) && ctx.Err() == nil {
-					c.SetDeadline(time.Now().Add(200 * time.Millisecond))
-					if _, err := c.Write(msg); err != nil {
-						continue
-					}
-					if _, err := c.Read(buf); err == nil {
-						got.Add(1)
-					}
-				}
-				return nil
-			}()
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	err := runWorkers(window, func() error {
+		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(dst))
 		if err != nil {
-			return 0, err
+			return err
 		}
+		defer c.Close()
+		msg := make([]byte, 64)
+		buf := make([]byte, 128)
+		for time.Now().Before(deadline) && ctx.Err() == nil {
+			c.SetDeadline(time.Now().Add(200 * time.Millisecond))
+			if _, err := c.Write(msg); err != nil {
+				continue
+			}
+			if _, err := c.Read(buf); err == nil {
+				got.Add(1)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
 	}
 	return float64(got.Load()) / d.Seconds(), nil
 }

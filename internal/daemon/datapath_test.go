@@ -343,16 +343,6 @@ func TestDatapathIsolationAndAttachCreatesNothing(t *testing.T) {
 
 	// Geneve from the VTEP with slot A's VNI and slot B's inner address is
 	// not delivered to B; with B's VNI it is.
-	var c *net.UDPConn
-	if err := testutil.InNS(fab.NetnsPath(), func() error {
-		var err error
-		c, err = net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(fab.VTEP, 6081)),
-			net.UDPAddrFromAddrPort(netip.AddrPortFrom(fab.Underlay, 6081)))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	listen := func(g *testutil.GuestNS) *net.UDPConn {
 		var l *net.UDPConn
 		if err := g.Do(func() error {
@@ -367,11 +357,7 @@ func TestDatapathIsolationAndAttachCreatesNothing(t *testing.T) {
 	lb := listen(gb)
 	defer lb.Close()
 	send := func(vni uint32, dst string) {
-		frame := testutil.InnerUDP(net.HardwareAddr{0x02, 0x76, 0x70, 0x63, 0, 1}, p.Config.VPCMAC(b.Index),
-			vpcHost, netip.MustParseAddr(dst), 5555, []byte("for b"))
-		if _, err := c.Write(testutil.Geneve(vni, frame)); err != nil {
-			t.Fatal(err)
-		}
+		sendGeneve(t, fab, vni, testutil.InnerUDP(vpcMAC, p.Config.VPCMAC(b.Index), vpcHost, netip.MustParseAddr(dst), 5555, []byte("for b")))
 	}
 	before := p.D.UnattributedDrops()["unknown_dst"]
 	send(100, "10.9.0.6") // slot A's VNI, slot B's address
