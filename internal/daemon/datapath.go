@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -62,10 +63,23 @@ func (d *Daemon) setupDatapath() error {
 				"uplink", d.opts.Uplink, "mtu", l.MTU, "want_at_least", 1500+datapath.EncapOverhead)
 		}
 	}
-	dp, err := datapath.Open(datapath.Config{
+	dc := datapath.Config{
 		Slot: d.cfg, Uplink: d.opts.Uplink, UnderlayIP: d.opts.UnderlayIP,
 		RouteTable: links.RouteTable(d.cfg.Prefix), PinRoot: d.opts.PinRoot,
-	})
+	}
+	dp, err := datapath.Open(dc)
+	if errors.Is(err, datapath.ErrIncompatible) && d.leaseCount() == 0 {
+		// Maps pinned by another version of netslotd: with no lease held,
+		// nothing depends on them, so they are replaced (the datapath
+		// stops for the few milliseconds this takes). With leases, Open's
+		// error stands: replacing them would cut the tenants' traffic.
+		d.log.Warn("replacing a pinned datapath of another layout; no lease is held", "reason", err)
+		d.Metrics.ReconcileAction.WithLabelValues("replace_datapath").Inc()
+		if err := datapath.Remove(d.opts.PinRoot, d.cfg.Prefix); err != nil {
+			return err
+		}
+		dp, err = datapath.Open(dc)
+	}
 	if err != nil {
 		return err
 	}
@@ -181,4 +195,16 @@ func (d *Daemon) DatapathCounters(emit func(slot string, c metrics.Counters)) {
 	if st, err := d.dp.Stats(d.cfg.Count); err == nil {
 		emit("none", conv(st))
 	}
+}
+
+func (d *Daemon) leaseCount() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, l := range d.leases {
+		if l != nil {
+			n++
+		}
+	}
+	return n
 }

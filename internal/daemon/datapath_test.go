@@ -2,11 +2,15 @@ package daemon_test
 
 import (
 	"bufio"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,6 +19,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/datapath"
 	"github.com/netslot/netslot/internal/firewall"
 	nslinks "github.com/netslot/netslot/internal/links"
 	"github.com/netslot/netslot/internal/slot"
@@ -483,5 +488,45 @@ func TestSlotTrafficLeavesOnlyThroughUplink(t *testing.T) {
 				t.Errorf("with an uplink the 5 datagrams should have left through it: %+v; drops outside slots %v", got.Datapath, p.D.UnattributedDrops())
 			}
 		})
+	}
+}
+
+// A pinned map of another layout (another netslotd version): replaced when
+// no lease is held, refused with a clear error when one is.
+func TestIncompatiblePinnedDatapath(t *testing.T) {
+	cfg := testutil.NewConfig(4)
+	dir := t.TempDir()
+	opts := daemon.Options{Config: cfg, StateDir: dir}
+	p := testutil.StartPoolOpts(t, opts)
+	p.D.Close()
+	replaceStats := func() {
+		t.Helper()
+		pin := filepath.Join(datapath.PinDir("", cfg.Prefix), "stats")
+		if err := os.Remove(pin); err != nil {
+			t.Fatal(err)
+		}
+		m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		if err := m.Pin(pin); err != nil {
+			t.Fatal(err)
+		}
+	}
+	replaceStats()
+	p = testutil.StartPoolOpts(t, opts) // no lease: replaced
+	if _, err := p.D.Acquire(daemon.AcquireRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	p.D.Close()
+	replaceStats()
+	d, err := daemon.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Boot(context.Background()); !errors.Is(err, datapath.ErrIncompatible) || !strings.Contains(err.Error(), "teardown") {
+		t.Fatalf("boot with a lease and an incompatible datapath: %v", err)
 	}
 }
