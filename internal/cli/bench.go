@@ -93,7 +93,38 @@ It needs one free slot and leaves the pool as it found it.`,
 	cmd.Flags().IntVarP(&n, "count", "n", 1000, "acquire/release cycles")
 	cmd.Flags().StringArrayVar(&allow, "allow", nil, "acquire with this egress allow-list entry (repeatable)")
 	cmd.Flags().BoolVar(&vpc, "vpc", false, "acquire with a VPC attachment (the flip from the dummy VNI)")
-	cmd.AddCommand(benchDatapathCmd(), loadgenCmd())
+	cmd.AddCommand(benchDatapathCmd(), benchAttachCmd(), loadgenCmd())
+	return cmd
+}
+
+func benchAttachCmd() *cobra.Command {
+	o := bench.AttachOptions{}
+	cmd := &cobra.Command{
+		Use:   "attach",
+		Short: "Measure the time to give a VM its network: netslot acquire vs building a slot on demand vs a CNI ADD",
+		Long: `attach builds its own lab (run as root; no daemon needed): a netslot pool of
+--slots slots with an uplink on a test fabric, served in-process and
+through its gRPC API. It times netslot's acquire (with and without a VPC
+attachment) and release, building a slot at request time (the design the
+seed replaced), and a CNI ADD and DEL of the reference plugins (ptp with
+host-local, then tap; installed into --cni-dir with go install) for a new
+namespace through libcni, the way firecracker-go-sdk does it. It prints
+percentiles and removes everything it made.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.Log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+			res, err := bench.RunAttach(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			res.Write(cmd.OutOrStdout())
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&o.Slots, "slots", 64, "pool size")
+	fl.IntVar(&o.Samples, "samples", 200, "measurements per method")
+	fl.StringVar(&o.CNIDir, "cni-dir", "/var/cache/netslot-cni/bin", "where the CNI plugins are (installed there if missing)")
 	return cmd
 }
 

@@ -137,3 +137,25 @@ func TestBenchDatapathQuick(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchAttachQuick runs the attach-latency benchmark at a tiny size,
+// CNI reference plugins included: the harness works and cleans up.
+func TestBenchAttachQuick(t *testing.T) {
+	testutil.RequireRoot(t)
+	out, err := run(filepath.Join(binDir, "netslot"), "bench", "attach", "--slots", "8", "--samples", "5")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	t.Log(out)
+	for _, want := range []string{"| netslot acquire, in-process |", "| on-demand: build the slot at request time |", "| CNI ADD (ptp + tap), new namespace |", "| CNI DEL |"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	ents, _ := os.ReadDir("/run/netns")
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "na") || strings.HasPrefix(e.Name(), "c") {
+			t.Errorf("bench left namespace %s", e.Name())
+		}
+	}
+}

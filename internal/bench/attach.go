@@ -1,0 +1,285 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+
+	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
+	"github.com/netslot/netslot/client"
+	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/lab"
+	"github.com/netslot/netslot/internal/netns"
+	"github.com/netslot/netslot/internal/server"
+	"github.com/netslot/netslot/internal/slot"
+)
+
+// CNIPluginsVersion is the release of the CNI reference plugins measured.
+const CNIPluginsVersion = "v1.10.0"
+
+// AttachOptions size the attach-latency benchmark.
+type AttachOptions struct {
+	Slots   int // pool size
+	Samples int // per method
+	CNIDir  string
+	Log     *slog.Logger
+}
+
+// AttachResult holds latency samples per method, in the order of Methods.
+type AttachResult struct {
+	Opts    AttachOptions
+	Methods []string
+	Samples map[string][]time.Duration
+}
+
+// Method names, netslot's first.
+const (
+	mAcquire       = "netslot acquire, in-process"
+	mAcquireVPC    = "netslot acquire + VPC attach, in-process"
+	mAPI           = "netslot acquire through the API"
+	mAPIVPC        = "netslot acquire + VPC through the API"
+	mOnDemand      = "on-demand: build the slot at request time"
+	mCNIAdd        = "CNI ADD (ptp + tap), new namespace"
+	mCNINetnsAdd   = "CNI: namespace creation + ADD"
+	mCNIDel        = "CNI DEL"
+	mReleaseScrub  = "netslot release (scrub), in-process"
+	cniNetworkName = "netslot-bench"
+)
+
+// InstallCNIPlugins builds the reference plugins into dir with go install
+// (a no-op when they are there).
+func InstallCNIPlugins(dir string) error {
+	need := []string{"ptp", "tap", "host-local"}
+	missing := false
+	for _, p := range need {
+		if _, err := os.Stat(filepath.Join(dir, p)); err != nil {
+			missing = true
+		}
+	}
+	if !missing {
+		return nil
+	}
+	args := []string{"install"}
+	for _, p := range need {
+		kind := "main"
+		if p == "host-local" {
+			kind = "ipam"
+		}
+		args = append(args, "github.com/containernetworking/plugins/plugins/"+kind+"/"+p+"@"+CNIPluginsVersion)
+	}
+	cmd := exec.Command("go", args...)
+	cmd.Env = append(os.Environ(), "GOBIN="+dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go install CNI plugins %s: %w: %s", CNIPluginsVersion, err, out)
+	}
+	return nil
+}
+
+// RunAttach measures what it costs to give a VM its network: netslot's
+// acquire (in-process and through the API, with and without a VPC), the
+// design the seed replaced (building the slot on demand, the same work
+// netslotd does for one slot at boot), and what Firecracker users get from
+// firecracker-go-sdk today: a CNI ADD of the reference plugins (ptp with
+// host-local IPAM, then tap) for a new namespace, through libcni.
+func RunAttach(ctx context.Context, o AttachOptions) (*AttachResult, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if err := InstallCNIPlugins(o.CNIDir); err != nil {
+		return nil, err
+	}
+	tag := fmt.Sprintf("%c%c", 'a'+os.Getpid()%26, 'a'+os.Getpid()/26%26)
+	cfg := slot.DefaultConfig("na"+tag, o.Slots)
+	var cleanup []func()
+	defer func() {
+		for i := len(cleanup) - 1; i >= 0; i-- {
+			cleanup[i]()
+		}
+	}()
+	fab, err := lab.NewFabric("a"+tag, cfg.SlotCIDR)
+	if err != nil {
+		return nil, err
+	}
+	cleanup = append(cleanup, fab.Remove)
+	dir, err := os.MkdirTemp("/dev/shm", "netslot-bench-attach")
+	if err != nil {
+		return nil, err
+	}
+	cleanup = append(cleanup, func() {
+		if err := daemon.Teardown(cfg.Prefix, dir, time.Minute, o.Log); err != nil {
+			o.Log.Error("teardown", "err", err)
+		}
+		os.Remove(filepath.Join(daemon.LockDir, cfg.Prefix+".lock"))
+		os.RemoveAll(dir)
+	})
+	d, err := daemon.New(daemon.Options{Config: cfg, StateDir: dir, Uplink: fab.Uplink,
+		UnderlayIP: fab.Underlay, UplinkGateway: fab.Gateway, Logger: o.Log})
+	if err != nil {
+		return nil, err
+	}
+	cleanup = append(cleanup, func() { d.Close() })
+	o.Log.Info("booting netslot pool", "slots", o.Slots)
+	if err := d.Boot(ctx); err != nil {
+		return nil, err
+	}
+	sock := filepath.Join(dir, "api.sock")
+	ln, err := server.Listen(sock)
+	if err != nil {
+		return nil, err
+	}
+	g := server.New(d).GRPC()
+	go g.Serve(ln)
+	cleanup = append(cleanup, g.Stop)
+	c, err := client.Dial(sock)
+	if err != nil {
+		return nil, err
+	}
+	cleanup = append(cleanup, func() { c.Close() })
+
+	vpc, err := slot.ParseAttachment(4242, fab.VTEP.String(), "10.254.0.5", []string{"10.254.0.0/16"})
+	if err != nil {
+		return nil, err
+	}
+	res := &AttachResult{Opts: o, Samples: map[string][]time.Duration{},
+		Methods: []string{mAcquire, mAcquireVPC, mAPI, mAPIVPC, mReleaseScrub, mOnDemand, mCNIAdd, mCNINetnsAdd, mCNIDel}}
+	add := func(m string, dur time.Duration) { res.Samples[m] = append(res.Samples[m], dur) }
+
+	o.Log.Info("netslot acquire", "samples", o.Samples)
+	for k := 0; k < o.Samples; k++ {
+		for _, withVPC := range []bool{false, true} {
+			req := daemon.AcquireRequest{}
+			m := mAcquire
+			if withVPC {
+				req.VPC, m = vpc, mAcquireVPC
+			}
+			start := time.Now()
+			s, err := d.Acquire(req)
+			add(m, time.Since(start))
+			if err != nil {
+				return nil, err
+			}
+			start = time.Now()
+			if err := d.Release(s.ID, ""); err != nil {
+				return nil, err
+			}
+			add(mReleaseScrub, time.Since(start))
+		}
+		for _, withVPC := range []bool{false, true} {
+			req := &netslotv1.AcquireRequest{}
+			m := mAPI
+			if withVPC {
+				req.Vpc, m = &netslotv1.VpcAttachment{Vni: 4242, RemoteVtep: fab.VTEP.String(), VpcIp: "10.254.0.5", VpcCidrs: []string{"10.254.0.0/16"}}, mAPIVPC
+			}
+			start := time.Now()
+			s, err := c.Acquire(ctx, req)
+			add(m, time.Since(start))
+			if err != nil {
+				return nil, err
+			}
+			if err := c.Release(ctx, s.Id); err != nil {
+				return nil, err
+			}
+		}
+	}
+
+	o.Log.Info("on-demand slot builds", "samples", o.Samples)
+	for k := 0; k < o.Samples; k++ {
+		start := time.Now()
+		if _, err := d.RebuildFree(); err != nil {
+			return nil, err
+		}
+		add(mOnDemand, time.Since(start))
+	}
+
+	o.Log.Info("CNI ADD/DEL", "plugins", CNIPluginsVersion, "samples", o.Samples)
+	if err := runCNI(ctx, o, tag, add); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+func runCNI(ctx context.Context, o AttachOptions, tag string, add func(string, time.Duration)) error {
+	ipamDir, err := os.MkdirTemp("", "netslot-bench-ipam")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(ipamDir)
+	cacheDir, err := os.MkdirTemp("", "netslot-bench-cni-cache")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(cacheDir)
+	// 198.18.128.0/18: benchmark range, routed nowhere, one /32 per ADD.
+	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[
+ {"type":"ptp","ipMasq":false,"ipam":{"type":"host-local","subnet":"198.18.128.0/18","dataDir":%q}},
+ {"type":"tap"}]}`, cniNetworkName, ipamDir)
+	list, err := libcni.NetworkConfFromBytes([]byte(conf))
+	if err != nil {
+		return fmt.Errorf("cni conflist: %w", err)
+	}
+	cni := libcni.NewCNIConfigWithCacheDir([]string{o.CNIDir}, cacheDir, nil)
+	if err := netns.EnsureDir("/run/netns"); err != nil {
+		return err
+	}
+	for k := 0; k < o.Samples; k++ {
+		name := fmt.Sprintf("c%s-%d", tag, k)
+		path := "/run/netns/" + name
+		start := time.Now()
+		if err := lab.InNewNS(path, func() error { return nil }); err != nil {
+			return err
+		}
+		made := time.Now()
+		rt := &libcni.RuntimeConf{ContainerID: name, NetNS: path, IfName: "eth0"}
+		_, err := cni.AddNetworkList(ctx, list, rt)
+		done := time.Now()
+		if err != nil {
+			netns.Remove(path)
+			return fmt.Errorf("cni add: %w", err)
+		}
+		add(mCNIAdd, done.Sub(made))
+		add(mCNINetnsAdd, done.Sub(start))
+		start = time.Now()
+		err = cni.DelNetworkList(ctx, list, rt)
+		add(mCNIDel, time.Since(start))
+		if rerr := netns.Remove(path); err == nil {
+			err = rerr
+		}
+		if err != nil {
+			return fmt.Errorf("cni del: %w", err)
+		}
+	}
+	return nil
+}
+
+// Write prints percentiles per method and how many times slower than
+// netslot's in-process acquire each is.
+func (r *AttachResult) Write(w io.Writer) {
+	fmt.Fprintf(w, "Time to give a VM its network: %d samples per method, a %d-slot pool, CNI plugins %s through libcni\n\n",
+		r.Opts.Samples, r.Opts.Slots, CNIPluginsVersion)
+	fmt.Fprintln(w, "| method | p50 | p99 | p50 / netslot acquire | p99 / netslot acquire |")
+	fmt.Fprintln(w, "|---|---|---|---|---|")
+	base := sortedCopy(r.Samples[mAcquire])
+	b50, b99 := percentile(base, 0.5), percentile(base, 0.99)
+	for _, m := range r.Methods {
+		s := sortedCopy(r.Samples[m])
+		p50, p99 := percentile(s, 0.5), percentile(s, 0.99)
+		fmt.Fprintf(w, "| %s | %s | %s | %.0fx | %.0fx |\n", m, fmtDur(p50), fmtDur(p99),
+			float64(p50)/float64(b50), float64(p99)/float64(b99))
+	}
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d < time.Millisecond:
+		return fmt.Sprintf("%.1f us", float64(d.Nanoseconds())/1e3)
+	default:
+		return fmt.Sprintf("%.2f ms", float64(d.Nanoseconds())/1e6)
+	}
+}
