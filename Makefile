@@ -1,7 +1,7 @@
 GO ?= /usr/local/go/bin/go
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build demo test unit generate bench bench-datapath clean
+.PHONY: all build demo test unit generate bench bench-datapath bench-report clean
 
 all: build
 
@@ -35,6 +35,13 @@ bench-datapath:
 	./scripts/deps.sh
 	$(GO) build -o bin/ ./cmd/netslotd ./cmd/netslot
 	./bin/netslot bench datapath --slots 4000 --rounds 5
+
+# Attach latency and the datapath, written to bench-report/ (report.md,
+# SVG plots, CSV samples). QUICK=1 for small sizes.
+bench-report:
+	./scripts/deps.sh
+	$(GO) build -o bin/ ./cmd/netslotd ./cmd/netslot
+	./bin/netslot bench report --out bench-report $(if $(QUICK),--quick)
 
 clean:
 	rm -rf bin

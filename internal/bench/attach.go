@@ -270,7 +270,7 @@ func (r *AttachResult) Write(w io.Writer) {
 	for _, m := range r.Methods {
 		s := sortedCopy(r.Samples[m])
 		p50, p99 := percentile(s, 0.5), percentile(s, 0.99)
-		fmt.Fprintf(w, "| %s | %s | %s | %.0fx | %.0fx |\n", m, fmtDur(p50), fmtDur(p99),
+		fmt.Fprintf(w, "| %s | %s | %s | %.3gx | %.3gx |\n", m, fmtDur(p50), fmtDur(p99),
 			float64(p50)/float64(b50), float64(p99)/float64(b99))
 	}
 }

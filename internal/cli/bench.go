@@ -93,7 +93,7 @@ It needs one free slot and leaves the pool as it found it.`,
 	cmd.Flags().IntVarP(&n, "count", "n", 1000, "acquire/release cycles")
 	cmd.Flags().StringArrayVar(&allow, "allow", nil, "acquire with this egress allow-list entry (repeatable)")
 	cmd.Flags().BoolVar(&vpc, "vpc", false, "acquire with a VPC attachment (the flip from the dummy VNI)")
-	cmd.AddCommand(benchDatapathCmd(), benchAttachCmd(), loadgenCmd())
+	cmd.AddCommand(benchDatapathCmd(), benchAttachCmd(), benchReportCmd(), loadgenCmd())
 	return cmd
 }
 
@@ -124,6 +124,35 @@ percentiles and removes everything it made.`,
 	fl := cmd.Flags()
 	fl.IntVar(&o.Slots, "slots", 64, "pool size")
 	fl.IntVar(&o.Samples, "samples", 200, "measurements per method")
+	fl.StringVar(&o.CNIDir, "cni-dir", "/var/cache/netslot-cni/bin", "where the CNI plugins are (installed there if missing)")
+	return cmd
+}
+
+func benchReportCmd() *cobra.Command {
+	o := bench.ReportOptions{}
+	cmd := &cobra.Command{
+		Use:   "report",
+		Short: "Run the attach and datapath scenarios and write a report directory (report.md, SVG plots, CSV samples)",
+		Long: `report runs, one after the other, the attach-latency scenario (netslot acquire
+vs building a slot on demand vs a CNI ADD) and the datapath scenario (netslot
+vs the replaced design), then writes --out/report.md with the tables,
+CDF plots as SVG and the raw samples as CSV. --quick runs both at small
+sizes (under two minutes; CI runs it to prove the harness, asserting no
+timing). Run as root; it builds and removes its own lab.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.Log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			o.Loadgen = []string{exe, "bench", "loadgen"}
+			return bench.RunReport(cmd.Context(), o)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&o.Dir, "out", "bench-report", "report directory")
+	fl.BoolVar(&o.Quick, "quick", false, "every scenario at small sizes")
 	fl.StringVar(&o.CNIDir, "cni-dir", "/var/cache/netslot-cni/bin", "where the CNI plugins are (installed there if missing)")
 	return cmd
 }

@@ -111,50 +111,42 @@ func TestDatapathKeepsForwardingThroughKill9(t *testing.T) {
 	}
 }
 
-// TestBenchDatapathQuick runs the datapath benchmark at a tiny size: the
-// harness works, cleans up, and reports what the design promises (no
-// timing is asserted: this machine is shared).
-func TestBenchDatapathQuick(t *testing.T) {
+// TestBenchReportQuick runs the benchmark report at its quick sizes: the
+// harness works end to end (CNI reference plugins included), writes its
+// report, plots and samples, cleans up, and reports what the design
+// promises. No timing is asserted: this machine is shared.
+func TestBenchReportQuick(t *testing.T) {
 	testutil.RequireRoot(t)
-	out, err := run(filepath.Join(binDir, "netslot"), "bench", "datapath", "--slots", "50", "--rounds", "1",
-		"--duration", "1s", "--rtt-samples", "50", "--workers", "4")
-	if err != nil {
+	dir := t.TempDir()
+	if out, err := run(filepath.Join(binDir, "netslot"), "bench", "report", "--quick", "--out", dir); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	t.Log(out)
-	for _, want := range []string{"| TCP connections/s, slot 0", "| UDP round trip, slot 49", "| root-namespace rules | 1503 | 5 |"} {
-		if !strings.Contains(out, want) {
+	b, err := os.ReadFile(filepath.Join(dir, "report.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	report := string(b)
+	t.Log(report)
+	for _, want := range []string{
+		"| netslot acquire, in-process |", "| on-demand: build the slot at request time |",
+		"| CNI ADD (ptp + tap), new namespace |", "| CNI DEL |",
+		"| TCP connections/s, slot 0", "| UDP round trip, slot 49", "| root-namespace rules | 1503 | 5 |",
+	} {
+		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q", want)
 		}
 	}
-	if !regexp.MustCompile(`\| conntrack entries left by the run \| [1-9]\d* \| 0 \|`).MatchString(out) {
+	if !regexp.MustCompile(`\| conntrack entries left by the run \| [1-9]\d* \| 0 \|`).MatchString(report) {
 		t.Errorf("want conntrack entries for the replaced design and none for netslot")
 	}
-	ents, _ := os.ReadDir("/run/netns")
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), "nb") || strings.HasPrefix(e.Name(), "bq") {
-			t.Errorf("bench left namespace %s", e.Name())
-		}
-	}
-}
-
-// TestBenchAttachQuick runs the attach-latency benchmark at a tiny size,
-// CNI reference plugins included: the harness works and cleans up.
-func TestBenchAttachQuick(t *testing.T) {
-	testutil.RequireRoot(t)
-	out, err := run(filepath.Join(binDir, "netslot"), "bench", "attach", "--slots", "8", "--samples", "5")
-	if err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	t.Log(out)
-	for _, want := range []string{"| netslot acquire, in-process |", "| on-demand: build the slot at request time |", "| CNI ADD (ptp + tap), new namespace |", "| CNI DEL |"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("report lacks %q", want)
+	for _, f := range []string{"attach_cdf.svg", "datapath_rtt_cdf.svg", "attach_samples.csv", "datapath_rtt.csv"} {
+		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Size() < 1000 {
+			t.Errorf("%s: %v", f, err)
 		}
 	}
 	ents, _ := os.ReadDir("/run/netns")
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), "na") || strings.HasPrefix(e.Name(), "c") {
+		if strings.HasPrefix(e.Name(), "nb") || strings.HasPrefix(e.Name(), "bq") || strings.HasPrefix(e.Name(), "na") {
 			t.Errorf("bench left namespace %s", e.Name())
 		}
 	}

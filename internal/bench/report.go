@@ -1,0 +1,187 @@
+package bench
+
+import (
+	"context"
+	"encoding/csv"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+)
+
+// ReportOptions select the scenarios' sizes and where the report goes.
+type ReportOptions struct {
+	Dir      string
+	Quick    bool // every scenario at small sizes (minutes, not hours)
+	Loadgen  []string
+	CNIDir   string
+	Log      *slog.Logger
+	Datapath DatapathOptions
+	Attach   AttachOptions
+}
+
+// defaults sets the scenarios' sizes: quick or full.
+func (o *ReportOptions) defaults() {
+	if o.Quick {
+		o.Datapath = DatapathOptions{Slots: 50, Rounds: 1, Duration: time.Second, RTTSamples: 200, Workers: 4}
+		o.Attach = AttachOptions{Slots: 16, Samples: 20}
+	} else {
+		o.Datapath = DatapathOptions{Slots: 4000, Rounds: 5, Duration: 5 * time.Second, RTTSamples: 2000, Workers: 16}
+		o.Attach = AttachOptions{Slots: 64, Samples: 200}
+	}
+	o.Datapath.Loadgen, o.Datapath.Log = o.Loadgen, o.Log
+	o.Attach.CNIDir, o.Attach.Log = o.CNIDir, o.Log
+}
+
+// RunReport runs the scenarios one after the other and writes report.md,
+// the raw samples as CSV and the plots as SVG into o.Dir.
+func RunReport(ctx context.Context, o ReportOptions) error {
+	o.defaults()
+	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
+		return fmt.Errorf("report dir: %w", err)
+	}
+	start := time.Now()
+	o.Log.Info("scenario 1 of 2: attach latency", "slots", o.Attach.Slots, "samples", o.Attach.Samples)
+	att, err := RunAttach(ctx, o.Attach)
+	if err != nil {
+		return fmt.Errorf("attach scenario: %w", err)
+	}
+	o.Log.Info("scenario 2 of 2: datapath", "slots", o.Datapath.Slots, "rounds", o.Datapath.Rounds,
+		"elapsed", time.Since(start).Round(time.Second))
+	dp, err := RunDatapath(ctx, o.Datapath)
+	if err != nil {
+		return fmt.Errorf("datapath scenario: %w", err)
+	}
+
+	if err := writeAttachCSV(filepath.Join(o.Dir, "attach_samples.csv"), att); err != nil {
+		return err
+	}
+	if err := writeRTTCSV(filepath.Join(o.Dir, "datapath_rtt.csv"), dp); err != nil {
+		return err
+	}
+	if err := cdfPlot(filepath.Join(o.Dir, "attach_cdf.svg"), "Time to give a VM its network", att.Methods, att.Samples); err != nil {
+		return err
+	}
+	last := fmt.Sprintf("slot %d", dp.Opts.Slots-1)
+	rtts := map[string][]time.Duration{
+		"netslot, slot 0": dp.OursRTT[0], "netslot, " + last: dp.OursRTT[1],
+		"replaced design, slot 0": dp.BaseRTT[0], "replaced design, " + last: dp.BaseRTT[1],
+	}
+	order := []string{"netslot, slot 0", "netslot, " + last, "replaced design, slot 0", "replaced design, " + last}
+	if err := cdfPlot(filepath.Join(o.Dir, "datapath_rtt_cdf.svg"), "UDP round trip through a slot", order, rtts); err != nil {
+		return err
+	}
+
+	f, err := os.Create(filepath.Join(o.Dir, "report.md"))
+	if err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "# netslot bench report\n\n%s\n\nGenerated %s in %s by `netslot bench report%s`.\n\n",
+		machine(), time.Now().UTC().Format(time.RFC3339), time.Since(start).Round(time.Second), map[bool]string{true: " --quick", false: ""}[o.Quick])
+	fmt.Fprint(f, "## Attach latency\n\n![CDF](attach_cdf.svg)\n\n")
+	att.Write(f)
+	fmt.Fprint(f, "\n## Datapath\n\n![CDF](datapath_rtt_cdf.svg)\n\n")
+	dp.Write(f)
+	fmt.Fprintln(f, "\nRaw samples: `attach_samples.csv`, `datapath_rtt.csv` (nanoseconds).")
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	o.Log.Info("report written", "dir", o.Dir, "elapsed", time.Since(start).Round(time.Second))
+	return nil
+}
+
+// machine describes where the figures come from.
+func machine() string {
+	var u unix.Utsname
+	unix.Uname(&u)
+	rel := strings.TrimRight(string(u.Release[:]), "\x00")
+	return fmt.Sprintf("Machine: %d CPUs, Linux %s, %s.", runtime.NumCPU(), rel, runtime.Version())
+}
+
+func writeAttachCSV(path string, r *AttachResult) error {
+	rows := [][]string{{"method", "ns"}}
+	for _, m := range r.Methods {
+		for _, d := range r.Samples[m] {
+			rows = append(rows, []string{m, strconv.FormatInt(d.Nanoseconds(), 10)})
+		}
+	}
+	return writeCSV(path, rows)
+}
+
+func writeRTTCSV(path string, r *DatapathResult) error {
+	rows := [][]string{{"design", "slot", "ns"}}
+	for k, slotIdx := range []int{0, r.Opts.Slots - 1} {
+		for _, d := range r.OursRTT[k] {
+			rows = append(rows, []string{"netslot", strconv.Itoa(slotIdx), strconv.FormatInt(d.Nanoseconds(), 10)})
+		}
+		for _, d := range r.BaseRTT[k] {
+			rows = append(rows, []string{"replaced", strconv.Itoa(slotIdx), strconv.FormatInt(d.Nanoseconds(), 10)})
+		}
+	}
+	return writeCSV(path, rows)
+}
+
+func writeCSV(path string, rows [][]string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("csv: %w", err)
+	}
+	w := csv.NewWriter(f)
+	w.WriteAll(rows)
+	if err := w.Error(); err != nil {
+		f.Close()
+		return fmt.Errorf("csv %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// cdfPlot draws the cumulative distribution of each series (log time
+// axis) as SVG.
+func cdfPlot(path, title string, order []string, series map[string][]time.Duration) error {
+	p := plot.New()
+	p.Title.Text = title
+	p.X.Label.Text = "microseconds (log)"
+	p.Y.Label.Text = "fraction of samples"
+	p.X.Scale = plot.LogScale{}
+	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
+	p.Y.Min, p.Y.Max = 0, 1
+	p.Legend.Top = false
+	p.Legend.Left = false
+	for i, name := range order {
+		s := slices.Clone(series[name])
+		if len(s) == 0 {
+			continue
+		}
+		slices.Sort(s)
+		pts := make(plotter.XYs, len(s))
+		for k, d := range s {
+			pts[k].X = max(float64(d.Nanoseconds())/1e3, 0.1)
+			pts[k].Y = float64(k+1) / float64(len(s))
+		}
+		line, err := plotter.NewLine(pts)
+		if err != nil {
+			return fmt.Errorf("plot %s: %w", name, err)
+		}
+		line.Color = plotutil.Color(i)
+		line.Dashes = plotutil.Dashes(i / 7)
+		line.Width = vg.Points(1.5)
+		p.Add(line)
+		p.Legend.Add(name, line)
+	}
+	if err := p.Save(9*vg.Inch, 5*vg.Inch, path); err != nil {
+		return fmt.Errorf("plot %s: %w", path, err)
+	}
+	return nil
+}
