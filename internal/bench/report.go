@@ -29,6 +29,7 @@ type ReportOptions struct {
 	Log      *slog.Logger
 	Datapath DatapathOptions
 	Attach   AttachOptions
+	Boot     BootOptions
 }
 
 // defaults sets the scenarios' sizes: quick or full.
@@ -36,10 +37,13 @@ func (o *ReportOptions) defaults() {
 	if o.Quick {
 		o.Datapath = DatapathOptions{Slots: 50, Rounds: 1, Duration: time.Second, RTTSamples: 200, Workers: 4}
 		o.Attach = AttachOptions{Slots: 16, Samples: 20}
+		o.Boot = BootOptions{Sizes: []int{100, 400}, Idle: 2 * time.Second}
 	} else {
 		o.Datapath = DatapathOptions{Slots: 4000, Rounds: 5, Duration: 5 * time.Second, RTTSamples: 2000, Workers: 16}
 		o.Attach = AttachOptions{Slots: 64, Samples: 200}
+		o.Boot = BootOptions{Sizes: []int{100, 1000, 4000, 10000}, Idle: 10 * time.Second}
 	}
+	o.Boot.Log = o.Log
 	o.Datapath.Loadgen, o.Datapath.Log = o.Loadgen, o.Log
 	o.Attach.CNIDir, o.Attach.Log = o.CNIDir, o.Log
 }
@@ -52,12 +56,18 @@ func RunReport(ctx context.Context, o ReportOptions) error {
 		return fmt.Errorf("report dir: %w", err)
 	}
 	start := time.Now()
-	o.Log.Info("scenario 1 of 2: attach latency", "slots", o.Attach.Slots, "samples", o.Attach.Samples)
+	o.Log.Info("scenario 1 of 3: boot", "sizes", o.Boot.Sizes)
+	boots, err := RunBoot(ctx, o.Boot)
+	if err != nil {
+		return fmt.Errorf("boot scenario: %w", err)
+	}
+	o.Log.Info("scenario 2 of 3: attach latency", "slots", o.Attach.Slots, "samples", o.Attach.Samples,
+		"elapsed", time.Since(start).Round(time.Second))
 	att, err := RunAttach(ctx, o.Attach)
 	if err != nil {
 		return fmt.Errorf("attach scenario: %w", err)
 	}
-	o.Log.Info("scenario 2 of 2: datapath", "slots", o.Datapath.Slots, "rounds", o.Datapath.Rounds,
+	o.Log.Info("scenario 3 of 3: datapath", "slots", o.Datapath.Slots, "rounds", o.Datapath.Rounds,
 		"elapsed", time.Since(start).Round(time.Second))
 	dp, err := RunDatapath(ctx, o.Datapath)
 	if err != nil {
@@ -65,6 +75,12 @@ func RunReport(ctx context.Context, o ReportOptions) error {
 	}
 
 	if err := writeAttachCSV(filepath.Join(o.Dir, "attach_samples.csv"), att); err != nil {
+		return err
+	}
+	if err := writeBootCSV(filepath.Join(o.Dir, "boot_timeline.csv"), boots); err != nil {
+		return err
+	}
+	if err := bootPlot(filepath.Join(o.Dir, "boot_per_slot.svg"), boots); err != nil {
 		return err
 	}
 	if err := writeRTTCSV(filepath.Join(o.Dir, "datapath_rtt.csv"), dp); err != nil {
@@ -90,11 +106,13 @@ func RunReport(ctx context.Context, o ReportOptions) error {
 	defer f.Close()
 	fmt.Fprintf(f, "# netslot bench report\n\n%s\n\nGenerated %s in %s by `netslot bench report%s`.\n\n",
 		machine(), time.Now().UTC().Format(time.RFC3339), time.Since(start).Round(time.Second), map[bool]string{true: " --quick", false: ""}[o.Quick])
-	fmt.Fprint(f, "## Attach latency\n\n![CDF](attach_cdf.svg)\n\n")
+	fmt.Fprint(f, "## Boot\n\nA fresh pool of each size (no uplink, state on tmpfs), after the kernel has finished dismantling earlier namespaces.\n\n![per-slot cost](boot_per_slot.svg)\n\n")
+	WriteBoot(f, boots)
+	fmt.Fprint(f, "\n## Attach latency\n\n![CDF](attach_cdf.svg)\n\n")
 	att.Write(f)
 	fmt.Fprint(f, "\n## Datapath\n\n![CDF](datapath_rtt_cdf.svg)\n\n")
 	dp.Write(f)
-	fmt.Fprintln(f, "\nRaw samples: `attach_samples.csv`, `datapath_rtt.csv` (nanoseconds).")
+	fmt.Fprintln(f, "\nRaw samples: `boot_timeline.csv`, `attach_samples.csv`, `datapath_rtt.csv` (nanoseconds).")
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("report: %w", err)
 	}
@@ -179,6 +197,51 @@ func cdfPlot(path, title string, order []string, series map[string][]time.Durati
 		line.Width = vg.Points(1.5)
 		p.Add(line)
 		p.Legend.Add(name, line)
+	}
+	if err := p.Save(9*vg.Inch, 5*vg.Inch, path); err != nil {
+		return fmt.Errorf("plot %s: %w", path, err)
+	}
+	return nil
+}
+
+func writeBootCSV(path string, runs []BootRun) error {
+	rows := [][]string{{"slots", "ready_index", "ns_since_start"}}
+	for _, r := range runs {
+		for k, t := range r.Timeline {
+			rows = append(rows, []string{strconv.Itoa(r.Slots), strconv.Itoa(k), strconv.FormatInt(t.Nanoseconds(), 10)})
+		}
+	}
+	return writeCSV(path, rows)
+}
+
+// bootPlot draws milliseconds per slot over the course of each boot
+// (windows of 1/50 of the pool): a flat line is constant work.
+func bootPlot(path string, runs []BootRun) error {
+	p := plot.New()
+	p.Title.Text = "Boot: wall time per slot as the pool fills"
+	p.X.Label.Text = "fraction of the pool ready"
+	p.Y.Label.Text = "ms per slot"
+	p.Y.Min = 0
+	p.Legend.Top = true
+	for i, r := range runs {
+		n := len(r.Timeline)
+		if n < 50 {
+			continue
+		}
+		w := n / 50
+		var pts plotter.XYs
+		for k := w; k < n; k += w {
+			ms := float64((r.Timeline[k] - r.Timeline[k-w]).Microseconds()) / 1000 / float64(w)
+			pts = append(pts, plotter.XY{X: float64(k) / float64(n), Y: ms})
+		}
+		line, err := plotter.NewLine(pts)
+		if err != nil {
+			return fmt.Errorf("plot: %w", err)
+		}
+		line.Color = plotutil.Color(i)
+		line.Width = vg.Points(1.5)
+		p.Add(line)
+		p.Legend.Add(fmt.Sprintf("%d slots", r.Slots), line)
 	}
 	if err := p.Save(9*vg.Inch, 5*vg.Inch, path); err != nil {
 		return fmt.Errorf("plot %s: %w", path, err)

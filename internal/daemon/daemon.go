@@ -83,6 +83,9 @@ type Daemon struct {
 	ready     atomic.Int64
 	removed   atomic.Int64
 	t10, t90  atomic.Int64 // boot time when a tenth / nine tenths were ready
+	// readyAt[k] is the boot time (ns) at which the (k+1)-th slot became
+	// ready during this boot: the per-slot cost curve (BootTimeline).
+	readyAt []atomic.Int64
 }
 
 // Errors the API maps to status codes.
@@ -141,6 +144,7 @@ func New(opts Options) (*Daemon, error) {
 	}
 	d.pool = pool.New(d.cfg.Count)
 	d.leases = make([]*slot.Lease, d.cfg.Count)
+	d.readyAt = make([]atomic.Int64, d.cfg.Count)
 	d.fwConns = make([]*nftables.Conn, d.cfg.Count)
 	d.hostIdx = make([]int, d.cfg.Count)
 	if err := raiseFileLimit(uint64(d.cfg.Count) + 4096); err != nil {

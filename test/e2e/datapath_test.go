@@ -131,6 +131,7 @@ func TestBenchReportQuick(t *testing.T) {
 		"| netslot acquire, in-process |", "| on-demand: build the slot at request time |",
 		"| CNI ADD (ptp + tap), new namespace |", "| CNI DEL |",
 		"| TCP connections/s, slot 0", "| UDP round trip, slot 49", "| root-namespace rules | 1503 | 5 |",
+		"| 400 |", "| 5 / 12003 |",
 	} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q", want)
@@ -139,14 +140,14 @@ func TestBenchReportQuick(t *testing.T) {
 	if !regexp.MustCompile(`\| conntrack entries left by the run \| [1-9]\d* \| 0 \|`).MatchString(report) {
 		t.Errorf("want conntrack entries for the replaced design and none for netslot")
 	}
-	for _, f := range []string{"attach_cdf.svg", "datapath_rtt_cdf.svg", "attach_samples.csv", "datapath_rtt.csv"} {
+	for _, f := range []string{"attach_cdf.svg", "datapath_rtt_cdf.svg", "boot_per_slot.svg", "attach_samples.csv", "datapath_rtt.csv", "boot_timeline.csv"} {
 		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Size() < 1000 {
 			t.Errorf("%s: %v", f, err)
 		}
 	}
 	ents, _ := os.ReadDir("/run/netns")
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), "nb") || strings.HasPrefix(e.Name(), "bq") || strings.HasPrefix(e.Name(), "na") {
+		if strings.HasPrefix(e.Name(), "nb") || strings.HasPrefix(e.Name(), "bq") || strings.HasPrefix(e.Name(), "na") || strings.HasPrefix(e.Name(), "nx") {
 			t.Errorf("bench left namespace %s", e.Name())
 		}
 	}
