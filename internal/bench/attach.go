@@ -270,9 +270,21 @@ func (r *AttachResult) Write(w io.Writer) {
 	for _, m := range r.Methods {
 		s := sortedCopy(r.Samples[m])
 		p50, p99 := percentile(s, 0.5), percentile(s, 0.99)
-		fmt.Fprintf(w, "| %s | %s | %s | %.3gx | %.3gx |\n", m, fmtDur(p50), fmtDur(p99),
-			float64(p50)/float64(b50), float64(p99)/float64(b99))
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", m, fmtDur(p50), fmtDur(p99),
+			ratio(float64(p50)/float64(b50)), ratio(float64(p99)/float64(b99)))
 	}
+}
+
+// ratio prints a factor with sensible precision ("3.2x", "1,242x").
+func ratio(f float64) string {
+	if f < 100 {
+		return fmt.Sprintf("%.3gx", f)
+	}
+	n := fmt.Sprintf("%.0f", f)
+	for i := len(n) - 3; i > 0; i -= 3 {
+		n = n[:i] + "," + n[i:]
+	}
+	return n + "x"
 }
 
 func fmtDur(d time.Duration) string {

@@ -47,7 +47,7 @@ func RunBoot(ctx context.Context, o BootOptions) ([]BootRun, error) {
 	var runs []BootRun
 	for k, n := range o.Sizes {
 		o.Log.Info("boot scenario", "slots", n, "run", k+1, "of", len(o.Sizes))
-		r, err := bootOnce(ctx, n, o)
+		r, err := bootOnce(ctx, k, n, o)
 		if err != nil {
 			return runs, fmt.Errorf("boot %d slots: %w", n, err)
 		}
@@ -56,10 +56,10 @@ func RunBoot(ctx context.Context, o BootOptions) ([]BootRun, error) {
 	return runs, nil
 }
 
-func bootOnce(ctx context.Context, n int, o BootOptions) (BootRun, error) {
+func bootOnce(ctx context.Context, run, n int, o BootOptions) (BootRun, error) {
 	r := BootRun{Slots: n, ReplacedRule: n*RulesPerSlot + 3}
 	settleNamespaces(o.Log)
-	cfg := slot.DefaultConfig(fmt.Sprintf("nx%c%c", 'a'+os.Getpid()%26, 'a'+n%26), n)
+	cfg := slot.DefaultConfig(fmt.Sprintf("nx%c%c", 'a'+os.Getpid()%26, 'a'+run%26), n)
 	dir, err := os.MkdirTemp("/dev/shm", "netslot-bench-boot")
 	if err != nil {
 		return r, err
