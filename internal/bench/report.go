@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/csv"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -106,7 +107,8 @@ func RunReport(ctx context.Context, o ReportOptions) error {
 	defer f.Close()
 	fmt.Fprintf(f, "# netslot bench report\n\n%s\n\nGenerated %s in %s by `netslot bench report%s`.\n\n",
 		machine(), time.Now().UTC().Format(time.RFC3339), time.Since(start).Round(time.Second), map[bool]string{true: " --quick", false: ""}[o.Quick])
-	fmt.Fprint(f, "## Boot\n\nA fresh pool of each size (no uplink, state on tmpfs), after the kernel has finished dismantling earlier namespaces.\n\n![per-slot cost](boot_per_slot.svg)\n\n")
+	writeSeedTable(f, boots, att, dp)
+	fmt.Fprint(f, "\n## Boot\n\nA fresh pool of each size (no uplink, state on tmpfs), after the kernel has finished dismantling earlier namespaces.\n\n![per-slot cost](boot_per_slot.svg)\n\n")
 	WriteBoot(f, boots)
 	fmt.Fprint(f, "\n## Attach latency\n\n![CDF](attach_cdf.svg)\n\n")
 	att.Write(f)
@@ -247,4 +249,44 @@ func bootPlot(path string, runs []BootRun) error {
 		return fmt.Errorf("plot %s: %w", path, err)
 	}
 	return nil
+}
+
+// writeSeedTable opens the report with the seed's before/after table:
+// what Lambda reported, and the closest figure measured here for netslot,
+// the design it replaced and the CNI plugins, from this run.
+func writeSeedTable(w io.Writer, boots []BootRun, att *AttachResult, dp *DatapathResult) {
+	med := func(xs []time.Duration) time.Duration { return percentile(sortedCopy(xs), 0.5) }
+	var b4k *BootRun
+	for i := range boots {
+		if b4k == nil || boots[i].Slots <= 4000 {
+			b4k = &boots[i]
+		}
+	}
+	last := dp.Opts.Slots - 1
+	fmt.Fprint(w, "## Summary: the seed's table, on this machine\n\n")
+	fmt.Fprintln(w, "| metric | Lambda before | Lambda after | netslot here | replaced design here | CNI plugins here | netslot's advantage over the replaced design |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	vpc, ondemand, cni := med(att.Samples[mAcquireVPC]), med(att.Samples[mOnDemand]), med(att.Samples[mCNINetnsAdd])
+	fmt.Fprintf(w, "| tunnel/network ready for a VM (p50) | 150 ms (Geneve) | 200 us | %s (acquire + VPC flip) | %s (build the slot) | %s (netns + ADD) | %s |\n",
+		fmtDur(vpc), fmtDur(ondemand), fmtDur(cni), ratio(float64(ondemand)/float64(vpc)))
+	oc, bc := median(dp.OursCPS[0]), median(dp.BaseCPS[0])
+	fmt.Fprintf(w, "| NAT: connections/s through slot 0 (median of %d rounds) | stateful, twice | stateless | %.0f | %.0f | | %s |\n",
+		len(dp.OursCPS[0]), oc, bc, ratio(oc/bc))
+	fmt.Fprintf(w, "| root-namespace rules at %d slots | > 125,000 | 144 | %d | %d | | |\n", dp.Opts.Slots, dp.OursRootRules, dp.BaseRules)
+	o0, oN := med(dp.OursRTT[0]), med(dp.OursRTT[1])
+	b0, bN := med(dp.BaseRTT[0]), med(dp.BaseRTT[1])
+	fmt.Fprintf(w, "| per-packet cost, worst slot (round trip slot %d vs slot 0, p50) | up to ~1 ms | constant | %s vs %s | %s vs %s | | %s |\n",
+		last, fmtDur(oN), fmtDur(o0), fmtDur(bN), fmtDur(b0), ratio(float64(bN)/float64(oN)))
+	fmt.Fprintf(w, "| conntrack entries left by the run | (per flow, twice) | 0 | %d | %d | | |\n", dp.OursConntrack, dp.BaseCtrack)
+	if b4k != nil {
+		fmt.Fprintf(w, "| networks pre-created at boot | 200 | 4,000 in ~3 min | %d in %.1f s | (created on demand) | (created on demand) | |\n",
+			b4k.Slots, b4k.Boot.Seconds())
+	}
+	if n := len(boots); n > 0 {
+		big := boots[n-1]
+		fmt.Fprintf(w, "| largest pool booted; per-slot cost last/first tenth | | 4,000 | %d in %.1f s; %.2fx | | | |\n",
+			big.Slots, big.Boot.Seconds(), float64(big.LastTenth)/float64(max(1, big.FirstTenth)))
+		fmt.Fprintf(w, "| daemon CPU when idle | background drain | none | %.2f %% of a core | | | |\n", big.IdleCPUPercent)
+	}
+	fmt.Fprintln(w, "\nLambda's figures are from the seed (All Things Distributed, 2026-04-22); every other figure is from this run, on this machine. The sections below give percentiles, spreads and how each was measured.")
 }
