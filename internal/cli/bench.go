@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
 	"github.com/netslot/netslot/client"
@@ -112,7 +113,7 @@ namespace through libcni, the way firecracker-go-sdk does it. It prints
 percentiles and removes everything it made.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.Log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+			o.Log = benchLog(cmd)
 			res, err := bench.RunAttach(cmd.Context(), o)
 			if err != nil {
 				return err
@@ -124,7 +125,7 @@ percentiles and removes everything it made.`,
 	fl := cmd.Flags()
 	fl.IntVar(&o.Slots, "slots", 64, "pool size")
 	fl.IntVar(&o.Samples, "samples", 200, "measurements per method")
-	fl.StringVar(&o.CNIDir, "cni-dir", "/var/cache/netslot-cni/bin", "where the CNI plugins are (installed there if missing)")
+	cniDirFlag(fl, &o.CNIDir)
 	return cmd
 }
 
@@ -141,20 +142,37 @@ sizes (under two minutes; CI runs it to prove the harness, asserting no
 timing). Run as root; it builds and removes its own lab.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.Log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
-			exe, err := os.Executable()
-			if err != nil {
+			o.Log = benchLog(cmd)
+			var err error
+			if o.Loadgen, err = loadgenArgv(); err != nil {
 				return err
 			}
-			o.Loadgen = []string{exe, "bench", "loadgen"}
 			return bench.RunReport(cmd.Context(), o)
 		},
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&o.Dir, "out", "bench-report", "report directory")
 	fl.BoolVar(&o.Quick, "quick", false, "every scenario at small sizes")
-	fl.StringVar(&o.CNIDir, "cni-dir", "/var/cache/netslot-cni/bin", "where the CNI plugins are (installed there if missing)")
+	cniDirFlag(fl, &o.CNIDir)
 	return cmd
+}
+
+// benchLog is the progress log of the lab benchmarks (on stderr).
+func benchLog(cmd *cobra.Command) *slog.Logger {
+	return slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+}
+
+// loadgenArgv is how the benchmarks start a load generator in a guest.
+func loadgenArgv() ([]string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	return []string{exe, "bench", "loadgen"}, nil
+}
+
+func cniDirFlag(fl *pflag.FlagSet, dir *string) {
+	fl.StringVar(dir, "cni-dir", "/var/cache/netslot-cni/bin", "where the CNI plugins are (installed there if missing)")
 }
 
 // loadgenCmd is the guest-side load generator of bench datapath, run in a
@@ -204,12 +222,11 @@ trips, in rounds that alternate the designs, prints a table and removes
 everything it made. Traffic stays inside namespaces it created.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.Log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
-			exe, err := os.Executable()
-			if err != nil {
+			o.Log = benchLog(cmd)
+			var err error
+			if o.Loadgen, err = loadgenArgv(); err != nil {
 				return err
 			}
-			o.Loadgen = []string{exe, "bench", "loadgen"}
 			res, err := bench.RunDatapath(cmd.Context(), o)
 			if err != nil {
 				return err
