@@ -108,27 +108,16 @@ func RunAttach(ctx context.Context, o AttachOptions) (*AttachResult, error) {
 		return nil, err
 	}
 	cleanup = append(cleanup, fab.Remove)
-	dir, err := os.MkdirTemp("/dev/shm", "netslot-bench-attach")
+	d, stopPool, err := startPool(ctx, cfg, fab, o.Log)
 	if err != nil {
 		return nil, err
 	}
-	cleanup = append(cleanup, func() {
-		if err := daemon.Teardown(cfg.Prefix, dir, time.Minute, o.Log); err != nil {
-			o.Log.Error("teardown", "err", err)
-		}
-		os.Remove(filepath.Join(daemon.LockDir, cfg.Prefix+".lock"))
-		os.RemoveAll(dir)
-	})
-	d, err := daemon.New(daemon.Options{Config: cfg, StateDir: dir, Uplink: fab.Uplink,
-		UnderlayIP: fab.Underlay, UplinkGateway: fab.Gateway, Logger: o.Log})
+	cleanup = append(cleanup, stopPool)
+	dir, err := os.MkdirTemp("", "netslot-bench-api")
 	if err != nil {
 		return nil, err
 	}
-	cleanup = append(cleanup, func() { d.Close() })
-	o.Log.Info("booting netslot pool", "slots", o.Slots)
-	if err := d.Boot(ctx); err != nil {
-		return nil, err
-	}
+	cleanup = append(cleanup, func() { os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "api.sock")
 	ln, err := server.Listen(sock)
 	if err != nil {

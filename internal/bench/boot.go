@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -64,10 +63,10 @@ func bootOnce(ctx context.Context, run, n int, o BootOptions) (BootRun, error) {
 	if err != nil {
 		return r, err
 	}
-	defer os.RemoveAll(dir)
 	before := kernelMemKiB()
 	d, err := daemon.New(daemon.Options{Config: cfg, StateDir: dir, Logger: o.Log})
 	if err != nil {
+		os.RemoveAll(dir)
 		return r, err
 	}
 	start := time.Now()
@@ -88,12 +87,11 @@ func bootOnce(ctx context.Context, run, n int, o BootOptions) (BootRun, error) {
 		r.IdleCPUPercent = 100 * cpu.Seconds() / o.Idle.Seconds()
 	}
 	d.Close()
-	t0 := time.Now()
-	if terr := daemon.Teardown(cfg.Prefix, dir, 2*time.Minute, o.Log); terr != nil && err == nil {
+	took, terr := removePool(cfg.Prefix, dir, o.Log)
+	r.Teardown = took
+	if err == nil {
 		err = terr
 	}
-	r.Teardown = time.Since(t0)
-	os.Remove(filepath.Join(daemon.LockDir, cfg.Prefix+".lock"))
 	return r, err
 }
 

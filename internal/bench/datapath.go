@@ -16,7 +16,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/netslot/netslot/internal/daemon"
 	"github.com/netslot/netslot/internal/firewall"
 	"github.com/netslot/netslot/internal/lab"
 	"github.com/netslot/netslot/internal/slot"
@@ -82,27 +81,11 @@ func RunDatapath(ctx context.Context, o DatapathOptions) (res *DatapathResult, e
 	}
 	cleanup = append(cleanup, srv.close)
 
-	stateDir, err := os.MkdirTemp("", "netslot-bench-state")
+	_, stopPool, err := startPool(ctx, cfg, fab, o.Log)
 	if err != nil {
 		return nil, err
 	}
-	cleanup = append(cleanup, func() {
-		if err := daemon.Teardown(cfg.Prefix, stateDir, time.Minute, o.Log); err != nil {
-			o.Log.Error("teardown", "err", err)
-		}
-		os.Remove(daemon.LockDir + "/" + cfg.Prefix + ".lock")
-		os.RemoveAll(stateDir)
-	})
-	o.Log.Info("booting netslot pool", "slots", o.Slots)
-	d, err := daemon.New(daemon.Options{Config: cfg, StateDir: stateDir, Uplink: fab.Uplink,
-		UnderlayIP: fab.Underlay, UplinkGateway: fab.Gateway, Logger: o.Log})
-	if err != nil {
-		return nil, err
-	}
-	cleanup = append(cleanup, func() { d.Close() })
-	if err := d.Boot(ctx); err != nil {
-		return nil, err
-	}
+	cleanup = append(cleanup, stopPool)
 
 	base := &Baseline{Tag: "q" + tag, Uplink: fab.Uplink, Gateway: fab.Gateway, Slots: o.Slots,
 		Real: []int{0, last}, Table: 0x6e620000 | os.Getpid()&0xffff}

@@ -374,7 +374,7 @@ func (d *Daemon) runJob(root *netlink.Handle, rootFD int, j job) (job, func() er
 		}
 		j.kind = jobRepair
 	}
-	step, err := d.buildSlot(root, rootFD, j.i, egressOf(d.lease(j.i)))
+	step, err := d.buildSlot(root, rootFD, j.i, d.lease(j.i))
 	return j, step, err
 }
 
@@ -409,19 +409,21 @@ func (d *Daemon) checkSlot(i int) (func() error, error) {
 	if err != nil {
 		return nil, err
 	}
-	return d.fwStep(i, conn, egressOf(d.lease(i)), firewall.Slot.Verify), nil
+	return d.fwStep(i, conn, d.lease(i), firewall.Slot.Verify), nil
 }
 
-// fwStep returns the nftables part of a job on slot i: op on conn, after
-// which the slot keeps conn (or, on failure, conn is closed).
-func (d *Daemon) fwStep(i int, conn *nftables.Conn, egress []netip.Prefix, op func(firewall.Slot, *nftables.Conn, []netip.Prefix) error) func() error {
+// fwStep returns the nftables and datapath part of a job on slot i: op on
+// conn with the egress policy of l (nil: a slot with no lease), after which
+// the slot keeps conn (or, on failure, conn is closed), then the slot's
+// datapath entries, attached to l's VPC if it has one.
+func (d *Daemon) fwStep(i int, conn *nftables.Conn, l *slot.Lease, op func(firewall.Slot, *nftables.Conn, []netip.Prefix) error) func() error {
 	return func() error {
-		if err := op(firewall.Slot{Config: d.cfg}, conn, egress); err != nil {
+		if err := op(firewall.Slot{Config: d.cfg}, conn, egressOf(l)); err != nil {
 			firewall.Close(conn)
 			return err
 		}
 		d.setFwConn(i, conn)
-		return d.registerDatapath(i)
+		return d.registerDatapath(i, vpcOf(l))
 	}
 }
 
@@ -430,7 +432,7 @@ func (d *Daemon) fwStep(i int, conn *nftables.Conn, egress []netip.Prefix, op fu
 // and is back there when buildSlot returns (unless it returns an error from
 // setns). It returns the creation of the slot's firewall, to be run on any
 // goroutine; the slot is ready once that succeeds.
-func (d *Daemon) buildSlot(root *netlink.Handle, rootFD, i int, egress []netip.Prefix) (func() error, error) {
+func (d *Daemon) buildSlot(root *netlink.Handle, rootFD, i int, l *slot.Lease) (func() error, error) {
 	// The old namespace's nftables socket would keep it alive and take
 	// policy changes meant for the new one.
 	d.setFwConn(i, nil)
@@ -456,7 +458,7 @@ func (d *Daemon) buildSlot(root *netlink.Handle, rootFD, i int, egress []netip.P
 		}
 		return nil, errors.Join(err, d.removeSlotObjects(root, i))
 	}
-	return d.fwStep(i, conn, egress, firewall.Slot.Create), nil
+	return d.fwStep(i, conn, l, firewall.Slot.Create), nil
 }
 
 // fillSlot builds slot i's devices from inside its new namespace and opens

@@ -351,6 +351,13 @@ func raiseFileLimit(need uint64) error {
 	return nil
 }
 
+func vpcOf(l *slot.Lease) *slot.Attachment {
+	if l == nil {
+		return nil
+	}
+	return l.VPC
+}
+
 func egressOf(l *slot.Lease) []netip.Prefix {
 	if l == nil {
 		return nil

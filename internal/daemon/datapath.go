@@ -97,10 +97,9 @@ func (d *Daemon) setupDatapath() error {
 	})
 }
 
-// registerDatapath records slot i's host veth in the datapath and brings
-// its tunnel entry in line with its lease: attached for a lease with a VPC,
-// the dummy VNI otherwise.
-func (d *Daemon) registerDatapath(i int) error {
+// registerDatapath records slot i's host veth in the datapath and writes
+// its tunnel entry: attached to vpc, or the dummy VNI when vpc is nil.
+func (d *Daemon) registerDatapath(i int, vpc *slot.Attachment) error {
 	d.mu.Lock()
 	host := d.hostIdx[i]
 	d.mu.Unlock()
@@ -110,8 +109,8 @@ func (d *Daemon) registerDatapath(i int) error {
 	if err := d.dp.SetSlot(i, host); err != nil {
 		return err
 	}
-	if l := d.lease(i); l != nil && l.VPC != nil {
-		return d.dp.Attach(i, l.VPC)
+	if vpc != nil {
+		return d.dp.Attach(i, vpc)
 	}
 	return d.dp.Detach(i, nil)
 }
@@ -164,15 +163,6 @@ func (d *Daemon) UnattributedDrops() map[string]uint64 {
 		return nil
 	}
 	return st.Drops
-}
-
-// SlotStats returns slot i's counters (for metrics).
-func (d *Daemon) SlotStats(i int) (datapath.Stats, bool) {
-	if d.dp == nil {
-		return datapath.Stats{}, false
-	}
-	st, err := d.dp.Stats(i)
-	return st, err == nil
 }
 
 // DatapathCounters implements metrics.Gauges.

@@ -184,11 +184,7 @@ func (d *Daemon) scrub(i int) error {
 	if err != nil {
 		return err
 	}
-	var vpc *slot.Attachment
-	if l := d.lease(i); l != nil {
-		vpc = l.VPC
-	}
-	if err := d.scrubDatapath(i, vpc); err != nil {
+	if err := d.scrubDatapath(i, vpcOf(d.lease(i))); err != nil {
 		return err
 	}
 	conn := d.fwConn(i)
@@ -241,11 +237,9 @@ func (d *Daemon) rebuild(i int) error {
 		if err := step(); err != nil {
 			return err
 		}
-		var vpc *slot.Attachment
-		if l := d.lease(i); l != nil {
-			vpc = l.VPC
-		}
-		return d.scrubDatapath(i, vpc)
+		// The new slot has the dummy VNI; what the old lease attached
+		// (its inbound key, long CIDR lists) and counted goes too.
+		return d.scrubDatapath(i, vpcOf(d.lease(i)))
 	})
 	if err != nil {
 		return err

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 
 	"github.com/cilium/ebpf"
 
@@ -329,10 +328,11 @@ func (d *Datapath) Prune(keep func(i int, vni uint32, vpcIP netip.Addr) bool) er
 
 // ResetStats zeroes slot i's counters.
 func (d *Datapath) ResetStats(i int) error {
-	zero := make([]datapathSlotStats, runtime.NumCPU())
-	if n, err := ebpf.PossibleCPU(); err == nil {
-		zero = make([]datapathSlotStats, n)
+	n, err := ebpf.PossibleCPU()
+	if err != nil {
+		return fmt.Errorf("slot %d: reset counters: %w", i, err)
 	}
+	zero := make([]datapathSlotStats, n)
 	if err := d.objs.Stats.Update(uint32(i), zero, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("slot %d: reset counters: %w", i, err)
 	}

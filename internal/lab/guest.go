@@ -2,7 +2,6 @@ package lab
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -23,12 +22,11 @@ import (
 // virtio device would be. Programs in the namespace (ping, net.Dial,
 // iperf3) are the guest's applications.
 type GuestNS struct {
-	Name       string
-	slotTap    *os.File
-	guestTap   *os.File
-	wg         sync.WaitGroup
-	closeOnce  sync.Once
-	copyErrors chan error
+	Name      string
+	slotTap   *os.File
+	guestTap  *os.File
+	wg        sync.WaitGroup
+	closeOnce sync.Once
 }
 
 // NetnsPath is the guest namespace's pin.
@@ -38,7 +36,7 @@ func (g *GuestNS) NetnsPath() string { return "/run/netns/" + g.Name }
 // namespace at slotNS, with the slot's guest addressing (cfg). The caller
 // closes it.
 func NewGuestNS(tag, slotNS string, cfg slot.Config) (*GuestNS, error) {
-	g := &GuestNS{Name: "g" + tag, copyErrors: make(chan error, 2)}
+	g := &GuestNS{Name: "g" + tag}
 	var gfd int
 	err := InNewNS(g.NetnsPath(), func() error {
 		lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1}}
@@ -123,10 +121,7 @@ func (g *GuestNS) copy(dst, src *os.File) {
 	for {
 		n, err := src.Read(buf)
 		if err != nil {
-			if !errors.Is(err, os.ErrClosed) {
-				g.copyErrors <- err
-			}
-			return
+			return // closed, or the device went away with its namespace
 		}
 		// A full queue on the other side drops the frame, as a NIC would.
 		dst.Write(buf[:n])

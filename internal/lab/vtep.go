@@ -105,8 +105,7 @@ func (v *VTEP) serve() {
 			continue
 		}
 		if reply := v.answer(inner, eth); reply != nil {
-			hdr := []byte{0, 0, 0x65, 0x58, byte(vni >> 16), byte(vni >> 8), byte(vni), 0}
-			v.conn.WriteToUDPAddrPort(append(hdr, reply...), netip.AddrPortFrom(from.Addr(), 6081))
+			v.conn.WriteToUDPAddrPort(Geneve(vni, reply), netip.AddrPortFrom(from.Addr(), 6081))
 		}
 	}
 }
@@ -156,4 +155,11 @@ func (v *VTEP) answer(p gopacket.Packet, eth *layers.Ethernet) []byte {
 		return nil
 	}
 	return buf.Bytes()
+}
+
+// Geneve prefixes frame with a Geneve header (version 0, no options,
+// Ethernet payload) for vni: the UDP payload a VTEP sends.
+func Geneve(vni uint32, frame []byte) []byte {
+	hdr := []byte{0, 0, 0x65, 0x58, byte(vni >> 16), byte(vni >> 8), byte(vni), 0}
+	return append(hdr, frame...)
 }

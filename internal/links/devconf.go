@@ -76,17 +76,12 @@ func SetHostDevConf(ifindex int, forward bool) error {
 	return nil
 }
 
-// devConf reads back what setDevConf writes.
-func devConf(ifindex int) (forwarding, noAddrGen bool, err error) {
-	c, err := readDevConf(ifindex)
-	return c.forwarding, c.noAddrGen, err
-}
-
 type devConfig struct {
 	forwarding, noAddrGen bool
 	rpFilter              uint32
 }
 
+// readDevConf reads back what setDevConf and SetHostDevConf write.
 func readDevConf(ifindex int) (c devConfig, err error) {
 	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
 	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)

@@ -254,12 +254,12 @@ func verify(h *netlink.Handle, c slot.Config, i int) (eth0Index int, err error) 
 }
 
 func checkDevConf(l netlink.Link) error {
-	fwd, noGen, err := devConf(l.Attrs().Index)
+	c, err := readDevConf(l.Attrs().Index)
 	if err != nil {
 		return err
 	}
-	if !fwd || !noGen {
-		return damaged("%s forwarding=%t ipv6-addr-gen-none=%t", l.Attrs().Name, fwd, noGen)
+	if !c.forwarding || !c.noAddrGen {
+		return damaged("%s forwarding=%t ipv6-addr-gen-none=%t", l.Attrs().Name, c.forwarding, c.noAddrGen)
 	}
 	return nil
 }

@@ -22,6 +22,7 @@ var (
 	InNS                = lab.InNS
 	InNewNS             = lab.InNewNS
 	ConntrackEntriesFor = lab.ConntrackEntriesFor
+	Geneve              = lab.Geneve
 )
 
 // NewFabric builds a test fabric (see lab.NewFabric) removed when tb ends;
@@ -67,11 +68,4 @@ func StartVTEP(tb testing.TB, f *Fabric, vni uint32, ip netip.Addr, mac net.Hard
 // InnerUDP builds an Ethernet/IPv4/UDP frame (checksums computed).
 func InnerUDP(src, dst net.HardwareAddr, sip, dip netip.Addr, dport uint16, payload []byte) []byte {
 	return UDPFrame(src, dst, sip, dip, 40000, dport, payload)
-}
-
-// Geneve prefixes frame with a Geneve header (version 0, no options,
-// Ethernet payload) for vni: the UDP payload a VTEP sends.
-func Geneve(vni uint32, frame []byte) []byte {
-	hdr := []byte{0, 0, 0x65, 0x58, byte(vni >> 16), byte(vni >> 8), byte(vni), 0}
-	return append(hdr, frame...)
 }
