@@ -62,6 +62,14 @@ func Build(h *netlink.Handle, rootFD int, c slot.Config, i int) (hostIndex int, 
 			Name:         slot.VethName,
 			HardwareAddr: c.SlotVethMAC(i),
 			MTU:          defaultMTU,
+			// One queue each way on both ends, which is what a veth
+			// uses unless told otherwise. Left to the kernel, each
+			// end gets one per CPU, cut down to one once registered,
+			// and the cut waits for an expedited RCU grace period
+			// while holding RTNL (netif_set_real_num_tx_queues),
+			// stalling every other builder.
+			NumTxQueues: 1,
+			NumRxQueues: 1,
 		},
 		PeerName:         c.HostVeth(i),
 		PeerHardwareAddr: c.HostVethMAC(i),
