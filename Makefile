@@ -1,7 +1,7 @@
 GO ?= /usr/local/go/bin/go
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build demo test unit generate bench bench-datapath bench-report clean
+.PHONY: all build demo test unit generate bench bench-pool bench-datapath clean
 
 all: build
 
@@ -25,8 +25,18 @@ unit:
 generate:
 	./scripts/generate.sh
 
-# Boot, restart, latency, idle CPU, memory and rule counts at 4,000 slots.
+# The bench report (root; builds its own lab): boot at 100 to 10,000 slots,
+# device-creation orderings, attach latency against building on demand and
+# the CNI plugins, the datapath against the replaced design; written to
+# bench-report/ (report.md, SVG plots, CSV samples). QUICK=1 for small sizes.
 bench:
+	./scripts/deps.sh
+	$(GO) build -o bin/ ./cmd/netslotd ./cmd/netslot
+	./bin/netslot bench --out bench-report $(if $(QUICK),--quick)
+
+# A running pool's own figures at 4,000 slots (boot, restart, API latency,
+# idle CPU, memory, rules) and the Go benchmarks.
+bench-pool:
 	./scripts/bench-pool.sh 4000
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime 2000x ./internal/daemon ./internal/datapath
 
@@ -35,13 +45,6 @@ bench-datapath:
 	./scripts/deps.sh
 	$(GO) build -o bin/ ./cmd/netslotd ./cmd/netslot
 	./bin/netslot bench datapath --slots 4000 --rounds 5
-
-# Attach latency and the datapath, written to bench-report/ (report.md,
-# SVG plots, CSV samples). QUICK=1 for small sizes.
-bench-report:
-	./scripts/deps.sh
-	$(GO) build -o bin/ ./cmd/netslotd ./cmd/netslot
-	./bin/netslot bench report --out bench-report $(if $(QUICK),--quick)
 
 clean:
 	rm -rf bin

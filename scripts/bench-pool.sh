@@ -55,7 +55,7 @@ sync; echo 3 >/proc/sys/vm/drop_caches; sleep 1
 kmem=$(( $(mem_kb) - m0 )); rss=$(awk '/VmRSS/ {print $2}' /proc/$PID/status)
 t0=$(awk '{print $14+$15}' /proc/$PID/stat); sleep 10; t1=$(awk '{print $14+$15}' /proc/$PID/stat)
 idle=$(awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b-a)/hz/10*100}')
-lat=$(ns bench -n 3000)
+lat=$(ns bench api -n 3000)
 acq99=$(echo "$lat" | awk '/^ *acquire/ {print $5}'); rel99=$(echo "$lat" | awk '/release/ {print $6}')
 held=$(( N / 10 ))
 for _ in $(seq $held); do ns acquire --owner bench -o json >/dev/null; done
@@ -78,4 +78,4 @@ printf '| root legacy iptables rules, 100 / %s slots | equal | %s / %s |\n' "$N"
 printf '| idle daemon CPU (10 s) | < 1 %% of a core | %s %% |\n' "$idle"
 printf '| daemon RSS per slot | measured | %.1f KiB |\n' "$(awk -v r="$rss" -v n="$N" 'BEGIN {print r/n}')"
 printf '| kernel memory per slot (slab+stacks+page tables) | measured | %.1f KiB |\n' "$(awk -v k="$kmem" -v n="$N" 'BEGIN {print k/n}')"
-printf '\nAPI latency (%s):\n%s\n' "netslot bench -n 3000" "$lat"
+printf '\nAPI latency (%s):\n%s\n' "netslot bench api -n 3000" "$lat"

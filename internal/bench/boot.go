@@ -2,11 +2,13 @@ package bench
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -26,6 +28,7 @@ type BootOptions struct {
 
 // BootRun is one pool size's figures.
 type BootRun struct {
+	Round                   int
 	Slots                   int
 	Boot, Teardown          time.Duration
 	FirstTenth, LastTenth   time.Duration // per slot
@@ -154,17 +157,74 @@ func netnsObjects() int {
 	return 0
 }
 
-// WriteBoot prints the boot runs as a markdown table.
-func WriteBoot(w io.Writer, runs []BootRun) {
-	fmt.Fprintln(w, "| slots | ready in | ms/slot first tenth | ms/slot last tenth | last/first | kernel KiB/slot | idle CPU | root rules (netslot / replaced) | teardown |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+// bootSizes lists the sizes booted, in order, with their runs.
+func bootSizes(runs []BootRun) (sizes []int, by map[int][]BootRun) {
+	by = map[int][]BootRun{}
 	for _, r := range runs {
-		ratio := 0.0
-		if r.FirstTenth > 0 {
-			ratio = float64(r.LastTenth) / float64(r.FirstTenth)
+		if by[r.Slots] == nil {
+			sizes = append(sizes, r.Slots)
 		}
-		fmt.Fprintf(w, "| %d | %.2f s | %.3f | %.3f | %.2fx | %.0f | %.2f %% | %d / %d | %.1f s |\n", r.Slots, r.Boot.Seconds(),
-			float64(r.FirstTenth.Microseconds())/1000, float64(r.LastTenth.Microseconds())/1000, ratio,
-			r.KernelKiBPerSlot, r.IdleCPUPercent, r.RootRules, r.ReplacedRule, r.Teardown.Seconds())
+		by[r.Slots] = append(by[r.Slots], r)
+	}
+	return sizes, by
+}
+
+// medianBoots is, per size, the run with the median boot time.
+func medianBoots(runs []BootRun) []BootRun {
+	sizes, by := bootSizes(runs)
+	var out []BootRun
+	for _, n := range sizes {
+		rs := slices.Clone(by[n])
+		slices.SortFunc(rs, func(a, b BootRun) int { return cmp.Compare(a.Boot, b.Boot) })
+		out = append(out, rs[len(rs)/2])
+	}
+	return out
+}
+
+// stat is the median and range of one figure over rounds.
+type stat struct{ med, lo, hi float64 }
+
+func statOf[T any](xs []T, f func(T) float64) stat {
+	v := make([]float64, len(xs))
+	for i, x := range xs {
+		v[i] = f(x)
+	}
+	if len(v) == 0 {
+		return stat{}
+	}
+	return stat{median(v), slices.Min(v), slices.Max(v)}
+}
+
+// fmt prints the median with its range when there is more than one round.
+func (s stat) fmt(format string) string {
+	m := fmt.Sprintf(format, s.med)
+	if s.lo == s.hi {
+		return m
+	}
+	return fmt.Sprintf("%s ("+format+"-"+format+")", m, s.lo, s.hi)
+}
+
+func (r BootRun) tenthRatio() float64 {
+	return float64(r.LastTenth) / float64(max(1, r.FirstTenth))
+}
+
+// WriteBoot prints the boot runs as a markdown table, one row per size:
+// medians over the rounds, ranges in brackets.
+func WriteBoot(w io.Writer, runs []BootRun) {
+	fmt.Fprintln(w, "| slots | rounds | ready in (s) | ms/slot first tenth | ms/slot last tenth | last/first | kernel KiB/slot | idle CPU % | root rules (netslot / replaced) | teardown (s) |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
+	sizes, by := bootSizes(runs)
+	for _, n := range sizes {
+		rs := by[n]
+		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+		fmt.Fprintf(w, "| %d | %d | %s | %s | %s | %s | %s | %s | %d / %d | %s |\n", n, len(rs),
+			statOf(rs, func(r BootRun) float64 { return r.Boot.Seconds() }).fmt("%.2f"),
+			statOf(rs, func(r BootRun) float64 { return ms(r.FirstTenth) }).fmt("%.3f"),
+			statOf(rs, func(r BootRun) float64 { return ms(r.LastTenth) }).fmt("%.3f"),
+			statOf(rs, BootRun.tenthRatio).fmt("%.2fx"),
+			statOf(rs, func(r BootRun) float64 { return r.KernelKiBPerSlot }).fmt("%.0f"),
+			statOf(rs, func(r BootRun) float64 { return r.IdleCPUPercent }).fmt("%.2f"),
+			rs[0].RootRules, rs[0].ReplacedRule,
+			statOf(rs, func(r BootRun) float64 { return r.Teardown.Seconds() }).fmt("%.1f"))
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/netslot/netslot/internal/firewall"
@@ -28,6 +29,10 @@ type DatapathOptions struct {
 	Duration   time.Duration // of each throughput measurement
 	RTTSamples int           // per guest and round
 	Workers    int           // concurrent connections / requests in flight
+	// FanOut is how many slots, spread over the pool, carry load at once
+	// in the many-slots measurement (one load generator with one worker
+	// each); 0 skips it.
+	FanOut int
 	// Loadgen is the command that runs one load generator inside a
 	// guest's namespace: it gets "--mode M --dst A:P --duration D
 	// --workers W --samples S" appended and prints a LoadResult as JSON
@@ -45,6 +50,8 @@ type DatapathResult struct {
 	OursPPS, BasePPS          []float64
 	OursRTT, BaseRTT          [2][]time.Duration // [0]: slot 0, [1]: slot N-1, taking turns
 	Slot0RTT                  [2][]time.Duration // [0]: netslot slot 0, [1]: baseline slot 0, taking turns
+	OursFanCPS, BaseFanCPS    []float64          // per round, summed over FanOut slots at once
+	OursFanPPS, BaseFanPPS    []float64
 	OursRootRules, BaseRules  int
 	OursConntrack, BaseCtrack int
 }
@@ -87,8 +94,9 @@ func RunDatapath(ctx context.Context, o DatapathOptions) (res *DatapathResult, e
 	}
 	cleanup = append(cleanup, stopPool)
 
+	fan := fanOutSlots(o.Slots, o.FanOut)
 	base := &Baseline{Tag: "q" + tag, Uplink: fab.Uplink, Gateway: fab.Gateway, Slots: o.Slots,
-		Real: []int{0, last}, Table: 0x6e620000 | os.Getpid()&0xffff}
+		Real: slices.Compact(slices.Sorted(slices.Values(append([]int{0, last}, fan...)))), Table: 0x6e620000 | os.Getpid()&0xffff}
 	cleanup = append(cleanup, func() {
 		if err := base.Remove(); err != nil {
 			o.Log.Error("remove baseline", "err", err)
@@ -109,6 +117,29 @@ func RunDatapath(ctx context.Context, o DatapathOptions) (res *DatapathResult, e
 		}
 		cleanup = append(cleanup, g.Close)
 		guests[name] = g
+	}
+	var oursFan, theirsFan []*lab.GuestNS
+	for _, i := range fan {
+		// Slots 0 and N-1 already have their guest.
+		switch i {
+		case 0:
+			oursFan, theirsFan = append(oursFan, guests["a"]), append(theirsFan, guests["c"])
+			continue
+		case last:
+			oursFan, theirsFan = append(oursFan, guests["b"]), append(theirsFan, guests["d"])
+			continue
+		}
+		for _, side := range []struct {
+			name, ns string
+			out      *[]*lab.GuestNS
+		}{{fmt.Sprintf("%sfo%d", tag, i), cfg.NetnsPath(i), &oursFan}, {fmt.Sprintf("%sfb%d", tag, i), base.NetnsPath(i), &theirsFan}} {
+			g, err := lab.NewGuestNS(side.name, side.ns, cfg)
+			if err != nil {
+				return nil, err
+			}
+			cleanup = append(cleanup, g.Close)
+			*side.out = append(*side.out, g)
+		}
 	}
 	ours := [2]*lab.GuestNS{guests["a"], guests["b"]}
 	theirs := [2]*lab.GuestNS{guests["c"], guests["d"]}
@@ -158,6 +189,26 @@ func RunDatapath(ctx context.Context, o DatapathOptions) (res *DatapathResult, e
 				*x.out = append(*x.out, lr.Rate)
 			}
 		}
+		if len(fan) == 0 {
+			continue
+		}
+		// Many slots at once: the designs take turns, in alternating
+		// order from round to round.
+		for _, m := range []struct {
+			mode string
+			dst  netip.AddrPort
+			outs [2]*[]float64
+		}{{"cps", web, [2]*[]float64{&res.OursFanCPS, &res.BaseFanCPS}}, {"pps", echo, [2]*[]float64{&res.OursFanPPS, &res.BaseFanPPS}}} {
+			for k := range 2 {
+				side := (k + r) % 2
+				gs := [2][]*lab.GuestNS{oursFan, theirsFan}[side]
+				rate, err := fanLoad(ctx, o, gs, m.mode, m.dst)
+				if err != nil {
+					return nil, err
+				}
+				*m.outs[side] = append(*m.outs[side], rate)
+			}
+		}
 	}
 
 	res.OursRootRules = firewall.Root{Prefix: cfg.Prefix, Uplink: fab.Uplink}.RuleCount()
@@ -180,6 +231,45 @@ func RunDatapath(ctx context.Context, o DatapathOptions) (res *DatapathResult, e
 		res.BaseCtrack += n
 	}
 	return res, nil
+}
+
+// fanOutSlots spreads n slot indexes evenly over a pool of size slots,
+// first and last included.
+func fanOutSlots(slots, n int) []int {
+	n = min(n, slots)
+	if n < 2 {
+		return nil
+	}
+	out := make([]int, n)
+	for k := range n {
+		out[k] = k * (slots - 1) / (n - 1)
+	}
+	return out
+}
+
+// fanLoad runs one load generator with one worker in every guest at once
+// and returns the sum of their rates.
+func fanLoad(ctx context.Context, o DatapathOptions, gs []*lab.GuestNS, mode string, dst netip.AddrPort) (float64, error) {
+	one := o
+	one.Workers = 1
+	rates := make([]float64, len(gs))
+	errs := make([]error, len(gs))
+	var wg sync.WaitGroup
+	for k, g := range gs {
+		wg.Go(func() {
+			lr, err := runLoad(ctx, one, g, mode, dst, 0)
+			rates[k], errs[k] = lr.Rate, err
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return 0, err
+	}
+	total := 0.0
+	for _, r := range rates {
+		total += r
+	}
+	return total, nil
 }
 
 // runLoad runs the load generator in g's namespace and decodes its result.
@@ -237,6 +327,12 @@ func (r *DatapathResult) Write(w io.Writer) {
 	}
 	op, bp := median(r.OursPPS), median(r.BasePPS)
 	fmt.Fprintf(w, "| UDP requests/s answered, slot 0 (2 packets each) | %.0f (%s) | %.0f (%s) | %.2fx |\n", bp, spread(r.BasePPS), op, spread(r.OursPPS), op/bp)
+	if len(r.OursFanCPS) > 0 {
+		oc, bc := median(r.OursFanCPS), median(r.BaseFanCPS)
+		fmt.Fprintf(w, "| TCP connections/s, %d slots at once (sum) | %.0f (%s) | %.0f (%s) | %.2fx |\n", o.FanOut, bc, spread(r.BaseFanCPS), oc, spread(r.OursFanCPS), oc/bc)
+		op, bp := median(r.OursFanPPS), median(r.BaseFanPPS)
+		fmt.Fprintf(w, "| UDP requests/s answered, %d slots at once (sum) | %.0f (%s) | %.0f (%s) | %.2fx |\n", o.FanOut, bp, spread(r.BaseFanPPS), op, spread(r.OursFanPPS), op/bp)
+	}
 	row := func(name string, base, ours []time.Duration) {
 		b, a := sortedCopy(base), sortedCopy(ours)
 		fmt.Fprintf(w, "| UDP round trip, %s: p50 / p99 | %s / %s | %s / %s | %.3gx |\n", name,

@@ -33,13 +33,75 @@ func (l latencies) pct(p float64) time.Duration {
 }
 
 func benchCmd(f *clientFlags) *cobra.Command {
+	o := bench.ReportOptions{}
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure netslot against the design it replaces and the CNI plugins, and write a report (report.md, SVG plots, CSV samples)",
+		Long: `bench builds its own lab (run as root; no daemon needed) and runs, one
+after the other, with progress and an estimate of the time left:
+  - boot: pools of 100, 1,000, 4,000 and 10,000 slots (time to ready,
+    per-slot cost against slot index, kernel memory, idle CPU, root rules
+    against the replaced design, teardown);
+  - device-creation orderings: created in the final namespace vs created in
+    the root namespace and moved;
+  - attach latency: netslot acquire (with and without a VPC, in-process
+    and through the API) vs building the slot at request time (the design
+    the seed replaced) vs a CNI ADD and DEL of the reference plugins;
+  - datapath: the eBPF NAT vs the replaced design's double NAT with
+    conntrack: connections and requests per second through one slot and
+    through 64 slots at once, round trips at slot 0 and slot N-1.
+Boot and attach run --rounds times; the report gives medians and ranges.
+It writes --out/report.md (opening with the seed's before/after table),
+SVG plots and the raw samples as CSV, and removes everything it made.
+--quick runs every scenario at small sizes in under two minutes (CI runs it
+to prove the harness; no timing is asserted).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.Log = benchLog(cmd)
+			var err error
+			if o.Loadgen, err = loadgenArgv(); err != nil {
+				return err
+			}
+			return bench.RunReport(cmd.Context(), o)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&o.Dir, "out", "bench-report", "report directory")
+	fl.BoolVar(&o.Quick, "quick", false, "every scenario at small sizes")
+	fl.IntVar(&o.Rounds, "rounds", 0, "repeats of the boot and attach scenarios (0: 3, or 1 with --quick)")
+	cniDirFlag(fl, &o.CNIDir)
+	cmd.AddCommand(benchAPICmd(f), benchDatapathCmd(), benchAttachCmd(), benchOrderingsCmd(), loadgenCmd())
+	return cmd
+}
+
+func benchOrderingsCmd() *cobra.Command {
+	o := bench.OrderingOptions{}
+	cmd := &cobra.Command{
+		Use:   "orderings",
+		Short: "Time a slot's devices created in their final namespace against created in the root namespace and moved",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.Log = benchLog(cmd)
+			res, err := bench.RunOrderings(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			res.Write(cmd.OutOrStdout())
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&o.Slots, "slots", 500, "namespaces per ordering")
+	return cmd
+}
+
+func benchAPICmd(f *clientFlags) *cobra.Command {
 	var n int
 	var allow []string
 	var vpc bool
 	cmd := &cobra.Command{
-		Use:   "bench",
+		Use:   "api",
 		Short: "Measure acquire and release latency through the API of a running daemon",
-		Long: `bench acquires and releases a slot n times, one after the other, and prints
+		Long: `api acquires and releases a slot n times, one after the other, and prints
 latency percentiles as seen by this client (connection set up beforehand).
 It needs one free slot and leaves the pool as it found it.`,
 		Args: cobra.NoArgs,
@@ -94,7 +156,6 @@ It needs one free slot and leaves the pool as it found it.`,
 	cmd.Flags().IntVarP(&n, "count", "n", 1000, "acquire/release cycles")
 	cmd.Flags().StringArrayVar(&allow, "allow", nil, "acquire with this egress allow-list entry (repeatable)")
 	cmd.Flags().BoolVar(&vpc, "vpc", false, "acquire with a VPC attachment (the flip from the dummy VNI)")
-	cmd.AddCommand(benchDatapathCmd(), benchAttachCmd(), benchReportCmd(), loadgenCmd())
 	return cmd
 }
 
@@ -125,34 +186,6 @@ percentiles and removes everything it made.`,
 	fl := cmd.Flags()
 	fl.IntVar(&o.Slots, "slots", 64, "pool size")
 	fl.IntVar(&o.Samples, "samples", 200, "measurements per method")
-	cniDirFlag(fl, &o.CNIDir)
-	return cmd
-}
-
-func benchReportCmd() *cobra.Command {
-	o := bench.ReportOptions{}
-	cmd := &cobra.Command{
-		Use:   "report",
-		Short: "Run the attach and datapath scenarios and write a report directory (report.md, SVG plots, CSV samples)",
-		Long: `report runs, one after the other, the attach-latency scenario (netslot acquire
-vs building a slot on demand vs a CNI ADD) and the datapath scenario (netslot
-vs the replaced design), then writes --out/report.md with the tables,
-CDF plots as SVG and the raw samples as CSV. --quick runs both at small
-sizes (under two minutes; CI runs it to prove the harness, asserting no
-timing). Run as root; it builds and removes its own lab.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.Log = benchLog(cmd)
-			var err error
-			if o.Loadgen, err = loadgenArgv(); err != nil {
-				return err
-			}
-			return bench.RunReport(cmd.Context(), o)
-		},
-	}
-	fl := cmd.Flags()
-	fl.StringVar(&o.Dir, "out", "bench-report", "report directory")
-	fl.BoolVar(&o.Quick, "quick", false, "every scenario at small sizes")
 	cniDirFlag(fl, &o.CNIDir)
 	return cmd
 }

@@ -118,7 +118,7 @@ func TestDatapathKeepsForwardingThroughKill9(t *testing.T) {
 func TestBenchReportQuick(t *testing.T) {
 	testutil.RequireRoot(t)
 	dir := t.TempDir()
-	if out, err := run(filepath.Join(binDir, "netslot"), "bench", "report", "--quick", "--out", dir); err != nil {
+	if out, err := run(filepath.Join(binDir, "netslot"), "bench", "--quick", "--out", dir); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "report.md"))
