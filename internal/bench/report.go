@@ -298,6 +298,8 @@ func writeCSV(path string, rows [][]string) error {
 	return f.Close()
 }
 
+const cdfPoints = 500
+
 // cdfPlot draws the cumulative distribution of each series (log time
 // axis) as SVG.
 func cdfPlot(path, title string, order []string, series map[string][]time.Duration) error {
@@ -316,10 +318,15 @@ func cdfPlot(path, title string, order []string, series map[string][]time.Durati
 			continue
 		}
 		slices.Sort(s)
-		pts := make(plotter.XYs, len(s))
-		for k, d := range s {
-			pts[k].X = max(float64(d.Nanoseconds())/1e3, 0.1)
-			pts[k].Y = float64(k+1) / float64(len(s))
+		// At most cdfPoints points a line (the tails kept): the SVG
+		// stays small whatever the sample count.
+		step := max(1, len(s)/cdfPoints)
+		var pts plotter.XYs
+		for k := 0; k < len(s); k++ {
+			if k%step != 0 && k < len(s)-step {
+				continue
+			}
+			pts = append(pts, plotter.XY{X: max(float64(s[k].Nanoseconds())/1e3, 0.1), Y: float64(k+1) / float64(len(s))})
 		}
 		line, err := plotter.NewLine(pts)
 		if err != nil {
