@@ -32,7 +32,13 @@ type Baseline struct {
 	Real     []int
 	Table    int // routing table for the transit range
 	guestNet netip.Prefix
+	// iptables tables (filter, nat) of the root namespace that Create
+	// found already there: the others are its own, removed with it.
+	hadTables map[string]bool
 }
+
+// iptablesTables are the root namespace's tables the baseline writes to.
+var iptablesTables = []string{"filter", "nat"}
 
 // RulesPerSlot is the number of root-namespace rules each baseline slot
 // adds (the seed: "~30 rules x 4,000 slots").
@@ -77,6 +83,10 @@ func (b *Baseline) Create(guest netip.Prefix) error {
 		return fmt.Errorf("baseline: %d slots do not fit %s", b.Slots, transit)
 	}
 	b.guestNet = guest
+	b.hadTables = map[string]bool{}
+	for _, t := range iptablesTables {
+		b.hadTables[t] = sh("nft", "list", "table", "ip", t) == nil
+	}
 	if err := netns.EnsureDir("/run/netns"); err != nil {
 		return err
 	}
@@ -209,6 +219,20 @@ func (b *Baseline) Remove() error {
 		{"ip", "route", "flush", "table", strconv.Itoa(b.Table)},
 	} {
 		sh(args...) // missing pieces are fine
+	}
+	// iptables leaves its tables behind with empty built-in chains; an
+	// empty nat table still has the host's traffic tracked. Remove the
+	// ones Create brought in, once nothing is left in them.
+	for _, t := range iptablesTables {
+		if b.hadTables == nil || b.hadTables[t] {
+			continue
+		}
+		out, err := exec.Command("iptables", "-t", t, "-S").Output()
+		if err == nil && !strings.Contains(string(out), "\n-A ") && !strings.HasPrefix(string(out), "-A ") {
+			if err := sh("nft", "delete", "table", "ip", t); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
 	for _, i := range b.Real {
 		sh("ip", "link", "del", b.veth(i))

@@ -118,6 +118,12 @@ func TestDatapathKeepsForwardingThroughKill9(t *testing.T) {
 func TestBenchReportQuick(t *testing.T) {
 	testutil.RequireRoot(t)
 	dir := t.TempDir()
+	tables, _ := run("nft", "list", "tables")
+	defer func() {
+		if after, _ := run("nft", "list", "tables"); after != tables {
+			t.Errorf("nftables tables before the bench:\n%s\nafter:\n%s", tables, after)
+		}
+	}()
 	if out, err := run(filepath.Join(binDir, "netslot"), "bench", "--quick", "--out", dir); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
