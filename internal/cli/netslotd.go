@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -75,18 +74,7 @@ socket, and keeps the slots when it stops: a restarted daemon adopts them.
 }
 
 func (f *daemonFlags) config() (slot.Config, error) {
-	c := slot.DefaultConfig(f.prefix, f.slots)
-	var err error
-	if c.SlotCIDR, err = netip.ParsePrefix(f.slotCIDR); err != nil {
-		return c, fmt.Errorf("invalid --slot-cidr %q: %w", f.slotCIDR, err)
-	}
-	if c.GuestCIDR, err = netip.ParsePrefix(f.guestCIDR); err != nil {
-		return c, fmt.Errorf("invalid --guest-cidr %q: %w", f.guestCIDR, err)
-	}
-	if c.GuestMAC, err = net.ParseMAC(f.guestMAC); err != nil {
-		return c, fmt.Errorf("invalid --guest-mac %q: %w", f.guestMAC, err)
-	}
-	return c, c.Validate()
+	return slot.ParseConfig(f.prefix, f.slots, f.slotCIDR, f.guestCIDR, f.guestMAC)
 }
 
 func parseOptionalAddr(flag, s string) (netip.Addr, error) {

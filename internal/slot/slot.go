@@ -59,6 +59,9 @@ const DummyVNIBase = 0xF00000
 // MaxAttachVNI is the largest VNI an attachment may use.
 const MaxAttachVNI = DummyVNIBase - 1
 
+// MaxSlots is the largest pool: each slot carries its own dummy VNI.
+const MaxSlots = MaxVNI - DummyVNIBase + 1
+
 // prefixRE: a prefix must not end in a digit, so that "<prefix><index>"
 // names of two pools can never collide ("ab1"+"0" vs "ab"+"10").
 var prefixRE = regexp.MustCompile(`^[a-z]([a-z0-9]{0,6}[a-z])?$`)
@@ -88,13 +91,30 @@ func DefaultConfig(prefix string, count int) Config {
 	}
 }
 
+// ParseConfig builds a pool's configuration from netslotd's flags and
+// validates it.
+func ParseConfig(prefix string, count int, slotCIDR, guestCIDR, guestMAC string) (Config, error) {
+	c := DefaultConfig(prefix, count)
+	var err error
+	if c.SlotCIDR, err = netip.ParsePrefix(slotCIDR); err != nil {
+		return c, fmt.Errorf("invalid --slot-cidr %q: %w", slotCIDR, err)
+	}
+	if c.GuestCIDR, err = netip.ParsePrefix(guestCIDR); err != nil {
+		return c, fmt.Errorf("invalid --guest-cidr %q: %w", guestCIDR, err)
+	}
+	if c.GuestMAC, err = net.ParseMAC(guestMAC); err != nil {
+		return c, fmt.Errorf("invalid --guest-mac %q: %w", guestMAC, err)
+	}
+	return c, c.Validate()
+}
+
 // Validate reports the first problem with c, in words an operator can act on.
 func (c Config) Validate() error {
 	if !ValidPrefix(c.Prefix) {
 		return fmt.Errorf("invalid prefix %q: want 1-8 lowercase letters or digits, starting and ending with a letter", c.Prefix)
 	}
-	if c.Count < 1 {
-		return fmt.Errorf("invalid slot count %d: want at least 1", c.Count)
+	if c.Count < 1 || c.Count > MaxSlots {
+		return fmt.Errorf("invalid slot count %d: want 1 to %d (each pooled slot carries its own dummy vni)", c.Count, MaxSlots)
 	}
 	if n := len(c.HostVeth(c.Count - 1)); n > maxIfName {
 		return fmt.Errorf("slot count %d with prefix %q gives interface names of %d characters, the kernel allows %d", c.Count, c.Prefix, n, maxIfName)

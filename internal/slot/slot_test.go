@@ -31,17 +31,27 @@ func TestValidate(t *testing.T) {
 		{"overlap", func(c *Config) { c.GuestCIDR = netip.MustParsePrefix("100.64.0.0/30") }, "overlaps"},
 		{"multicast mac", func(c *Config) { c.GuestMAC = []byte{1, 0, 0, 0, 0, 1} }, "guest mac"},
 		{"same macs", func(c *Config) { c.TapMAC = c.GuestMAC }, "must differ"},
-		{"name too long", func(c *Config) {
-			c.Prefix = "abcdefgh"
-			c.Count = 100_000_000
+		{"more slots than dummy vnis", func(c *Config) {
+			c.Count = MaxSlots + 1
 			c.SlotCIDR = netip.MustParsePrefix("10.0.0.0/8")
-		}, "characters"},
+		}, "slot count 1048577"},
+		{"longest names fit", func(c *Config) {
+			c.Prefix = "abcdefgh"
+			c.Count = MaxSlots
+			c.SlotCIDR = netip.MustParsePrefix("10.0.0.0/8")
+		}, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultConfig("nslot", 4000)
 			tc.mod(&c)
 			err := c.Validate()
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("Validate() = %v, want no error", err)
+				}
+				return
+			}
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Validate() = %v, want error containing %q", err, tc.want)
 			}
