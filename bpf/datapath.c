@@ -68,7 +68,7 @@ enum drop_reason {
 	DROP_INNER_MAC,          /* inner unicast to another MAC */
 	DROP_INNER_OTHER,        /* other inner ethertypes and ARP operations */
 	DROP_EGRESS_DUMMY_VNI,   /* never send a dummy VNI */
-	DROP_EGRESS_NOT_IPV4,    /* slot egress that is not IPv4 */
+	DROP_EGRESS_NOT_IPV4,    /* slot egress that is not well-formed IPv4 */
 	DROP_EGRESS_SPOOF,       /* slot egress not from the guest address */
 	DROP_NO_ROUTE,           /* no route to the remote VTEP */
 	DROP_REWRITE,            /* a helper failed (truncated L4, GSO limits) */
@@ -408,6 +408,21 @@ static __always_inline __u16 csum_fold(__u32 sum)
 	return (__u16)~sum;
 }
 
+/* ipv4_ok: version 4, a header of at least 20 bytes, and a total length
+ * that covers the header and fits the packet (0 is BIG TCP's length of a
+ * super-packet over 64 KiB). Found by fuzzing: without it, headers the
+ * receiving stack drops anyway were translated and passed on. */
+static __always_inline bool ipv4_ok(const struct __sk_buff *skb, const struct iphdr *ip, __u32 l3_off)
+{
+	__u32 ihl = ip->ihl * 4, tot = bpf_ntohs(ip->tot_len);
+
+	if (ip->version != 4 || ihl < sizeof(*ip))
+		return false;
+	if (tot == 0)
+		return skb->len - l3_off > 0xffff;
+	return tot >= ihl && l3_off + tot <= skb->len;
+}
+
 static __always_inline __u32 slot_of_ip(const struct pool_config *cfg, __be32 ip)
 {
 	return bpf_ntohl(ip) - bpf_ntohl(cfg->slot_first);
@@ -625,8 +640,8 @@ int uplink_ingress(struct __sk_buff *skb)
 	if (!cfg || !cfg->slot_count)
 		return TCX_NEXT;
 	ihl = ip->ihl * 4;
-	if (ihl < sizeof(*ip))
-		return TCX_NEXT;
+	if (!ipv4_ok(skb, ip, l3_off))
+		return TCX_NEXT; /* the host's stack drops it */
 
 	if (ip->daddr == cfg->underlay_ip && ip->protocol == IPPROTO_UDP) {
 		struct udphdr udp;
@@ -852,6 +867,8 @@ int uplink_egress(struct __sk_buff *skb)
 			return idxp ? drop(idx, DROP_EGRESS_NOT_IPV4) : TCX_NEXT;
 	}
 	ip = data + ETH_HLEN;
+	if (idxp && !ipv4_ok(skb, ip, ETH_HLEN))
+		return drop(idx, DROP_EGRESS_NOT_IPV4);
 	if (!idxp) {
 		/* Not forwarded from a known slot. The guest address must never
 		 * leave untranslated: a slot whose veth the datapath does not

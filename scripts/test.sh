@@ -16,3 +16,18 @@ fi
 go vet ./...
 ./scripts/check-generated.sh
 go test -p 1 -count=1 -timeout 30m ./... "$@"
+
+# Every fuzz target, briefly (FUZZTIME, default 10s each): the seed corpora
+# already ran above as tests; this proves the targets fuzz. Longer runs:
+#   go test -run '^$' -fuzz '^FuzzPrograms$' -fuzztime 10m ./internal/datapath
+fuzztime="${FUZZTIME:-10s}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+for pkg in $(go list ./...); do
+  dir=$(go list -f '{{.Dir}}' "$pkg")
+  for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
+    echo "fuzz $target ($pkg, $fuzztime)"
+    go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" "$pkg" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+    tail -n 1 "$log"
+  done
+done

@@ -57,7 +57,13 @@ func requireRoot(t testing.TB) {
 // thread is never unlocked, so it dies with the test instead of going back
 // to the pool in the wrong namespace) and loads a two-slot datapath on an
 // uplink veth there.
-func newEnv(t testing.TB, slots int) *env {
+func newEnv(t testing.TB, slots int) *env { return newEnvAt(t, slots, pinRoot) }
+
+// newEnvAt is newEnv with the datapath pinned under pins. Fuzzing workers
+// are processes of their own, each with a datapath on its own "up0": they
+// need pin roots of their own, or each would find the others' pools on an
+// uplink of the same ifindex.
+func newEnvAt(t testing.TB, slots int, pins string) *env {
 	requireRoot(t)
 	runtime.LockOSThread()
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
@@ -96,12 +102,12 @@ func newEnv(t testing.TB, slots int) *env {
 		e.hosts = append(e.hosts, h.Index)
 	}
 	t.Cleanup(func() {
-		if err := Remove(pinRoot, e.cfg.Prefix); err != nil {
+		if err := Remove(pins, e.cfg.Prefix); err != nil {
 			t.Errorf("remove datapath: %v", err)
 		}
-		os.Remove(pinRoot) // only if empty
+		os.Remove(pins) // only if empty
 	})
-	dp, err := Open(Config{Slot: e.cfg, Uplink: "up0", UnderlayIP: underlay, RouteTable: testTable, PinRoot: pinRoot})
+	dp, err := Open(Config{Slot: e.cfg, Uplink: "up0", UnderlayIP: underlay, RouteTable: testTable, PinRoot: pins})
 	must(err, "open datapath")
 	t.Cleanup(func() { dp.Close() })
 	e.dp = dp

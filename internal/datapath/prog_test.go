@@ -247,10 +247,10 @@ type gnvOpts struct {
 	version uint8
 	optLen  uint8 // in 4-byte words, as on the wire
 	proto   uint16
-	cut     int // bytes to cut off the end
+	cut     int // bytes to cut off the end (the IPv4 and UDP lengths follow)
 }
 
-func geneveFrame(t *testing.T, o gnvOpts, inner []byte) []byte {
+func geneveFrame(t testing.TB, o gnvOpts, inner []byte) []byte {
 	t.Helper()
 	if !o.src.IsValid() {
 		o.src = vtep
@@ -273,10 +273,19 @@ func geneveFrame(t *testing.T, o gnvOpts, inner []byte) []byte {
 	}
 	pkt := serialize(t, &layers.Ethernet{SrcMAC: fabricGWMAC, DstMAC: uplinkMAC, EthernetType: layers.EthernetTypeIPv4}, ip,
 		&layers.UDP{SrcPort: 50000, DstPort: 6081}, gopacket.Payload(append(hdr, inner...)))
-	return pkt[:len(pkt)-o.cut]
+	if o.cut == 0 {
+		return pkt
+	}
+	pkt = pkt[:len(pkt)-o.cut]
+	binary.BigEndian.PutUint16(pkt[16:18], uint16(len(pkt)-14))
+	pkt[24], pkt[25] = 0, 0
+	binary.BigEndian.PutUint16(pkt[24:26], checksum(pkt[14:34], 0))
+	binary.BigEndian.PutUint16(pkt[38:40], uint16(len(pkt)-34))
+	pkt[40], pkt[41] = 0, 0 // no UDP checksum, as Geneve senders do
+	return pkt
 }
 
-func innerIPv4(t *testing.T, dstMAC net.HardwareAddr, src, dst string, l4 ...gopacket.SerializableLayer) []byte {
+func innerIPv4(t testing.TB, dstMAC net.HardwareAddr, src, dst string, l4 ...gopacket.SerializableLayer) []byte {
 	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, SrcIP: netip.MustParseAddr(src).AsSlice(), DstIP: netip.MustParseAddr(dst).AsSlice()}
 	ip.Protocol = protoOf(l4)
 	ls := append([]gopacket.SerializableLayer{
