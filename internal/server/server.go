@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
@@ -27,6 +28,9 @@ var Version = "dev"
 // maxRequestBytes bounds one request: the largest valid acquire (256 CIDRs
 // in each list) is far smaller.
 const maxRequestBytes = 64 << 10
+
+// maxStreams bounds the calls one connection has in flight.
+const maxStreams = 256
 
 // Server implements netslot.v1.SlotService.
 type Server struct {
@@ -80,7 +84,11 @@ func Listen(path string) (net.Listener, error) {
 func (s *Server) GRPC() *grpc.Server {
 	g := grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxRequestBytes),
+		// A peer that connects and does not speak HTTP/2 is dropped
+		// after this long; one that stays idle, after MaxConnectionIdle.
 		grpc.ConnectionTimeout(5*time.Second),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 10 * time.Minute}),
+		grpc.MaxConcurrentStreams(maxStreams),
 		// Stop returns only when handlers are done: the daemon closes its
 		// store and sockets right after.
 		grpc.WaitForHandlers(true),
