@@ -90,6 +90,13 @@ func (p *pool) args(extra ...string) []string {
 // start runs the daemon and waits until its pool is ready.
 func (p *pool) start(extra ...string) {
 	p.t.Helper()
+	p.launch(extra...)
+	p.waitReady()
+}
+
+// launch runs the daemon without waiting for it.
+func (p *pool) launch(extra ...string) {
+	p.t.Helper()
 	p.cmd = exec.Command(filepath.Join(binDir, "netslotd"), p.args(extra...)...)
 	p.log = &bytes.Buffer{}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
@@ -98,6 +105,11 @@ func (p *pool) start(extra ...string) {
 	}
 	p.exited = make(chan struct{})
 	go func(c *exec.Cmd, ch chan struct{}) { c.Wait(); close(ch) }(p.cmd, p.exited)
+}
+
+// waitReady waits until the launched daemon's pool is ready.
+func (p *pool) waitReady() {
+	p.t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {
 		select {
@@ -140,6 +152,11 @@ func run(name string, args ...string) (string, error) {
 
 func (p *pool) cli(args ...string) (string, error) {
 	return run(filepath.Join(binDir, "netslot"), append([]string{"--socket", p.socket}, args...)...)
+}
+
+// teardownCmd is netslotd teardown for the pool, not started.
+func (p *pool) teardownCmd() *exec.Cmd {
+	return exec.Command(filepath.Join(binDir, "netslotd"), "teardown", "--prefix", p.prefix, "--state-dir", p.stateDir)
 }
 
 func (p *pool) netslotd(args ...string) (string, error) {
