@@ -47,7 +47,7 @@ func TestCrashChaos(t *testing.T) {
 	clean := p.usage(t, addr)
 	want := objects{Pins: slots, HostVeths: slots, RootTables: 1, BPFPinDirs: 1, RouteRules: 1}
 
-	held := map[string]string{}     // slot id -> lease id, acknowledged and not released
+	held := map[string]string{}      // slot id -> lease id, acknowledged and not released
 	releasing := map[string]string{} // releases sent, not acknowledged: done or not
 	var mu sync.Mutex
 	kills := map[string]int{}
