@@ -243,6 +243,10 @@ func TestDaemonRefusesBadStart(t *testing.T) {
 	if out, err := p.netslotd(p.args("--slot-cidr", "100.99.0.0/29")...); err == nil || !strings.Contains(out, "holds 6 slot addresses") {
 		t.Fatalf("too many slots for the cidr: %v\n%s", err, out)
 	}
+	// An uplink that is not there: refused, with its name.
+	if out, err := p.netslotd(p.args("--uplink", "nsnouplink0", "--underlay-ip", "198.18.0.2")...); err == nil || !strings.Contains(out, "nsnouplink0: Link not found") {
+		t.Fatalf("missing uplink: %v\n%s", err, out)
+	}
 	for _, args := range [][]string{
 		p.args("--metrics-addr", "0.0.0.0:9464"),
 		p.args("--prefix", "Bad"),
