@@ -198,3 +198,13 @@ func (d *Daemon) leaseCount() int {
 	}
 	return n
 }
+
+// DatapathState describes what the datapath holds for slot i in terms
+// that do not depend on which slot it is (see datapath.SlotState), for
+// comparing a released slot with a fresh one. Empty without an uplink.
+func (d *Daemon) DatapathState(i int) (string, error) {
+	if d.dp == nil {
+		return "", nil
+	}
+	return d.dp.SlotState(i)
+}

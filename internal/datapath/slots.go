@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/cilium/ebpf"
 
@@ -370,4 +371,58 @@ func (d *Datapath) Stats(i int) (Stats, error) {
 		}
 	}
 	return s, nil
+}
+
+// SlotState describes everything the datapath holds for slot i, with the
+// slot's own identity (its dummy VNI, address, MACs and VPC MAC) written as
+// names, so that the states of two slots that hold the same compare equal:
+// a released slot's against a fresh one's. Host veth ifindexes are left
+// out (they differ per slot, and SetSlot checks them).
+func (d *Datapath) SlotState(i int) (string, error) {
+	var b []string
+	add := func(f string, a ...any) { b = append(b, fmt.Sprintf(f, a...)) }
+	c := d.cfg.Slot
+	var t datapathTunnelInfo
+	if err := d.objs.Tunnels.Lookup(uint32(i), &t); err != nil {
+		return "", fmt.Errorf("slot %d: tunnel: %w", i, err)
+	}
+	vni := fmt.Sprint(t.Vni)
+	if t.Vni == uint32(DummyVNIBase+i) {
+		vni = "own-dummy"
+	}
+	vpcMAC := fmt.Sprintf("%x", t.VpcMac)
+	if vpcMAC == fmt.Sprintf("%x", mac6(c.VPCMAC(i))) {
+		vpcMAC = "own"
+	}
+	add("tunnel vni=%s vpc_ip=%x remote=%x vpc_mac=%s cidrs=%d more=%d %x", vni, t.VpcIp, t.RemoteIp, vpcMAC, t.Ncidrs, t.MoreRoutes, t.Cidrs)
+	var p datapathPeerInfo
+	if err := d.objs.Peers.Lookup(uint32(i), &p); err == nil {
+		add("peer mac=%x known=%d vni=%d remote=%x", p.Mac, p.Known, p.Vni, p.Remote)
+	}
+	var s datapathSlotInfo
+	if err := d.objs.Slots.Lookup(uint32(i), &s); err != nil {
+		return "", fmt.Errorf("slot %d: slot entry: %w", i, err)
+	}
+	add("slot own_ip=%t own_macs=%t has_host=%t", s.SlotIp == be32(c.SlotIP(i)),
+		s.SlotMac == mac6(c.SlotVethMAC(i)) && s.HostMac == mac6(c.HostVethMAC(i)), s.HostIfindex != 0)
+	var k datapathVniKey
+	var owner uint32
+	for it := d.objs.VniDst.Iterate(); it.Next(&k, &owner); {
+		if owner == uint32(i) {
+			add("inbound vni=%d ip=%x", k.Vni, k.Ip)
+		}
+	}
+	var rk datapathVpcRouteKey
+	var rv []byte
+	for it := d.objs.VpcRoutes.Iterate(); it.Next(&rk, &rv); {
+		if rk.Slot == uint32(i) {
+			add("route %x/%d", rk.Ip, rk.Prefixlen-32)
+		}
+	}
+	st, err := d.Stats(i)
+	if err != nil {
+		return "", err
+	}
+	add("counters %+v", st)
+	return strings.Join(b, "\n"), nil
 }
