@@ -1,0 +1,333 @@
+package daemon_test
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/testutil"
+)
+
+// TestIsolationMatrix tries, with real packets, everything a guest or the
+// fabric might use to reach what is not theirs. Every cell is a subtest;
+// the matrix is printed (and written to $NETSLOT_MATRIX_OUT if set). Each
+// cell that must be blocked is checked to have been blocked where the
+// design says (a drop counter, a kernel counter that did not move, a
+// neighbour entry that was not made), next to a control cell that shows
+// the same probe passing where it is allowed.
+func TestIsolationMatrix(t *testing.T) {
+	p, fab, tag := datapathPool(t, 3)
+	serveOutside(t, fab)
+	att := func(vni uint32, ip string) *slot.Attachment {
+		a, err := slot.ParseAttachment(vni, fab.VTEP.String(), ip, []string{"10.9.0.0/24"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	// Slot A may only reach the outside host; slot B has no policy.
+	a, err := p.D.Acquire(daemon.AcquireRequest{VPC: att(100, "10.9.0.5"), EgressAllow: []netip.Prefix{netip.PrefixFrom(fab.Outside, 32)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.D.Acquire(daemon.AcquireRequest{VPC: att(200, "10.9.0.6")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pooled := 3 - a.Index - b.Index // the slot nobody holds
+	ga := testutil.NewGuestNS(t, tag+"a", p.Config.NetnsPath(a.Index), p.Config)
+	gb := testutil.NewGuestNS(t, tag+"b", p.Config.NetnsPath(b.Index), p.Config)
+	nsA := p.Config.ID(a.Index)
+
+	// A host service listening on every address of the root namespace
+	// (the worst case of the daemon's metrics endpoint, which listens on
+	// loopback only).
+	hostSvc, err := net.Listen("tcp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostSvc.Close()
+	go func() {
+		for {
+			c, err := hostSvc.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	svcPort := uint16(hostSvc.Addr().(*net.TCPAddr).Port)
+
+	type cell struct {
+		from, to, want, got string
+	}
+	var cells []cell
+	check := func(from, to string, allowed bool, probe func() (bool, string)) {
+		t.Run(from+" to "+to, func(t *testing.T) {
+			passed, evidence := probe()
+			want, got := "blocked", "blocked"
+			if allowed {
+				want = "allowed"
+			}
+			if passed {
+				got = "passed"
+			}
+			cells = append(cells, cell{from, to, want, got + ": " + evidence})
+			if passed != allowed {
+				t.Errorf("%s to %s: %s, want %s (%s)", from, to, got, want, evidence)
+			}
+		})
+	}
+	pings := func(g *testutil.GuestNS, dst netip.Addr) func() (bool, string) {
+		return func() (bool, string) {
+			n := ping(t, g.Name, dst, 2)
+			return n > 0, fmt.Sprintf("%d of 2 echo replies", n)
+		}
+	}
+	drops := func(slotID, reason string) uint64 {
+		info, err := p.D.Get(slotID)
+		if err != nil || info.Datapath == nil {
+			t.Fatalf("get %s: %v", slotID, err)
+		}
+		return info.Datapath.Drops[reason]
+	}
+
+	check("guest A", "the outside host (allow-listed)", true, pings(ga, fab.Outside))
+	check("guest A", "the fabric gateway (not allow-listed)", false, pings(ga, fab.Gateway))
+	check("guest B", "the fabric gateway (no policy)", true, pings(gb, fab.Gateway))
+	// Guest B has no egress policy: only the datapath stands between it
+	// and slot A (guest A's policy would stop it first).
+	check("guest B", "slot A's address", false, func() (bool, string) {
+		before := drops(b.ID, "slot_to_slot")
+		n := ping(t, gb.Name, p.Config.SlotIP(a.Index), 2)
+		return n > 0, fmt.Sprintf("%d replies, slot_to_slot drops +%d", n, drops(b.ID, "slot_to_slot")-before)
+	})
+	check("guest A", "the host's underlay address", false, pings(ga, fab.Underlay))
+	check("guest A", "the host end of its veth", false, pings(ga, slot.HostGateway))
+	for _, dst := range []netip.Addr{slot.HostGateway, fab.Underlay} {
+		check("guest A", fmt.Sprintf("a host TCP service on all addresses (%s)", dst), false, func() (bool, string) {
+			var err error
+			ga.Do(func() error {
+				var c net.Conn
+				c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(dst, svcPort).String(), time.Second)
+				if err == nil {
+					c.Close()
+				}
+				return nil
+			})
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return false, "no answer (not even a reset)"
+			}
+			return true, fmt.Sprintf("connect: %v", err)
+		})
+	}
+
+	// Frames a guest forges: sent raw on its own device, into tap0.
+	guestMAC := p.Config.GuestMAC
+	gwMAC := p.Config.TapMAC
+	check("guest A", "its gateway with another source MAC", false, func() (bool, string) {
+		before := snmp(t, nsA, "Ip", "InReceives")
+		sendRaw(t, ga, icmpEcho(net.HardwareAddr{0x02, 0, 0, 0, 0, 0x66}, gwMAC, p.Config.GuestIP(), p.Config.GatewayIP()))
+		n := snmp(t, nsA, "Ip", "InReceives") - before
+		return n > 0, fmt.Sprintf("slot IP InReceives +%d", n)
+	})
+	check("guest A", "its gateway with its own MAC (control)", true, func() (bool, string) {
+		before := snmp(t, nsA, "Ip", "InReceives")
+		sendRaw(t, ga, icmpEcho(guestMAC, gwMAC, p.Config.GuestIP(), p.Config.GatewayIP()))
+		n := snmp(t, nsA, "Ip", "InReceives") - before
+		return n > 0, fmt.Sprintf("slot IP InReceives +%d", n)
+	})
+	check("guest A", "its gateway from another IPv4 source", false, func() (bool, string) {
+		before := snmp(t, nsA, "Ip", "InReceives")
+		sendRaw(t, ga, icmpEcho(guestMAC, gwMAC, netip.MustParseAddr("10.77.0.2"), p.Config.GatewayIP()))
+		n := snmp(t, nsA, "Ip", "InReceives") - before
+		return n > 0, fmt.Sprintf("slot IP InReceives +%d", n)
+	})
+	check("guest A", "the slot's ARP table, as itself (control)", true, func() (bool, string) {
+		inNS(t, nsA, "ip", "neigh", "flush", "dev", slot.TapName)
+		sendRaw(t, ga, arpRequest(guestMAC, p.Config.GuestIP(), p.Config.GatewayIP()))
+		time.Sleep(200 * time.Millisecond)
+		out := inNS(t, nsA, "ip", "neigh", "show", p.Config.GuestIP().String())
+		return strings.TrimSpace(out) != "", fmt.Sprintf("neighbour entry %q", strings.TrimSpace(out))
+	})
+	check("guest A", "the slot's ARP table, claiming another IPv4 address", false, func() (bool, string) {
+		sendRaw(t, ga, arpRequest(guestMAC, netip.MustParseAddr("172.16.0.3"), p.Config.GatewayIP()))
+		time.Sleep(200 * time.Millisecond)
+		out := inNS(t, nsA, "ip", "neigh", "show", "172.16.0.3")
+		return strings.TrimSpace(out) != "", fmt.Sprintf("neighbour entry %q", strings.TrimSpace(out))
+	})
+	for _, v6 := range []struct {
+		name string
+		typ  byte
+	}{{"an IPv6 router advertisement", 134}, {"an IPv6 neighbour solicitation", 135}} {
+		check("guest A", v6.name, false, func() (bool, string) {
+			before := snmp6(t, nsA, "Ip6InReceives")
+			sendRaw(t, ga, icmp6(guestMAC, v6.typ))
+			n := snmp6(t, nsA, "Ip6InReceives") - before
+			return n > 0, fmt.Sprintf("slot Ip6InReceives +%d", n)
+		})
+	}
+
+	// Geneve from the fabric.
+	for _, g := range []struct {
+		what, reason string
+		vni          uint32
+		dst          string
+	}{
+		{"an unknown VNI", "unknown_vni", 999, "10.9.0.5"},
+		{fmt.Sprintf("slot %d's dummy VNI", pooled), "dummy_vni", slot.DummyVNIBase + uint32(pooled), "10.9.0.5"},
+		{"slot A's VNI with slot B's inner address", "unknown_dst", 100, "10.9.0.6"},
+	} {
+		check("the fabric", "a slot, Geneve with "+g.what, false, func() (bool, string) {
+			before := p.D.UnattributedDrops()[g.reason]
+			rx := slotRx(t, p, a.ID) + slotRx(t, p, b.ID)
+			sendGeneve(t, fab, g.vni, testutil.InnerUDP(vpcMAC, p.Config.VPCMAC(a.Index), vpcHost, netip.MustParseAddr(g.dst), 5555, []byte("x")))
+			time.Sleep(100 * time.Millisecond)
+			delivered := slotRx(t, p, a.ID) + slotRx(t, p, b.ID) - rx
+			return delivered > 0, fmt.Sprintf("%s drops +%d, delivered %d", g.reason, p.D.UnattributedDrops()[g.reason]-before, delivered)
+		})
+	}
+	check("the fabric", "slot A, Geneve with its own VNI and address (control)", true, func() (bool, string) {
+		rx := slotRx(t, p, a.ID)
+		sendGeneve(t, fab, 100, testutil.InnerUDP(vpcMAC, p.Config.VPCMAC(a.Index), vpcHost, netip.MustParseAddr("10.9.0.5"), 5555, []byte("x")))
+		time.Sleep(100 * time.Millisecond)
+		n := slotRx(t, p, a.ID) - rx
+		return n > 0, fmt.Sprintf("delivered %d", n)
+	})
+
+	var m strings.Builder
+	fmt.Fprintln(&m, "| from | to | must be | was |")
+	fmt.Fprintln(&m, "|---|---|---|---|")
+	for _, c := range cells {
+		fmt.Fprintf(&m, "| %s | %s | %s | %s |\n", c.from, c.to, c.want, c.got)
+	}
+	t.Logf("isolation matrix, %d cells:\n%s", len(cells), m.String())
+	if out := os.Getenv("NETSLOT_MATRIX_OUT"); out != "" {
+		if err := os.WriteFile(out, []byte(m.String()), 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func slotRx(t *testing.T, p *testutil.Pool, id string) uint64 {
+	t.Helper()
+	info, err := p.D.Get(id)
+	if err != nil || info.Datapath == nil {
+		t.Fatalf("get %s: %v", id, err)
+	}
+	return info.Datapath.RxPackets
+}
+
+// snmp reads counter name of group (Ip, Icmp, ...) from the namespace's
+// /proc/net/snmp.
+func snmp(t *testing.T, ns, group, name string) int {
+	t.Helper()
+	lines := strings.Split(inNS(t, ns, "cat", "/proc/net/snmp"), "\n")
+	for k := 0; k+1 < len(lines); k++ {
+		head, vals := strings.Fields(lines[k]), strings.Fields(lines[k+1])
+		if len(head) == 0 || head[0] != group+":" || len(vals) != len(head) {
+			continue
+		}
+		for j, h := range head {
+			if h == name {
+				n, _ := strconv.Atoi(vals[j])
+				return n
+			}
+		}
+	}
+	t.Fatalf("no %s %s in /proc/net/snmp", group, name)
+	return 0
+}
+
+func snmp6(t *testing.T, ns, name string) int {
+	t.Helper()
+	for _, l := range strings.Split(inNS(t, ns, "cat", "/proc/net/snmp6"), "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == name {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	t.Fatalf("no %s in /proc/net/snmp6", name)
+	return 0
+}
+
+// sendRaw sends frame as is on the guest's device.
+func sendRaw(t *testing.T, g *testutil.GuestNS, frame []byte) {
+	t.Helper()
+	err := g.Do(func() error {
+		ifi, err := net.InterfaceByName("g0")
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6})
+	})
+	if err != nil {
+		t.Fatalf("send raw frame: %v", err)
+	}
+	time.Sleep(50 * time.Millisecond)
+}
+
+func ether(src, dst net.HardwareAddr, typ uint16) []byte {
+	b := append(append([]byte{}, dst...), src...)
+	return binary.BigEndian.AppendUint16(b, typ)
+}
+
+// icmpEcho is an ICMP echo request frame.
+func icmpEcho(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr) []byte {
+	icmp := []byte{8, 0, 0, 0, 0x12, 0x34, 0, 1, 'n', 's'}
+	binary.BigEndian.PutUint16(icmp[2:], inetSum(icmp))
+	ip := []byte{0x45, 0, 0, byte(20 + len(icmp)), 0, 1, 0x40, 0, 64, 1, 0, 0}
+	ip = append(append(ip, src.AsSlice()...), dst.AsSlice()...)
+	binary.BigEndian.PutUint16(ip[10:], inetSum(ip))
+	return append(append(ether(srcMAC, dstMAC, unix.ETH_P_IP), ip...), icmp...)
+}
+
+// arpRequest asks for target, claiming sender as the guest MAC's address.
+func arpRequest(mac net.HardwareAddr, sender, target netip.Addr) []byte {
+	b := ether(mac, net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, unix.ETH_P_ARP)
+	b = append(b, 0, 1, 8, 0, 6, 4, 0, 1)
+	b = append(append(b, mac...), sender.AsSlice()...)
+	b = append(append(b, make([]byte, 6)...), target.AsSlice()...)
+	return b
+}
+
+// icmp6 is an ICMPv6 message of type typ from a link-local address to
+// all nodes (a router advertisement or neighbour solicitation's headers).
+func icmp6(mac net.HardwareAddr, typ byte) []byte {
+	body := []byte{typ, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0}
+	ip := []byte{0x60, 0, 0, 0, 0, byte(len(body)), 58, 255}
+	ip = append(ip, netip.MustParseAddr("fe80::66").AsSlice()...)
+	ip = append(ip, netip.MustParseAddr("ff02::1").AsSlice()...)
+	return append(append(ether(mac, net.HardwareAddr{0x33, 0x33, 0, 0, 0, 1}, unix.ETH_P_IPV6), ip...), body...)
+}
+
+func inetSum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return ^uint16(s)
+}
