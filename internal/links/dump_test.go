@@ -1,0 +1,103 @@
+package links
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+func TestRetryDumpRetriesInterruptedDumps(t *testing.T) {
+	calls := 0
+	out, err := retryDump(func() ([]int, error) {
+		calls++
+		if calls < 3 {
+			return []int{0}, netlink.ErrDumpInterrupted // partial results: never returned
+		}
+		return []int{1, 2}, nil
+	})
+	if err != nil || len(out) != 2 || calls != 3 {
+		t.Errorf("got %v, %v after %d calls; want the third, whole dump", out, err, calls)
+	}
+	calls = 0
+	_, err = retryDump(func() ([]int, error) { calls++; return nil, netlink.ErrDumpInterrupted })
+	if err == nil || calls != dumpRetries || !errors.Is(err, netlink.ErrDumpInterrupted) {
+		t.Errorf("always interrupted: %v after %d calls, want an error after %d", err, calls, dumpRetries)
+	}
+	other := errors.New("netlink: boom")
+	calls = 0
+	if _, err := retryDump(func() ([]int, error) { calls++; return nil, other }); !errors.Is(err, other) || calls != 1 {
+		t.Errorf("other error: %v after %d calls, want it at once", err, calls)
+	}
+}
+
+// TestRootLinksWhileLinksChange dumps the links of a namespace (its own,
+// made for the test) while another thread creates and deletes veths there,
+// which makes the kernel mark dumps interrupted now and then: every dump
+// must come back whole, and no error reach the caller.
+func TestRootLinksWhileLinksChange(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a namespace and devices")
+	}
+	runtime.LockOSThread() // never unlocked: the thread dies with the test
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer self.Close()
+	// Enough links that a dump takes many messages, so that changes land
+	// in the middle of it.
+	for k := range 300 {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("base%d", k)}, PeerName: fmt.Sprintf("bpeer%d", k)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		runtime.LockOSThread()
+		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
+			t.Error(err)
+			return
+		}
+		for k := 0; !stop.Load(); k++ {
+			v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("ch%d", k%50)}, PeerName: fmt.Sprintf("cp%d", k%50)}
+			if netlink.LinkAdd(v) == nil && k%2 == 1 {
+				netlink.LinkDel(v)
+			}
+		}
+	})
+	interrupted := 0
+	for range 200 {
+		_, err := netlink.LinkList()
+		if errors.Is(err, netlink.ErrDumpInterrupted) {
+			interrupted++
+		}
+		links, err := RootLinks()
+		if err != nil {
+			t.Fatalf("RootLinks: %v", err)
+		}
+		base := 0
+		for _, l := range links {
+			if n := l.Attrs().Name; strings.HasPrefix(n, "base") || strings.HasPrefix(n, "bpeer") {
+				base++
+			}
+		}
+		if base != 600 {
+			t.Fatalf("RootLinks returned %d of the 600 links that never changed", base)
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("200 dumps of %d+ links during churn: %d plain dumps were interrupted; every RootLinks came back whole", 600, interrupted)
+}
