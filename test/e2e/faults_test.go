@@ -3,7 +3,10 @@ package e2e
 import (
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -91,5 +94,33 @@ func TestStoreDiskFull(t *testing.T) {
 		if leased[s.Id] != s.Lease.GetLeaseId() {
 			t.Errorf("lease of %s lost across the restart", s.Id)
 		}
+	}
+}
+
+// TestBPFFSMissing starts netslotd where /sys/fs/bpf is not mounted (its
+// own mount namespace, with bpffs unmounted there): it mounts bpffs
+// itself, pins its datapath there, and serves VPC attachments. Its
+// namespace pins and BPF pins live and die with that mount namespace;
+// teardown from outside removes the rest.
+func TestBPFFSMissing(t *testing.T) {
+	p, fab, up := uplinkPool(t, 4)
+	script := `umount -l /sys/fs/bpf && ! mountpoint -q /sys/fs/bpf && exec "$0" "$@"`
+	p.launchCmd(exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "sh", "-c", script,
+		filepath.Join(binDir, "netslotd")}, p.args(up...)...)...))
+	p.waitReady()
+	fsType, err := exec.Command("nsenter", "-t", strconv.Itoa(p.cmd.Process.Pid), "-m", "stat", "-f", "-c", "%T", "/sys/fs/bpf").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(fsType)); got != "bpf_fs" {
+		t.Errorf("/sys/fs/bpf in the daemon's mount namespace is %q, want bpf_fs", got)
+	}
+	s, err := p.client().Acquire(ctx(t), &netslotv1.AcquireRequest{Vpc: &netslotv1.VpcAttachment{
+		Vni: 4242, RemoteVtep: fab.VTEP.String(), VpcIp: "10.9.0.5", VpcCidrs: []string{"10.9.0.0/24"}}})
+	if err != nil {
+		t.Fatalf("acquire with a VPC: %v", err)
+	}
+	if s.GetDatapath().GetVni() != 4242 {
+		t.Errorf("datapath %v, want vni 4242", s.GetDatapath())
 	}
 }

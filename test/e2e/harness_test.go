@@ -97,7 +97,13 @@ func (p *pool) start(extra ...string) {
 // launch runs the daemon without waiting for it.
 func (p *pool) launch(extra ...string) {
 	p.t.Helper()
-	p.cmd = exec.Command(filepath.Join(binDir, "netslotd"), p.args(extra...)...)
+	p.launchCmd(exec.Command(filepath.Join(binDir, "netslotd"), p.args(extra...)...))
+}
+
+// launchCmd runs cmd, which runs the pool's daemon, without waiting.
+func (p *pool) launchCmd(cmd *exec.Cmd) {
+	p.t.Helper()
+	p.cmd = cmd
 	p.log = &bytes.Buffer{}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
