@@ -409,9 +409,10 @@ static __always_inline __u16 csum_fold(__u32 sum)
 }
 
 /* ipv4_ok: version 4, a header of at least 20 bytes, and a total length
- * that covers the header and fits the packet (0 is BIG TCP's length of a
- * super-packet over 64 KiB). Found by fuzzing: without it, headers the
- * receiving stack drops anyway were translated and passed on. */
+ * that covers the header and fits the packet (0, as the kernel allows, for
+ * a TCP GSO packet: BIG TCP's super-packets over 64 KiB). Found by
+ * fuzzing: without it, headers the receiving stack drops anyway were
+ * translated and passed on. */
 static __always_inline bool ipv4_ok(const struct __sk_buff *skb, const struct iphdr *ip, __u32 l3_off)
 {
 	__u32 ihl = ip->ihl * 4, tot = bpf_ntohs(ip->tot_len);
@@ -419,7 +420,7 @@ static __always_inline bool ipv4_ok(const struct __sk_buff *skb, const struct ip
 	if (ip->version != 4 || ihl < sizeof(*ip))
 		return false;
 	if (tot == 0)
-		return skb->len - l3_off > 0xffff;
+		return skb->gso_size && ip->protocol == IPPROTO_TCP;
 	return tot >= ihl && l3_off + tot <= skb->len;
 }
 
@@ -589,6 +590,10 @@ static __always_inline int geneve_ingress(struct __sk_buff *skb, const struct po
 		return drop(none, DROP_INNER_MULTICAST);
 	if (ip.ihl < 5 || ip.version != 4)
 		return drop(none, DROP_INNER_OTHER);
+	/* The inner total length must fit what the tunnel carried. */
+	__u32 in_tot = bpf_ntohs(ip.tot_len);
+	if (in_tot < ip.ihl * 4 || in_l3 + in_tot > skb->len)
+		return drop(none, DROP_GENEVE_TRUNCATED);
 	key.ip = ip.daddr;
 	idxp = bpf_map_lookup_elem(&vni_dst, &key);
 	if (!idxp)
@@ -867,6 +872,8 @@ int uplink_egress(struct __sk_buff *skb)
 			return idxp ? drop(idx, DROP_EGRESS_NOT_IPV4) : TCX_NEXT;
 	}
 	ip = data + ETH_HLEN;
+	if (idxp && ip->saddr == cfg->underlay_ip && ip->protocol == IPPROTO_UDP)
+		return TCX_NEXT; /* encapsulated above, on its way out */
 	if (idxp && !ipv4_ok(skb, ip, ETH_HLEN))
 		return drop(idx, DROP_EGRESS_NOT_IPV4);
 	if (!idxp) {
@@ -877,8 +884,6 @@ int uplink_egress(struct __sk_buff *skb)
 			return drop(cfg->slot_count, DROP_UNREGISTERED);
 		return TCX_NEXT;
 	}
-	if (ip->saddr == cfg->underlay_ip && ip->protocol == IPPROTO_UDP)
-		return TCX_NEXT; /* encapsulated above, on its way out */
 	ihl = ip->ihl * 4;
 	if (ip->saddr != cfg->guest_ip || ihl < sizeof(*ip))
 		return drop(idx, DROP_EGRESS_SPOOF);

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -32,6 +33,46 @@ func FuzzPrograms(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
+	// BPF_PROG_TEST_RUN takes the packet's device from the calling
+	// thread's namespace, and the programs look up routes and MTUs there:
+	// every run happens on one thread locked into the env's namespace
+	// (inputs are run on goroutines of their own).
+	nsFD, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer unix.Close(nsFD)
+	runs := make(chan func())
+	entered := make(chan error)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		entered <- unix.Setns(nsFD, unix.CLONE_NEWNET)
+		for fn := range runs {
+			fn()
+		}
+	}()
+	if err := <-entered; err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { close(runs) })
+	run := func(prog *ebpf.Program, frame []byte, iif int) (uint32, []byte, error) {
+		out := make([]byte, len(frame)+256)
+		opts := &ebpf.RunOptions{Data: frame, DataOut: out, Context: skbCtx{IngressIfindex: uint32(iif)}}
+		var verdict uint32
+		done := make(chan error)
+		runs <- func() {
+			var err error
+			verdict, err = prog.Run(opts)
+			done <- err
+		}
+		err := <-done
+		return verdict, opts.DataOut, err
+	}
+	// The harness reaches the encapsulation: a guest packet to slot 1's VPC
+	// leaves in Geneve.
+	if v, out, err := run(e.dp.objs.UplinkEgress, guestFrame(f, e.cfg, netip.MustParseAddr("10.9.0.1"), &layers.UDP{SrcPort: 1, DstPort: 2}), e.hosts[1]); err != nil || v != verdictRedirect || !isGeneve(out) {
+		f.Fatalf("VPC egress in the harness: verdict %d, geneve %t, %v", int32(v), isGeneve(out), err)
+	}
 	const (
 		egress0 = iota
 		egress1
@@ -45,6 +86,12 @@ func FuzzPrograms(f *testing.F) {
 		f.Add(geneveFrame(f, gnvOpts{vni: 4242}, inner), uint8(ingress))
 		f.Add(geneveFrame(f, gnvOpts{vni: 4242, optLen: 2}, inner), uint8(ingress))
 		f.Add(geneveFrame(f, gnvOpts{vni: 0xF00000}, inner), uint8(ingress))
+		// The inner header's TTL changed in flight (its checksum no longer
+		// holds, the outer one does): decapsulated, and judged by the
+		// inner header it came with.
+		ttl := geneveFrame(f, gnvOpts{vni: 4242}, inner)
+		ttl[50+14+8]--
+		f.Add(ttl, uint8(ingress))
 		ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 60, SrcIP: outside.AsSlice(), DstIP: e.cfg.SlotIP(0).AsSlice(), Protocol: protoOf(l4)}
 		f.Add(serialize(f, append([]gopacket.SerializableLayer{
 			&layers.Ethernet{SrcMAC: fabricGWMAC, DstMAC: uplinkMAC, EthernetType: layers.EthernetTypeIPv4}, ip}, l4...)...), uint8(ingress))
@@ -65,9 +112,7 @@ func FuzzPrograms(f *testing.F) {
 		case ingress:
 			prog, iif = e.dp.objs.UplinkIngress, up.Index
 		}
-		out := make([]byte, len(frame)+256)
-		opts := &ebpf.RunOptions{Data: frame, DataOut: out, Context: skbCtx{IngressIfindex: uint32(iif)}}
-		verdict, err := prog.Run(opts)
+		verdict, out, err := run(prog, frame, iif)
 		if errors.Is(err, unix.EINVAL) && len(frame) < 14+40 {
 			return // the test runner refuses IP frames without a whole IP header
 		}
@@ -81,10 +126,15 @@ func FuzzPrograms(f *testing.F) {
 		default:
 			t.Fatalf("verdict %d", int32(verdict))
 		}
-		if bytes.Equal(opts.DataOut, frame) {
+		if bytes.Equal(out, frame) {
 			return
 		}
-		checkFrame(t, frame, opts.DataOut, false)
+		// A decapsulated frame is held to what came inside the tunnel.
+		ref := frame
+		if in := geneveInner(frame); in != nil && !isGeneve(out) {
+			ref = in
+		}
+		checkFrame(t, ref, out, false)
 	})
 }
 
@@ -159,9 +209,29 @@ func ipChecksumOK(frame []byte) bool {
 	return checksum(frame[14:14+hl], 0) == 0
 }
 
+// geneveInner is the frame a Geneve packet carries (nil if frame is not
+// one, or is cut short).
+func geneveInner(frame []byte) []byte {
+	if !isGeneve(frame) {
+		return nil
+	}
+	udp := 14 + int(frame[14]&0xf)*4
+	if len(frame) < udp+16 {
+		return nil
+	}
+	start := udp + 16 + int(frame[udp+8]&0x3f)*4
+	if len(frame) < start+14 {
+		return nil
+	}
+	return frame[start:]
+}
+
 func isGeneve(frame []byte) bool {
-	return len(frame) >= 14+20+8 && binary.BigEndian.Uint16(frame[12:14]) == 0x0800 && frame[23] == 17 &&
-		binary.BigEndian.Uint16(frame[14+int(frame[14]&0xf)*4+2:]) == 6081
+	if len(frame) < 34 || binary.BigEndian.Uint16(frame[12:14]) != 0x0800 || frame[23] != 17 {
+		return false
+	}
+	udp := 14 + int(frame[14]&0xf)*4
+	return len(frame) >= udp+8 && binary.BigEndian.Uint16(frame[udp+2:]) == 6081
 }
 
 // l4ChecksumOK reports whether an IPv4 frame's TCP or UDP checksum is
