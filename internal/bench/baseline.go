@@ -205,6 +205,17 @@ func (b *Baseline) writeRules() error {
 // RootRules is the number of root-namespace rules the baseline adds.
 func (b *Baseline) RootRules() int { return b.Slots*RulesPerSlot + 3 }
 
+// untouchedTable: an iptables -S listing with built-in chains only, empty,
+// with the default ACCEPT policy (what iptables makes on first use).
+func untouchedTable(listing string) bool {
+	for _, l := range strings.Split(strings.TrimSpace(listing), "\n") {
+		if l != "" && !(strings.HasPrefix(l, "-P ") && strings.HasSuffix(l, " ACCEPT")) {
+			return false
+		}
+	}
+	return true
+}
+
 // Remove deletes everything Create made; it is safe on a partial Create.
 func (b *Baseline) Remove() error {
 	var errs []error
@@ -224,11 +235,10 @@ func (b *Baseline) Remove() error {
 	// empty nat table still has the host's traffic tracked. Remove the
 	// ones Create brought in, once nothing is left in them.
 	for _, t := range iptablesTables {
-		if b.hadTables == nil || b.hadTables[t] {
-			continue
+		if b.hadTables == nil || b.hadTables[t] || sh("nft", "list", "table", "ip", t) != nil {
+			continue // someone else's, or not an nftables table (iptables-legacy)
 		}
-		out, err := exec.Command("iptables", "-t", t, "-S").Output()
-		if err == nil && !strings.Contains(string(out), "\n-A ") && !strings.HasPrefix(string(out), "-A ") {
+		if out, err := exec.Command("iptables", "-t", t, "-S").Output(); err == nil && untouchedTable(string(out)) {
 			if err := sh("nft", "delete", "table", "ip", t); err != nil {
 				errs = append(errs, err)
 			}

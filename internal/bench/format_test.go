@@ -9,3 +9,17 @@ func TestRatio(t *testing.T) {
 		}
 	}
 }
+
+func TestUntouchedTable(t *testing.T) {
+	for listing, want := range map[string]bool{
+		"-P FORWARD ACCEPT\n":                           true,
+		"-P PREROUTING ACCEPT\n-P POSTROUTING ACCEPT\n": true,
+		"-P FORWARD DROP\n":                             false,
+		"-P FORWARD ACCEPT\n-N MINE\n":                  false,
+		"-P FORWARD ACCEPT\n-A FORWARD -j ACCEPT\n":     false,
+	} {
+		if got := untouchedTable(listing); got != want {
+			t.Errorf("untouchedTable(%q) = %t, want %t", listing, got, want)
+		}
+	}
+}

@@ -55,7 +55,14 @@ func RunOrderings(ctx context.Context, o OrderingOptions) (*OrderingResult, erro
 		}
 	}()
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
+	defer func() {
+		// Back to the root namespace before the thread is unlocked; a
+		// thread that cannot get back stays locked and dies with the
+		// goroutine.
+		if netns.Enter(rootFD) == nil {
+			runtime.UnlockOSThread()
+		}
+	}()
 	root, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
@@ -171,8 +178,11 @@ func createThenMove(root *netlink.Handle, name string, slotFD int) error {
 }
 
 func removeOrderingSlot(name string) {
-	if l, err := netlink.LinkByName(name); err == nil {
-		netlink.LinkDel(l)
+	// The veth's root end, and what a failed create-then-move left there.
+	for _, n := range []string{name, name + "t", name + "e"} {
+		if l, err := netlink.LinkByName(n); err == nil {
+			netlink.LinkDel(l)
+		}
 	}
 	netns.Remove("/run/netns/" + name)
 }

@@ -39,7 +39,7 @@ func TestAcquireWithFullMapChangesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer routes.Close()
+	t.Cleanup(func() { routes.Close() }) // after the entries' removal below (cleanups run last first)
 	// Keys as the datapath writes them (prefix length, slot, address), for
 	// a slot index no pool has; removed again at the end.
 	key := func(n uint32) []byte {

@@ -397,7 +397,7 @@ func (d *Datapath) SlotState(i int) (string, error) {
 	add("tunnel vni=%s vpc_ip=%x remote=%x vpc_mac=%s cidrs=%d more=%d %x", vni, t.VpcIp, t.RemoteIp, vpcMAC, t.Ncidrs, t.MoreRoutes, t.Cidrs)
 	var p datapathPeerInfo
 	if err := d.objs.Peers.Lookup(uint32(i), &p); err == nil {
-		add("peer mac=%x known=%d vni=%d remote=%x", p.Mac, p.Known, p.Vni, p.Remote)
+		add("peer mac=%x known=%d vni=%d remote=%x asked_ns=%d", p.Mac, p.Known, p.Vni, p.Remote, p.AskedNs)
 	}
 	var s datapathSlotInfo
 	if err := d.objs.Slots.Lookup(uint32(i), &s); err != nil {

@@ -64,6 +64,7 @@ func TestRootLinksWhileLinksChange(t *testing.T) {
 	}
 	var stop atomic.Bool
 	var wg sync.WaitGroup
+	defer func() { stop.Store(true); wg.Wait() }()
 	wg.Go(func() {
 		runtime.LockOSThread()
 		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
@@ -97,7 +98,5 @@ func TestRootLinksWhileLinksChange(t *testing.T) {
 			t.Fatalf("RootLinks returned %d of the 600 links that never changed", base)
 		}
 	}
-	stop.Store(true)
-	wg.Wait()
 	t.Logf("200 dumps of %d+ links during churn: %d plain dumps were interrupted; every RootLinks came back whole", 600, interrupted)
 }

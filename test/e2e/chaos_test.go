@@ -49,9 +49,10 @@ func TestCrashChaos(t *testing.T) {
 
 	held := map[string]string{}      // slot id -> lease id, acknowledged and not released
 	releasing := map[string]string{} // releases sent, not acknowledged: done or not
+	released := map[string]string{}  // releases acknowledged since the last restart
 	var mu sync.Mutex
 	kills := map[string]int{}
-	var acked, released, ambiguous, checked int
+	var acked, releases, ambiguous, checked int
 	for trial := range trials {
 		phase := []string{"boot", "acquire", "release"}[trial%3]
 		c, err := client.Dial(p.socket)
@@ -109,7 +110,8 @@ func TestCrashChaos(t *testing.T) {
 							releasing[ids[k]] = lease
 							ambiguous++
 						} else {
-							released++
+							released[ids[k]] = lease
+							releases++
 						}
 						delete(held, ids[k])
 						mu.Unlock()
@@ -149,6 +151,13 @@ func TestCrashChaos(t *testing.T) {
 			if leased[id] != lease {
 				t.Errorf("trial %d (%s): acknowledged lease %s of %s lost (slot now has %q)", trial, phase, lease, id, leased[id])
 			}
+		}
+		// An acknowledged release stays done.
+		for id, lease := range released {
+			if leased[id] == lease {
+				t.Errorf("trial %d (%s): acknowledged release of %s (lease %s) undone by the restart", trial, phase, id, lease)
+			}
+			delete(released, id)
 		}
 		// A release the daemon died during happened or not, nothing else.
 		for id, lease := range releasing {
@@ -191,7 +200,7 @@ func TestCrashChaos(t *testing.T) {
 		}
 	}
 	t.Logf("%d trials, kills by phase %v; %d acquires and %d releases acknowledged, %d releases cut by a kill; %d held leases checked after restarts",
-		trials, kills, acked, released, ambiguous, checked)
+		trials, kills, acked, releases, ambiguous, checked)
 
 	// Teardown killed half way, then run again, leaves nothing (checked by
 	// the pool's cleanup).

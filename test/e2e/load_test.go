@@ -132,13 +132,22 @@ func (p *pool) usage(t *testing.T, metricsAddr string) usage {
 	}
 	resp.Body.Close()
 	u.Netns = p.kernelObjects().Pins
+	// The pool's own objects only: other jobs on the host may come and go.
 	links, err := netlink.LinkList()
 	if err != nil {
 		t.Fatal(err)
 	}
-	u.Links = len(links)
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, p.prefix) {
+			u.Links++
+		}
+	}
 	if out, err := run("nft", "list", "tables"); err == nil {
-		u.NftTables = strings.Count(out, "table ")
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, "table ") && strings.Contains(l, p.prefix) {
+				u.NftTables++
+			}
+		}
 	}
 	maps, _ := filepath.Glob(filepath.Join(datapath.PinDir("", p.prefix), "*"))
 	for _, path := range maps {
