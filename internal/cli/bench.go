@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -82,12 +83,7 @@ func benchOrderingsCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Log = benchLog(cmd)
-			res, err := bench.RunOrderings(cmd.Context(), o)
-			if err != nil {
-				return err
-			}
-			res.Write(cmd.OutOrStdout())
-			return nil
+			return printResult(cmd, func() (*bench.OrderingResult, error) { return bench.RunOrderings(cmd.Context(), o) })
 		},
 	}
 	cmd.Flags().IntVar(&o.Slots, "slots", 500, "namespaces per ordering")
@@ -175,12 +171,7 @@ percentiles and removes everything it made.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Log = benchLog(cmd)
-			res, err := bench.RunAttach(cmd.Context(), o)
-			if err != nil {
-				return err
-			}
-			res.Write(cmd.OutOrStdout())
-			return nil
+			return printResult(cmd, func() (*bench.AttachResult, error) { return bench.RunAttach(cmd.Context(), o) })
 		},
 	}
 	fl := cmd.Flags()
@@ -188,6 +179,16 @@ percentiles and removes everything it made.`,
 	fl.IntVar(&o.Samples, "samples", 200, "measurements per method")
 	cniDirFlag(fl, &o.CNIDir)
 	return cmd
+}
+
+// printResult runs a lab scenario and prints its table.
+func printResult[R interface{ Write(io.Writer) }](cmd *cobra.Command, run func() (R, error)) error {
+	res, err := run()
+	if err != nil {
+		return err
+	}
+	res.Write(cmd.OutOrStdout())
+	return nil
 }
 
 // benchLog is the progress log of the lab benchmarks (on stderr).
@@ -260,12 +261,7 @@ everything it made. Traffic stays inside namespaces it created.`,
 			if o.Loadgen, err = loadgenArgv(); err != nil {
 				return err
 			}
-			res, err := bench.RunDatapath(cmd.Context(), o)
-			if err != nil {
-				return err
-			}
-			res.Write(cmd.OutOrStdout())
-			return nil
+			return printResult(cmd, func() (*bench.DatapathResult, error) { return bench.RunDatapath(cmd.Context(), o) })
 		},
 	}
 	fl := cmd.Flags()

@@ -48,6 +48,17 @@ func datapathPool(t *testing.T, n int) (*testutil.Pool, *testutil.Fabric, string
 	return p, fab, tag
 }
 
+// vpcAttachment attaches to 10.9.0.0/24 on vni, at ip, through the
+// fabric's VTEP.
+func vpcAttachment(t *testing.T, fab *testutil.Fabric, vni uint32, ip string) *slot.Attachment {
+	t.Helper()
+	a, err := slot.ParseAttachment(vni, fab.VTEP.String(), ip, []string{"10.9.0.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
 // serveOutside runs a UDP echo server and a TCP request/response server on
 // the fabric's outside host.
 func serveOutside(t *testing.T, fab *testutil.Fabric) {
@@ -307,13 +318,7 @@ func kernelObjects(t *testing.T) (links, rules, progs int) {
 func TestDatapathIsolationAndAttachCreatesNothing(t *testing.T) {
 	p, fab, tag := datapathPool(t, 3)
 	serveOutside(t, fab)
-	att := func(vni uint32, ip string) *slot.Attachment {
-		a, err := slot.ParseAttachment(vni, fab.VTEP.String(), ip, []string{"10.9.0.0/24"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return a
-	}
+	att := func(vni uint32, ip string) *slot.Attachment { return vpcAttachment(t, fab, vni, ip) }
 	l0, r0, p0 := kernelObjects(t)
 	a, err := p.D.Acquire(daemon.AcquireRequest{VPC: att(100, "10.9.0.5")})
 	if err != nil {

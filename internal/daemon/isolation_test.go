@@ -30,13 +30,7 @@ import (
 func TestIsolationMatrix(t *testing.T) {
 	p, fab, tag := datapathPool(t, 3)
 	serveOutside(t, fab)
-	att := func(vni uint32, ip string) *slot.Attachment {
-		a, err := slot.ParseAttachment(vni, fab.VTEP.String(), ip, []string{"10.9.0.0/24"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return a
-	}
+	att := func(vni uint32, ip string) *slot.Attachment { return vpcAttachment(t, fab, vni, ip) }
 	// Slot A may only reach the outside host; slot B has no policy.
 	a, err := p.D.Acquire(daemon.AcquireRequest{VPC: att(100, "10.9.0.5"), EgressAllow: []netip.Prefix{netip.PrefixFrom(fab.Outside, 32)}})
 	if err != nil {
