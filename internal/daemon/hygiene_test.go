@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"errors"
 	"net/netip"
 	"os/exec"
 	"strings"
@@ -88,7 +89,23 @@ func TestTenantLeavesNothingBehind(t *testing.T) {
 	}
 	exec.Command("ip", "netns", "exec", g.Name, "ping", "-c", "2", "-W", "1", "224.0.0.1").Run()
 	exec.Command("ip", "netns", "exec", g.Name, "ping", "-c", "1", "-W", "1", "172.16.0.3").Run() // ARP for a neighbour that is not there
-	g.Close()
+
+	// While the VM still holds tap0 (and whatever is queued for it), the
+	// slot cannot be released, and nothing of it changes.
+	held, err := p.D.DatapathState(i)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.D.Release(info.ID, ""); !errors.Is(err, daemon.ErrInUse) {
+		t.Fatalf("release while the VM holds tap0: %v, want ErrInUse", err)
+	}
+	if got, _ := p.D.Get(info.ID); got.Lease == nil {
+		t.Fatal("a refused release freed the slot")
+	}
+	if now, _ := p.D.DatapathState(i); now != held {
+		t.Fatalf("a refused release changed the slot's datapath:\n%s", lineDiff(now, held))
+	}
+	g.Close() // the kernel purges tap0's queue when the last holder closes it
 	ns := p.Config.ID(i)
 	inNS(t, ns, "ip", "neigh", "replace", "172.16.0.3", "lladdr", "02:00:00:00:00:02", "dev", "tap0", "nud", "permanent")
 	inNS(t, ns, "ip", "link", "set", "tap0", "address", "02:00:00:00:00:99", "mtu", "1400", "txqueuelen", "10")
