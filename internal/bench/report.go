@@ -225,7 +225,6 @@ func pooled(atts []*AttachResult) *AttachResult {
 			p.Samples[m] = append(p.Samples[m], s...)
 		}
 	}
-	p.Opts.Samples *= len(atts)
 	return p
 }
 

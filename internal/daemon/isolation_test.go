@@ -306,10 +306,10 @@ func ether(src, dst net.HardwareAddr, typ uint16) []byte {
 // icmpEcho is an ICMP echo request frame.
 func icmpEcho(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr) []byte {
 	icmp := []byte{8, 0, 0, 0, 0x12, 0x34, 0, 1, 'n', 's'}
-	binary.BigEndian.PutUint16(icmp[2:], inetSum(icmp))
+	binary.BigEndian.PutUint16(icmp[2:], testutil.Checksum(icmp))
 	ip := []byte{0x45, 0, 0, byte(20 + len(icmp)), 0, 1, 0x40, 0, 64, 1, 0, 0}
 	ip = append(append(ip, src.AsSlice()...), dst.AsSlice()...)
-	binary.BigEndian.PutUint16(ip[10:], inetSum(ip))
+	binary.BigEndian.PutUint16(ip[10:], testutil.Checksum(ip))
 	return append(append(ether(srcMAC, dstMAC, unix.ETH_P_IP), ip...), icmp...)
 }
 
@@ -331,18 +331,4 @@ func icmp6(mac net.HardwareAddr, typ byte) []byte {
 	ip = append(ip, netip.MustParseAddr("fe80::66").AsSlice()...)
 	ip = append(ip, netip.MustParseAddr("ff02::1").AsSlice()...)
 	return append(append(ether(mac, net.HardwareAddr{0x33, 0x33, 0, 0, 0, 1}, unix.ETH_P_IPV6), ip...), body...)
-}
-
-func inetSum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(b[i])<<8 | uint32(b[i+1])
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return ^uint16(s)
 }

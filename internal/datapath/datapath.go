@@ -27,9 +27,6 @@ const DefaultPinRoot = "/sys/fs/bpf/netslot"
 // bpf/datapath.c.
 const DummyVNIBase = slot.DummyVNIBase
 
-// MaxSlots is the largest pool the dummy VNI range covers.
-const MaxSlots = slot.MaxVNI + 1 - DummyVNIBase
-
 // EncapOverhead is what Geneve adds to a guest's frame on the underlay:
 // outer IPv4, UDP, Geneve and inner Ethernet headers.
 const EncapOverhead = 20 + 8 + 8 + 14
@@ -87,8 +84,8 @@ func PinDir(pinRoot, prefix string) string {
 // the programs to it. Pinned links are updated in place, so packets keep
 // flowing through a restart.
 func Open(c Config) (*Datapath, error) {
-	if c.Slot.Count > MaxSlots {
-		return nil, fmt.Errorf("%d slots: the dummy vni range holds at most %d", c.Slot.Count, MaxSlots)
+	if c.Slot.Count > slot.MaxSlots {
+		return nil, fmt.Errorf("%d slots: the dummy vni range holds at most %d", c.Slot.Count, slot.MaxSlots)
 	}
 	if c.Uplink != "" && !c.UnderlayIP.Is4() {
 		return nil, fmt.Errorf("an uplink needs an IPv4 underlay address")

@@ -37,7 +37,8 @@ func (g *Guest) Send(frame []byte) error {
 // Close detaches from the tap.
 func (g *Guest) Close() error { return g.f.Close() }
 
-func csum(b []byte) uint16 {
+// Checksum is the Internet checksum of b.
+func Checksum(b []byte) uint16 {
 	var s uint32
 	for i := 0; i+1 < len(b); i += 2 {
 		s += uint32(b[i])<<8 | uint32(b[i+1])
@@ -66,7 +67,7 @@ func UDPFrame(src, dst net.HardwareAddr, sip, dip netip.Addr, sport, dport uint1
 	s, d := sip.As4(), dip.As4()
 	copy(ip[12:16], s[:])
 	copy(ip[16:20], d[:])
-	binary.BigEndian.PutUint16(ip[10:], csum(ip))
+	binary.BigEndian.PutUint16(ip[10:], Checksum(ip))
 	udp := f[34:42]
 	binary.BigEndian.PutUint16(udp[0:], sport)
 	binary.BigEndian.PutUint16(udp[2:], dport)
