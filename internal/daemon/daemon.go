@@ -174,7 +174,7 @@ func checkSlotCIDRUnrouted(p netip.Prefix) error {
 // prefix ("en" would match the host's enp0s3), and boot deletes veths of
 // the prefix it does not know.
 func checkPrefixFree(c slot.Config) error {
-	all, err := links.RootLinks()
+	all, err := links.Links(nil)
 	if err != nil {
 		return err
 	}

@@ -125,7 +125,7 @@ func pinsOf(cfg slot.Config) (map[string]int, error) {
 
 // hostVeths lists root-namespace veths named like host veths of prefix.
 func hostVeths(cfg slot.Config) ([]netlink.Link, error) {
-	all, err := links.RootLinks()
+	all, err := links.Links(nil)
 	if err != nil {
 		return nil, fmt.Errorf("list root links: %w", err)
 	}

@@ -245,7 +245,7 @@ func verify(h *netlink.Handle, c slot.Config, i int) (eth0Index int, err error) 
 	if err := checkDevConf(eth0); err != nil {
 		return 0, err
 	}
-	routes, err := h.RouteList(eth0, unix.AF_INET)
+	routes, err := Routes(h, unix.AF_INET, &netlink.Route{LinkIndex: eth0.Attrs().Index}, netlink.RT_FILTER_OIF)
 	if err != nil {
 		return 0, fmt.Errorf("list routes: %w", err)
 	}
@@ -273,7 +273,7 @@ func checkDevConf(l netlink.Link) error {
 }
 
 func hasOnlyAddr(h *netlink.Handle, l netlink.Link, a netip.Addr, bits int) error {
-	addrs, err := h.AddrList(l, unix.AF_INET)
+	addrs, err := Addrs(h, l, unix.AF_INET)
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
 	}

@@ -72,7 +72,7 @@ func (u UplinkRoute) Apply() error {
 		return fmt.Errorf("uplink %s: %w", u.Uplink, err)
 	}
 	want := u.rule()
-	rules, err := netlink.RuleList(unix.AF_INET)
+	rules, err := Rules(nil, unix.AF_INET)
 	if err != nil {
 		return fmt.Errorf("list rules: %w", err)
 	}
@@ -101,7 +101,7 @@ func (u UplinkRoute) Apply() error {
 // is missing is not an error.
 func RemoveUplinkRoute(prefix string) error {
 	table := RouteTable(prefix)
-	rules, err := netlink.RuleList(unix.AF_INET)
+	rules, err := Rules(nil, unix.AF_INET)
 	if err != nil {
 		return fmt.Errorf("list rules: %w", err)
 	}
@@ -114,7 +114,7 @@ func RemoveUplinkRoute(prefix string) error {
 			errs = append(errs, fmt.Errorf("delete rule: %w", err))
 		}
 	}
-	routes, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+	routes, err := Routes(nil, unix.AF_INET, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("list table %d: %w", table, err))...)
 	}
@@ -132,7 +132,7 @@ func UplinkAddrs(name string) ([]netip.Addr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("uplink %s: %w", name, err)
 	}
-	addrs, err := netlink.AddrList(l, unix.AF_INET)
+	addrs, err := Addrs(nil, l, unix.AF_INET)
 	if err != nil {
 		return nil, fmt.Errorf("addresses of %s: %w", name, err)
 	}

@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/netslot/netslot/client"
@@ -199,7 +198,7 @@ func (p *pool) kernelObjects() objects {
 			o.Pins++
 		}
 	}
-	links, err := nslinks.RootLinks()
+	links, err := nslinks.Links(nil)
 	if err != nil {
 		p.t.Fatal(err)
 	}
@@ -216,7 +215,7 @@ func (p *pool) kernelObjects() objects {
 	if datapath.Exists("", p.prefix) {
 		o.BPFPinDirs++
 	}
-	rules, err := netlink.RuleList(unix.AF_INET)
+	rules, err := nslinks.Rules(nil, unix.AF_INET)
 	if err != nil {
 		p.t.Fatal(err)
 	}

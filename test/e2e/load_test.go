@@ -14,10 +14,10 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/vishvananda/netlink"
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
 	"github.com/netslot/netslot/internal/datapath"
+	nslinks "github.com/netslot/netslot/internal/links"
 )
 
 // TestLoadCycles runs acquire/release cycles through the API from 64
@@ -133,7 +133,7 @@ func (p *pool) usage(t *testing.T, metricsAddr string) usage {
 	resp.Body.Close()
 	u.Netns = p.kernelObjects().Pins
 	// The pool's own objects only: other jobs on the host may come and go.
-	links, err := netlink.LinkList()
+	links, err := nslinks.Links(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
