@@ -17,11 +17,15 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/netslot/netslot/internal/daemon"
 	"github.com/netslot/netslot/internal/datapath"
 	"github.com/netslot/netslot/internal/firewall"
 	nslinks "github.com/netslot/netslot/internal/links"
+	"github.com/netslot/netslot/internal/netns"
 	"github.com/netslot/netslot/internal/slot"
 	"github.com/netslot/netslot/internal/testutil"
 )
@@ -289,28 +293,74 @@ func sendGeneve(t *testing.T, fab *testutil.Fabric, vni uint32, frame []byte) {
 	}
 }
 
-// kernelObjects counts what an acquire must not create: root-namespace
-// links, root nftables rules and loaded BPF programs.
-func kernelObjects(t *testing.T) (links, rules, progs int) {
+// poolObjects are the kernel objects an acquire must not create.
+type poolObjects struct {
+	Links    int // the pool's: root-namespace links named by its prefix, and every link in its slots
+	Rules    int // the root namespace's nftables rules
+	NewProgs int // BPF programs loaded after the baseline's
+}
+
+// kernelObjects counts p's objects. Only the pool's own links count: other
+// tests' namespaces are dismantled in the background, and their host veths
+// leave the root namespace when the kernel gets to it. Programs count by
+// id, those loaded after lastProg: other tests' programs are freed in the
+// background too.
+func kernelObjects(t *testing.T, p *testutil.Pool, lastProg ebpf.ProgramID) poolObjects {
 	t.Helper()
-	ls, err := nslinks.RootLinks()
+	var o poolObjects
+	root, err := nslinks.Links(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := firewall.CountRules()
-	if err != nil {
+	for _, l := range root {
+		if strings.HasPrefix(l.Attrs().Name, p.Config.Prefix) {
+			o.Links++
+		}
+	}
+	for i := range p.Config.Count {
+		o.Links += len(slotLinks(t, p.Config.NetnsPath(i)))
+	}
+	if o.Rules, err = firewall.CountRules(); err != nil {
 		t.Fatal(err)
 	}
+	for id := lastProg; ; o.NewProgs++ {
+		if id, err = ebpf.ProgramGetNextID(id); err != nil {
+			break
+		}
+	}
+	return o
+}
+
+// lastProgram is the highest id of a loaded BPF program.
+func lastProgram() ebpf.ProgramID {
 	var id ebpf.ProgramID
 	for {
 		next, err := ebpf.ProgramGetNextID(id)
 		if err != nil {
-			break
+			return id
 		}
-		progs++
 		id = next
 	}
-	return len(ls), n, progs
+}
+
+// slotLinks lists the links of the namespace pinned at path.
+func slotLinks(t *testing.T, path string) []netlink.Link {
+	t.Helper()
+	fd, err := netns.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	h, err := netlink.NewHandleAt(vnetns.NsHandle(fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	ls, err := nslinks.Links(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ls
 }
 
 // Isolation with real packets, and what an attach creates: nothing but map
@@ -319,7 +369,8 @@ func TestDatapathIsolationAndAttachCreatesNothing(t *testing.T) {
 	p, fab, tag := datapathPool(t, 3)
 	serveOutside(t, fab)
 	att := func(vni uint32, ip string) *slot.Attachment { return vpcAttachment(t, fab, vni, ip) }
-	l0, r0, p0 := kernelObjects(t)
+	lastProg := lastProgram()
+	objs := kernelObjects(t, p, lastProg)
 	a, err := p.D.Acquire(daemon.AcquireRequest{VPC: att(100, "10.9.0.5")})
 	if err != nil {
 		t.Fatal(err)
@@ -328,8 +379,8 @@ func TestDatapathIsolationAndAttachCreatesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l1, r1, p1 := kernelObjects(t); l1 != l0 || r1 != r0 || p1 != p0 {
-		t.Errorf("acquire with a VPC created kernel objects: links %d->%d, root rules %d->%d, bpf programs %d->%d", l0, l1, r0, r1, p0, p1)
+	if after := kernelObjects(t, p, lastProg); after != objs {
+		t.Errorf("acquire with a VPC created kernel objects:\nbefore %+v\nafter  %+v", objs, after)
 	}
 	// The same VPC address on the same VNI is refused.
 	if _, err := p.D.Acquire(daemon.AcquireRequest{VPC: att(100, "10.9.0.5")}); err == nil {

@@ -23,24 +23,24 @@ func slotState(t *testing.T, p *testutil.Pool, i int) string {
 	sysctls := `for f in /proc/sys/net/ipv4/conf/*/* /proc/sys/net/ipv4/neigh/*/* /proc/sys/net/ipv6/conf/*/* /proc/sys/net/ipv6/neigh/*/*; do
 		printf '%s=%s\n' "$f" "$(cat "$f" 2>/dev/null | tr '\t' ' ')"; done`
 	parts := []string{
-		inNS(t, ns, "ip", "-d", "link"),
-		inNS(t, ns, "ip", "addr"),
-		inNS(t, ns, "ip", "-4", "route", "show", "table", "all"),
-		inNS(t, ns, "ip", "-6", "route", "show", "table", "all"),
-		inNS(t, ns, "ip", "-4", "rule"),
-		inNS(t, ns, "ip", "-6", "rule"),
-		inNS(t, ns, "ip", "neigh", "show", "nud", "all"),
-		inNS(t, ns, "ip", "maddr", "show", "dev", "lo"),
-		inNS(t, ns, "ip", "maddr", "show", "dev", slot.VethName),
+		testutil.Exec(t, ns, "ip", "-d", "link"),
+		testutil.Exec(t, ns, "ip", "addr"),
+		testutil.Exec(t, ns, "ip", "-4", "route", "show", "table", "all"),
+		testutil.Exec(t, ns, "ip", "-6", "route", "show", "table", "all"),
+		testutil.Exec(t, ns, "ip", "-4", "rule"),
+		testutil.Exec(t, ns, "ip", "-6", "rule"),
+		testutil.Exec(t, ns, "ip", "neigh", "show", "nud", "all"),
+		testutil.Exec(t, ns, "ip", "maddr", "show", "dev", "lo"),
+		testutil.Exec(t, ns, "ip", "maddr", "show", "dev", slot.VethName),
 		// After a VM has come and gone, a tap that is taken down and up
 		// without carrier lacks the link-layer filter of IPv6 all-nodes
 		// (33:33:00:00:00:01) until the next VM attaches, when the kernel
 		// adds it back (checked with iproute2 and a tun descriptor): it
 		// is not something the next tenant can see.
-		strings.ReplaceAll(inNS(t, ns, "ip", "maddr", "show", "dev", slot.TapName), "\tlink  33:33:00:00:00:01\n", ""),
-		inNS(t, ns, "tc", "qdisc", "show"),
-		inNS(t, ns, "nft", "list", "ruleset"),
-		inNS(t, ns, "sh", "-c", sysctls),
+		strings.ReplaceAll(testutil.Exec(t, ns, "ip", "maddr", "show", "dev", slot.TapName), "\tlink  33:33:00:00:00:01\n", ""),
+		testutil.Exec(t, ns, "tc", "qdisc", "show"),
+		testutil.Exec(t, ns, "nft", "list", "ruleset"),
+		testutil.Exec(t, ns, "sh", "-c", sysctls),
 	}
 	dp, err := p.D.DatapathState(i)
 	if err != nil {
@@ -107,8 +107,8 @@ func TestTenantLeavesNothingBehind(t *testing.T) {
 	}
 	g.Close() // the kernel purges tap0's queue when the last holder closes it
 	ns := p.Config.ID(i)
-	inNS(t, ns, "ip", "neigh", "replace", "172.16.0.3", "lladdr", "02:00:00:00:00:02", "dev", "tap0", "nud", "permanent")
-	inNS(t, ns, "ip", "link", "set", "tap0", "address", "02:00:00:00:00:99", "mtu", "1400", "txqueuelen", "10")
+	testutil.Exec(t, ns, "ip", "neigh", "replace", "172.16.0.3", "lladdr", "02:00:00:00:00:02", "dev", "tap0", "nud", "permanent")
+	testutil.Exec(t, ns, "ip", "link", "set", "tap0", "address", "02:00:00:00:00:99", "mtu", "1400", "txqueuelen", "10")
 
 	if used := slotState(t, p, i); used == want {
 		t.Fatal("using the slot changed nothing: the comparison cannot fail")

@@ -162,10 +162,10 @@ func TestIsolationMatrix(t *testing.T) {
 		return n > 0, fmt.Sprintf("slot IP InReceives +%d", n)
 	})
 	entry := func(t *testing.T) string {
-		return strings.TrimSpace(inNS(t, nsA, "ip", "neigh", "show", p.Config.GuestIP().String()))
+		return strings.TrimSpace(testutil.Exec(t, nsA, "ip", "neigh", "show", p.Config.GuestIP().String()))
 	}
 	check("guest A", "the slot's ARP table, as itself (control)", true, func(t *testing.T) (bool, string) {
-		inNS(t, nsA, "ip", "neigh", "flush", "dev", slot.TapName)
+		testutil.Exec(t, nsA, "ip", "neigh", "flush", "dev", slot.TapName)
 		sendRaw(t, ga, arpRequest(guestMAC, guestMAC, p.Config.GuestIP(), p.Config.GatewayIP()))
 		time.Sleep(200 * time.Millisecond)
 		e := entry(t)
@@ -248,7 +248,7 @@ func slotRx(t *testing.T, p *testutil.Pool, id string) uint64 {
 // /proc/net/snmp.
 func snmp(t *testing.T, ns, group, name string) int {
 	t.Helper()
-	lines := strings.Split(inNS(t, ns, "cat", "/proc/net/snmp"), "\n")
+	lines := strings.Split(testutil.Exec(t, ns, "cat", "/proc/net/snmp"), "\n")
 	for k := 0; k+1 < len(lines); k++ {
 		head, vals := strings.Fields(lines[k]), strings.Fields(lines[k+1])
 		if len(head) == 0 || head[0] != group+":" || len(vals) != len(head) {
@@ -267,7 +267,7 @@ func snmp(t *testing.T, ns, group, name string) int {
 
 func snmp6(t *testing.T, ns, name string) int {
 	t.Helper()
-	for _, l := range strings.Split(inNS(t, ns, "cat", "/proc/net/snmp6"), "\n") {
+	for _, l := range strings.Split(testutil.Exec(t, ns, "cat", "/proc/net/snmp6"), "\n") {
 		if f := strings.Fields(l); len(f) == 2 && f[0] == name {
 			n, _ := strconv.Atoi(f[1])
 			return n

@@ -3,7 +3,6 @@ package daemon_test
 import (
 	"errors"
 	"net/netip"
-	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -13,23 +12,14 @@ import (
 	"github.com/netslot/netslot/internal/testutil"
 )
 
-func inNS(t *testing.T, ns string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%v: %v\n%s", args, err, out)
-	}
-	return string(out)
-}
-
 // dump is what a tenant could change in a slot, as the kernel lists it.
 func dump(t *testing.T, ns string) string {
 	return strings.Join([]string{
-		inNS(t, ns, "ip", "-d", "link", "show", "tap0"),
-		inNS(t, ns, "ip", "addr"),
-		inNS(t, ns, "ip", "route"),
-		inNS(t, ns, "ip", "neigh"),
-		inNS(t, ns, "nft", "list", "ruleset"),
+		testutil.Exec(t, ns, "ip", "-d", "link", "show", "tap0"),
+		testutil.Exec(t, ns, "ip", "addr"),
+		testutil.Exec(t, ns, "ip", "route"),
+		testutil.Exec(t, ns, "ip", "neigh"),
+		testutil.Exec(t, ns, "nft", "list", "ruleset"),
 	}, "\n")
 }
 
@@ -46,10 +36,10 @@ func TestReleaseScrubsWhatTheTenantLeft(t *testing.T) {
 	other := p.Config.ID((info.Index + 1) % 3)
 	fresh := dump(t, other)
 
-	inNS(t, ns, "ip", "neigh", "add", "172.16.0.2", "lladdr", "02:00:00:00:00:01", "dev", "tap0")
-	inNS(t, ns, "ip", "neigh", "add", "172.16.0.3", "lladdr", "02:00:00:00:00:02", "dev", "tap0", "nud", "permanent")
-	inNS(t, ns, "ip", "link", "set", "tap0", "address", "02:00:00:00:00:99", "mtu", "1400", "txqueuelen", "10")
-	inNS(t, ns, "ip", "link", "set", "tap0", "down")
+	testutil.Exec(t, ns, "ip", "neigh", "add", "172.16.0.2", "lladdr", "02:00:00:00:00:01", "dev", "tap0")
+	testutil.Exec(t, ns, "ip", "neigh", "add", "172.16.0.3", "lladdr", "02:00:00:00:00:02", "dev", "tap0", "nud", "permanent")
+	testutil.Exec(t, ns, "ip", "link", "set", "tap0", "address", "02:00:00:00:00:99", "mtu", "1400", "txqueuelen", "10")
+	testutil.Exec(t, ns, "ip", "link", "set", "tap0", "down")
 	norm := func(s string, i int) string {
 		s = strings.ReplaceAll(s, p.Config.SlotIP(i).String(), "SLOTIP")
 		s = strings.ReplaceAll(s, p.Config.HostVethMAC(i).String(), "HOSTMAC")
@@ -76,14 +66,14 @@ func TestReleaseRebuildsASlotItCannotScrub(t *testing.T) {
 		t.Fatal(err)
 	}
 	ns := p.Config.ID(info.Index)
-	inNS(t, ns, "ip", "link", "del", "tap0")
+	testutil.Exec(t, ns, "ip", "link", "del", "tap0")
 	if err := p.D.Release(info.ID, ""); err != nil {
 		t.Fatalf("release of a damaged slot: %v", err)
 	}
-	if out := inNS(t, ns, "ip", "-br", "link", "show", "tap0"); !strings.Contains(out, "tap0") {
+	if out := testutil.Exec(t, ns, "ip", "-br", "link", "show", "tap0"); !strings.Contains(out, "tap0") {
 		t.Fatalf("tap0 not rebuilt: %q", out)
 	}
-	if out := inNS(t, ns, "nft", "list", "table", "netdev", p.Config.Prefix); !strings.Contains(out, "tap-ingress") {
+	if out := testutil.Exec(t, ns, "nft", "list", "table", "netdev", p.Config.Prefix); !strings.Contains(out, "tap-ingress") {
 		t.Fatalf("rebuilt slot has no firewall: %q", out)
 	}
 	if st := p.D.Status(); st.Free != 2 || st.Leased != 0 {

@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"errors"
 	"os"
 	"os/exec"
-	"strings"
 	"testing"
+
+	"github.com/vishvananda/netlink"
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
 	"github.com/netslot/netslot/internal/firewall"
@@ -110,9 +112,8 @@ func TestRestartRepairsAndRemovesStrays(t *testing.T) {
 	if _, err := os.Stat("/run/netns/" + p.prefix + "-77"); !os.IsNotExist(err) {
 		t.Fatalf("stray namespace survived: %v", err)
 	}
-	out, _ := exec.Command("ip", "-br", "link", "show").Output()
-	if strings.Contains(string(out), p.prefix+"99") {
-		t.Fatal("stray host veth survived")
+	if _, err := netlink.LinkByName(p.prefix + "99"); !errors.As(err, &netlink.LinkNotFoundError{}) {
+		t.Fatalf("stray host veth survived: %v", err)
 	}
 	if err := (firewall.Root{Prefix: p.prefix}).Verify(); err != nil {
 		t.Fatalf("root table not restored: %v", err)
