@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Runs the whole test suite (scripts/test.sh: gofmt, vet, the generated-code
+# check, every test and the fuzz step) N times in a row, each from a fresh
+# clone of the committed HEAD, and prints a tally: a suite that passes once
+# is not yet a suite that passes every time.
+#
+#   scripts/test-repeat.sh [--churn] [N]     (as root; N defaults to 10)
+#
+# --churn: while the suites run, a background loop adds 200 veth pairs to
+# the root namespace and deletes them again, over and over, as a busy host
+# does; it counts how many of its own `ip link` dumps the kernel reported
+# interrupted, to show the churn did what it is for. Its pairs are named
+# nsrpt<k>a/b and removed when the script ends, however it ends.
+#
+# Logs stay in the printed directory; exit status is 0 only if every run
+# passed. Uncommitted changes are not tested (a fresh clone has none).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+churn=0
+n=10
+for a in "$@"; do
+  case "$a" in
+    --churn) churn=1 ;;
+    ''|*[!0-9]*) echo "usage: $0 [--churn] [N]" >&2; exit 2 ;;
+    *) n=$a ;;
+  esac
+done
+if [ "$(id -u)" -ne 0 ]; then
+  echo "run as root: the suite creates namespaces and devices" >&2
+  exit 1
+fi
+[ -z "$(git status --porcelain --untracked-files=no)" ] || echo "note: uncommitted changes are not tested; the runs use HEAD $(git rev-parse --short HEAD)" >&2
+
+out=$(mktemp -d /tmp/netslot-repeat.XXXXXX)
+src=$(pwd)
+churn_pid=
+cleanup() {
+  if [ -n "$churn_pid" ]; then
+    kill "$churn_pid" 2>/dev/null || true
+    wait "$churn_pid" 2>/dev/null || true
+  fi
+  for k in $(seq 0 199); do ip link del "nsrpt${k}a" 2>/dev/null || true; done
+  rm -rf "$out/clone"
+}
+trap cleanup EXIT
+
+churner() {
+  local add=$out/churn-add del=$out/churn-del rounds=0 interrupted=0 dumps=0
+  for k in $(seq 0 199); do echo "link add nsrpt${k}a type veth peer name nsrpt${k}b"; done >"$add"
+  for k in $(seq 0 199); do echo "link del nsrpt${k}a"; done >"$del"
+  trap 'echo "churn: $rounds rounds of 200 veth pairs added and deleted; $interrupted of $dumps ip link dumps taken meanwhile were interrupted" >"$out/churn.txt"; exit 0' TERM
+  while :; do
+    ip -batch "$add" >/dev/null 2>&1 || true
+    if ip -o link show 2>&1 >/dev/null | grep -q 'Dump was interrupted'; then interrupted=$((interrupted + 1)); fi
+    dumps=$((dumps + 1))
+    ip -batch "$del" >/dev/null 2>&1 || true
+    rounds=$((rounds + 1))
+  done
+}
+
+if [ "$churn" = 1 ]; then
+  churner &
+  churn_pid=$!
+  echo "churn: background loop $churn_pid adds and deletes 200 veth pairs in the root namespace"
+fi
+
+pass=0
+fail=0
+echo "logs: $out"
+for i in $(seq 1 "$n"); do
+  rm -rf "$out/clone"
+  git clone -q "$src" "$out/clone"
+  log=$out/run-$i.log
+  start=$(date +%s)
+  if (cd "$out/clone" && ./scripts/test.sh) >"$log" 2>&1; then
+    pass=$((pass + 1))
+    result=pass
+  else
+    fail=$((fail + 1))
+    result="FAIL: $(grep -h -- '--- FAIL' "$log" | sed 's/ (.*//' | tr -s ' ' | sort -u | paste -sd, - || true)"
+  fi
+  echo "run $i/$n: $result ($(($(date +%s) - start)) s)"
+done
+if [ -n "$churn_pid" ]; then
+  kill "$churn_pid"
+  wait "$churn_pid" 2>/dev/null || true
+  churn_pid=
+  cat "$out/churn.txt" 2>/dev/null || true
+fi
+echo "tally: $pass passed, $fail failed of $n runs of the whole suite$([ "$churn" = 1 ] && echo ' under veth churn')"
+[ "$fail" -eq 0 ]
