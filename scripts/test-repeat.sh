@@ -8,8 +8,8 @@
 #
 # --churn: while the suites run, a background loop adds 200 veth pairs to
 # the root namespace and deletes them again, over and over, as a busy host
-# does; it counts how many of its own `ip link` dumps the kernel reported
-# interrupted, to show the churn did what it is for. Its pairs are named
+# does, and a sampler counts how many root-namespace link dumps the kernel
+# reported interrupted meanwhile, to show the churn did what it is for. Its pairs are named
 # nsrpt<k>a/b and removed when the script ends, however it ends.
 #
 # Logs stay in the printed directory; exit status is 0 only if every run
@@ -34,11 +34,12 @@ fi
 
 out=$(mktemp -d /tmp/netslot-repeat.XXXXXX)
 src=$(pwd)
+rev=$(git rev-parse HEAD) # every run tests this commit, whatever lands meanwhile
 churn_pid=
 cleanup() {
   if [ -n "$churn_pid" ]; then
-    kill "$churn_pid" 2>/dev/null || true
-    wait "$churn_pid" 2>/dev/null || true
+    kill $churn_pid 2>/dev/null || true
+    wait $churn_pid 2>/dev/null || true
   fi
   for k in $(seq 0 199); do ip link del "nsrpt${k}a" 2>/dev/null || true; done
   rm -rf "$out/clone"
@@ -46,31 +47,44 @@ cleanup() {
 trap cleanup EXIT
 
 churner() {
-  local add=$out/churn-add del=$out/churn-del rounds=0 interrupted=0 dumps=0
+  local add=$out/churn-add del=$out/churn-del rounds=0
   for k in $(seq 0 199); do echo "link add nsrpt${k}a type veth peer name nsrpt${k}b"; done >"$add"
   for k in $(seq 0 199); do echo "link del nsrpt${k}a"; done >"$del"
-  trap 'echo "churn: $rounds rounds of 200 veth pairs added and deleted; $interrupted of $dumps ip link dumps taken meanwhile were interrupted" >"$out/churn.txt"; exit 0' TERM
+  trap 'echo "churn: $rounds rounds of 200 veth pairs added and deleted" >"$out/churn.txt"; exit 0' TERM
   while :; do
     ip -batch "$add" >/dev/null 2>&1 || true
-    if ip -o link show 2>&1 >/dev/null | grep -q 'Dump was interrupted'; then interrupted=$((interrupted + 1)); fi
-    dumps=$((dumps + 1))
     ip -batch "$del" >/dev/null 2>&1 || true
     rounds=$((rounds + 1))
+  done
+}
+
+# sampler dumps the root namespace's links twice a second while the churn
+# runs and counts the dumps the kernel reported interrupted.
+sampler() {
+  local interrupted=0 dumps=0
+  trap 'echo "sampler: $interrupted of $dumps root link dumps taken meanwhile were interrupted" >"$out/sampler.txt"; exit 0' TERM
+  while :; do
+    if ip -o link show 2>&1 >/dev/null | grep -q 'Dump was interrupted'; then interrupted=$((interrupted + 1)); fi
+    dumps=$((dumps + 1))
+    sleep 0.5
   done
 }
 
 if [ "$churn" = 1 ]; then
   churner &
   churn_pid=$!
-  echo "churn: background loop $churn_pid adds and deletes 200 veth pairs in the root namespace"
+  sampler &
+  churn_pid="$churn_pid $!"
+  echo "churn: background loops $churn_pid add and delete 200 veth pairs in the root namespace and sample its link dumps"
 fi
 
 pass=0
 fail=0
-echo "logs: $out"
+echo "logs: $out; testing $(git rev-parse --short "$rev")"
 for i in $(seq 1 "$n"); do
   rm -rf "$out/clone"
   git clone -q "$src" "$out/clone"
+  git -C "$out/clone" checkout -q "$rev"
   log=$out/run-$i.log
   start=$(date +%s)
   if (cd "$out/clone" && ./scripts/test.sh) >"$log" 2>&1; then
@@ -83,10 +97,10 @@ for i in $(seq 1 "$n"); do
   echo "run $i/$n: $result ($(($(date +%s) - start)) s)"
 done
 if [ -n "$churn_pid" ]; then
-  kill "$churn_pid"
-  wait "$churn_pid" 2>/dev/null || true
+  kill $churn_pid
+  wait $churn_pid 2>/dev/null || true
   churn_pid=
-  cat "$out/churn.txt" 2>/dev/null || true
+  cat "$out/churn.txt" "$out/sampler.txt" 2>/dev/null || true
 fi
 echo "tally: $pass passed, $fail failed of $n runs of the whole suite$([ "$churn" = 1 ] && echo ' under veth churn')"
 [ "$fail" -eq 0 ]
