@@ -296,7 +296,7 @@ func sendGeneve(t *testing.T, fab *testutil.Fabric, vni uint32, frame []byte) {
 // poolObjects are the kernel objects an acquire must not create.
 type poolObjects struct {
 	Links    int // the pool's: root-namespace links named by its prefix, and every link in its slots
-	Rules    int // the root namespace's nftables rules
+	Rules    int // the rules of the pool's table in the root namespace
 	NewProgs int // BPF programs loaded after the baseline's
 }
 
@@ -320,7 +320,7 @@ func kernelObjects(t *testing.T, p *testutil.Pool, lastProg ebpf.ProgramID) pool
 	for i := range p.Config.Count {
 		o.Links += len(slotLinks(t, p.Config.NetnsPath(i)))
 	}
-	if o.Rules, err = firewall.CountRules(); err != nil {
+	if o.Rules, err = firewall.CountRules(p.Config.Prefix); err != nil {
 		t.Fatal(err)
 	}
 	for id := lastProg; ; o.NewProgs++ {

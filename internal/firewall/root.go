@@ -100,9 +100,10 @@ func (r Root) Remove() error {
 // RuleCount is the number of rules in the root table.
 func (r Root) RuleCount() int { return r.spec().ruleCount() }
 
-// CountRules counts every nftables rule in the calling thread's namespace,
-// whoever wrote it (iptables-nft rules included).
-func CountRules() (int, error) {
+// CountRules counts the nftables rules of the tables named prefix, of
+// every family, in the calling thread's namespace: what a pool of that
+// prefix holds there (other jobs' tables may come and go).
+func CountRules(prefix string) (int, error) {
 	conn, err := Dial()
 	if err != nil {
 		return 0, err
@@ -114,6 +115,9 @@ func CountRules() (int, error) {
 	}
 	n := 0
 	for _, c := range chains {
+		if c.Table.Name != prefix {
+			continue
+		}
 		rules, err := conn.GetRules(c.Table, c)
 		if err != nil {
 			return 0, fmt.Errorf("list rules of %s/%s: %w", c.Table.Name, c.Name, err)

@@ -8,11 +8,12 @@ import (
 	"github.com/netslot/netslot/internal/firewall"
 )
 
-// rootRules counts every rule in the root namespace: nftables (which holds
-// iptables-nft rules too) and, where present, legacy iptables.
-func rootRules(t *testing.T) (nft, legacy int) {
+// rootRules counts the rules of the pool's own nftables tables in the
+// root namespace and, where present, every legacy iptables rule (nftables
+// tables of other jobs on the host may come and go).
+func rootRules(t *testing.T, prefix string) (nft, legacy int) {
 	t.Helper()
-	n, err := firewall.CountRules()
+	n, err := firewall.CountRules(prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,25 +32,25 @@ func rootRules(t *testing.T) (nft, legacy int) {
 }
 
 func TestRootRuleCountDoesNotDependOnPoolSize(t *testing.T) {
-	baseNft, baseLegacy := rootRules(t)
+	_, baseLegacy := rootRules(t, "")
 	var added []int
 	for _, size := range []int{10, 400} {
 		p := newPool(t, size)
 		p.start()
-		nft, legacy := rootRules(t)
+		nft, legacy := rootRules(t, p.prefix)
 		if legacy != baseLegacy {
 			t.Fatalf("pool of %d added %d legacy iptables rules", size, legacy-baseLegacy)
 		}
-		added = append(added, nft-baseNft)
-		if st := p.status(); st.RootRules != nft-baseNft {
-			t.Errorf("status reports %d root rules, the kernel has %d more", st.RootRules, nft-baseNft)
+		added = append(added, nft)
+		if st := p.status(); st.RootRules != nft {
+			t.Errorf("status reports %d root rules, the pool's table has %d", st.RootRules, nft)
 		}
 		p.kill()
 		if _, err := p.netslotd("teardown", "--prefix", p.prefix, "--state-dir", p.stateDir); err != nil {
 			t.Fatal(err)
 		}
-		if n, _ := rootRules(t); n != baseNft {
-			t.Fatalf("teardown left %d root rules", n-baseNft)
+		if n, _ := rootRules(t, p.prefix); n != 0 {
+			t.Fatalf("teardown left %d root rules", n)
 		}
 	}
 	if added[0] != added[1] || added[0] == 0 || added[0] > 144 {
