@@ -59,7 +59,7 @@ func (d *Daemon) Boot(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	veths, err := d.scanHostVeths()
+	veths, err := d.scanHostVeths(pins)
 	if err != nil {
 		return err
 	}
@@ -183,19 +183,24 @@ func (d *Daemon) scanPins() ([]bool, error) {
 }
 
 // scanHostVeths lists root-namespace devices named like our host veths and
-// deletes those that are not veths of this pool.
-func (d *Daemon) scanHostVeths() ([]bool, error) {
+// deletes those that are not veths of this pool. It reports which slots
+// have their host veth, up; pinned says which slots have their namespace.
+func (d *Daemon) scanHostVeths(pinned []bool) ([]bool, error) {
 	have := make([]bool, d.cfg.Count)
+	found := make([]bool, d.cfg.Count)
 	veths, err := hostVeths(d.cfg)
 	if err != nil {
 		return nil, err
 	}
+	record := func(i int, l netlink.Link) {
+		// A host veth that is down is damaged: rebuild the slot.
+		found[i], have[i] = true, l.Attrs().Flags&net.FlagUp != 0
+		d.setHostIndex(i, l.Attrs().Index)
+	}
 	for _, l := range veths {
 		i, _ := d.cfg.IndexOfName(l.Attrs().Name, "")
 		if i < d.cfg.Count {
-			// A host veth that is down is damaged: rebuild the slot.
-			have[i] = l.Attrs().Flags&net.FlagUp != 0
-			d.setHostIndex(i, l.Attrs().Index)
+			record(i, l)
 			continue
 		}
 		d.log.Info("removing host veth outside the pool", "link", l.Attrs().Name)
@@ -204,6 +209,18 @@ func (d *Daemon) scanHostVeths() ([]bool, error) {
 		}
 		d.removed.Add(1)
 		d.Metrics.ReconcileAction.WithLabelValues("remove_link").Inc()
+	}
+	// The dump of a root namespace whose links never hold still may lack
+	// a veth that was there all along (see links.Links): a slot whose
+	// namespace exists is asked for by name before it is taken for
+	// damaged, which would rebuild it under its tenant.
+	for i := range d.cfg.Count {
+		if found[i] || !pinned[i] {
+			continue
+		}
+		if l, err := netlink.LinkByName(d.cfg.HostVeth(i)); err == nil && l.Type() == "veth" {
+			record(i, l)
+		}
 	}
 	return have, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -15,17 +16,25 @@ import (
 // changed while it was read: routine on a host where anything creates or
 // deletes links, and while the kernel dismantles namespaces in the
 // background (their host veths leave the root namespace then). netlink
-// hands back what it read with ErrDumpInterrupted; a partial list must not
-// be taken for the whole one, so every dump in this tree goes through the
-// functions below (TestEveryDumpIsRetried checks), which read again until
-// a dump comes back whole.
+// hands back what it read with ErrDumpInterrupted. Every dump in this tree
+// goes through the functions below (TestEveryDumpIsRetried checks), which
+// read again, backing off a little, until a dump comes back whole.
+//
+// On a host whose links never hold still (another pool booting, a CNI
+// plugin or a loop creating and deleting veths, thousands of links to
+// read), no dump may ever come back whole. After dumpAttempts reads, the
+// union of what they returned is the answer: every object that existed
+// throughout them is in it (the kernel walks links, and a device's
+// addresses, in index order and resumes after the last one it sent, so a
+// change elsewhere moves nothing else; where an older kernel skipped one,
+// another read has it), and objects that came or went meanwhile may be in
+// it or not, as they would be a moment later anyway. Callers look for
+// their own objects, which nobody else changes.
 
-// dumpAttempts bounds the reads of one dump. After the first few, each
-// retry waits a little (up to dumpBackoffMax, jittered) so that a burst of
-// changes can pass; a dump interrupted this many times in a row means the
-// list never stops changing.
+// dumpAttempts bounds the reads of one dump; dumpBackoffMax bounds the
+// (jittered, doubling) wait between the later ones.
 const (
-	dumpAttempts   = 50
+	dumpAttempts   = 8
 	dumpBackoffMax = 5 * time.Millisecond
 )
 
@@ -41,48 +50,60 @@ func handle(h *netlink.Handle) *netlink.Handle {
 
 // Links lists the links of h's namespace (nil: the calling thread's).
 func Links(h *netlink.Handle) ([]netlink.Link, error) {
-	return retryDump(handle(h).LinkList)
+	return retryDump(handle(h).LinkList, func(l netlink.Link) string { return strconv.Itoa(l.Attrs().Index) })
 }
 
 // Addrs lists the addresses of family on l (nil: on every link) in h's
 // namespace (nil: the calling thread's).
 func Addrs(h *netlink.Handle, l netlink.Link, family int) ([]netlink.Addr, error) {
-	return retryDump(func() ([]netlink.Addr, error) { return handle(h).AddrList(l, family) })
+	return retryDump(func() ([]netlink.Addr, error) { return handle(h).AddrList(l, family) },
+		func(a netlink.Addr) string { return strconv.Itoa(a.LinkIndex) + " " + a.IPNet.String() })
 }
 
 // Routes lists the routes of family in h's namespace (nil: the calling
 // thread's) that match filter on the fields of mask (netlink.RT_FILTER_*;
 // a nil filter: the main table).
 func Routes(h *netlink.Handle, family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
-	return retryDump(func() ([]netlink.Route, error) { return handle(h).RouteListFiltered(family, filter, mask) })
+	return retryDump(func() ([]netlink.Route, error) { return handle(h).RouteListFiltered(family, filter, mask) },
+		func(r netlink.Route) string { return strconv.Itoa(r.Table) + " " + r.String() })
 }
 
 // Rules lists the policy rules of family in h's namespace (nil: the
 // calling thread's).
 func Rules(h *netlink.Handle, family int) ([]netlink.Rule, error) {
-	return retryDump(func() ([]netlink.Rule, error) { return handle(h).RuleList(family) })
+	return retryDump(func() ([]netlink.Rule, error) { return handle(h).RuleList(family) },
+		func(r netlink.Rule) string { return r.String() })
 }
 
 // Neighs lists the neighbours of family on the link of index linkIndex
 // (0: every link) in h's namespace (nil: the calling thread's).
 func Neighs(h *netlink.Handle, linkIndex, family int) ([]netlink.Neigh, error) {
-	return retryDump(func() ([]netlink.Neigh, error) { return handle(h).NeighList(linkIndex, family) })
+	return retryDump(func() ([]netlink.Neigh, error) { return handle(h).NeighList(linkIndex, family) },
+		func(n netlink.Neigh) string { return strconv.Itoa(n.LinkIndex) + " " + n.IP.String() })
 }
 
-func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
-	var err error
+// retryDump runs dump until it comes back whole, or returns the union of
+// dumpAttempts interrupted reads (by key).
+func retryDump[T any](dump func() ([]T, error), key func(T) string) ([]T, error) {
+	var union []T
+	seen := map[string]bool{}
 	for attempt := range dumpAttempts {
-		var out []T
-		out, err = dump()
+		out, err := dump()
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			return out, err
 		}
-		if attempt >= 3 {
-			wait := min(time.Duration(1<<(attempt-3))*100*time.Microsecond, dumpBackoffMax)
+		for _, o := range out {
+			if k := key(o); !seen[k] {
+				seen[k] = true
+				union = append(union, o)
+			}
+		}
+		if attempt >= 2 {
+			wait := min(time.Duration(1<<(attempt-2))*250*time.Microsecond, dumpBackoffMax)
 			time.Sleep(wait/2 + rand.N(wait/2+1))
 		}
 	}
-	return nil, fmt.Errorf("dump interrupted %d times in a row: %w", dumpAttempts, err)
+	return union, nil
 }
 
 // RoutedOverlap returns a route of the calling thread's namespace, in any

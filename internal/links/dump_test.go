@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,25 +17,31 @@ import (
 )
 
 func TestRetryDumpRetriesInterruptedDumps(t *testing.T) {
+	key := strconv.Itoa
 	calls := 0
 	out, err := retryDump(func() ([]int, error) {
 		calls++
 		if calls < 3 {
-			return []int{0}, netlink.ErrDumpInterrupted // partial results: never returned
+			return []int{0}, netlink.ErrDumpInterrupted // partial results: not the answer
 		}
 		return []int{1, 2}, nil
-	})
-	if err != nil || len(out) != 2 || calls != 3 {
+	}, key)
+	if err != nil || !slices.Equal(out, []int{1, 2}) || calls != 3 {
 		t.Errorf("got %v, %v after %d calls; want the third, whole dump", out, err, calls)
 	}
+	// Never whole: the union of the reads, each object once.
 	calls = 0
-	_, err = retryDump(func() ([]int, error) { calls++; return nil, netlink.ErrDumpInterrupted })
-	if err == nil || calls != dumpAttempts || !errors.Is(err, netlink.ErrDumpInterrupted) {
-		t.Errorf("always interrupted: %v after %d calls, want an error after %d", err, calls, dumpAttempts)
+	out, err = retryDump(func() ([]int, error) {
+		calls++
+		return []int{7, 100 + calls%2}, netlink.ErrDumpInterrupted
+	}, key)
+	slices.Sort(out)
+	if err != nil || calls != dumpAttempts || !slices.Equal(out, []int{7, 100, 101}) {
+		t.Errorf("always interrupted: %v, %v after %d calls; want the union of %d reads", out, err, calls, dumpAttempts)
 	}
 	other := errors.New("netlink: boom")
 	calls = 0
-	if _, err := retryDump(func() ([]int, error) { calls++; return nil, other }); !errors.Is(err, other) || calls != 1 {
+	if _, err := retryDump(func() ([]int, error) { calls++; return nil, other }, key); !errors.Is(err, other) || calls != 1 {
 		t.Errorf("other error: %v after %d calls, want it at once", err, calls)
 	}
 }
