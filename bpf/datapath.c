@@ -51,9 +51,21 @@
 #define GENEVE_HLEN 8
 #define ENCAP_LEN (sizeof(struct iphdr) + sizeof(struct udphdr) + GENEVE_HLEN + ETH_HLEN)
 #define IP_DF 0x4000
+#define IP_MF 0x2000
 #define IP_OFFMASK 0x1fff
+/* Constants netslotd shares (bpf2go exports them to Go). */
+enum datapath_const {
+	/* skb->mark of a packet this program encapsulated, on its second
+	 * pass through the uplink's egress (after bpf_redirect_neigh). A guest
+	 * cannot set it: the kernel clears the mark of every packet that
+	 * crosses from a slot's namespace into the root namespace. */
+	ENCAP_MARK = 0x6e530001,
+	/* lease_policy.flags: the slot is leased, its traffic flows. */
+	LEASE_OPEN = 1,
+};
 
-/* Why a packet was dropped; the order is the order of stats.drops. */
+/* Why a packet was dropped; the order is the order of stats.drops, and
+ * new reasons are appended, never inserted. */
 enum drop_reason {
 	DROP_GENEVE_TRUNCATED,   /* Geneve header or inner frame cut short */
 	DROP_GENEVE_VERSION,     /* Geneve version is not 0 */
@@ -80,6 +92,8 @@ enum drop_reason {
 	DROP_TOO_BIG,            /* encapsulated packet over the uplink's MTU */
 	DROP_PEER_UNKNOWN,       /* VPC peer MAC unknown and no ARP possible */
 	DROP_UNREGISTERED,       /* guest-sourced from a veth not (yet) a slot */
+	DROP_INBOUND_UNSOLICITED, /* to a guest: no reply to its flows, no inbound rule */
+	DROP_NOT_LEASED,         /* to or from a slot that is pooled or being released */
 	DROP_REASONS,
 };
 
@@ -144,6 +158,58 @@ struct vpc_route_key {
 	__u32 prefixlen;      /* 32 (slot) + CIDR length */
 	__u32 slot;
 	__be32 ip;
+};
+
+/* What the lease of a slot lets through, written by netslotd at acquire
+ * and cleared first thing at release. A slot without LEASE_OPEN (pooled,
+ * or being released) receives nothing and sends nothing. */
+#define INBOUND_RULES 16
+
+/* An inbound rule: new traffic (not a reply to the guest's own flows) of
+ * proto from src/mask to destination ports [port_lo, port_hi] may reach
+ * the guest. Ports are in host order; ICMP and other protocols ignore
+ * them. */
+struct inbound_rule {
+	__u8 proto;
+	__u8 pad;
+	__u16 port_lo;
+	__u16 port_hi;
+	__u16 pad2;
+	__be32 src;
+	__be32 mask;
+};
+
+struct lease_policy {
+	__u32 flags;
+	__u32 ninbound;
+	struct inbound_rule inbound[INBOUND_RULES];
+};
+
+/*
+ * The guest's recent outbound flows that are not TCP (UDP, ICMP echo,
+ * other protocols), so that their replies, and nothing else unasked, come
+ * in: a small per-slot table, FLOW_SETS sets of FLOW_WAYS entries, looked
+ * up by a hash of the flow. A new flow takes the older entry of its set,
+ * so the table never grows and one slot's flows never evict another's.
+ * TCP needs no table: a segment without ACK or RST cannot be a reply, and
+ * one with them cannot open a connection. No conntrack.
+ */
+#define FLOW_SETS 64
+#define FLOW_WAYS 2
+/* Seconds (units of 2^30 ns) a flow stays open after its last packet out. */
+#define FLOW_TTL 120
+
+struct flow {
+	__be32 remote;        /* the peer's address */
+	__be16 rport;         /* the peer's UDP port; 0 for other protocols */
+	__be16 lport;         /* the guest's UDP port, or its ICMP echo id */
+	__u8 proto;           /* 0: empty */
+	__u8 pad[3];
+	__u32 seen;           /* coarse time of the last packet out */
+};
+
+struct slot_flows {
+	struct flow f[FLOW_SETS * FLOW_WAYS];
 };
 
 struct slot_stats {
@@ -224,6 +290,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vpc_routes SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lease_policy);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} leases SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct slot_flows);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} flows SEC(".maps");
+
 /* Entry slot_count (the last) counts what belongs to no slot. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -235,6 +317,7 @@ struct {
 
 /* Give bpf2go the types the maps do not name. */
 const enum drop_reason *unused_drop_reason __attribute__((unused));
+const enum datapath_const *unused_datapath_const __attribute__((unused));
 
 struct geneve_frame {
 	struct iphdr ip;
@@ -303,6 +386,29 @@ static __always_inline bool mac_eq(const __u8 *a, const __u8 *b)
 	       a[3] == b[3] && a[4] == b[4] && a[5] == b[5];
 }
 
+/* linux/icmp.h pulls in libc headers (through linux/if.h); the ICMP types
+ * and the echo header are small. */
+#define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
+#define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+
+struct icmp_echo {
+	__u8 type;
+	__u8 code;
+	__sum16 check;
+	__be16 id;
+	__be16 seq;
+};
+
+/* Destination unreachable, time exceeded, parameter problem: the errors
+ * that quote the packet they answer. */
+static __always_inline bool icmp_is_error(__u8 type)
+{
+	return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB;
+}
+
 /*
  * Rewrite the IPv4 source (dst = false) or destination (dst = true) at
  * l3_off from old to new, fixing the IPv4 checksum and, in a first or only
@@ -358,7 +464,7 @@ static __always_inline int rewrite_icmp_inner(struct __sk_buff *skb, __u32 l4_of
 
 	if (bpf_skb_load_bytes(skb, l4_off, &icmp, sizeof(icmp)))
 		return 0;
-	if (icmp.type != 3 && icmp.type != 11 && icmp.type != 12)
+	if (!icmp_is_error(icmp.type))
 		return 0;
 	if (bpf_skb_load_bytes(skb, in_off, &in, sizeof(in)))
 		return 0; /* too short to hold a header: nothing to translate */
@@ -427,6 +533,192 @@ static __always_inline bool ipv4_ok(const struct __sk_buff *skb, const struct ip
 static __always_inline __u32 slot_of_ip(const struct pool_config *cfg, __be32 ip)
 {
 	return bpf_ntohl(ip) - bpf_ntohl(cfg->slot_first);
+}
+
+/* The lease policy of slot idx if the slot is leased, else NULL. */
+static __always_inline struct lease_policy *open_lease(__u32 idx)
+{
+	struct lease_policy *lp = bpf_map_lookup_elem(&leases, &idx);
+
+	if (!lp || !(lp->flags & LEASE_OPEN))
+		return NULL;
+	return lp;
+}
+
+/* Coarse time in units of 2^30 ns (about a second), never 0. */
+static __always_inline __u32 flow_now(void)
+{
+	return (__u32)(bpf_ktime_get_coarse_ns() >> 30) + 1;
+}
+
+/*
+ * The flow of a guest's packet that is not TCP, as the guest sees it (out:
+ * it sends the packet; else it receives it): 0 and k filled in, or -1 if
+ * the packet has none to track (TCP, ICMP other than echo, a header cut
+ * short). The caller skips later fragments, which have no L4 header.
+ */
+static __always_inline int flow_of(struct __sk_buff *skb, const struct iphdr *ip, __u32 l4_off, bool out,
+				   struct flow *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->proto = ip->protocol;
+	k->remote = out ? ip->daddr : ip->saddr;
+	if (ip->protocol == IPPROTO_TCP)
+		return -1;
+	if (ip->protocol == IPPROTO_UDP) {
+		struct udphdr u;
+
+		if (bpf_skb_load_bytes(skb, l4_off, &u, sizeof(u)))
+			return -1;
+		k->rport = out ? u.dest : u.source;
+		k->lport = out ? u.source : u.dest;
+	} else if (ip->protocol == IPPROTO_ICMP) {
+		struct icmp_echo e;
+
+		if (bpf_skb_load_bytes(skb, l4_off, &e, sizeof(e)) ||
+		    e.type != (out ? ICMP_ECHO : ICMP_ECHOREPLY))
+			return -1;
+		k->lport = e.id;
+	}
+	return 0;
+}
+
+static __always_inline __u32 flow_set(const struct flow *k)
+{
+	__u32 h = k->remote ^ ((__u32)k->rport << 16 | k->lport) ^ ((__u32)k->proto << 24);
+
+	h ^= h >> 16;
+	h *= 0x7feb352d;
+	h ^= h >> 15;
+	h *= 0x846ca68b;
+	h ^= h >> 16;
+	return (h & (FLOW_SETS - 1)) * FLOW_WAYS;
+}
+
+static __always_inline bool flow_eq(const struct flow *a, const struct flow *b)
+{
+	return a->remote == b->remote && a->rport == b->rport && a->lport == b->lport && a->proto == b->proto;
+}
+
+/* Record (or refresh) the flow of a packet slot idx's guest sends. */
+static __always_inline void flow_out(struct __sk_buff *skb, __u32 idx, const struct iphdr *ip, __u32 l4_off)
+{
+	struct slot_flows *t;
+	struct flow k, *a, *b, *hit;
+	__u32 set, now;
+
+	if (ip->frag_off & bpf_htons(IP_OFFMASK))
+		return;
+	if (flow_of(skb, ip, l4_off, true, &k))
+		return;
+	t = bpf_map_lookup_elem(&flows, &idx);
+	if (!t)
+		return;
+	set = flow_set(&k);
+	a = &t->f[set];
+	b = &t->f[set + 1];
+	now = flow_now();
+	hit = flow_eq(a, &k) ? a : flow_eq(b, &k) ? b : NULL;
+	if (hit) {
+		if (hit->seen != now) /* at most one write a second per flow */
+			hit->seen = now;
+		return;
+	}
+	k.seen = now;
+	*(a->seen <= b->seen ? a : b) = k;
+}
+
+/* Whether k, a packet the guest receives, answers a flow it sent lately. */
+static __always_inline bool flow_in(__u32 idx, const struct flow *k)
+{
+	struct slot_flows *t = bpf_map_lookup_elem(&flows, &idx);
+	__u32 set, now;
+
+	if (!t)
+		return false;
+	set = flow_set(k);
+	now = flow_now();
+#pragma unroll
+	for (int w = 0; w < FLOW_WAYS; w++) {
+		struct flow *f = &t->f[set + w];
+		if (flow_eq(f, k) && now - f->seen <= FLOW_TTL)
+			return true;
+	}
+	return false;
+}
+
+/* Whether the lease's inbound rules let new traffic of proto from src to
+ * port (host order; ports: whether the protocol has ports) in. */
+static __always_inline bool inbound_allowed(const struct lease_policy *lp, __u8 proto, __be32 src, __u16 port,
+					    bool ports)
+{
+	for (int k = 0; k < INBOUND_RULES; k++) {
+		const struct inbound_rule *r = &lp->inbound[k];
+
+		if (k >= lp->ninbound)
+			break;
+		if (r->proto != proto || (src & r->mask) != r->src)
+			continue;
+		if (ports && (port < r->port_lo || port > r->port_hi))
+			continue;
+		return true;
+	}
+	return false;
+}
+
+/*
+ * Whether a packet from outside (the uplink, or a VPC through the tunnel)
+ * may reach slot idx's guest: a reply to one of the guest's flows (TCP
+ * with ACK or RST; UDP, ICMP echo and other protocols from the peer of a
+ * recent flow), an ICMP error about a packet the guest sent (its embedded
+ * source is local, the slot's address on this path), or new traffic the
+ * lease's inbound rules allow. ip is the header at l3_off, before any
+ * translation.
+ */
+static __always_inline bool inbound_ok(struct __sk_buff *skb, __u32 idx, const struct lease_policy *lp,
+				       const struct iphdr *ip, __u32 l3_off, __be32 local)
+{
+	__u32 l4_off = l3_off + ip->ihl * 4;
+	__u16 port = 0;
+	bool ports = false;
+	struct flow k;
+
+	if (ip->frag_off & bpf_htons(IP_OFFMASK))
+		return true; /* a later fragment: its first one was judged; alone it opens nothing */
+	if (ip->protocol == IPPROTO_TCP) {
+		struct tcphdr th;
+
+		if (bpf_skb_load_bytes(skb, l4_off, &th, sizeof(th)))
+			return false;
+		if (th.ack || th.rst)
+			return true;
+		port = bpf_ntohs(th.dest);
+		ports = true;
+	} else if (ip->protocol == IPPROTO_ICMP) {
+		struct icmp_echo e;
+		__be32 embedded_src;
+
+		if (bpf_skb_load_bytes(skb, l4_off, &e, sizeof(e)))
+			return false;
+		if (icmp_is_error(e.type)) {
+			if (!bpf_skb_load_bytes(skb, l4_off + sizeof(e) + offsetof(struct iphdr, saddr),
+						&embedded_src, sizeof(embedded_src)) &&
+			    embedded_src == local)
+				return true;
+		} else if (!flow_of(skb, ip, l4_off, false, &k) && flow_in(idx, &k)) {
+			return true;
+		}
+	} else {
+		if (flow_of(skb, ip, l4_off, false, &k))
+			return false;
+		if (flow_in(idx, &k))
+			return true;
+		if (ip->protocol == IPPROTO_UDP) {
+			port = bpf_ntohs(k.lport);
+			ports = true;
+		}
+	}
+	return inbound_allowed(lp, ip->protocol, ip->saddr, port, ports);
 }
 
 /*
@@ -504,8 +796,9 @@ static __always_inline int geneve_ingress(struct __sk_buff *skb, const struct po
 	struct geneve_frame g;
 	__u32 none = cfg->slot_count;
 	__u32 udp_off = l3_off + ihl;
-	__u32 inner_off, optlen, vni, *idxp, idx;
+	__u32 inner_off, optlen, vni, *idxp, idx, end;
 	struct vni_key key = {};
+	struct lease_policy *lp;
 	struct tunnel_info *t;
 	struct slot_info *s;
 
@@ -517,6 +810,13 @@ static __always_inline int geneve_ingress(struct __sk_buff *skb, const struct po
 		return drop(none, DROP_GENEVE_TRUNCATED);
 	if (bpf_skb_load_bytes(skb, l3_off, &g, offsetof(struct geneve_frame, inner)))
 		return drop(none, DROP_GENEVE_TRUNCATED);
+	/* What the tunnel carried ends with the outer IPv4 packet and its UDP
+	 * datagram; bytes past them (Ethernet padding, trailers) are not the
+	 * inner frame's. ipv4_ok checked the outer length against the skb. */
+	end = udp_off + bpf_ntohs(g.udp.len);
+	if (bpf_ntohs(g.udp.len) < sizeof(struct udphdr) + GENEVE_HLEN ||
+	    end > l3_off + bpf_ntohs(g.ip.tot_len))
+		return drop(none, DROP_GENEVE_TRUNCATED);
 	if (g.ver_optlen >> 6)
 		return drop(none, DROP_GENEVE_VERSION);
 	/* RFC 8926 3.4: O marks a control message, not for a tenant; C marks
@@ -527,11 +827,11 @@ static __always_inline int geneve_ingress(struct __sk_buff *skb, const struct po
 		return drop(none, DROP_GENEVE_CRITICAL);
 	optlen = (g.ver_optlen & 0x3f) * 4;
 	inner_off = udp_off + sizeof(struct udphdr) + GENEVE_HLEN + optlen;
-	if (skb->len < inner_off)
+	if (end < inner_off)
 		return drop(none, DROP_GENEVE_OPTLEN);
 	if (g.proto != bpf_htons(ETH_P_TEB_))
 		return drop(none, DROP_GENEVE_PROTO);
-	if (skb->len < inner_off + ETH_HLEN ||
+	if (end < inner_off + ETH_HLEN ||
 	    bpf_skb_load_bytes(skb, inner_off, &g.inner, sizeof(g.inner)))
 		return drop(none, DROP_GENEVE_TRUNCATED);
 
@@ -545,7 +845,8 @@ static __always_inline int geneve_ingress(struct __sk_buff *skb, const struct po
 	if (g.inner.h_proto == bpf_htons(ETH_P_ARP)) {
 		struct arp_ipv4 arp;
 
-		if (bpf_skb_load_bytes(skb, inner_off + ETH_HLEN, &arp, sizeof(arp)))
+		if (end < inner_off + ETH_HLEN + sizeof(arp) ||
+		    bpf_skb_load_bytes(skb, inner_off + ETH_HLEN, &arp, sizeof(arp)))
 			return drop(none, DROP_GENEVE_TRUNCATED);
 		if (arp.hdr.ar_hrd != bpf_htons(ARPHRD_ETHER) ||
 		    arp.hdr.ar_pro != bpf_htons(ETH_P_IP) ||
@@ -561,6 +862,8 @@ static __always_inline int geneve_ingress(struct __sk_buff *skb, const struct po
 			return drop(none, DROP_UNKNOWN_DST);
 		if (g.ip.saddr != t->remote_ip)
 			return drop(idx, DROP_WRONG_VTEP);
+		if (!open_lease(idx))
+			return drop(none, DROP_NOT_LEASED);
 		if (arp.sha[0] & 1)
 			return drop(idx, DROP_INNER_OTHER);
 		learn_peer(idx, t, arp.sha);
@@ -583,7 +886,7 @@ static __always_inline int geneve_ingress(struct __sk_buff *skb, const struct po
 	struct iphdr ip;
 	__u32 in_l3 = inner_off + ETH_HLEN;
 
-	if (bpf_skb_load_bytes(skb, in_l3, &ip, sizeof(ip)))
+	if (end < in_l3 + sizeof(ip) || bpf_skb_load_bytes(skb, in_l3, &ip, sizeof(ip)))
 		return drop(none, DROP_GENEVE_TRUNCATED);
 	if ((g.inner.h_dest[0] & 1) || (bpf_ntohl(ip.daddr) >> 28) == 0xe ||
 	    ip.daddr == 0xffffffff)
@@ -592,7 +895,7 @@ static __always_inline int geneve_ingress(struct __sk_buff *skb, const struct po
 		return drop(none, DROP_INNER_OTHER);
 	/* The inner total length must fit what the tunnel carried. */
 	__u32 in_tot = bpf_ntohs(ip.tot_len);
-	if (in_tot < ip.ihl * 4 || in_l3 + in_tot > skb->len)
+	if (in_tot < ip.ihl * 4 || in_l3 + in_tot > end)
 		return drop(none, DROP_GENEVE_TRUNCATED);
 	key.ip = ip.daddr;
 	idxp = bpf_map_lookup_elem(&vni_dst, &key);
@@ -607,11 +910,19 @@ static __always_inline int geneve_ingress(struct __sk_buff *skb, const struct po
 		return drop(idx, DROP_WRONG_VTEP);
 	if (!mac_eq(g.inner.h_dest, t->vpc_mac))
 		return drop(idx, DROP_INNER_MAC);
+	lp = open_lease(idx);
+	if (!lp)
+		return drop(none, DROP_NOT_LEASED);
+	if (!inbound_ok(skb, idx, lp, &ip, in_l3, t->vpc_ip))
+		return drop(idx, DROP_INBOUND_UNSOLICITED);
 	learn_peer(idx, t, g.inner.h_source);
 
 	/* Take off outer IPv4, UDP, Geneve and the inner Ethernet header; the
-	 * outer Ethernet header stays and is rewritten for the slot. */
+	 * outer Ethernet header stays and is rewritten for the slot. Then cut
+	 * what followed the inner packet. */
 	if (bpf_skb_adjust_room(skb, -(__s32)(in_l3 - l3_off), BPF_ADJ_ROOM_MAC, 0))
+		return drop(idx, DROP_REWRITE);
+	if (skb->len > l3_off + in_tot && bpf_skb_change_tail(skb, l3_off + in_tot, 0))
 		return drop(idx, DROP_REWRITE);
 	__u32 in_l4 = l3_off + ip.ihl * 4;
 	bool l4 = !(ip.frag_off & bpf_htons(IP_OFFMASK));
@@ -659,7 +970,7 @@ int uplink_ingress(struct __sk_buff *skb)
 			return TCX_NEXT;
 		/* Our own tunnels leave with DF; a peer's fragments would need
 		 * reassembly, which nothing here does. */
-		if (ip->frag_off & bpf_htons(0x2000))
+		if (ip->frag_off & bpf_htons(IP_MF))
 			return drop(cfg->slot_count, DROP_GENEVE_FRAGMENT);
 		return geneve_ingress(skb, cfg, l3_off, ihl);
 	}
@@ -672,6 +983,11 @@ int uplink_ingress(struct __sk_buff *skb)
 	struct slot_info *s = bpf_map_lookup_elem(&slots, &idx);
 	if (!s || !s->host_ifindex || s->slot_ip != ip->daddr)
 		return drop(cfg->slot_count, DROP_NO_SLOT);
+	struct lease_policy *lp = open_lease(idx);
+	if (!lp)
+		return drop(cfg->slot_count, DROP_NOT_LEASED);
+	if (!inbound_ok(skb, idx, lp, ip, l3_off, ip->daddr))
+		return drop(idx, DROP_INBOUND_UNSOLICITED);
 	__be32 old = ip->daddr;
 	__u8 proto = ip->protocol;
 	bool l4 = !(ip->frag_off & bpf_htons(IP_OFFMASK));
@@ -840,7 +1156,8 @@ static __always_inline int encap(struct __sk_buff *skb, const struct pool_config
 	}
 	/* The neighbour subsystem resolves the next hop's MAC (and queues
 	 * while it does). The packet passes this program once more on its way
-	 * out; its outer source, the underlay address, lets it through. */
+	 * out; the mark lets it through. */
+	skb->mark = ENCAP_MARK;
 	struct bpf_redir_neigh nh = {.nh_family = 2, .ipv4_nh = fib.ipv4_dst};
 	return bpf_redirect_neigh(cfg->uplink_ifindex, &nh, sizeof(nh), 0);
 }
@@ -872,8 +1189,11 @@ int uplink_egress(struct __sk_buff *skb)
 			return idxp ? drop(idx, DROP_EGRESS_NOT_IPV4) : TCX_NEXT;
 	}
 	ip = data + ETH_HLEN;
-	if (idxp && ip->saddr == cfg->underlay_ip && ip->protocol == IPPROTO_UDP)
-		return TCX_NEXT; /* encapsulated above, on its way out */
+	if (idxp && skb->mark == ENCAP_MARK && ip->saddr == cfg->underlay_ip && ip->protocol == IPPROTO_UDP) {
+		/* Encapsulated above, on its second pass: out it goes. */
+		skb->mark = 0;
+		return TCX_NEXT;
+	}
 	if (idxp && !ipv4_ok(skb, ip, ETH_HLEN))
 		return drop(idx, DROP_EGRESS_NOT_IPV4);
 	if (!idxp) {
@@ -892,6 +1212,9 @@ int uplink_egress(struct __sk_buff *skb)
 	 * fabric. */
 	if (slot_of_ip(cfg, ip->daddr) < cfg->slot_count)
 		return drop(idx, DROP_SLOT_TO_SLOT);
+	if (!open_lease(idx))
+		return drop(cfg->slot_count, DROP_NOT_LEASED);
+	flow_out(skb, idx, ip, ETH_HLEN + ihl);
 
 	/* To the slot's VPC: the CIDRs of its tunnel entry (a bounded loop),
 	 * then, for long lists, the slot's routes in the LPM trie. */

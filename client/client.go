@@ -4,7 +4,7 @@
 //	c, err := client.Dial("/run/netslot/netslot.sock")
 //	s, err := c.Acquire(ctx, &netslotv1.AcquireRequest{})
 //	// start the VM in s.Netns on s.Tap with s.GuestMac ...
-//	err = c.Release(ctx, s.Id)
+//	err = c.Release(ctx, s.Id, s.Lease.LeaseId)
 package client
 
 import (
@@ -59,17 +59,22 @@ func (c *Client) Acquire(ctx context.Context, req *netslotv1.AcquireRequest) (*n
 	return resp.GetSlot(), nil
 }
 
-// Release scrubs a slot and returns it to the pool.
-func (c *Client) Release(ctx context.Context, id string) error {
-	_, err := c.api.Release(ctx, &netslotv1.ReleaseRequest{Id: id})
+// Release scrubs slot id and returns it to the pool if it is still held
+// by leaseID (from the Acquire answer: Slot.Lease.LeaseId): a late or
+// repeated release never frees a later tenant's slot. While the VM still
+// holds the slot's tap, it is refused (FAILED_PRECONDITION) and changes
+// nothing.
+func (c *Client) Release(ctx context.Context, id, leaseID string) error {
+	_, err := c.api.Release(ctx, &netslotv1.ReleaseRequest{Id: id, LeaseId: leaseID})
 	return err
 }
 
-// ReleaseLease releases slot id only if it is still held by leaseID (from
-// the Acquire answer): a late or repeated release never frees a later
-// tenant's slot.
-func (c *Client) ReleaseLease(ctx context.Context, id, leaseID string) error {
-	_, err := c.api.Release(ctx, &netslotv1.ReleaseRequest{Id: id, LeaseId: leaseID})
+// ForceRelease releases slot id whatever lease holds it, for an operator
+// cleaning up by hand; the daemon logs it. Never retry it from a VM
+// launcher: by the time a retry arrives, the slot may be the next
+// tenant's.
+func (c *Client) ForceRelease(ctx context.Context, id string) error {
+	_, err := c.api.Release(ctx, &netslotv1.ReleaseRequest{Id: id, Force: true})
 	return err
 }
 

@@ -59,6 +59,7 @@ echo "== acquire, attached to the VPC (what a VM launcher gets)"
 slot=$($ns --socket "$SOCK" acquire --owner demo-vm --vni 4242 --vtep 198.18.0.9 --vpc-ip 10.9.0.5 --vpc-cidr 10.9.0.0/24 -o json)
 echo "$slot"
 id=$(echo "$slot" | sed -E 's/.*"id":"([^"]+)".*/\1/')
+lease=$(echo "$slot" | sed -E 's/.*"lease_id":"([^"]+)".*/\1/')
 netns=$(echo "$slot" | sed -E 's/.*"netns":"([^"]+)".*/\1/')
 echo
 echo "== inside $id"
@@ -85,7 +86,7 @@ cleanup
 trap - EXIT
 echo
 echo "== release"
-$ns --socket "$SOCK" release "$id"
+$ns --socket "$SOCK" release "$id" --lease "$lease"
 $ns --socket "$SOCK" show "$id" | head -2
 echo
 $ns --socket "$SOCK" status

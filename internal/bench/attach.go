@@ -170,7 +170,8 @@ func RunAttach(ctx context.Context, o AttachOptions) (*AttachResult, error) {
 		// Which kind comes first after the pause alternates from batch to
 		// batch: the first acquire after a pause runs on cold caches.
 		first := (done / batch) & 1
-		var ids []string
+		type held struct{ id, lease string }
+		var ids []held
 		for j := range batch {
 			req := daemon.AcquireRequest{}
 			m := mAcquire
@@ -183,11 +184,11 @@ func RunAttach(ctx context.Context, o AttachOptions) (*AttachResult, error) {
 			if err != nil {
 				return nil, err
 			}
-			ids = append(ids, s.ID)
+			ids = append(ids, held{s.ID, s.Lease.ID})
 		}
-		for _, id := range ids {
+		for _, h := range ids {
 			start := time.Now()
-			if err := d.Release(id, ""); err != nil {
+			if err := d.Release(h.id, h.lease); err != nil {
 				return nil, err
 			}
 			add(mReleaseScrub, time.Since(start))
@@ -206,10 +207,10 @@ func RunAttach(ctx context.Context, o AttachOptions) (*AttachResult, error) {
 			if err != nil {
 				return nil, err
 			}
-			ids = append(ids, s.Id)
+			ids = append(ids, held{s.Id, s.GetLease().GetLeaseId()})
 		}
-		for _, id := range ids {
-			if err := c.Release(ctx, id); err != nil {
+		for _, h := range ids {
+			if err := c.Release(ctx, h.id, h.lease); err != nil {
 				return nil, err
 			}
 		}

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/netslot/netslot/internal/daemon"
 	"github.com/netslot/netslot/internal/firewall"
 	"github.com/netslot/netslot/internal/lab"
 	"github.com/netslot/netslot/internal/slot"
@@ -88,11 +89,18 @@ func RunDatapath(ctx context.Context, o DatapathOptions) (res *DatapathResult, e
 	}
 	cleanup = append(cleanup, srv.close)
 
-	_, stopPool, err := startPool(ctx, cfg, fab, o.Log)
+	d, stopPool, err := startPool(ctx, cfg, fab, o.Log)
 	if err != nil {
 		return nil, err
 	}
 	cleanup = append(cleanup, stopPool)
+	// Every slot is leased, as on a full host: a pooled slot's traffic is
+	// dropped.
+	for range o.Slots {
+		if _, err := d.Acquire(daemon.AcquireRequest{Owner: "bench"}); err != nil {
+			return nil, fmt.Errorf("lease the pool's slots: %w", err)
+		}
+	}
 
 	fan := fanOutSlots(o.Slots, o.FanOut)
 	base := &Baseline{Tag: "q" + tag, Uplink: fab.Uplink, Gateway: fab.Gateway, Slots: o.Slots,

@@ -128,7 +128,7 @@ It needs one free slot and leaves the pool as it found it.`,
 					cancel()
 					return err
 				}
-				err = c.Release(rctx, s.Id)
+				err = c.Release(rctx, s.Id, s.GetLease().GetLeaseId())
 				t2 := time.Now()
 				cancel()
 				if err != nil {

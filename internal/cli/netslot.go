@@ -21,6 +21,7 @@ import (
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
 	"github.com/netslot/netslot/client"
+	"github.com/netslot/netslot/internal/slot"
 )
 
 type clientFlags struct {
@@ -113,6 +114,7 @@ func statusCmd(f *clientFlags) *cobra.Command {
 				if st.UnderlayIp != "" {
 					fmt.Fprintf(w, "underlay ip\t%s\n", st.UnderlayIp)
 				}
+				fmt.Fprintf(w, "egress deny\t%s\n", strings.Join(st.EgressDeny, " "))
 				fmt.Fprintf(w, "root rules\t%d\nunattributed drops\t%s\nversion\t%s\n", st.RootRules, formatDrops(st.UnattributedDrops), st.Version)
 				return w.Flush()
 			})
@@ -126,13 +128,26 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 		vtep, vpcIP, owner  string
 		peerMAC             string
 		vpcCIDRs, allowList []string
+		inbound             []string
+		denyAll             bool
 	)
 	cmd := &cobra.Command{
 		Use:   "acquire",
 		Short: "Lease a free slot (fails at once if none is free)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			req := &netslotv1.AcquireRequest{EgressAllow: allowList, Owner: owner}
+			req := &netslotv1.AcquireRequest{EgressAllow: allowList, EgressDenyAll: denyAll, Owner: owner}
+			rules, err := slot.ParseInboundSpecs(inbound)
+			if err != nil {
+				return err
+			}
+			for _, r := range rules {
+				m := &netslotv1.InboundRule{Protocol: slot.ProtoName(r.Proto), Port: uint32(r.PortLo), PortEnd: uint32(r.PortHi)}
+				if r.Src.Bits() != 0 {
+					m.SourceCidr = r.Src.String()
+				}
+				req.Inbound = append(req.Inbound, m)
+			}
 			vpcSet := cmd.Flags().Changed("vni") || vtep != "" || vpcIP != "" || len(vpcCIDRs) > 0 || peerMAC != ""
 			if vpcSet {
 				req.Vpc = &netslotv1.VpcAttachment{Vni: vni, RemoteVtep: vtep, VpcIp: vpcIP, VpcCidrs: vpcCIDRs, PeerMac: peerMAC}
@@ -152,7 +167,9 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 	fl.StringVar(&vtep, "vtep", "", "IPv4 address of the VPC's remote tunnel endpoint")
 	fl.StringVar(&vpcIP, "vpc-ip", "", "the guest's IPv4 address inside the VPC")
 	fl.StringArrayVar(&vpcCIDRs, "vpc-cidr", nil, "a CIDR of the VPC (repeatable)")
-	fl.StringArrayVar(&allowList, "allow", nil, "an IPv4 CIDR the guest may send to (repeatable; none: no restriction)")
+	fl.StringArrayVar(&allowList, "allow", nil, "an IPv4 CIDR the guest may send to (repeatable; none: anywhere but the pool's deny set)")
+	fl.BoolVar(&denyAll, "deny-all", false, "the guest may send nowhere")
+	fl.StringArrayVar(&inbound, "inbound", nil, "open the guest to new traffic: PROTO/PORT[-PORT][,CIDR] or icmp[,CIDR] (repeatable; none: only replies to its own flows come in)")
 	fl.StringVar(&owner, "owner", "", "label stored with the lease, for example the VM's id")
 	return cmd
 }
@@ -165,7 +182,12 @@ func releaseCmd(f *clientFlags) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return f.run(cmd, func(ctx context.Context, c *client.Client) error {
-				if err := c.ReleaseLease(ctx, args[0], leaseID); err != nil {
+				release := func() error { return c.Release(ctx, args[0], leaseID) }
+				if leaseID == "" {
+					// By hand: whatever lease holds it (logged by the daemon).
+					release = func() error { return c.ForceRelease(ctx, args[0]) }
+				}
+				if err := release(); err != nil {
 					return err
 				}
 				if f.output == "json" {
@@ -177,7 +199,7 @@ func releaseCmd(f *clientFlags) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&leaseID, "lease", "", "release only if the slot is still held by this lease id (from acquire)")
+	cmd.Flags().StringVar(&leaseID, "lease", "", "release only if the slot is still held by this lease id (from acquire); without it the release is forced: whatever lease holds the slot")
 	return cmd
 }
 
@@ -270,8 +292,18 @@ func printSlot(w io.Writer, format string, s *netslotv1.Slot) error {
 			fmt.Fprintf(tw, "owner\t%s\n", l.Owner)
 		}
 		fmt.Fprintf(tw, "acquired\t%s\n", time.Unix(0, l.AcquiredUnixNano).UTC().Format(time.RFC3339Nano))
-		if len(l.EgressAllow) > 0 {
+		switch {
+		case l.EgressDenyAll:
+			fmt.Fprintf(tw, "egress\tdenied everywhere\n")
+		case len(l.EgressAllow) > 0:
 			fmt.Fprintf(tw, "egress allow\t%s\n", strings.Join(l.EgressAllow, ", "))
+		}
+		if len(l.Inbound) > 0 {
+			rules := make([]string, len(l.Inbound))
+			for k, r := range l.Inbound {
+				rules[k] = inboundSpec(r)
+			}
+			fmt.Fprintf(tw, "inbound\t%s\n", strings.Join(rules, " "))
 		}
 		if v := l.GetVpc(); v != nil {
 			fmt.Fprintf(tw, "vpc\tvni=%d vtep=%s vpc_ip=%s cidrs=%s\n", v.Vni, v.RemoteVtep, v.VpcIp, strings.Join(v.VpcCidrs, ","))
@@ -292,6 +324,21 @@ func printSlot(w io.Writer, format string, s *netslotv1.Slot) error {
 		fmt.Fprintf(tw, "drops\t%s\n", formatDrops(dp.Drops))
 	}
 	return tw.Flush()
+}
+
+// inboundSpec writes an inbound rule as --inbound reads it.
+func inboundSpec(r *netslotv1.InboundRule) string {
+	s := r.Protocol
+	if r.Port != 0 {
+		s += fmt.Sprintf("/%d", r.Port)
+		if r.PortEnd != 0 && r.PortEnd != r.Port {
+			s += fmt.Sprintf("-%d", r.PortEnd)
+		}
+	}
+	if r.SourceCidr != "" {
+		s += "," + r.SourceCidr
+	}
+	return s
 }
 
 // formatDrops prints drop counters sorted by reason ("none" if empty).

@@ -38,6 +38,7 @@ type daemonFlags struct {
 	underlayIP, gateway string
 	workers             int
 	logJSON             bool
+	deny                []string
 }
 
 // Netslotd returns the netslotd command.
@@ -68,6 +69,7 @@ socket, and keeps the slots when it stops: a restarted daemon adopts them.
 	fl.StringVar(&f.underlayIP, "underlay-ip", "", "the uplink's IPv4 address that Geneve tunnels leave from (required with --uplink)")
 	fl.StringVar(&f.gateway, "uplink-gateway", "", "next hop on the uplink for slot traffic (empty: destinations are on the uplink's link)")
 	fl.IntVar(&f.workers, "boot-workers", 0, "parallel slot builders at boot (0: one per CPU, at least 2)")
+	fl.StringArrayVar(&f.deny, "deny", nil, "an IPv4 CIDR no guest may send to, whatever its lease allows (repeatable; on top of link-local, multicast, reserved ranges and the uplink's subnets)")
 	fl.BoolVar(&f.logJSON, "log-json", false, "log JSON instead of text")
 	root.AddCommand(teardownCmd())
 	return root
@@ -123,6 +125,9 @@ func runDaemon(parent context.Context, f *daemonFlags) error {
 		return err
 	}
 	if opts.UplinkGateway, err = parseOptionalAddr("--uplink-gateway", f.gateway); err != nil {
+		return err
+	}
+	if opts.Deny, err = slot.ParseCIDRs("--deny cidr", f.deny); err != nil {
 		return err
 	}
 	d, err := daemon.New(opts)

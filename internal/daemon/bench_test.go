@@ -20,7 +20,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := p.D.Release(s.ID, ""); err != nil {
+		if err := p.D.Release(s.ID, s.Lease.ID); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -49,7 +49,7 @@ func BenchmarkAcquireVPC(b *testing.B) {
 		atts = append(atts, a)
 	}
 	var lat []time.Duration
-	var held []string
+	var held []daemon.SlotInfo
 	for b.Loop() {
 		start := time.Now()
 		s, err := p.D.Acquire(daemon.AcquireRequest{VPC: atts[len(held)]})
@@ -57,12 +57,12 @@ func BenchmarkAcquireVPC(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		held = append(held, s.ID)
+		held = append(held, s)
 		if len(held) == 16 {
 			// Release the batch outside the timed part.
 			b.StopTimer()
-			for _, id := range held {
-				if err := p.D.Release(id, ""); err != nil {
+			for _, s := range held {
+				if err := p.D.Release(s.ID, s.Lease.ID); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"path/filepath"
 	"runtime"
 	"sync"
@@ -426,21 +425,39 @@ func (d *Daemon) checkSlot(i int) (func() error, error) {
 	if err != nil {
 		return nil, err
 	}
-	return d.fwStep(i, conn, d.lease(i), firewall.Slot.Verify), nil
+	return d.fwStep(i, conn, d.lease(i), d.adoptFirewall(i)), nil
+}
+
+// adoptFirewall returns the firewall step of adopting slot i: a table that
+// differs from what this daemon writes (tampered with, or written by a
+// version with another rule set or deny set) is rewritten in place, in
+// one transaction; the slot, and a tenant's VM on it, stay. Only if that
+// fails is the slot repaired (rebuilt).
+func (d *Daemon) adoptFirewall(i int) func(firewall.Slot, *nftables.Conn, slot.Egress) error {
+	return func(fw firewall.Slot, conn *nftables.Conn, e slot.Egress) error {
+		err := fw.Verify(conn, e)
+		if err == nil {
+			return nil
+		}
+		d.log.Warn("slot firewall differs from what this daemon writes; rewriting it", "slot", d.cfg.ID(i), "reason", err)
+		d.Metrics.ReconcileAction.WithLabelValues("firewall_rewrite").Inc()
+		return fw.Apply(conn, e)
+	}
 }
 
 // fwStep returns the nftables and datapath part of a job on slot i: op on
 // conn with the egress policy of l (nil: a slot with no lease), after which
 // the slot keeps conn (or, on failure, conn is closed), then the slot's
-// datapath entries, attached to l's VPC if it has one.
-func (d *Daemon) fwStep(i int, conn *nftables.Conn, l *slot.Lease, op func(firewall.Slot, *nftables.Conn, []netip.Prefix) error) func() error {
+// datapath entries: attached to l's VPC if it has one, open under l's
+// inbound rules if there is a lease, closed if not.
+func (d *Daemon) fwStep(i int, conn *nftables.Conn, l *slot.Lease, op func(firewall.Slot, *nftables.Conn, slot.Egress) error) func() error {
 	return func() error {
-		if err := op(firewall.Slot{Config: d.cfg}, conn, egressOf(l)); err != nil {
+		if err := op(d.slotFirewall(), conn, egressOf(l)); err != nil {
 			firewall.Close(conn)
 			return err
 		}
 		d.setFwConn(i, conn)
-		return d.registerDatapath(i, vpcOf(l))
+		return d.registerDatapath(i, l)
 	}
 }
 

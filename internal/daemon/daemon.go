@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,7 +43,11 @@ type Options struct {
 	UplinkGateway netip.Addr
 	PinRoot       string // bpffs directory for the datapath; "" for the default
 	Workers       int    // parallel slot builders; 0 picks a default
-	Logger        *slog.Logger
+	// Deny are ranges of the operator's that no guest may send to,
+	// whatever its lease's egress policy, besides firewall.FixedDeny and
+	// the uplink's subnets.
+	Deny   []netip.Prefix
+	Logger *slog.Logger
 }
 
 // DefaultWorkers is the number of slot builders used when Options.Workers
@@ -62,6 +67,7 @@ type Daemon struct {
 	Metrics *metrics.Metrics
 	locks   []*os.File
 	rootSys links.SysctlDir // /proc/sys/net/ipv6/conf of the root namespace
+	deny    []netip.Prefix  // the pool's deny set (see denySet)
 
 	mu     sync.Mutex
 	leases []*slot.Lease // by slot index; nil when not leased
@@ -98,6 +104,7 @@ var (
 	ErrInProgress = errors.New("acquire or release in progress")
 	ErrInUse      = errors.New("tap0 is still attached")
 	ErrNoUplink   = errors.New("no uplink")
+	ErrInvalid    = errors.New("invalid request")
 )
 
 // New validates opts, takes the state directory and prefix locks, and opens
@@ -116,6 +123,10 @@ func New(opts Options) (*Daemon, error) {
 	if err := checkUplink(opts); err != nil {
 		return nil, err
 	}
+	deny, err := denySet(opts)
+	if err != nil {
+		return nil, err
+	}
 	if err := checkSlotCIDRUnrouted(opts.Config.SlotCIDR); err != nil {
 		return nil, err
 	}
@@ -128,7 +139,7 @@ func New(opts Options) (*Daemon, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	d := &Daemon{cfg: opts.Config, opts: opts, log: opts.Logger, rootSys: links.NoSysctlDir, bootStart: time.Now()}
+	d := &Daemon{cfg: opts.Config, opts: opts, log: opts.Logger, rootSys: links.NoSysctlDir, deny: deny, bootStart: time.Now()}
 	if err := d.lock(); err != nil {
 		return nil, err
 	}
@@ -358,9 +369,39 @@ func vpcOf(l *slot.Lease) *slot.Attachment {
 	return l.VPC
 }
 
-func egressOf(l *slot.Lease) []netip.Prefix {
+func egressOf(l *slot.Lease) slot.Egress {
 	if l == nil {
-		return nil
+		return slot.Egress{}
 	}
-	return l.EgressAllow
+	return l.Egress
 }
+
+// denySet is what no guest of the pool may send to, whatever its lease
+// says: firewall.FixedDeny, the uplink's own subnets (the underlay: its
+// hosts, gateway and VTEPs, which guests reach only through netslot's
+// encapsulation) and the operator's ranges (Options.Deny).
+func denySet(opts Options) ([]netip.Prefix, error) {
+	deny := slices.Clone(firewall.FixedDeny)
+	for _, p := range opts.Deny {
+		if !p.Addr().Is4() || p != p.Masked() {
+			return nil, fmt.Errorf("invalid deny cidr %s: want an IPv4 network", p)
+		}
+		deny = append(deny, p)
+	}
+	if opts.Uplink != "" {
+		subnets, err := links.UplinkAddrs(opts.Uplink)
+		if err != nil {
+			return nil, fmt.Errorf("uplink: %w", err)
+		}
+		for _, p := range subnets {
+			deny = append(deny, p.Masked())
+		}
+	}
+	return deny, nil
+}
+
+// slotFirewall is the firewall of every slot of the pool.
+func (d *Daemon) slotFirewall() firewall.Slot { return firewall.Slot{Config: d.cfg, Deny: d.deny} }
+
+// DenySet is the pool's deny set (see denySet).
+func (d *Daemon) DenySet() []netip.Prefix { return slices.Clone(d.deny) }

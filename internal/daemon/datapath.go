@@ -32,7 +32,7 @@ func checkUplink(opts Options) error {
 	if err != nil {
 		return fmt.Errorf("uplink: %w", err)
 	}
-	if !slices.Contains(addrs, opts.UnderlayIP) {
+	if !slices.ContainsFunc(addrs, func(p netip.Prefix) bool { return p.Addr() == opts.UnderlayIP }) {
 		return fmt.Errorf("underlay ip %s is not an address of %s (it has %v)", opts.UnderlayIP, opts.Uplink, addrs)
 	}
 	rp, err := links.RPFilterAll()
@@ -98,8 +98,10 @@ func (d *Daemon) setupDatapath() error {
 }
 
 // registerDatapath records slot i's host veth in the datapath and writes
-// its tunnel entry: attached to vpc, or the dummy VNI when vpc is nil.
-func (d *Daemon) registerDatapath(i int, vpc *slot.Attachment) error {
+// its tunnel entry and lease policy: for lease l (attached to its VPC, if
+// any; open under its inbound rules), or, with l nil, a pooled slot's
+// (the dummy VNI, closed, no flows).
+func (d *Daemon) registerDatapath(i int, l *slot.Lease) error {
 	d.mu.Lock()
 	host := d.hostIdx[i]
 	d.mu.Unlock()
@@ -109,10 +111,19 @@ func (d *Daemon) registerDatapath(i int, vpc *slot.Attachment) error {
 	if err := d.dp.SetSlot(i, host); err != nil {
 		return err
 	}
-	if vpc != nil {
-		return d.dp.Attach(i, vpc)
+	if l == nil {
+		// A pooled slot: also what a crash in the middle of a release
+		// left, flows and all.
+		return errors.Join(d.dp.Detach(i, nil), d.dp.CloseLease(i), d.dp.ClearFlows(i))
 	}
-	return d.dp.Detach(i, nil)
+	if l.VPC != nil {
+		if err := d.dp.Attach(i, l.VPC); err != nil {
+			return err
+		}
+	} else if err := d.dp.Detach(i, nil); err != nil {
+		return err
+	}
+	return d.dp.OpenLease(i, l.Inbound)
 }
 
 func (d *Daemon) setHostIndex(i, ifindex int) {
@@ -121,10 +132,20 @@ func (d *Daemon) setHostIndex(i, ifindex int) {
 	d.mu.Unlock()
 }
 
-// scrubDatapath detaches slot i's VPC (a), clears what it learned and
-// zeroes its counters.
+// scrubDatapath closes slot i's lease (nothing more goes to or from it),
+// detaches its VPC (a), forgets its flows and what it learned, and zeroes
+// its counters.
 func (d *Daemon) scrubDatapath(i int, a *slot.Attachment) error {
+	if err := d.dp.CloseLease(i); err != nil {
+		return err
+	}
 	if err := d.dp.Detach(i, a); err != nil {
+		return err
+	}
+	// Packets that saw the lease open before it closed are long gone by
+	// now (the devices' scrub took milliseconds): none records a flow
+	// after this.
+	if err := d.dp.ClearFlows(i); err != nil {
 		return err
 	}
 	return d.dp.ResetStats(i)

@@ -255,7 +255,7 @@ func TestDatapathNATAndGeneveThroughFabric(t *testing.T) {
 	// Release flips the slot back to its dummy VNI: what the VPC sends
 	// for the old VNI is dropped and counted, not delivered.
 	g.Close()
-	if err := p.D.Release(info.ID, ""); err != nil {
+	if err := p.D.Release(info.ID, info.Lease.ID); err != nil {
 		t.Fatal(err)
 	}
 	got, _ = p.D.Get(info.ID)
@@ -375,7 +375,13 @@ func TestDatapathIsolationAndAttachCreatesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := p.D.Acquire(daemon.AcquireRequest{VPC: att(200, "10.9.0.6")})
+	// B serves UDP on 5555 to its VPC: new traffic from outside reaches a
+	// guest only through such a rule.
+	serve, err := slot.ParseInboundSpec("udp/5555,10.9.0.0/24")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.D.Acquire(daemon.AcquireRequest{VPC: att(200, "10.9.0.6"), Inbound: []slot.InboundRule{serve}})
 	if err != nil {
 		t.Fatal(err)
 	}

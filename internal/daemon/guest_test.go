@@ -75,7 +75,13 @@ func TestRealGuestsThroughNATAndKernelGeneve(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := p.D.Acquire(daemon.AcquireRequest{VPC: a})
+	// The VPC guest answers from a socket of its own, to port 5001: new
+	// traffic, which the lease lets in from the VPC.
+	serve, err := slot.ParseInboundSpecs([]string{"udp/5001,10.9.0.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := p.D.Acquire(daemon.AcquireRequest{VPC: a, Inbound: serve})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -69,7 +69,7 @@ func TestTenantLeavesNothingBehind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := p.D.Acquire(daemon.AcquireRequest{VPC: a, EgressAllow: []netip.Prefix{netip.PrefixFrom(fab.Outside, 32)}})
+	info, err := p.D.Acquire(daemon.AcquireRequest{VPC: a, Egress: slot.Egress{Allow: []netip.Prefix{netip.PrefixFrom(fab.Outside, 32)}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestTenantLeavesNothingBehind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.D.Release(info.ID, ""); !errors.Is(err, daemon.ErrInUse) {
+	if err := p.D.Release(info.ID, info.Lease.ID); !errors.Is(err, daemon.ErrInUse) {
 		t.Fatalf("release while the VM holds tap0: %v, want ErrInUse", err)
 	}
 	if got, _ := p.D.Get(info.ID); got.Lease == nil {
@@ -113,7 +113,7 @@ func TestTenantLeavesNothingBehind(t *testing.T) {
 	if used := slotState(t, p, i); used == want {
 		t.Fatal("using the slot changed nothing: the comparison cannot fail")
 	}
-	if err := p.D.Release(info.ID, ""); err != nil {
+	if err := p.D.Release(info.ID, info.Lease.ID); err != nil {
 		t.Fatal(err)
 	}
 	if got := slotState(t, p, i); got != want {

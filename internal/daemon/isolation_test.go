@@ -28,11 +28,25 @@ import (
 // neighbour entry that was not made), next to a control cell that shows
 // the same probe passing where it is allowed.
 func TestIsolationMatrix(t *testing.T) {
-	p, fab, tag := datapathPool(t, 3)
+	p, fab, tag := datapathPool(t, 4)
 	serveOutside(t, fab)
+	// A cloud's instance metadata service, answered on the fabric: a guest
+	// that reached it would get its replies.
+	metadata := netip.MustParseAddr("169.254.169.254")
+	testutil.Exec(t, fab.Name, "ip", "addr", "add", metadata.String()+"/32", "dev", "lo")
+	// Another host behind the fabric's gateway, off slot A's allow-list.
+	fabricHost := netip.MustParseAddr("198.19.1.2")
+	testutil.Exec(t, fab.Name, "ip", "addr", "add", fabricHost.String()+"/32", "dev", "lo")
 	att := func(vni uint32, ip string) *slot.Attachment { return vpcAttachment(t, fab, vni, ip) }
-	// Slot A may only reach the outside host; slot B has no policy.
-	a, err := p.D.Acquire(daemon.AcquireRequest{VPC: att(100, "10.9.0.5"), EgressAllow: []netip.Prefix{netip.PrefixFrom(fab.Outside, 32)}})
+	inbound, err := slot.ParseInboundSpecs([]string{"tcp/8080", "udp/5555,10.9.0.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Slot A may only reach the outside host and serves TCP 8080 (from
+	// anywhere) and UDP 5555 (to its VPC); slot B has no policy at all;
+	// slot C may send nowhere.
+	a, err := p.D.Acquire(daemon.AcquireRequest{VPC: att(100, "10.9.0.5"), Egress: slot.Egress{Allow: []netip.Prefix{netip.PrefixFrom(fab.Outside, 32)}},
+		Inbound: inbound})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,9 +54,14 @@ func TestIsolationMatrix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pooled := 3 - a.Index - b.Index // the slot nobody holds
+	c, err := p.D.Acquire(daemon.AcquireRequest{Egress: slot.Egress{DenyAll: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pooled := 6 - a.Index - b.Index - c.Index // the slot nobody holds
 	ga := testutil.NewGuestNS(t, tag+"a", p.Config.NetnsPath(a.Index), p.Config)
 	gb := testutil.NewGuestNS(t, tag+"b", p.Config.NetnsPath(b.Index), p.Config)
+	gc := testutil.NewGuestNS(t, tag+"c", p.Config.NetnsPath(c.Index), p.Config)
 	nsA := p.Config.ID(a.Index)
 
 	// A host service listening on every address of the root namespace
@@ -101,8 +120,23 @@ func TestIsolationMatrix(t *testing.T) {
 	}
 
 	check("guest A", "the outside host (allow-listed)", true, pings(ga, fab.Outside))
-	check("guest A", "the fabric gateway (not allow-listed)", false, pings(ga, fab.Gateway))
-	check("guest B", "the fabric gateway (no policy)", true, pings(gb, fab.Gateway))
+	check("guest A", "a fabric host (not allow-listed)", false, pings(ga, fabricHost))
+	check("guest B", "a fabric host (no policy)", true, pings(gb, fabricHost))
+	check("guest B", "the outside host (no policy)", true, pings(gb, fab.Outside))
+	check("guest C", "the outside host (deny-all)", false, pings(gc, fab.Outside))
+	// The pool's deny set holds whatever the lease says.
+	fabricEchos := func(t *testing.T) int { return snmp(t, fab.Name, "Icmp", "InEchos") }
+	denied := func(g *testutil.GuestNS, dst netip.Addr) func(*testing.T) (bool, string) {
+		return func(t *testing.T) (bool, string) {
+			before := fabricEchos(t)
+			n := ping(t, g.Name, dst, 2)
+			got := fabricEchos(t) - before
+			return n > 0 || got > 0, fmt.Sprintf("%d of 2 echo replies; the fabric received %d echo requests", n, got)
+		}
+	}
+	check("guest B", "the link-local metadata address 169.254.169.254 (no policy)", false, denied(gb, metadata))
+	check("guest B", "the fabric gateway, on the underlay's subnet (no policy)", false, denied(gb, fab.Gateway))
+	check("guest B", "the VTEP's underlay address (no policy)", false, denied(gb, fab.VTEP))
 	// Guest B has no egress policy: only the datapath stands between it
 	// and slot A (guest A's policy would stop it first).
 	check("guest B", "slot A's address", false, func(t *testing.T) (bool, string) {
@@ -213,12 +247,126 @@ func TestIsolationMatrix(t *testing.T) {
 			return delivered > 0, fmt.Sprintf("%s drops +%d, delivered %d", g.reason, d, delivered)
 		})
 	}
-	check("the fabric", "slot A, Geneve with its own VNI and address (control)", true, func(t *testing.T) (bool, string) {
+	check("the fabric", "slot A, Geneve with its own VNI and address, to a port it serves (control)", true, func(t *testing.T) (bool, string) {
 		rx := slotRx(t, p, a.ID)
 		sendGeneve(t, fab, 100, testutil.InnerUDP(vpcMAC, p.Config.VPCMAC(a.Index), vpcHost, netip.MustParseAddr("10.9.0.5"), 5555, []byte("x")))
 		time.Sleep(100 * time.Millisecond)
 		n := slotRx(t, p, a.ID) - rx
 		return n > 0, fmt.Sprintf("delivered %d", n)
+	})
+	check("the fabric", "guest B, unsolicited UDP through Geneve", false, func(t *testing.T) (bool, string) {
+		before := drops(t, b.ID, "inbound_unsolicited")
+		rx := slotRx(t, p, b.ID)
+		sendGeneve(t, fab, 200, testutil.InnerUDP(vpcMAC, p.Config.VPCMAC(b.Index), vpcHost, netip.MustParseAddr("10.9.0.6"), 5555, []byte("x")))
+		time.Sleep(100 * time.Millisecond)
+		n, d := slotRx(t, p, b.ID)-rx, drops(t, b.ID, "inbound_unsolicited")-before
+		if n == 0 && d != 1 {
+			t.Errorf("blocked, but inbound_unsolicited drops +%d, want +1", d)
+		}
+		return n > 0, fmt.Sprintf("delivered %d, inbound_unsolicited drops +%d", n, d)
+	})
+
+	// New traffic from outside, through the NAT: only what a lease opens.
+	listenTCP := func(g *testutil.GuestNS, port int) (accepted func() int) {
+		var l net.Listener
+		if err := g.Do(func() error {
+			var err error
+			l, err = net.Listen("tcp4", fmt.Sprintf(":%d", port))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		var n atomic.Int32
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				n.Add(1)
+				c.Close()
+			}
+		}()
+		return func() int { return int(n.Load()) }
+	}
+	dialFromOutside := func(t *testing.T, to netip.Addr, port int) error {
+		return testutil.InNS(fab.NetnsPath(), func() error {
+			d := net.Dialer{Timeout: time.Second, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(fab.Outside, 0))}
+			c, err := d.Dial("tcp4", netip.AddrPortFrom(to, uint16(port)).String())
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+	}
+	sshB := listenTCP(gb, 22)
+	webA := listenTCP(ga, 8080)
+	check("the outside host", "guest B, a TCP connection to a port it listens on (no inbound rule)", false, func(t *testing.T) (bool, string) {
+		before := drops(t, b.ID, "inbound_unsolicited")
+		err := dialFromOutside(t, p.Config.SlotIP(b.Index), 22)
+		d := drops(t, b.ID, "inbound_unsolicited") - before
+		if err != nil && d == 0 {
+			t.Errorf("blocked, but not by the datapath (no inbound_unsolicited drop)")
+		}
+		return err == nil || sshB() > 0, fmt.Sprintf("connect: %v; %d accepted; inbound_unsolicited drops +%d", err, sshB(), d)
+	})
+	check("the outside host", "guest A, a TCP connection to its inbound port 8080 (control)", true, func(t *testing.T) (bool, string) {
+		err := dialFromOutside(t, p.Config.SlotIP(a.Index), 8080)
+		time.Sleep(50 * time.Millisecond)
+		return err == nil && webA() > 0, fmt.Sprintf("connect: %v; %d accepted", err, webA())
+	})
+	check("the outside host", "guest B, an ICMP echo request", false, func(t *testing.T) (bool, string) {
+		before := drops(t, b.ID, "inbound_unsolicited")
+		n := ping(t, fab.Name, p.Config.SlotIP(b.Index), 2)
+		d := drops(t, b.ID, "inbound_unsolicited") - before
+		if n == 0 && d != 2 {
+			t.Errorf("blocked, but inbound_unsolicited drops +%d, want +2", d)
+		}
+		return n > 0, fmt.Sprintf("%d of 2 echo replies, inbound_unsolicited drops +%d", n, d)
+	})
+	check("the outside host", "guest B, unsolicited UDP", false, func(t *testing.T) (bool, string) {
+		var l *net.UDPConn
+		if err := gb.Do(func() error {
+			var err error
+			l, err = net.ListenUDP("udp4", &net.UDPAddr{Port: 5353})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		before := drops(t, b.ID, "inbound_unsolicited")
+		testutil.InNS(fab.NetnsPath(), func() error {
+			c, err := net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(fab.Outside, 5300)),
+				net.UDPAddrFromAddrPort(netip.AddrPortFrom(p.Config.SlotIP(b.Index), 5353)))
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_, err = c.Write([]byte("unasked"))
+			return err
+		})
+		l.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		buf := make([]byte, 64)
+		n, _ := l.Read(buf)
+		d := drops(t, b.ID, "inbound_unsolicited") - before
+		if n == 0 && d != 1 {
+			t.Errorf("blocked, but inbound_unsolicited drops +%d, want +1", d)
+		}
+		return n > 0, fmt.Sprintf("%d bytes read, inbound_unsolicited drops +%d", n, d)
+	})
+	check("the outside host", "guest B, the UDP reply to its own request (control)", true, func(t *testing.T) (bool, string) {
+		got, err := udpRoundTrip(t, gb, netip.AddrPortFrom(fab.Outside, 7), "asked")
+		return err == nil && got == "asked", fmt.Sprintf("echo %q, %v", got, err)
+	})
+	check("the outside host", fmt.Sprintf("the pooled slot %d's address, a TCP connection", pooled), false, func(t *testing.T) (bool, string) {
+		before := p.D.UnattributedDrops()["not_leased"]
+		err := dialFromOutside(t, p.Config.SlotIP(pooled), 22)
+		d := p.D.UnattributedDrops()["not_leased"] - before
+		if err != nil && d == 0 {
+			t.Errorf("blocked, but no not_leased drop")
+		}
+		return err == nil, fmt.Sprintf("connect: %v; not_leased drops +%d", err, d)
 	})
 
 	var m strings.Builder

@@ -9,7 +9,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/netslot/netslot/internal/firewall"
 	"github.com/netslot/netslot/internal/links"
 	"github.com/netslot/netslot/internal/netns"
 	"github.com/netslot/netslot/internal/pool"
@@ -18,9 +17,10 @@ import (
 
 // AcquireRequest is a validated acquire.
 type AcquireRequest struct {
-	VPC         *slot.Attachment
-	EgressAllow []netip.Prefix
-	Owner       string
+	VPC     *slot.Attachment
+	Egress  slot.Egress
+	Inbound []slot.InboundRule
+	Owner   string
 }
 
 // SlotInfo describes a slot to API clients.
@@ -37,7 +37,7 @@ type SlotInfo struct {
 func (d *Daemon) Acquire(req AcquireRequest) (SlotInfo, error) {
 	start := time.Now()
 	kind := "plain"
-	if len(req.EgressAllow) > 0 {
+	if req.Egress.Restricted() {
 		kind = "egress"
 	}
 	if req.VPC != nil {
@@ -47,13 +47,24 @@ func (d *Daemon) Acquire(req AcquireRequest) (SlotInfo, error) {
 		d.Metrics.AcquireErrors.WithLabelValues("no_uplink").Inc()
 		return SlotInfo{}, fmt.Errorf("%w: this pool has no uplink, so no tunnel can reach a VPC (start netslotd with --uplink and --underlay-ip)", ErrNoUplink)
 	}
+	if req.VPC != nil {
+		if err := d.cfg.CheckAttachment(req.VPC, d.opts.UnderlayIP); err != nil {
+			d.Metrics.AcquireErrors.WithLabelValues("invalid").Inc()
+			return SlotInfo{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+	}
+	if err := slot.CheckInbound(req.Inbound); err != nil {
+		d.Metrics.AcquireErrors.WithLabelValues("invalid").Inc()
+		return SlotInfo{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
 	i, err := d.pool.Take()
 	if err != nil {
 		d.Metrics.AcquireErrors.WithLabelValues("exhausted").Inc()
 		free, leased := d.pool.Counts()
 		return SlotInfo{}, fmt.Errorf("%w: %d slots, %d leased, %d free (%d ready)", ErrExhausted, d.cfg.Count, leased, free, d.ready.Load())
 	}
-	l := &slot.Lease{ID: slot.NewLeaseID(), Owner: req.Owner, AcquiredNs: time.Now().UnixNano(), VPC: req.VPC, EgressAllow: req.EgressAllow}
+	l := &slot.Lease{ID: slot.NewLeaseID(), Owner: req.Owner, AcquiredNs: time.Now().UnixNano(), VPC: req.VPC,
+		Egress: req.Egress, Inbound: req.Inbound}
 	// Persist first: a crash after this point leaves the slot leased (never
 	// vended twice); the tenant finds it with list and releases it.
 	if err := d.store.PutLease(i, l); err != nil {
@@ -61,19 +72,31 @@ func (d *Daemon) Acquire(req AcquireRequest) (SlotInfo, error) {
 		d.Metrics.AcquireErrors.WithLabelValues("store").Inc()
 		return SlotInfo{}, fmt.Errorf("record lease: %w", err)
 	}
-	if len(req.EgressAllow) > 0 {
-		if err := d.setEgress(i, req.EgressAllow); err != nil {
+	if req.Egress.Restricted() {
+		if err := d.setEgress(i, req.Egress); err != nil {
 			return SlotInfo{}, d.abortAcquire(i, l, "firewall", err)
 		}
+	}
+	// undo takes back what the acquire wrote before it failed with err.
+	undo := func(err error, attached bool) error {
+		if attached {
+			err = errors.Join(err, d.dp.Detach(i, req.VPC))
+		}
+		if req.Egress.Restricted() {
+			err = errors.Join(err, d.setEgress(i, slot.Egress{}))
+		}
+		return err
 	}
 	// The flip from the dummy VNI: map updates only.
 	if req.VPC != nil {
 		if err := d.dp.Attach(i, req.VPC); err != nil {
-			if len(req.EgressAllow) > 0 {
-				err = errors.Join(err, d.setEgress(i, nil))
-			}
-			return SlotInfo{}, d.abortAcquire(i, l, "datapath", err)
+			return SlotInfo{}, d.abortAcquire(i, l, "datapath", undo(err, false))
 		}
+	}
+	// Last, the slot opens: its traffic flows from here on, under the
+	// policy written above.
+	if err := d.dp.OpenLease(i, req.Inbound); err != nil {
+		return SlotInfo{}, d.abortAcquire(i, l, "datapath", undo(errors.Join(err, d.dp.CloseLease(i)), req.VPC != nil))
 	}
 	d.setLease(i, l)
 	d.pool.CommitTake(i)
@@ -101,12 +124,12 @@ func (d *Daemon) abortAcquire(i int, l *slot.Lease, what string, err error) erro
 	return err
 }
 
-func (d *Daemon) setEgress(i int, allow []netip.Prefix) error {
+func (d *Daemon) setEgress(i int, e slot.Egress) error {
 	conn := d.fwConn(i)
 	if conn == nil {
 		return fmt.Errorf("slot %s has no firewall connection", d.cfg.ID(i))
 	}
-	return firewall.Slot{Config: d.cfg}.SetEgress(conn, allow)
+	return d.slotFirewall().SetEgress(conn, e)
 }
 
 // inSlot runs fn on a locked thread inside slot i's namespace.
@@ -127,10 +150,40 @@ func (d *Daemon) index(id string) (int, error) {
 	return i, nil
 }
 
-// Release scrubs slot id and returns it to the pool. A slot whose scrub
-// fails is rebuilt; if even that fails it stays leased and the error says so.
-// With a non-empty leaseID, only that lease is released.
+// Release scrubs slot id and returns it to the pool, if it is still held
+// by lease leaseID (from the acquire's answer): a late or repeated release
+// never frees a later tenant's slot. A slot whose scrub fails is rebuilt;
+// if even that fails it stays leased and the error says so. While a VMM
+// still holds the slot's tap, the release is refused (ErrInUse) and
+// changes nothing.
 func (d *Daemon) Release(id, leaseID string) error {
+	if leaseID == "" {
+		return fmt.Errorf("release %s: %w: name the lease to end (its lease id), or force the release", id, ErrInvalid)
+	}
+	return d.release(id, leaseID)
+}
+
+// ForceRelease is Release of whatever lease holds slot id: for an
+// operator cleaning up by hand, never for a VM launcher (a retried forced
+// release can free the next tenant's slot). It is logged.
+func (d *Daemon) ForceRelease(id string) error {
+	l := d.leaseOf(id)
+	err := d.release(id, "")
+	if l != nil {
+		d.log.Warn("forced release", "slot", id, "lease", l.ID, "owner", l.Owner, "err", err)
+	}
+	return err
+}
+
+func (d *Daemon) leaseOf(id string) *slot.Lease {
+	i, err := d.cfg.ParseID(id)
+	if err != nil {
+		return nil
+	}
+	return d.lease(i)
+}
+
+func (d *Daemon) release(id, leaseID string) error {
 	start := time.Now()
 	i, err := d.index(id)
 	if err != nil {
@@ -169,8 +222,13 @@ func (d *Daemon) Release(id, leaseID string) error {
 	return nil
 }
 
-// scrub resets what a tenant may have changed: devices, neighbours, the
-// egress allow-list; the slot's firewall is verified and rewritten if it
+// scrub takes slot i back from its tenant. First it attaches to the
+// slot's tap itself: if a VMM still holds it (whatever its carrier says),
+// that fails and nothing has changed (links.ErrTapInUse); else no VMM can
+// attach until the scrub is done. Then the slot's traffic stops both ways
+// (the datapath closes its lease), and what the tenant may have changed
+// is reset: devices, neighbours, the datapath's entries and flows, the
+// egress policy; the slot's firewall is verified and rewritten if it
 // differs.
 func (d *Daemon) scrub(i int) error {
 	err := d.inSlot(i, func() error {
@@ -179,7 +237,15 @@ func (d *Daemon) scrub(i int) error {
 			return fmt.Errorf("netlink: %w", err)
 		}
 		defer h.Close()
-		return links.Scrub(h, d.cfg, i)
+		tap, err := links.HoldTap(h, slot.TapName)
+		if err != nil {
+			return err
+		}
+		err = d.dp.CloseLease(i)
+		if err == nil {
+			err = links.Scrub(h, d.cfg, i)
+		}
+		return errors.Join(err, tap.Close())
 	})
 	if err != nil {
 		return err
@@ -191,14 +257,14 @@ func (d *Daemon) scrub(i int) error {
 	if conn == nil {
 		return fmt.Errorf("slot %s has no firewall connection", d.cfg.ID(i))
 	}
-	fw := firewall.Slot{Config: d.cfg}
-	if err := fw.SetEgress(conn, nil); err == nil {
-		if err = fw.Verify(conn, nil); err == nil {
+	fw := d.slotFirewall()
+	if err := fw.SetEgress(conn, slot.Egress{}); err == nil {
+		if err = fw.Verify(conn, slot.Egress{}); err == nil {
 			return nil
 		}
 	}
 	d.Metrics.ReconcileAction.WithLabelValues("firewall_rewrite").Inc()
-	return fw.Apply(conn, nil)
+	return fw.Apply(conn, slot.Egress{})
 }
 
 // RebuildFree takes the free slot that has rested longest, rebuilds it

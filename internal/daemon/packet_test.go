@@ -21,7 +21,7 @@ var (
 func TestEgressAllowListAndAntiSpoofingWithPackets(t *testing.T) {
 	p := testutil.StartPool(t, 4)
 	c := p.Config
-	info, err := p.D.Acquire(daemon.AcquireRequest{EgressAllow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}})
+	info, err := p.D.Acquire(daemon.AcquireRequest{Egress: slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ func TestEgressAllowListAndAntiSpoofingWithPackets(t *testing.T) {
 
 	// Release clears the allow-list: the same slot now lets the guest reach
 	// what was denied.
-	if err := p.D.Release(info.ID, ""); err != nil {
+	if err := p.D.Release(info.ID, info.Lease.ID); err != nil {
 		t.Fatal(err)
 	}
 	g, err = testutil.AttachTap(c.NetnsPath(info.Index), slot.TapName)

@@ -27,7 +27,7 @@ var peerIndex = regexp.MustCompile(`@if[0-9]+`)
 
 func TestReleaseScrubsWhatTheTenantLeft(t *testing.T) {
 	p := testutil.StartPool(t, 3)
-	info, err := p.D.Acquire(daemon.AcquireRequest{EgressAllow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}})
+	info, err := p.D.Acquire(daemon.AcquireRequest{Egress: slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +50,7 @@ func TestReleaseScrubsWhatTheTenantLeft(t *testing.T) {
 	if d := norm(dump(t, ns), info.Index); d == want {
 		t.Fatal("dirtying the slot changed nothing")
 	}
-	if err := p.D.Release(info.ID, ""); err != nil {
+	if err := p.D.Release(info.ID, info.Lease.ID); err != nil {
 		t.Fatal(err)
 	}
 	got := dump(t, ns)
@@ -67,7 +67,7 @@ func TestReleaseRebuildsASlotItCannotScrub(t *testing.T) {
 	}
 	ns := p.Config.ID(info.Index)
 	testutil.Exec(t, ns, "ip", "link", "del", "tap0")
-	if err := p.D.Release(info.ID, ""); err != nil {
+	if err := p.D.Release(info.ID, info.Lease.ID); err != nil {
 		t.Fatalf("release of a damaged slot: %v", err)
 	}
 	if out := testutil.Exec(t, ns, "ip", "-br", "link", "show", "tap0"); !strings.Contains(out, "tap0") {
@@ -81,7 +81,7 @@ func TestReleaseRebuildsASlotItCannotScrub(t *testing.T) {
 	}
 	// The rebuilt slot is vendable and its firewall works.
 	for range 2 {
-		if _, err := p.D.Acquire(daemon.AcquireRequest{EgressAllow: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15")}}); err != nil {
+		if _, err := p.D.Acquire(daemon.AcquireRequest{Egress: slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15")}}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -97,7 +97,7 @@ func TestReleaseRefusedWhileTheVMHoldsTheTap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.D.Release(info.ID, ""); !errors.Is(err, daemon.ErrInUse) {
+	if err := p.D.Release(info.ID, info.Lease.ID); !errors.Is(err, daemon.ErrInUse) {
 		g.Close()
 		t.Fatalf("release with the tap attached: %v", err)
 	}
@@ -105,8 +105,81 @@ func TestReleaseRefusedWhileTheVMHoldsTheTap(t *testing.T) {
 		t.Fatalf("slot not leased after the refused release: %+v", st)
 	}
 	g.Close()
-	if err := p.D.Release(info.ID, ""); err != nil {
+	if err := p.D.Release(info.ID, info.Lease.ID); err != nil {
 		t.Fatalf("release after the VM let go: %v", err)
+	}
+}
+
+// A VMM may keep its tap descriptor and turn the carrier off: the tap
+// looks unused, but the VMM can turn the carrier back on and send under
+// the next tenant's lease, and the next VMM cannot attach. The release is
+// refused and changes nothing.
+func TestReleaseRefusedWhileAVMMHoldsTheTapWithCarrierOff(t *testing.T) {
+	p := testutil.StartPool(t, 2)
+	info, err := p.D.Acquire(daemon.AcquireRequest{Egress: slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := p.Config.ID(info.Index)
+	g, err := testutil.AttachTap(p.Config.NetnsPath(info.Index), slot.TapName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if err := g.SetCarrier(false); err != nil {
+		t.Fatal(err)
+	}
+	if out := testutil.Exec(t, ns, "ip", "-br", "link", "show", slot.TapName); strings.Contains(out, "LOWER_UP") {
+		t.Fatalf("carrier still on: %s", out)
+	}
+	before := slotState(t, p, info.Index)
+	if err := p.D.Release(info.ID, info.Lease.ID); !errors.Is(err, daemon.ErrInUse) {
+		t.Fatalf("release while a VMM holds the tap with its carrier off: %v, want ErrInUse", err)
+	}
+	if got, _ := p.D.Get(info.ID); got.Lease == nil || got.Lease.ID != info.Lease.ID {
+		t.Fatalf("slot after the refused release: %+v", got)
+	}
+	if after := slotState(t, p, info.Index); after != before {
+		t.Errorf("the refused release changed the slot:\n%s", lineDiff(after, before))
+	}
+	// The holder still has its tap and can turn the carrier back on.
+	if err := g.SetCarrier(true); err != nil {
+		t.Fatal(err)
+	}
+	g.Close()
+	if err := p.D.Release(info.ID, info.Lease.ID); err != nil {
+		t.Fatalf("release after the VMM let go: %v", err)
+	}
+	// And the next VMM can attach.
+	g2, err := testutil.AttachTap(p.Config.NetnsPath(info.Index), slot.TapName)
+	if err != nil {
+		t.Fatalf("next VMM cannot attach: %v", err)
+	}
+	g2.Close()
+}
+
+// A release names the lease it ends; an operator's forced release frees
+// whatever lease holds the slot.
+func TestReleaseNeedsTheLeaseUnlessForced(t *testing.T) {
+	p := testutil.StartPool(t, 1)
+	info, err := p.D.Acquire(daemon.AcquireRequest{Owner: "vm-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.D.Release(info.ID, ""); !errors.Is(err, daemon.ErrInvalid) {
+		t.Fatalf("release without a lease id: %v, want ErrInvalid", err)
+	}
+	if st := p.D.Status(); st.Leased != 1 {
+		t.Fatalf("release without a lease id freed the slot: %+v", st)
+	}
+	if err := p.D.ForceRelease(info.ID); err != nil {
+		t.Fatalf("forced release: %v", err)
+	}
+	if st := p.D.Status(); st.Free != 1 {
+		t.Fatalf("after the forced release: %+v", st)
+	}
+	if err := p.D.ForceRelease(info.ID); !errors.Is(err, daemon.ErrNotLeased) {
+		t.Fatalf("forced release of a free slot: %v", err)
 	}
 }
 

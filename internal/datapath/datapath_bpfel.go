@@ -13,36 +13,73 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type datapathDatapathConst uint32
+
+const (
+	datapathDatapathConstENCAP_MARK datapathDatapathConst = 1850933249
+	datapathDatapathConstLEASE_OPEN datapathDatapathConst = 1
+)
+
 type datapathDropReason uint32
 
 const (
-	datapathDropReasonDROP_GENEVE_TRUNCATED datapathDropReason = 0
-	datapathDropReasonDROP_GENEVE_VERSION   datapathDropReason = 1
-	datapathDropReasonDROP_GENEVE_OPTLEN    datapathDropReason = 2
-	datapathDropReasonDROP_GENEVE_PROTO     datapathDropReason = 3
-	datapathDropReasonDROP_DUMMY_VNI        datapathDropReason = 4
-	datapathDropReasonDROP_UNKNOWN_VNI      datapathDropReason = 5
-	datapathDropReasonDROP_UNKNOWN_DST      datapathDropReason = 6
-	datapathDropReasonDROP_WRONG_VTEP       datapathDropReason = 7
-	datapathDropReasonDROP_INNER_IPV6       datapathDropReason = 8
-	datapathDropReasonDROP_INNER_MULTICAST  datapathDropReason = 9
-	datapathDropReasonDROP_INNER_MAC        datapathDropReason = 10
-	datapathDropReasonDROP_INNER_OTHER      datapathDropReason = 11
-	datapathDropReasonDROP_EGRESS_DUMMY_VNI datapathDropReason = 12
-	datapathDropReasonDROP_EGRESS_NOT_IPV4  datapathDropReason = 13
-	datapathDropReasonDROP_EGRESS_SPOOF     datapathDropReason = 14
-	datapathDropReasonDROP_NO_ROUTE         datapathDropReason = 15
-	datapathDropReasonDROP_REWRITE          datapathDropReason = 16
-	datapathDropReasonDROP_NO_SLOT          datapathDropReason = 17
-	datapathDropReasonDROP_SLOT_TO_SLOT     datapathDropReason = 18
-	datapathDropReasonDROP_GENEVE_OAM       datapathDropReason = 19
-	datapathDropReasonDROP_GENEVE_CRITICAL  datapathDropReason = 20
-	datapathDropReasonDROP_GENEVE_FRAGMENT  datapathDropReason = 21
-	datapathDropReasonDROP_TOO_BIG          datapathDropReason = 22
-	datapathDropReasonDROP_PEER_UNKNOWN     datapathDropReason = 23
-	datapathDropReasonDROP_UNREGISTERED     datapathDropReason = 24
-	datapathDropReasonDROP_REASONS          datapathDropReason = 25
+	datapathDropReasonDROP_GENEVE_TRUNCATED    datapathDropReason = 0
+	datapathDropReasonDROP_GENEVE_VERSION      datapathDropReason = 1
+	datapathDropReasonDROP_GENEVE_OPTLEN       datapathDropReason = 2
+	datapathDropReasonDROP_GENEVE_PROTO        datapathDropReason = 3
+	datapathDropReasonDROP_DUMMY_VNI           datapathDropReason = 4
+	datapathDropReasonDROP_UNKNOWN_VNI         datapathDropReason = 5
+	datapathDropReasonDROP_UNKNOWN_DST         datapathDropReason = 6
+	datapathDropReasonDROP_WRONG_VTEP          datapathDropReason = 7
+	datapathDropReasonDROP_INNER_IPV6          datapathDropReason = 8
+	datapathDropReasonDROP_INNER_MULTICAST     datapathDropReason = 9
+	datapathDropReasonDROP_INNER_MAC           datapathDropReason = 10
+	datapathDropReasonDROP_INNER_OTHER         datapathDropReason = 11
+	datapathDropReasonDROP_EGRESS_DUMMY_VNI    datapathDropReason = 12
+	datapathDropReasonDROP_EGRESS_NOT_IPV4     datapathDropReason = 13
+	datapathDropReasonDROP_EGRESS_SPOOF        datapathDropReason = 14
+	datapathDropReasonDROP_NO_ROUTE            datapathDropReason = 15
+	datapathDropReasonDROP_REWRITE             datapathDropReason = 16
+	datapathDropReasonDROP_NO_SLOT             datapathDropReason = 17
+	datapathDropReasonDROP_SLOT_TO_SLOT        datapathDropReason = 18
+	datapathDropReasonDROP_GENEVE_OAM          datapathDropReason = 19
+	datapathDropReasonDROP_GENEVE_CRITICAL     datapathDropReason = 20
+	datapathDropReasonDROP_GENEVE_FRAGMENT     datapathDropReason = 21
+	datapathDropReasonDROP_TOO_BIG             datapathDropReason = 22
+	datapathDropReasonDROP_PEER_UNKNOWN        datapathDropReason = 23
+	datapathDropReasonDROP_UNREGISTERED        datapathDropReason = 24
+	datapathDropReasonDROP_INBOUND_UNSOLICITED datapathDropReason = 25
+	datapathDropReasonDROP_NOT_LEASED          datapathDropReason = 26
+	datapathDropReasonDROP_REASONS             datapathDropReason = 27
 )
+
+type datapathFlow struct {
+	_      structs.HostLayout
+	Remote uint32
+	Rport  uint16
+	Lport  uint16
+	Proto  uint8
+	Pad    [3]uint8
+	Seen   uint32
+}
+
+type datapathInboundRule struct {
+	_      structs.HostLayout
+	Proto  uint8
+	Pad    uint8
+	PortLo uint16
+	PortHi uint16
+	Pad2   uint16
+	Src    uint32
+	Mask   uint32
+}
+
+type datapathLeasePolicy struct {
+	_        structs.HostLayout
+	Flags    uint32
+	Ninbound uint32
+	Inbound  [16]datapathInboundRule
+}
 
 type datapathPeerInfo struct {
 	_       structs.HostLayout
@@ -65,6 +102,11 @@ type datapathPoolConfig struct {
 	Pad           [2]uint8
 }
 
+type datapathSlotFlows struct {
+	_ structs.HostLayout
+	F [128]datapathFlow
+}
+
 type datapathSlotInfo struct {
 	_           structs.HostLayout
 	HostIfindex uint32
@@ -83,7 +125,7 @@ type datapathSlotStats struct {
 	DecapPackets uint64
 	ArpReplies   uint64
 	ArpRequests  uint64
-	Drops        [25]uint64
+	Drops        [27]uint64
 }
 
 type datapathTunnelInfo struct {
@@ -120,18 +162,21 @@ type datapathVpcRouteKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	datapathMapByIfindex        = "by_ifindex"
-	datapathMapConfig           = "config"
-	datapathMapPeers            = "peers"
-	datapathMapSlots            = "slots"
-	datapathMapStats            = "stats"
-	datapathMapTunnels          = "tunnels"
-	datapathMapVniDst           = "vni_dst"
-	datapathMapVnis             = "vnis"
-	datapathMapVpcRoutes        = "vpc_routes"
-	datapathProgUplinkEgress    = "uplink_egress"
-	datapathProgUplinkIngress   = "uplink_ingress"
-	datapathVarUnusedDropReason = "unused_drop_reason"
+	datapathMapByIfindex           = "by_ifindex"
+	datapathMapConfig              = "config"
+	datapathMapFlows               = "flows"
+	datapathMapLeases              = "leases"
+	datapathMapPeers               = "peers"
+	datapathMapSlots               = "slots"
+	datapathMapStats               = "stats"
+	datapathMapTunnels             = "tunnels"
+	datapathMapVniDst              = "vni_dst"
+	datapathMapVnis                = "vnis"
+	datapathMapVpcRoutes           = "vpc_routes"
+	datapathProgUplinkEgress       = "uplink_egress"
+	datapathProgUplinkIngress      = "uplink_ingress"
+	datapathVarUnusedDatapathConst = "unused_datapath_const"
+	datapathVarUnusedDropReason    = "unused_drop_reason"
 )
 
 // loadDatapath returns the embedded CollectionSpec for datapath.
@@ -186,6 +231,8 @@ type datapathProgramSpecs struct {
 type datapathMapSpecs struct {
 	ByIfindex *ebpf.MapSpec `ebpf:"by_ifindex"`
 	Config    *ebpf.MapSpec `ebpf:"config"`
+	Flows     *ebpf.MapSpec `ebpf:"flows"`
+	Leases    *ebpf.MapSpec `ebpf:"leases"`
 	Peers     *ebpf.MapSpec `ebpf:"peers"`
 	Slots     *ebpf.MapSpec `ebpf:"slots"`
 	Stats     *ebpf.MapSpec `ebpf:"stats"`
@@ -199,7 +246,8 @@ type datapathMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathVariableSpecs struct {
-	UnusedDropReason *ebpf.VariableSpec `ebpf:"unused_drop_reason"`
+	UnusedDatapathConst *ebpf.VariableSpec `ebpf:"unused_datapath_const"`
+	UnusedDropReason    *ebpf.VariableSpec `ebpf:"unused_drop_reason"`
 }
 
 // datapathObjects contains all objects after they have been loaded into the kernel.
@@ -224,6 +272,8 @@ func (o *datapathObjects) Close() error {
 type datapathMaps struct {
 	ByIfindex *ebpf.Map `ebpf:"by_ifindex"`
 	Config    *ebpf.Map `ebpf:"config"`
+	Flows     *ebpf.Map `ebpf:"flows"`
+	Leases    *ebpf.Map `ebpf:"leases"`
 	Peers     *ebpf.Map `ebpf:"peers"`
 	Slots     *ebpf.Map `ebpf:"slots"`
 	Stats     *ebpf.Map `ebpf:"stats"`
@@ -237,6 +287,8 @@ func (m *datapathMaps) Close() error {
 	return _DatapathClose(
 		m.ByIfindex,
 		m.Config,
+		m.Flows,
+		m.Leases,
 		m.Peers,
 		m.Slots,
 		m.Stats,
@@ -251,7 +303,8 @@ func (m *datapathMaps) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathVariables struct {
-	UnusedDropReason *ebpf.Variable `ebpf:"unused_drop_reason"`
+	UnusedDatapathConst *ebpf.Variable `ebpf:"unused_datapath_const"`
+	UnusedDropReason    *ebpf.Variable `ebpf:"unused_drop_reason"`
 }
 
 // datapathPrograms contains all programs after they have been loaded into the kernel.

@@ -145,6 +145,21 @@ func TestDropReasons(t *testing.T) {
 			v, _ := e.egress(guestFrame(t, e.cfg, e.cfg.SlotIP(2), udp()...), 0)
 			return v
 		}},
+		{"inbound_unsolicited", func() uint32 {
+			// A connection opened from outside to slot 0's guest.
+			ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 60, Protocol: layers.IPProtocolTCP, SrcIP: outside.AsSlice(), DstIP: e.cfg.SlotIP(0).AsSlice()}
+			v, _ := e.ingress(serialize(t, &layers.Ethernet{SrcMAC: fabricGWMAC, DstMAC: uplinkMAC, EthernetType: layers.EthernetTypeIPv4}, ip,
+				&layers.TCP{SrcPort: 40000, DstPort: 22, SYN: true, Window: 1024}))
+			return v
+		}},
+		{"not_leased", func() uint32 {
+			// Slot 2 is being released: its guest sends nothing more.
+			if err := e.dp.CloseLease(2); err != nil {
+				t.Fatal(err)
+			}
+			v, _ := e.egress(guestFrame(t, e.cfg, outside, udp()...), 2)
+			return v
+		}},
 		{"no_slot", func() uint32 {
 			var none datapathSlotInfo
 			if err := e.dp.objs.Slots.Update(uint32(1), &none, ebpf.UpdateAny); err != nil {

@@ -33,10 +33,13 @@ var (
 	peerMAC     = net.HardwareAddr{0x02, 0x9e, 0xe4, 0, 0, 1}
 )
 
-const (
-	testTable = 100
-	pinRoot   = "/sys/fs/bpf/netslot-test"
-)
+const testTable = 100
+
+// pinRoot is this test process's: a datapath refuses an uplink whose
+// ifindex carries another pool's pinned links, and every test namespace's
+// "up0" has the same ifindex, so two test processes (or fuzzing workers)
+// sharing a pin root would refuse each other.
+var pinRoot = fmt.Sprintf("/sys/fs/bpf/netslot-test-%d", os.Getpid())
 
 type env struct {
 	atts  map[int]*slot.Attachment
@@ -113,7 +116,8 @@ func newEnvAt(t testing.TB, slots int, pins string) *env {
 	e.dp = dp
 	for i, h := range e.hosts {
 		must(dp.SetSlot(i, h), "set slot")
-		must(dp.Detach(i, nil), "dummy vni") // as netslotd does for a free slot
+		must(dp.Detach(i, nil), "dummy vni")     // as netslotd does for a free slot
+		must(dp.OpenLease(i, nil), "open lease") // and then leases it
 	}
 	return e
 }
@@ -242,6 +246,28 @@ func l4Variants() map[string][]gopacket.SerializableLayer {
 		"tcp":  {&layers.TCP{SrcPort: 40000, DstPort: 80, Seq: 1, SYN: true, Window: 64240}, payload},
 		"udp":  {&layers.UDP{SrcPort: 40000, DstPort: 53}, payload},
 		"icmp": {&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeEchoRequest, 0), Id: 9, Seq: 1}, payload},
+	}
+}
+
+// replyVariants answer the flows of l4Variants: a SYN-ACK, a UDP answer
+// and an echo reply.
+func replyVariants() map[string][]gopacket.SerializableLayer {
+	payload := gopacket.Payload([]byte("netslot hears you"))
+	return map[string][]gopacket.SerializableLayer{
+		"tcp":  {&layers.TCP{SrcPort: 80, DstPort: 40000, Seq: 7, Ack: 2, SYN: true, ACK: true, Window: 64240}, payload},
+		"udp":  {&layers.UDP{SrcPort: 53, DstPort: 40000}, payload},
+		"icmp": {&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeEchoReply, 0), Id: 9, Seq: 1}, payload},
+	}
+}
+
+// sendVariants has slot i's guest send each of l4Variants to dst, so that
+// replyVariants from dst answer flows of its own. (To a VPC peer whose MAC
+// is unknown, all but the first are dropped while the slot ARPs: the flows
+// count from the guest's sending, not from what got through.)
+func (e *env) sendVariants(i int, dst netip.Addr) {
+	e.t.Helper()
+	for _, l4 := range l4Variants() {
+		e.egress(guestFrame(e.t, e.cfg, dst, l4...), i)
 	}
 }
 

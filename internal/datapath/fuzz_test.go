@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"testing"
 
@@ -27,7 +25,7 @@ import (
 // checksum if the original had one, and the same for the inner frame of a
 // Geneve packet it builds.
 func FuzzPrograms(f *testing.F) {
-	e := newEnvAt(f, 2, fmt.Sprintf("%s-%d", pinRoot, os.Getpid()))
+	e := newEnvAt(f, 2, pinRoot)
 	e.attach(1, 4242, "10.9.0.5", "10.9.0.0/16", peerMAC, vtep)
 	up, err := net.InterfaceByName("up0")
 	if err != nil {
@@ -73,6 +71,10 @@ func FuzzPrograms(f *testing.F) {
 	if v, out, err := run(e.dp.objs.UplinkEgress, guestFrame(f, e.cfg, netip.MustParseAddr("10.9.0.1"), &layers.UDP{SrcPort: 1, DstPort: 2}), e.hosts[1]); err != nil || v != verdictRedirect || !isGeneve(out) {
 		f.Fatalf("VPC egress in the harness: verdict %d, geneve %t, %v", int32(v), isGeneve(out), err)
 	}
+	// Both guests have flows open (as a running guest has), so that the
+	// replies among the seeds are let in and reach the rewrites.
+	e.sendVariants(0, outside)
+	e.sendVariants(1, netip.MustParseAddr("10.9.0.1"))
 	const (
 		egress0 = iota
 		egress1
@@ -100,6 +102,19 @@ func FuzzPrograms(f *testing.F) {
 		&layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4,
 			Operation: layers.ARPRequest, SourceHwAddress: peerMAC, SourceProtAddress: []byte{10, 9, 0, 1},
 			DstHwAddress: make([]byte, 6), DstProtAddress: []byte{10, 9, 0, 5}}), uint8(egress1))
+	for _, l4 := range replyVariants() {
+		ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 60, SrcIP: outside.AsSlice(), DstIP: e.cfg.SlotIP(0).AsSlice(), Protocol: protoOf(l4)}
+		f.Add(serialize(f, append([]gopacket.SerializableLayer{
+			&layers.Ethernet{SrcMAC: fabricGWMAC, DstMAC: uplinkMAC, EthernetType: layers.EthernetTypeIPv4}, ip}, l4...)...), uint8(ingress))
+		inner := innerIPv4(f, e.cfg.VPCMAC(1), "10.9.0.1", "10.9.0.5", l4...)
+		f.Add(geneveFrame(f, gnvOpts{vni: 4242}, inner), uint8(ingress))
+		// Bytes past the tunnel packet: not the inner packet's.
+		f.Add(append(geneveFrame(f, gnvOpts{vni: 4242}, inner), "trailer"...), uint8(ingress))
+	}
+	// A guest's packet dressed as one of the datapath's own tunnel packets.
+	spoof := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: underlay.AsSlice(), DstIP: vtep.AsSlice()}
+	f.Add(serialize(f, &layers.Ethernet{SrcMAC: uplinkMAC, DstMAC: fabricGWMAC, EthernetType: layers.EthernetTypeIPv4}, spoof,
+		&layers.UDP{SrcPort: 50000, DstPort: 6081}, gopacket.Payload(make([]byte, 30))), uint8(egress0))
 	f.Add(make([]byte, 60), uint8(ingress))
 	f.Fuzz(func(t *testing.T, frame []byte, dir uint8) {
 		if len(frame) < 14 || len(frame) > 3000 {

@@ -52,7 +52,8 @@ func TestEgressNAT(t *testing.T) {
 
 func TestIngressNAT(t *testing.T) {
 	e := newEnv(t, 2)
-	for name, l4 := range l4Variants() {
+	e.sendVariants(1, outside)
+	for name, l4 := range replyVariants() {
 		// The reply: from outside to slot 1's address.
 		ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 60, SrcIP: outside.AsSlice(), DstIP: e.cfg.SlotIP(1).AsSlice()}
 		ip.Protocol = protoOf(l4)
@@ -71,7 +72,7 @@ func TestIngressNAT(t *testing.T) {
 		}
 		checkIPv4(t, name, out[14:])
 	}
-	if s := e.stats(1); s.RxPackets != 3 {
+	if s := e.stats(1); s.RxPackets != 3 || s.Drops != nil {
 		t.Errorf("slot 1 counters %+v, want 3 packets in", s)
 	}
 
@@ -296,14 +297,16 @@ func innerIPv4(t testing.TB, dstMAC net.HardwareAddr, src, dst string, l4 ...gop
 func TestDecapsulation(t *testing.T) {
 	e := newEnv(t, 2)
 	e.attach(1, 4242, "10.9.0.5", "10.9.0.0/16", nil, vtep)
-	for name, l4 := range l4Variants() {
+	e.sendVariants(1, netip.MustParseAddr("10.9.0.1"))
+	for name, l4 := range replyVariants() {
 		inner := innerIPv4(t, e.cfg.VPCMAC(1), "10.9.0.1", "10.9.0.5", l4...)
 		verdict, out := e.ingress(geneveFrame(t, gnvOpts{vni: 4242}, inner))
 		if verdict != verdictRedirect {
 			t.Fatalf("%s: verdict %d, want TC_ACT_REDIRECT into the slot", name, int32(verdict))
 		}
-		if len(out) != len(inner) {
-			t.Fatalf("%s: %d bytes left, want the inner frame's %d", name, len(out), len(inner))
+		// The inner frame less any Ethernet padding it had.
+		if want := 14 + int(binary.BigEndian.Uint16(inner[16:18])); len(out) != want {
+			t.Fatalf("%s: %d bytes left, want the inner packet's %d and an Ethernet header", name, len(out), want)
 		}
 		if got := net.HardwareAddr(out[0:6]).String(); got != e.cfg.SlotVethMAC(1).String() {
 			t.Errorf("%s: destination MAC %s, want slot 1's eth0", name, got)
@@ -327,8 +330,8 @@ func TestDecapsulation(t *testing.T) {
 		t.Errorf("reply: verdict %d inner destination %s, want the learned %s", int32(verdict), net.HardwareAddr(in[0:6]), peerMAC)
 	}
 	// With options, the inner frame starts after them.
-	inner := innerIPv4(t, e.cfg.VPCMAC(1), "10.9.0.1", "10.9.0.5", &layers.UDP{SrcPort: 5, DstPort: 6}, gopacket.Payload("opt"))
-	if verdict, out := e.ingress(geneveFrame(t, gnvOpts{vni: 4242, optLen: 2}, inner)); verdict != verdictRedirect || len(out) != len(inner) {
+	inner := innerIPv4(t, e.cfg.VPCMAC(1), "10.9.0.1", "10.9.0.5", &layers.UDP{SrcPort: 2, DstPort: 1}, gopacket.Payload("opt"))
+	if verdict, out := e.ingress(geneveFrame(t, gnvOpts{vni: 4242, optLen: 2}, inner)); verdict != verdictRedirect || len(out) != 14+int(binary.BigEndian.Uint16(inner[16:18])) {
 		t.Errorf("with options: verdict %d, %d bytes", int32(verdict), len(out))
 	}
 }

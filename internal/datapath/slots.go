@@ -21,12 +21,60 @@ var DropReasons = []string{
 	"egress_dummy_vni", "egress_not_ipv4", "egress_spoof",
 	"no_route", "rewrite", "no_slot", "slot_to_slot",
 	"geneve_oam", "geneve_critical", "geneve_fragment", "too_big", "peer_unknown", "unregistered",
+	"inbound_unsolicited", "not_leased",
 }
 
 func init() {
 	if len(DropReasons) != int(datapathDropReasonDROP_REASONS) {
 		panic("datapath: DropReasons out of step with bpf/datapath.c")
 	}
+	if len(datapathLeasePolicy{}.Inbound) != slot.MaxInboundRules {
+		panic("datapath: slot.MaxInboundRules out of step with INBOUND_RULES in bpf/datapath.c")
+	}
+}
+
+// Constants of bpf/datapath.c.
+const (
+	leaseOpen = uint32(datapathDatapathConstLEASE_OPEN)
+	encapMark = uint32(datapathDatapathConstENCAP_MARK)
+)
+
+// OpenLease lets slot i's traffic flow, both ways, under its lease: from
+// now on the guest may send, and receive replies to its own flows and
+// what the inbound rules allow. Until then (a pooled slot), and from
+// CloseLease on (a slot being released), the datapath drops everything to
+// and from it. One map update: packets see the old policy or the new one.
+func (d *Datapath) OpenLease(i int, inbound []slot.InboundRule) error {
+	if err := slot.CheckInbound(inbound); err != nil {
+		return fmt.Errorf("slot %d: %w", i, err)
+	}
+	p := datapathLeasePolicy{Flags: leaseOpen, Ninbound: uint32(len(inbound))}
+	for n, r := range inbound {
+		p.Inbound[n] = datapathInboundRule{Proto: r.Proto, PortLo: r.PortLo, PortHi: r.PortHi,
+			Src: be32(r.Src.Addr()), Mask: be32(maskOf(r.Src))}
+	}
+	if err := d.objs.Leases.Update(uint32(i), &p, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("slot %d: open lease: %w", i, err)
+	}
+	return nil
+}
+
+// CloseLease stops slot i's traffic both ways and forgets its inbound
+// rules.
+func (d *Datapath) CloseLease(i int) error {
+	if err := d.objs.Leases.Update(uint32(i), &datapathLeasePolicy{}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("slot %d: close lease: %w", i, err)
+	}
+	return nil
+}
+
+// ClearFlows forgets the flows slot i's guest opened, so that no reply to
+// them reaches the next tenant.
+func (d *Datapath) ClearFlows(i int) error {
+	if err := d.objs.Flows.Update(uint32(i), &datapathSlotFlows{}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("slot %d: clear flows: %w", i, err)
+	}
+	return nil
 }
 
 // Stats are a slot's packet counters, summed over CPUs.
@@ -419,6 +467,22 @@ func (d *Datapath) SlotState(i int) (string, error) {
 			add("route %x/%d", rk.Ip, rk.Prefixlen-32)
 		}
 	}
+	var lp datapathLeasePolicy
+	if err := d.objs.Leases.Lookup(uint32(i), &lp); err != nil {
+		return "", fmt.Errorf("slot %d: lease policy: %w", i, err)
+	}
+	add("lease flags=%d inbound=%d %x", lp.Flags, lp.Ninbound, lp.Inbound)
+	var fl datapathSlotFlows
+	if err := d.objs.Flows.Lookup(uint32(i), &fl); err != nil {
+		return "", fmt.Errorf("slot %d: flows: %w", i, err)
+	}
+	used := 0
+	for _, f := range fl.F {
+		if f != (datapathFlow{}) {
+			used++
+		}
+	}
+	add("flows %d", used)
 	st, err := d.Stats(i)
 	if err != nil {
 		return "", err

@@ -15,6 +15,17 @@ import (
 // everything is the egress allow-list of a slot without a policy.
 var everything = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
 
+// FixedDeny is what no guest may send to, whatever its policy: "this"
+// network, link-local (where clouds serve instance metadata, such as
+// 169.254.169.254), multicast, and the reserved range with the limited
+// broadcast address. A pool adds its own (Slot.Deny).
+var FixedDeny = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("224.0.0.0/4"),
+	netip.MustParsePrefix("240.0.0.0/4"),
+}
+
 const egressSet = "egress"
 
 // Slot is the firewall inside one slot's namespace: one netdev table named
@@ -26,12 +37,18 @@ const egressSet = "egress"
 //   - only the guest address as IPv4 source;
 //   - the gateway (tap0's address) answers ICMP only;
 //   - the egress allow-list: an interval set, so that a new policy is a set
-//     update, never a rule change (0.0.0.0/0 when the lease sets none).
+//     update, never a rule change. It holds the lease's allow-list
+//     (0.0.0.0/0 when it sets none; nothing when it denies all) minus the
+//     pool's deny set, which therefore applies whatever the lease says.
 //
 // A single base chain per slot also keeps boot cheap: each base chain is a
 // hook registration (measured: three chains in two tables cost 3 ms a slot).
 // Every method works on the namespace the conn was opened in.
-type Slot struct{ Config slot.Config }
+type Slot struct {
+	Config slot.Config
+	// Deny is the pool's deny set (FixedDeny and the pool's own ranges).
+	Deny []netip.Prefix
+}
 
 // Offsets into the headers the rules read.
 const (
@@ -91,28 +108,34 @@ func egressSetOf(t *nftables.Table) *nftables.Set {
 	return &nftables.Set{Table: t, Name: egressSet, KeyType: nftables.TypeIPAddr, Interval: true}
 }
 
-func allowOrEverything(allow []netip.Prefix) []netip.Prefix {
-	if len(allow) == 0 {
-		return everything
+// egress is what the egress set holds for e: its allow-list, or
+// everything, less the deny set.
+func (s Slot) egress(e slot.Egress) []span {
+	if e.DenyAll {
+		return nil
 	}
-	return allow
+	allow := e.Allow
+	if len(allow) == 0 {
+		allow = everything
+	}
+	return subtractSpans(mergeCIDRs(allow), mergeCIDRs(s.Deny))
 }
 
 // Apply (re)writes the slot's tables in one transaction, with the egress
-// allow-list allow (empty: no restriction). tap0 must exist.
-func (s Slot) Apply(conn *nftables.Conn, allow []netip.Prefix) error {
-	return s.write(conn, allow, (*tableSpec).replace)
+// policy e. tap0 must exist.
+func (s Slot) Apply(conn *nftables.Conn, e slot.Egress) error {
+	return s.write(conn, e, (*tableSpec).replace)
 }
 
 // Create writes the slot's tables into a namespace that has none (a new
 // slot): unlike Apply it deletes nothing, so the transaction leaves no
 // destroy work behind.
-func (s Slot) Create(conn *nftables.Conn, allow []netip.Prefix) error {
-	return s.write(conn, allow, (*tableSpec).create)
+func (s Slot) Create(conn *nftables.Conn, e slot.Egress) error {
+	return s.write(conn, e, (*tableSpec).create)
 }
 
-func (s Slot) write(conn *nftables.Conn, allow []netip.Prefix, op func(*tableSpec, *nftables.Conn, map[string][]nftables.SetElement) error) error {
-	elems := map[string][]nftables.SetElement{egressSet: intervalElements(mergeCIDRs(allowOrEverything(allow)))}
+func (s Slot) write(conn *nftables.Conn, e slot.Egress, op func(*tableSpec, *nftables.Conn, map[string][]nftables.SetElement) error) error {
+	elems := map[string][]nftables.SetElement{egressSet: intervalElements(s.egress(e))}
 	for _, t := range s.specs() {
 		if err := op(t, conn, elems); err != nil {
 			return err
@@ -124,12 +147,12 @@ func (s Slot) write(conn *nftables.Conn, allow []netip.Prefix, op func(*tableSpe
 	return nil
 }
 
-// SetEgress replaces the egress allow-list in one transaction (empty: no
-// restriction). No rule changes: only the set's elements.
-func (s Slot) SetEgress(conn *nftables.Conn, allow []netip.Prefix) error {
+// SetEgress replaces the egress set in one transaction: no rule changes,
+// only the set's elements.
+func (s Slot) SetEgress(conn *nftables.Conn, e slot.Egress) error {
 	set := s.egressSetRef()
 	conn.FlushSet(set)
-	if err := conn.SetAddElements(set, intervalElements(mergeCIDRs(allowOrEverything(allow)))); err != nil {
+	if err := conn.SetAddElements(set, intervalElements(s.egress(e))); err != nil {
 		return fmt.Errorf("egress allow-list: %w", err)
 	}
 	if err := conn.Flush(); err != nil {
@@ -139,8 +162,8 @@ func (s Slot) SetEgress(conn *nftables.Conn, allow []netip.Prefix) error {
 }
 
 // Verify compares the slot's tables and egress set with what Apply writes
-// for allow.
-func (s Slot) Verify(conn *nftables.Conn, allow []netip.Prefix) error {
+// for e.
+func (s Slot) Verify(conn *nftables.Conn, e slot.Egress) error {
 	for _, t := range s.specs() {
 		if err := t.verify(conn); err != nil {
 			return err
@@ -150,8 +173,7 @@ func (s Slot) Verify(conn *nftables.Conn, allow []netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("%w: egress set: %v", ErrChanged, err)
 	}
-	want := mergeCIDRs(allowOrEverything(allow))
-	if got := elementsToSpans(els); !slices.Equal(got, want) {
+	if got := elementsToSpans(els); !slices.Equal(got, s.egress(e)) {
 		return fmt.Errorf("%w: egress allow-list differs", ErrChanged)
 	}
 	return nil

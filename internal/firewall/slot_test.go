@@ -51,8 +51,8 @@ func inScratchNS(t *testing.T, fn func()) {
 
 func TestSlotVerifyCatchesChanges(t *testing.T) {
 	cfg := slot.DefaultConfig("fw", 1)
-	s := Slot{Config: cfg}
-	allow := []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}
+	s := Slot{Config: cfg, Deny: FixedDeny}
+	allow := slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}}
 	inScratchNS(t, func() {
 		conn, err := Dial()
 		if err != nil {
@@ -67,8 +67,19 @@ func TestSlotVerifyCatchesChanges(t *testing.T) {
 		if err := s.Verify(conn, allow); err != nil {
 			t.Errorf("fresh table: %v", err)
 		}
-		if err := s.Verify(conn, nil); !errors.Is(err, ErrChanged) {
+		if err := s.Verify(conn, slot.Egress{}); !errors.Is(err, ErrChanged) {
 			t.Errorf("allow-list difference not seen: %v", err)
+		}
+		if err := s.Verify(conn, slot.Egress{DenyAll: true}); !errors.Is(err, ErrChanged) {
+			t.Errorf("deny-all difference not seen: %v", err)
+		}
+		for _, e := range []slot.Egress{{}, {DenyAll: true}, allow} {
+			if err := s.SetEgress(conn, e); err != nil {
+				t.Errorf("set %+v: %v", e, err)
+			}
+			if err := s.Verify(conn, e); err != nil {
+				t.Errorf("after SetEgress(%+v): %v", e, err)
+			}
 		}
 		// Same rule name, same number of expressions, another MAC.
 		spec := s.specs()[0]

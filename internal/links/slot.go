@@ -290,16 +290,12 @@ func hasOnlyAddr(h *netlink.Handle, l netlink.Link, a netip.Addr, bits int) erro
 // neighbours, a changed MAC, MTU or queue length, and anything queued on the
 // tap (a down/up cycle flushes the qdisc), then verifies the slot and
 // rewrites its gateway neighbour (Adopt). The calling thread must be in the
-// slot's namespace.
+// slot's namespace, and should hold the tap (HoldTap), so that no VMM
+// attaches meanwhile.
 func Scrub(h *netlink.Handle, c slot.Config, i int) error {
 	tap, err := h.LinkByName(slot.TapName)
 	if err != nil {
 		return fmt.Errorf("find %s: %w", slot.TapName, err)
-	}
-	// A tap has carrier while a process holds it open: the old VM is still
-	// there, and the next one could not attach.
-	if tap.Attrs().RawFlags&unix.IFF_LOWER_UP != 0 {
-		return ErrTapInUse
 	}
 	// Taking tap0 down flushes every neighbour entry on it, permanent ones
 	// included (neigh_ifdown), and whatever is queued on its qdisc.

@@ -126,8 +126,9 @@ func RemoveUplinkRoute(prefix string) error {
 	return errors.Join(errs...)
 }
 
-// UplinkAddrs are the IPv4 addresses of the root-namespace device name.
-func UplinkAddrs(name string) ([]netip.Addr, error) {
+// UplinkAddrs are the IPv4 addresses of the root-namespace device name,
+// with their prefix lengths (the subnets the device is on).
+func UplinkAddrs(name string) ([]netip.Prefix, error) {
 	l, err := netlink.LinkByName(name)
 	if err != nil {
 		return nil, fmt.Errorf("uplink %s: %w", name, err)
@@ -136,11 +137,14 @@ func UplinkAddrs(name string) ([]netip.Addr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("addresses of %s: %w", name, err)
 	}
-	out := make([]netip.Addr, 0, len(addrs))
+	out := make([]netip.Prefix, 0, len(addrs))
 	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
-			out = append(out, ip)
+		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		if !ok {
+			continue
 		}
+		ones, _ := a.Mask.Size()
+		out = append(out, netip.PrefixFrom(ip, ones))
 	}
 	return out, nil
 }

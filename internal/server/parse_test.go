@@ -19,8 +19,13 @@ func TestParseAcquire(t *testing.T) {
 		Owner:       "vm",
 	}
 	ar, err := parseAcquire(ok)
-	if err != nil || ar.VPC.VNI != 9 || len(ar.EgressAllow) != 1 || ar.Owner != "vm" {
+	if err != nil || ar.VPC.VNI != 9 || len(ar.Egress.Allow) != 1 || ar.Owner != "vm" || ar.Egress.DenyAll {
 		t.Fatalf("parseAcquire(ok) = %+v, %v", ar, err)
+	}
+	ar, err = parseAcquire(&netslotv1.AcquireRequest{EgressDenyAll: true, Inbound: []*netslotv1.InboundRule{
+		{Protocol: "tcp", Port: 8080}, {Protocol: "udp", Port: 53, PortEnd: 54, SourceCidr: "198.18.0.0/15"}, {Protocol: "icmp"}}})
+	if err != nil || !ar.Egress.DenyAll || len(ar.Inbound) != 3 || ar.Inbound[1].String() != "udp/53-54,198.18.0.0/15" {
+		t.Fatalf("deny all with inbound rules: %+v, %v", ar, err)
 	}
 	bad := []struct {
 		req  *netslotv1.AcquireRequest
@@ -31,6 +36,12 @@ func TestParseAcquire(t *testing.T) {
 		{&netslotv1.AcquireRequest{EgressAllow: []string{"10.0.0.0/40"}}, "invalid egress cidr"},
 		{&netslotv1.AcquireRequest{EgressAllow: []string{"garbage"}}, "invalid egress cidr"},
 		{&netslotv1.AcquireRequest{Owner: strings.Repeat("o", 300)}, "owner label too long"},
+		{&netslotv1.AcquireRequest{EgressDenyAll: true, EgressAllow: []string{"10.0.0.0/8"}}, "choose one"},
+		{&netslotv1.AcquireRequest{Inbound: []*netslotv1.InboundRule{{Protocol: "tcp"}}}, "invalid inbound ports"},
+		{&netslotv1.AcquireRequest{Inbound: []*netslotv1.InboundRule{{Protocol: "gre"}}}, "invalid inbound protocol"},
+		{&netslotv1.AcquireRequest{Inbound: []*netslotv1.InboundRule{{Protocol: "icmp", Port: 3}}}, "icmp has no ports"},
+		{&netslotv1.AcquireRequest{Inbound: []*netslotv1.InboundRule{{Protocol: "udp", Port: 5, SourceCidr: "10.0.0.1/8"}}}, "host bits"},
+		{&netslotv1.AcquireRequest{Inbound: make([]*netslotv1.InboundRule, 17)}, "invalid inbound protocol"},
 	}
 	for _, tc := range bad {
 		if _, err := parseAcquire(tc.req); err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -45,6 +56,8 @@ func TestStatusCodes(t *testing.T) {
 		fmt.Errorf("x: %w", daemon.ErrNotLeased):    codes.FailedPrecondition,
 		fmt.Errorf("x: %w", daemon.ErrExhausted):    codes.ResourceExhausted,
 		fmt.Errorf("x: %w", daemon.ErrInProgress):   codes.Aborted,
+		fmt.Errorf("x: %w", daemon.ErrInvalid):      codes.InvalidArgument,
+		fmt.Errorf("x: %w", daemon.ErrInUse):        codes.FailedPrecondition,
 		fmt.Errorf("netlink: something went wrong"): codes.Internal,
 	} {
 		if got := status.Code(toStatus(err)); got != code {

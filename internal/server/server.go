@@ -120,7 +120,21 @@ func parseAcquire(req *netslotv1.AcquireRequest) (daemon.AcquireRequest, error) 
 			return ar, err
 		}
 	}
-	if ar.EgressAllow, err = slot.ParseCIDRs("egress cidr", req.GetEgressAllow()); err != nil {
+	if ar.Egress.Allow, err = slot.ParseCIDRs("egress cidr", req.GetEgressAllow()); err != nil {
+		return ar, err
+	}
+	ar.Egress.DenyAll = req.GetEgressDenyAll()
+	if ar.Egress.DenyAll && len(ar.Egress.Allow) > 0 {
+		return ar, fmt.Errorf("egress_deny_all with an egress allow-list: choose one")
+	}
+	for _, r := range req.GetInbound() {
+		ir, err := slot.ParseInbound(r.GetProtocol(), r.GetPort(), r.GetPortEnd(), r.GetSourceCidr())
+		if err != nil {
+			return ar, err
+		}
+		ar.Inbound = append(ar.Inbound, ir)
+	}
+	if err := slot.CheckInbound(ar.Inbound); err != nil {
 		return ar, err
 	}
 	if err := slot.ValidateOwner(req.GetOwner()); err != nil {
@@ -131,7 +145,16 @@ func parseAcquire(req *netslotv1.AcquireRequest) (daemon.AcquireRequest, error) 
 }
 
 func (s *Server) Release(ctx context.Context, req *netslotv1.ReleaseRequest) (*netslotv1.ReleaseResponse, error) {
-	if err := s.d.Release(req.GetId(), req.GetLeaseId()); err != nil {
+	var err error
+	switch {
+	case req.GetForce() && req.GetLeaseId() != "":
+		return nil, status.Error(codes.InvalidArgument, "a forced release names no lease: give lease_id or force, not both")
+	case req.GetForce():
+		err = s.d.ForceRelease(req.GetId())
+	default:
+		err = s.d.Release(req.GetId(), req.GetLeaseId())
+	}
+	if err != nil {
 		return nil, toStatus(err)
 	}
 	return &netslotv1.ReleaseResponse{}, nil
@@ -171,6 +194,7 @@ func (s *Server) Status(ctx context.Context, req *netslotv1.StatusRequest) (*net
 		RootRules:         uint32(st.RootRules),
 		UnderlayIp:        addrString(st.UnderlayIP),
 		UnattributedDrops: st.UnattributedDrops,
+		EgressDeny:        prefixStrings(s.d.DenySet()),
 	}, nil
 }
 
@@ -187,15 +211,14 @@ func (s *Server) slotMsg(info daemon.SlotInfo) *netslotv1.Slot {
 		},
 	}
 	if l := info.Lease; l != nil {
-		m.Lease = &netslotv1.Lease{LeaseId: l.ID, Owner: l.Owner, AcquiredUnixNano: l.AcquiredNs}
-		for _, p := range l.EgressAllow {
-			m.Lease.EgressAllow = append(m.Lease.EgressAllow, p.String())
+		m.Lease = &netslotv1.Lease{LeaseId: l.ID, Owner: l.Owner, AcquiredUnixNano: l.AcquiredNs,
+			EgressAllow: prefixStrings(l.Egress.Allow), EgressDenyAll: l.Egress.DenyAll}
+		for _, r := range l.Inbound {
+			m.Lease.Inbound = append(m.Lease.Inbound, inboundMsg(r))
 		}
 		if a := l.VPC; a != nil {
-			v := &netslotv1.VpcAttachment{Vni: a.VNI, RemoteVtep: a.RemoteVTEP.String(), VpcIp: a.VPCIP.String()}
-			for _, p := range a.VPCCIDRs {
-				v.VpcCidrs = append(v.VpcCidrs, p.String())
-			}
+			v := &netslotv1.VpcAttachment{Vni: a.VNI, RemoteVtep: a.RemoteVTEP.String(), VpcIp: a.VPCIP.String(),
+				VpcCidrs: prefixStrings(a.VPCCIDRs)}
 			if a.PeerMAC != nil {
 				v.PeerMac = a.PeerMAC.String()
 			}
@@ -213,6 +236,28 @@ func (s *Server) slotMsg(info daemon.SlotInfo) *netslotv1.Slot {
 	return m
 }
 
+func prefixStrings(ps []netip.Prefix) []string {
+	if len(ps) == 0 {
+		return nil
+	}
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
+}
+
+func inboundMsg(r slot.InboundRule) *netslotv1.InboundRule {
+	m := &netslotv1.InboundRule{Protocol: slot.ProtoName(r.Proto), Port: uint32(r.PortLo)}
+	if r.PortHi != r.PortLo {
+		m.PortEnd = uint32(r.PortHi)
+	}
+	if r.Src.Bits() != 0 {
+		m.SourceCidr = r.Src.String()
+	}
+	return m
+}
+
 func addrString(a netip.Addr) string {
 	if !a.IsValid() {
 		return ""
@@ -225,6 +270,8 @@ func toStatus(err error) error {
 	switch {
 	case errors.Is(err, daemon.ErrUnknownID):
 		code = codes.NotFound
+	case errors.Is(err, daemon.ErrInvalid):
+		code = codes.InvalidArgument
 	case errors.Is(err, daemon.ErrNotLeased), errors.Is(err, daemon.ErrInUse), errors.Is(err, daemon.ErrNoUplink):
 		code = codes.FailedPrecondition
 	case errors.Is(err, daemon.ErrInProgress):

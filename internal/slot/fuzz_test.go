@@ -84,13 +84,22 @@ func FuzzParseID(f *testing.F) {
 }
 
 // FuzzParseAttachment: a VPC attachment that parses carries a VNI outside
-// the pooled slots' range, IPv4 addresses, and masked IPv4 CIDRs that hold
-// the VPC address.
+// the pooled slots' range, IPv4 addresses and masked IPv4 CIDRs; one the
+// default pool accepts (CheckAttachment) also has a unicast VPC address
+// inside one of its CIDRs, and neither address in the pool's slot range,
+// its guest network or at its underlay address.
 func FuzzParseAttachment(f *testing.F) {
 	f.Add(uint32(9), "198.18.0.9", "10.1.0.5", "10.1.0.0/16", "")
 	f.Add(uint32(0xF00000), "198.18.0.9", "10.1.0.5", "10.1.0.0/16", "02:00:00:00:00:09")
 	f.Add(uint32(1), "::1", "10.1.0.5", "10.1.0.7/16", "ff:ff:ff:ff:ff:ff")
 	f.Add(uint32(5), "198.18.0.9", "10.2.0.5", "10.1.0.0/16,10.2.0.0/24", "01:00:5e:00:00:01")
+	f.Add(uint32(5), "100.64.0.1", "10.1.0.5", "10.1.0.0/16", "")     // a slot's address as VTEP
+	f.Add(uint32(5), "198.18.0.9", "10.9.0.5", "10.1.0.0/16", "")     // VPC address outside the CIDRs
+	f.Add(uint32(5), "198.18.0.2", "10.1.0.5", "10.1.0.0/16", "")     // the underlay as VTEP
+	f.Add(uint32(5), "198.18.0.9", "172.16.0.2", "172.16.0.0/12", "") // the guest address as VPC address
+	f.Add(uint32(5), "198.18.0.9", "224.1.0.5", "224.0.0.0/4", "")
+	underlay := netip.MustParseAddr("198.18.0.2")
+	pool := DefaultConfig("fz", 100)
 	f.Fuzz(func(t *testing.T, vni uint32, vtep, vpcIP, cidrs, peer string) {
 		a, err := ParseAttachment(vni, vtep, vpcIP, strings.Split(cidrs, ","))
 		if err == nil {
@@ -105,9 +114,63 @@ func FuzzParseAttachment(f *testing.F) {
 					t.Fatalf("cidr %s accepted", p)
 				}
 			}
+			if pool.CheckAttachment(a, underlay) == nil {
+				inside := false
+				for _, p := range a.VPCCIDRs {
+					inside = inside || p.Contains(a.VPCIP)
+				}
+				if !inside || a.VPCIP.IsMulticast() || a.VPCIP.IsUnspecified() || a.VPCIP.IsLoopback() {
+					t.Fatalf("vpc ip %s accepted with cidrs %v", a.VPCIP, a.VPCCIDRs)
+				}
+				for _, ip := range []netip.Addr{a.RemoteVTEP, a.VPCIP} {
+					if pool.SlotCIDR.Contains(ip) || pool.GuestCIDR.Contains(ip) {
+						t.Fatalf("%s accepted: inside the pool's own ranges", ip)
+					}
+				}
+				if a.RemoteVTEP == underlay {
+					t.Fatalf("the underlay address accepted as vtep")
+				}
+			}
 		}
 		if m, err := ParsePeerMAC(peer); err == nil && m != nil && (len(m) != 6 || m[0]&1 != 0) {
 			t.Fatalf("peer mac %s accepted", m)
+		}
+	})
+}
+
+// FuzzParseInboundSpec: an inbound rule that parses is TCP or UDP with a
+// port range inside 1..65535, low to high, or ICMP without ports, from a
+// masked IPv4 CIDR; and it prints back to itself.
+func FuzzParseInboundSpec(f *testing.F) {
+	for _, s := range []string{"tcp/8080", "udp/53,198.18.0.0/15", "icmp", "icmp,10.0.0.0/8", "tcp/8000-8100",
+		"tcp/0", "udp/70000", "tcp/9-8", "icmp/5", "sctp/9", "tcp/80,10.0.0.1/8", "tcp/80,::/0", "TCP/22", "tcp/+5", "udp/1-"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, spec string) {
+		r, err := ParseInboundSpec(spec)
+		if err != nil {
+			if strings.ToLower(err.Error()[:1]) != err.Error()[:1] {
+				t.Errorf("error %q: want a lowercase message", err)
+			}
+			return
+		}
+		switch r.Proto {
+		case 6, 17:
+			if r.PortLo == 0 || r.PortHi < r.PortLo {
+				t.Fatalf("%q: ports %d-%d accepted", spec, r.PortLo, r.PortHi)
+			}
+		case 1:
+			if r.PortLo != 0 || r.PortHi != 0 {
+				t.Fatalf("%q: icmp with ports accepted", spec)
+			}
+		default:
+			t.Fatalf("%q: protocol %d accepted", spec, r.Proto)
+		}
+		if !r.Src.Addr().Is4() || r.Src != r.Src.Masked() {
+			t.Fatalf("%q: source %s accepted", spec, r.Src)
+		}
+		if back, err := ParseInboundSpec(r.String()); err != nil || back != r {
+			t.Fatalf("%q prints as %q, which parses to %+v, %v", spec, r.String(), back, err)
 		}
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 )
 
 // Attachment is a slot's connection to a customer VPC through Geneve.
@@ -21,12 +22,26 @@ type Attachment struct {
 
 // Lease is what a tenant asked for when it acquired a slot.
 type Lease struct {
-	ID          string // random, names this lease (see NewLeaseID)
-	Owner       string
-	AcquiredNs  int64
-	VPC         *Attachment
-	EgressAllow []netip.Prefix
+	ID         string // random, names this lease (see NewLeaseID)
+	Owner      string
+	AcquiredNs int64
+	VPC        *Attachment
+	Egress     Egress
+	Inbound    []InboundRule // new traffic from outside the guest accepts
 }
+
+// Egress is where a guest may send, within what the pool denies to every
+// guest whatever its policy (see the daemon's deny set).
+type Egress struct {
+	// Allow lists the destinations; empty with DenyAll false means no
+	// restriction.
+	Allow []netip.Prefix
+	// DenyAll: nowhere (an empty allow-list that says so).
+	DenyAll bool
+}
+
+// Restricted reports whether e limits the guest at all.
+func (e Egress) Restricted() bool { return e.DenyAll || len(e.Allow) > 0 }
 
 // NewLeaseID returns a random lease id.
 func NewLeaseID() string {
@@ -67,6 +82,36 @@ func ParseAttachment(vni uint32, vtep, vpcIP string, cidrs []string) (*Attachmen
 		return nil, err
 	}
 	return a, nil
+}
+
+// CheckAttachment refuses an attachment that parses but cannot work on
+// this pool: a VPC address that is not unicast or lies outside every VPC
+// CIDR, a VTEP or VPC address in the slot CIDR or the guest network (a
+// VTEP at a slot's address would hand one slot's VPC traffic to another),
+// or a VTEP at the underlay address. New leases are checked; stored ones
+// are taken as they were accepted.
+func (c Config) CheckAttachment(a *Attachment, underlay netip.Addr) error {
+	if !a.VPCIP.IsGlobalUnicast() && !a.VPCIP.IsPrivate() {
+		return fmt.Errorf("invalid vpc ip %s: want a unicast address", a.VPCIP)
+	}
+	if !slices.ContainsFunc(a.VPCCIDRs, func(p netip.Prefix) bool { return p.Contains(a.VPCIP) }) {
+		return fmt.Errorf("invalid vpc ip %s: not inside any of the vpc cidrs %v", a.VPCIP, a.VPCCIDRs)
+	}
+	for _, x := range []struct {
+		what string
+		ip   netip.Addr
+	}{{"remote vtep", a.RemoteVTEP}, {"vpc ip", a.VPCIP}} {
+		switch {
+		case c.SlotCIDR.Contains(x.ip):
+			return fmt.Errorf("invalid %s %s: inside the pool's slot cidr %s", x.what, x.ip, c.SlotCIDR)
+		case c.GuestCIDR.Contains(x.ip):
+			return fmt.Errorf("invalid %s %s: inside the guest network %s", x.what, x.ip, c.GuestCIDR)
+		}
+	}
+	if a.RemoteVTEP == underlay {
+		return fmt.Errorf("invalid remote vtep %s: it is this host's underlay address", a.RemoteVTEP)
+	}
+	return nil
 }
 
 // ParsePeerMAC validates the optional VPC peer MAC of an attachment.

@@ -159,3 +159,64 @@ func TestParseAttachment(t *testing.T) {
 		t.Error("oversized owner accepted")
 	}
 }
+
+func TestCheckAttachment(t *testing.T) {
+	pool := DefaultConfig("ck", 100)
+	underlay := netip.MustParseAddr("198.18.0.2")
+	att := func(vtep, ip string, cidrs ...string) *Attachment {
+		a, err := ParseAttachment(5, vtep, ip, cidrs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	if err := pool.CheckAttachment(att("198.18.0.9", "10.1.0.5", "10.2.0.0/16", "10.1.0.0/16"), underlay); err != nil {
+		t.Fatalf("good attachment refused: %v", err)
+	}
+	for _, tc := range []struct {
+		a    *Attachment
+		want string
+	}{
+		{att("100.64.0.1", "10.1.0.5", "10.1.0.0/16"), "remote vtep 100.64.0.1: inside the pool's slot cidr"},
+		{att("172.16.0.2", "10.1.0.5", "10.1.0.0/16"), "remote vtep 172.16.0.2: inside the guest network"},
+		{att("198.18.0.2", "10.1.0.5", "10.1.0.0/16"), "this host's underlay address"},
+		{att("198.18.0.9", "10.9.0.5", "10.1.0.0/16"), "not inside any of the vpc cidrs"},
+		{att("198.18.0.9", "224.0.0.5", "224.0.0.0/4"), "want a unicast address"},
+		{att("198.18.0.9", "255.255.255.255", "255.255.255.255/32"), "want a unicast address"},
+		{att("198.18.0.9", "100.64.0.7", "100.64.0.0/16"), "vpc ip 100.64.0.7: inside the pool's slot cidr"},
+		{att("198.18.0.9", "172.16.0.2", "172.16.0.0/12"), "vpc ip 172.16.0.2: inside the guest network"},
+	} {
+		if err := pool.CheckAttachment(tc.a, underlay); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("vtep %s vpc ip %s cidrs %v: %v, want %q", tc.a.RemoteVTEP, tc.a.VPCIP, tc.a.VPCCIDRs, err, tc.want)
+		}
+	}
+}
+
+func TestParseInboundSpec(t *testing.T) {
+	for spec, want := range map[string]InboundRule{
+		"tcp/8080":             {Proto: 6, PortLo: 8080, PortHi: 8080, Src: anywhere},
+		"udp/53,198.18.0.0/15": {Proto: 17, PortLo: 53, PortHi: 53, Src: netip.MustParsePrefix("198.18.0.0/15")},
+		"tcp/8000-8100":        {Proto: 6, PortLo: 8000, PortHi: 8100, Src: anywhere},
+		"icmp,10.0.0.0/8":      {Proto: 1, Src: netip.MustParsePrefix("10.0.0.0/8")},
+	} {
+		got, err := ParseInboundSpec(spec)
+		if err != nil || got != want {
+			t.Errorf("ParseInboundSpec(%q) = %+v, %v; want %+v", spec, got, err, want)
+		}
+		if got.String() != spec {
+			t.Errorf("%q prints as %q", spec, got.String())
+		}
+	}
+	for spec, want := range map[string]string{
+		"tcp": "want PROTO/PORT", "tcp/0": "want 1..65535", "udp/65536": "want 1..65535", "tcp/9-8": "low to high",
+		"icmp/5": "icmp has no ports", "sctp/9": "want tcp, udp or icmp", "tcp/80,10.0.0.1/8": "host bits", "tcp/x": "port",
+	} {
+		if _, err := ParseInboundSpec(spec); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseInboundSpec(%q) = %v, want an error with %q", spec, err, want)
+		}
+	}
+	many := make([]InboundRule, MaxInboundRules+1)
+	if err := CheckInbound(many); err == nil {
+		t.Error("17 inbound rules accepted")
+	}
+}

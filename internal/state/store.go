@@ -196,11 +196,13 @@ type storedAttachment struct {
 }
 
 type storedLease struct {
-	ID          string            `json:"id,omitempty"`
-	Owner       string            `json:"owner,omitempty"`
-	AcquiredNs  int64             `json:"acquired_ns"`
-	VPC         *storedAttachment `json:"vpc,omitempty"`
-	EgressAllow []string          `json:"egress_allow,omitempty"`
+	ID            string            `json:"id,omitempty"`
+	Owner         string            `json:"owner,omitempty"`
+	AcquiredNs    int64             `json:"acquired_ns"`
+	VPC           *storedAttachment `json:"vpc,omitempty"`
+	EgressAllow   []string          `json:"egress_allow,omitempty"`
+	EgressDenyAll bool              `json:"egress_deny_all,omitempty"`
+	Inbound       []string          `json:"inbound,omitempty"` // slot.ParseInboundSpec's form
 }
 
 func leaseKey(i int) []byte { return []byte(strconv.Itoa(i)) }
@@ -214,7 +216,11 @@ func prefixesToStrings(ps []netip.Prefix) []string {
 }
 
 func encodeLease(l *slot.Lease) ([]byte, error) {
-	sl := storedLease{ID: l.ID, Owner: l.Owner, AcquiredNs: l.AcquiredNs, EgressAllow: prefixesToStrings(l.EgressAllow)}
+	sl := storedLease{ID: l.ID, Owner: l.Owner, AcquiredNs: l.AcquiredNs,
+		EgressAllow: prefixesToStrings(l.Egress.Allow), EgressDenyAll: l.Egress.DenyAll}
+	for _, r := range l.Inbound {
+		sl.Inbound = append(sl.Inbound, r.String())
+	}
 	if a := l.VPC; a != nil {
 		sl.VPC = &storedAttachment{VNI: a.VNI, RemoteVTEP: a.RemoteVTEP.String(), VPCIP: a.VPCIP.String(), VPCCIDRs: prefixesToStrings(a.VPCCIDRs)}
 		if a.PeerMAC != nil {
@@ -229,9 +235,12 @@ func decodeLease(b []byte) (*slot.Lease, error) {
 	if err := json.Unmarshal(b, &sl); err != nil {
 		return nil, err
 	}
-	l := &slot.Lease{ID: sl.ID, Owner: sl.Owner, AcquiredNs: sl.AcquiredNs}
+	l := &slot.Lease{ID: sl.ID, Owner: sl.Owner, AcquiredNs: sl.AcquiredNs, Egress: slot.Egress{DenyAll: sl.EgressDenyAll}}
 	var err error
-	if l.EgressAllow, err = slot.ParseCIDRs("egress cidr", sl.EgressAllow); err != nil {
+	if l.Egress.Allow, err = slot.ParseCIDRs("egress cidr", sl.EgressAllow); err != nil {
+		return nil, err
+	}
+	if l.Inbound, err = slot.ParseInboundSpecs(sl.Inbound); err != nil {
 		return nil, err
 	}
 	if a := sl.VPC; a != nil {

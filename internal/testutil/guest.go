@@ -37,6 +37,24 @@ func (g *Guest) Send(frame []byte) error {
 // Close detaches from the tap.
 func (g *Guest) Close() error { return g.f.Close() }
 
+// SetCarrier turns the tap's carrier on or off while the guest keeps it
+// open, as a VMM may (TUNSETCARRIER).
+func (g *Guest) SetCarrier(on bool) error {
+	v := 0
+	if on {
+		v = 1
+	}
+	rc, err := g.f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var errno error
+	if err := rc.Control(func(fd uintptr) { errno = unix.IoctlSetPointerInt(int(fd), unix.TUNSETCARRIER, v) }); err != nil {
+		return err
+	}
+	return errno
+}
+
 // Checksum is the Internet checksum of b.
 func Checksum(b []byte) uint16 {
 	var s uint32

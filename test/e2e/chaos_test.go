@@ -104,7 +104,7 @@ func TestCrashChaos(t *testing.T) {
 						mu.Lock()
 						lease := held[ids[k]]
 						mu.Unlock()
-						err := c.ReleaseLease(ctx(t), ids[k], lease)
+						err := c.Release(ctx(t), ids[k], lease)
 						mu.Lock()
 						if err != nil {
 							releasing[ids[k]] = lease
@@ -173,7 +173,7 @@ func TestCrashChaos(t *testing.T) {
 		// Leases recorded but not acknowledged: released by their tenant.
 		for id, lease := range leased {
 			if _, ok := held[id]; !ok {
-				if err := c.ReleaseLease(ctx(t), id, lease); err != nil {
+				if err := c.Release(ctx(t), id, lease); err != nil {
 					t.Errorf("trial %d: release unacknowledged lease of %s: %v", trial, id, err)
 				}
 			}
@@ -182,7 +182,7 @@ func TestCrashChaos(t *testing.T) {
 		// be back to what a clean one holds (no client connected).
 		if trial%3 == 2 {
 			for id, lease := range held {
-				if err := c.ReleaseLease(ctx(t), id, lease); err != nil {
+				if err := c.Release(ctx(t), id, lease); err != nil {
 					t.Errorf("trial %d: release %s: %v", trial, id, err)
 				}
 				delete(held, id)

@@ -104,7 +104,7 @@ func TestStartWhileLinksChurn(t *testing.T) {
 		t.Fatalf("restart under churn: %+v, want all 1,000 slots adopted and 50 leased", st)
 	}
 	for id, lease := range leases {
-		if err := c.ReleaseLease(ctx(t), id, lease); err != nil {
+		if err := c.Release(ctx(t), id, lease); err != nil {
 			t.Errorf("release %s: %v", id, err)
 		}
 	}

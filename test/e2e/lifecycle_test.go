@@ -30,6 +30,9 @@ type slotJSON struct {
 		HostDevName string `json:"host_dev_name"`
 		GuestMAC    string `json:"guest_mac"`
 	} `json:"firecracker"`
+	Lease struct {
+		LeaseID string `json:"lease_id"`
+	} `json:"lease"`
 }
 
 type statusJSON struct {
@@ -150,11 +153,22 @@ func TestLifecycleThroughCLI(t *testing.T) {
 			t.Fatalf("netslot %v: %q %v", human, out, err)
 		}
 	}
-	if _, err := p.cli("release", a.ID); err != nil {
+	// A VM launcher releases the lease it got; by hand, without a lease
+	// id, the release is forced, and the daemon logs it.
+	if _, err := p.cli("release", a.ID, "--lease", "0000000000000000"); err == nil || !strings.Contains(err.Error(), "held by another lease") {
+		t.Fatalf("release with another lease id: %v", err)
+	}
+	if _, err := p.cli("release", a.ID, "--lease", a.Lease.LeaseID); err != nil {
 		t.Fatal(err)
+	}
+	if strings.Contains(p.log.String(), "forced release") {
+		t.Fatalf("a release by lease id was logged as forced:\n%s", p.log)
 	}
 	if _, err := p.cli("release", b.ID); err != nil {
 		t.Fatal(err)
+	}
+	if !strings.Contains(p.log.String(), "forced release") || !strings.Contains(p.log.String(), b.ID) {
+		t.Errorf("the forced release of %s is not in the daemon's log:\n%s", b.ID, p.log)
 	}
 	if st := p.status(); st.Free != 300 || st.Leased != 0 {
 		t.Fatalf("status after release: %+v", st)
@@ -180,6 +194,11 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{[]string{"acquire", "--vni", "7", "--vtep", "198.18.0.9", "--vpc-ip", "10.1.0.5", "--vpc-cidr", "10.1.0.0/16"}, "no uplink"},
 		{[]string{"acquire", "--allow", "10.0.0.0"}, "invalid egress cidr"},
 		{[]string{"acquire", "--allow", "10.0.0.1/8"}, "host bits"},
+		{[]string{"acquire", "--allow", "10.0.0.0/8", "--deny-all"}, "choose one"},
+		{[]string{"acquire", "--inbound", "tcp"}, "want PROTO/PORT"},
+		{[]string{"acquire", "--inbound", "tcp/0"}, "invalid inbound ports"},
+		{[]string{"acquire", "--inbound", "sctp/80"}, "invalid inbound protocol"},
+		{[]string{"acquire", "--inbound", "udp/53,10.0.0.1/8"}, "host bits"},
 		{[]string{"release", p.prefix + "-999"}, "unknown slot id"},
 		{[]string{"release", "nonsense"}, "unknown slot id"},
 		{[]string{"show", p.prefix + "-20"}, "unknown slot id"},

@@ -48,7 +48,7 @@ func TestLoadCycles(t *testing.T) {
 			return fmt.Errorf("acquire: %w", err)
 		}
 		*lat = append(*lat, time.Since(start))
-		if err := c.Release(ctx(t), s.Id); err != nil {
+		if err := c.Release(ctx(t), s.Id, s.GetLease().GetLeaseId()); err != nil {
 			return fmt.Errorf("release %s: %w", s.Id, err)
 		}
 		return nil

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -77,7 +78,7 @@ func TestRestartRepairsAndRemovesStrays(t *testing.T) {
 		}
 	}
 	ns("3", "ip", "link", "del", "tap0")                                 // a device gone
-	ns("4", "nft", "flush", "table", "netdev", p.prefix)                 // firewall emptied
+	ns("4", "nft", "flush", "table", "netdev", p.prefix)                 // firewall emptied: rewritten, the slot kept
 	ns("5", "ip", "addr", "flush", "dev", "eth0")                        // address gone
 	ns("6", "ip", "link", "set", "tap0", "address", "02:00:00:00:00:99") // MAC changed
 	if out, err := exec.Command("ip", "link", "set", p.prefix+"7", "down").CombinedOutput(); err != nil {
@@ -103,8 +104,14 @@ func TestRestartRepairsAndRemovesStrays(t *testing.T) {
 
 	p.start()
 	st := p.status()
-	if st.Boot.Repaired+st.Boot.Created != 6 || st.Boot.Adopted != 44 || st.Free != 50 {
+	if st.Boot.Repaired+st.Boot.Created != 5 || st.Boot.Adopted != 45 || st.Free != 50 {
 		t.Fatalf("after damage: %+v", st)
+	}
+	if !strings.Contains(p.log.String(), "slot firewall differs") || !strings.Contains(p.log.String(), p.prefix+"-4") {
+		t.Errorf("slot 4's emptied firewall was not rewritten in place:\n%s", p.log)
+	}
+	if out, err := exec.Command("ip", "netns", "exec", p.prefix+"-4", "nft", "list", "table", "netdev", p.prefix).CombinedOutput(); err != nil || !strings.Contains(string(out), "@egress") {
+		t.Errorf("slot 4's firewall after the restart: %v\n%s", err, out)
 	}
 	if o := p.kernelObjects(); o.Pins != 50 || o.RootTables != 1 || o.HostVeths != 50 {
 		t.Fatalf("objects after repair: %+v", o)

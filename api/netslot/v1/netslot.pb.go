@@ -108,21 +108,104 @@ func (x *VpcAttachment) GetPeerMac() string {
 	return ""
 }
 
+// InboundRule opens the guest to new traffic from outside. Without rules
+// a guest receives only replies to its own flows (TCP segments with ACK or
+// RST, UDP and ICMP echo replies from the peers it sent to lately, ICMP
+// errors about its packets).
+type InboundRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "tcp", "udp" or "icmp".
+	Protocol string `protobuf:"bytes,1,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// TCP and UDP: the destination port, 1..65535 (none for ICMP).
+	Port uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	// Optional, TCP and UDP: the last port of a range starting at port.
+	PortEnd uint32 `protobuf:"varint,3,opt,name=port_end,json=portEnd,proto3" json:"port_end,omitempty"`
+	// Optional: the IPv4 CIDR the traffic may come from (default: anywhere).
+	SourceCidr    string `protobuf:"bytes,4,opt,name=source_cidr,json=sourceCidr,proto3" json:"source_cidr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InboundRule) Reset() {
+	*x = InboundRule{}
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InboundRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InboundRule) ProtoMessage() {}
+
+func (x *InboundRule) ProtoReflect() protoreflect.Message {
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InboundRule.ProtoReflect.Descriptor instead.
+func (*InboundRule) Descriptor() ([]byte, []int) {
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *InboundRule) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *InboundRule) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *InboundRule) GetPortEnd() uint32 {
+	if x != nil {
+		return x.PortEnd
+	}
+	return 0
+}
+
+func (x *InboundRule) GetSourceCidr() string {
+	if x != nil {
+		return x.SourceCidr
+	}
+	return ""
+}
+
 type AcquireRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Optional: attach the slot to a VPC.
 	Vpc *VpcAttachment `protobuf:"bytes,1,opt,name=vpc,proto3" json:"vpc,omitempty"`
-	// Optional: IPv4 CIDRs the guest may send to. Empty means no restriction.
+	// Optional: IPv4 CIDRs the guest may send to. Empty means no restriction
+	// (unless egress_deny_all). Either way the pool's deny set applies
+	// (StatusResponse.egress_deny): link-local, multicast, the underlay's
+	// subnets and the operator's ranges are never reachable.
 	EgressAllow []string `protobuf:"bytes,2,rep,name=egress_allow,json=egressAllow,proto3" json:"egress_allow,omitempty"`
 	// Optional free-form label stored with the lease (for example a VM id).
-	Owner         string `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
+	Owner string `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Optional: the guest may send nowhere (egress_allow must be empty).
+	EgressDenyAll bool `protobuf:"varint,4,opt,name=egress_deny_all,json=egressDenyAll,proto3" json:"egress_deny_all,omitempty"`
+	// Optional: new traffic from outside the guest accepts (at most 16).
+	Inbound       []*InboundRule `protobuf:"bytes,5,rep,name=inbound,proto3" json:"inbound,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AcquireRequest) Reset() {
 	*x = AcquireRequest{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[1]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -134,7 +217,7 @@ func (x *AcquireRequest) String() string {
 func (*AcquireRequest) ProtoMessage() {}
 
 func (x *AcquireRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[1]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -147,7 +230,7 @@ func (x *AcquireRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireRequest.ProtoReflect.Descriptor instead.
 func (*AcquireRequest) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{1}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *AcquireRequest) GetVpc() *VpcAttachment {
@@ -171,6 +254,20 @@ func (x *AcquireRequest) GetOwner() string {
 	return ""
 }
 
+func (x *AcquireRequest) GetEgressDenyAll() bool {
+	if x != nil {
+		return x.EgressDenyAll
+	}
+	return false
+}
+
+func (x *AcquireRequest) GetInbound() []*InboundRule {
+	if x != nil {
+		return x.Inbound
+	}
+	return nil
+}
+
 // FirecrackerInterface holds the fields of a Firecracker network-interface
 // (PUT /network-interfaces/{iface_id}).
 type FirecrackerInterface struct {
@@ -184,7 +281,7 @@ type FirecrackerInterface struct {
 
 func (x *FirecrackerInterface) Reset() {
 	*x = FirecrackerInterface{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[2]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -196,7 +293,7 @@ func (x *FirecrackerInterface) String() string {
 func (*FirecrackerInterface) ProtoMessage() {}
 
 func (x *FirecrackerInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[2]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -209,7 +306,7 @@ func (x *FirecrackerInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirecrackerInterface.ProtoReflect.Descriptor instead.
 func (*FirecrackerInterface) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{2}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *FirecrackerInterface) GetIfaceId() string {
@@ -241,14 +338,16 @@ type Lease struct {
 	EgressAllow      []string               `protobuf:"bytes,4,rep,name=egress_allow,json=egressAllow,proto3" json:"egress_allow,omitempty"`
 	// Names this lease among all leases of the slot over time. A release
 	// that gives it only frees this lease, never a later tenant's.
-	LeaseId       string `protobuf:"bytes,5,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	LeaseId       string         `protobuf:"bytes,5,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	EgressDenyAll bool           `protobuf:"varint,6,opt,name=egress_deny_all,json=egressDenyAll,proto3" json:"egress_deny_all,omitempty"`
+	Inbound       []*InboundRule `protobuf:"bytes,7,rep,name=inbound,proto3" json:"inbound,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[3]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -260,7 +359,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[3]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -273,7 +372,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{3}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Lease) GetOwner() string {
@@ -311,6 +410,20 @@ func (x *Lease) GetLeaseId() string {
 	return ""
 }
 
+func (x *Lease) GetEgressDenyAll() bool {
+	if x != nil {
+		return x.EgressDenyAll
+	}
+	return false
+}
+
+func (x *Lease) GetInbound() []*InboundRule {
+	if x != nil {
+		return x.Inbound
+	}
+	return nil
+}
+
 type Slot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -338,7 +451,7 @@ type Slot struct {
 
 func (x *Slot) Reset() {
 	*x = Slot{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[4]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -350,7 +463,7 @@ func (x *Slot) String() string {
 func (*Slot) ProtoMessage() {}
 
 func (x *Slot) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[4]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -363,7 +476,7 @@ func (x *Slot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Slot.ProtoReflect.Descriptor instead.
 func (*Slot) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{4}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Slot) GetId() string {
@@ -490,7 +603,7 @@ type Datapath struct {
 
 func (x *Datapath) Reset() {
 	*x = Datapath{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[5]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -502,7 +615,7 @@ func (x *Datapath) String() string {
 func (*Datapath) ProtoMessage() {}
 
 func (x *Datapath) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[5]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -515,7 +628,7 @@ func (x *Datapath) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Datapath.ProtoReflect.Descriptor instead.
 func (*Datapath) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{5}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Datapath) GetVni() uint32 {
@@ -611,7 +724,7 @@ type AcquireResponse struct {
 
 func (x *AcquireResponse) Reset() {
 	*x = AcquireResponse{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[6]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -623,7 +736,7 @@ func (x *AcquireResponse) String() string {
 func (*AcquireResponse) ProtoMessage() {}
 
 func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[6]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -636,7 +749,7 @@ func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireResponse.ProtoReflect.Descriptor instead.
 func (*AcquireResponse) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{6}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AcquireResponse) GetSlot() *Slot {
@@ -649,15 +762,21 @@ func (x *AcquireResponse) GetSlot() *Slot {
 type ReleaseRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// Optional: refuse unless the slot is still held by this lease.
-	LeaseId       string `protobuf:"bytes,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	// The lease to end (from the acquire's answer): the release is refused
+	// unless the slot is still held by it, so that a late or repeated
+	// release never frees a later tenant's slot. Required unless force.
+	LeaseId string `protobuf:"bytes,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	// Release whatever lease holds the slot (an operator's clean-up; logged
+	// by the daemon). A retried forced release can free the next tenant's
+	// slot: VM launchers name the lease instead.
+	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[7]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -669,7 +788,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[7]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -682,7 +801,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{7}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReleaseRequest) GetId() string {
@@ -699,6 +818,13 @@ func (x *ReleaseRequest) GetLeaseId() string {
 	return ""
 }
 
+func (x *ReleaseRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
 type ReleaseResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -707,7 +833,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[8]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -719,7 +845,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[8]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -732,7 +858,7 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{8}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{9}
 }
 
 type GetRequest struct {
@@ -744,7 +870,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[9]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -756,7 +882,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[9]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -769,7 +895,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{9}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetRequest) GetId() string {
@@ -787,7 +913,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[10]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -799,7 +925,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[10]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -812,7 +938,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{10}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{11}
 }
 
 type ListResponse struct {
@@ -824,7 +950,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[11]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -836,7 +962,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[11]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -849,7 +975,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{11}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListResponse) GetSlots() []*Slot {
@@ -867,7 +993,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[12]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1005,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[12]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1018,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{12}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{13}
 }
 
 type BootProgress struct {
@@ -914,7 +1040,7 @@ type BootProgress struct {
 
 func (x *BootProgress) Reset() {
 	*x = BootProgress{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[13]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -926,7 +1052,7 @@ func (x *BootProgress) String() string {
 func (*BootProgress) ProtoMessage() {}
 
 func (x *BootProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[13]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -939,7 +1065,7 @@ func (x *BootProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootProgress.ProtoReflect.Descriptor instead.
 func (*BootProgress) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{13}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *BootProgress) GetReady() uint32 {
@@ -1022,15 +1148,18 @@ type StatusResponse struct {
 	// The underlay address Geneve leaves from ("" without an uplink).
 	UnderlayIp string `protobuf:"bytes,12,opt,name=underlay_ip,json=underlayIp,proto3" json:"underlay_ip,omitempty"`
 	// Packets that belong to no slot and were dropped, by reason (Geneve for
-	// unknown VNIs, dummy VNIs, malformed headers...).
+	// unknown VNIs, dummy VNIs, malformed headers, traffic to or from slots
+	// that are not leased...).
 	UnattributedDrops map[string]uint64 `protobuf:"bytes,13,rep,name=unattributed_drops,json=unattributedDrops,proto3" json:"unattributed_drops,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// What no guest of the pool may send to, whatever its lease says.
+	EgressDeny    []string `protobuf:"bytes,14,rep,name=egress_deny,json=egressDeny,proto3" json:"egress_deny,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[14]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1042,7 +1171,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[14]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1055,7 +1184,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{14}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StatusResponse) GetTotal() uint32 {
@@ -1149,6 +1278,13 @@ func (x *StatusResponse) GetUnattributedDrops() map[string]uint64 {
 	return nil
 }
 
+func (x *StatusResponse) GetEgressDeny() []string {
+	if x != nil {
+		return x.EgressDeny
+	}
+	return nil
+}
+
 var File_api_netslot_v1_netslot_proto protoreflect.FileDescriptor
 
 const file_api_netslot_v1_netslot_proto_rawDesc = "" +
@@ -1161,21 +1297,31 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"remoteVtep\x12\x15\n" +
 	"\x06vpc_ip\x18\x03 \x01(\tR\x05vpcIp\x12\x1b\n" +
 	"\tvpc_cidrs\x18\x04 \x03(\tR\bvpcCidrs\x12\x19\n" +
-	"\bpeer_mac\x18\x05 \x01(\tR\apeerMac\"v\n" +
+	"\bpeer_mac\x18\x05 \x01(\tR\apeerMac\"y\n" +
+	"\vInboundRule\x12\x1a\n" +
+	"\bprotocol\x18\x01 \x01(\tR\bprotocol\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x19\n" +
+	"\bport_end\x18\x03 \x01(\rR\aportEnd\x12\x1f\n" +
+	"\vsource_cidr\x18\x04 \x01(\tR\n" +
+	"sourceCidr\"\xd1\x01\n" +
 	"\x0eAcquireRequest\x12+\n" +
 	"\x03vpc\x18\x01 \x01(\v2\x19.netslot.v1.VpcAttachmentR\x03vpc\x12!\n" +
 	"\fegress_allow\x18\x02 \x03(\tR\vegressAllow\x12\x14\n" +
-	"\x05owner\x18\x03 \x01(\tR\x05owner\"r\n" +
+	"\x05owner\x18\x03 \x01(\tR\x05owner\x12&\n" +
+	"\x0fegress_deny_all\x18\x04 \x01(\bR\regressDenyAll\x121\n" +
+	"\ainbound\x18\x05 \x03(\v2\x17.netslot.v1.InboundRuleR\ainbound\"r\n" +
 	"\x14FirecrackerInterface\x12\x19\n" +
 	"\biface_id\x18\x01 \x01(\tR\aifaceId\x12\"\n" +
 	"\rhost_dev_name\x18\x02 \x01(\tR\vhostDevName\x12\x1b\n" +
-	"\tguest_mac\x18\x03 \x01(\tR\bguestMac\"\xb6\x01\n" +
+	"\tguest_mac\x18\x03 \x01(\tR\bguestMac\"\x91\x02\n" +
 	"\x05Lease\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\tR\x05owner\x12,\n" +
 	"\x12acquired_unix_nano\x18\x02 \x01(\x03R\x10acquiredUnixNano\x12+\n" +
 	"\x03vpc\x18\x03 \x01(\v2\x19.netslot.v1.VpcAttachmentR\x03vpc\x12!\n" +
 	"\fegress_allow\x18\x04 \x03(\tR\vegressAllow\x12\x19\n" +
-	"\blease_id\x18\x05 \x01(\tR\aleaseId\"\xc0\x03\n" +
+	"\blease_id\x18\x05 \x01(\tR\aleaseId\x12&\n" +
+	"\x0fegress_deny_all\x18\x06 \x01(\bR\regressDenyAll\x121\n" +
+	"\ainbound\x18\a \x03(\v2\x17.netslot.v1.InboundRuleR\ainbound\"\xc0\x03\n" +
 	"\x04Slot\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\rR\x05index\x12\x14\n" +
@@ -1215,10 +1361,11 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"7\n" +
 	"\x0fAcquireResponse\x12$\n" +
-	"\x04slot\x18\x01 \x01(\v2\x10.netslot.v1.SlotR\x04slot\";\n" +
+	"\x04slot\x18\x01 \x01(\v2\x10.netslot.v1.SlotR\x04slot\"Q\n" +
 	"\x0eReleaseRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
-	"\blease_id\x18\x02 \x01(\tR\aleaseId\"\x11\n" +
+	"\blease_id\x18\x02 \x01(\tR\aleaseId\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"\x11\n" +
 	"\x0fReleaseResponse\"\x1c\n" +
 	"\n" +
 	"GetRequest\x12\x0e\n" +
@@ -1237,7 +1384,7 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"etaSeconds\x12'\n" +
 	"\x0felapsed_seconds\x18\a \x01(\x01R\x0eelapsedSeconds\x124\n" +
 	"\x17ms_per_slot_first_tenth\x18\b \x01(\x01R\x13msPerSlotFirstTenth\x122\n" +
-	"\x16ms_per_slot_last_tenth\x18\t \x01(\x01R\x12msPerSlotLastTenth\"\x88\x04\n" +
+	"\x16ms_per_slot_last_tenth\x18\t \x01(\x01R\x12msPerSlotLastTenth\"\xa9\x04\n" +
 	"\x0eStatusResponse\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\rR\x05total\x12\x12\n" +
 	"\x04free\x18\x02 \x01(\rR\x04free\x12\x16\n" +
@@ -1254,7 +1401,9 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"root_rules\x18\v \x01(\rR\trootRules\x12\x1f\n" +
 	"\vunderlay_ip\x18\f \x01(\tR\n" +
 	"underlayIp\x12`\n" +
-	"\x12unattributed_drops\x18\r \x03(\v21.netslot.v1.StatusResponse.UnattributedDropsEntryR\x11unattributedDrops\x1aD\n" +
+	"\x12unattributed_drops\x18\r \x03(\v21.netslot.v1.StatusResponse.UnattributedDropsEntryR\x11unattributedDrops\x12\x1f\n" +
+	"\vegress_deny\x18\x0e \x03(\tR\n" +
+	"egressDeny\x1aD\n" +
 	"\x16UnattributedDropsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x012\xc2\x02\n" +
@@ -1277,52 +1426,55 @@ func file_api_netslot_v1_netslot_proto_rawDescGZIP() []byte {
 	return file_api_netslot_v1_netslot_proto_rawDescData
 }
 
-var file_api_netslot_v1_netslot_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_api_netslot_v1_netslot_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_api_netslot_v1_netslot_proto_goTypes = []any{
 	(*VpcAttachment)(nil),        // 0: netslot.v1.VpcAttachment
-	(*AcquireRequest)(nil),       // 1: netslot.v1.AcquireRequest
-	(*FirecrackerInterface)(nil), // 2: netslot.v1.FirecrackerInterface
-	(*Lease)(nil),                // 3: netslot.v1.Lease
-	(*Slot)(nil),                 // 4: netslot.v1.Slot
-	(*Datapath)(nil),             // 5: netslot.v1.Datapath
-	(*AcquireResponse)(nil),      // 6: netslot.v1.AcquireResponse
-	(*ReleaseRequest)(nil),       // 7: netslot.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),      // 8: netslot.v1.ReleaseResponse
-	(*GetRequest)(nil),           // 9: netslot.v1.GetRequest
-	(*ListRequest)(nil),          // 10: netslot.v1.ListRequest
-	(*ListResponse)(nil),         // 11: netslot.v1.ListResponse
-	(*StatusRequest)(nil),        // 12: netslot.v1.StatusRequest
-	(*BootProgress)(nil),         // 13: netslot.v1.BootProgress
-	(*StatusResponse)(nil),       // 14: netslot.v1.StatusResponse
-	nil,                          // 15: netslot.v1.Datapath.DropsEntry
-	nil,                          // 16: netslot.v1.StatusResponse.UnattributedDropsEntry
+	(*InboundRule)(nil),          // 1: netslot.v1.InboundRule
+	(*AcquireRequest)(nil),       // 2: netslot.v1.AcquireRequest
+	(*FirecrackerInterface)(nil), // 3: netslot.v1.FirecrackerInterface
+	(*Lease)(nil),                // 4: netslot.v1.Lease
+	(*Slot)(nil),                 // 5: netslot.v1.Slot
+	(*Datapath)(nil),             // 6: netslot.v1.Datapath
+	(*AcquireResponse)(nil),      // 7: netslot.v1.AcquireResponse
+	(*ReleaseRequest)(nil),       // 8: netslot.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),      // 9: netslot.v1.ReleaseResponse
+	(*GetRequest)(nil),           // 10: netslot.v1.GetRequest
+	(*ListRequest)(nil),          // 11: netslot.v1.ListRequest
+	(*ListResponse)(nil),         // 12: netslot.v1.ListResponse
+	(*StatusRequest)(nil),        // 13: netslot.v1.StatusRequest
+	(*BootProgress)(nil),         // 14: netslot.v1.BootProgress
+	(*StatusResponse)(nil),       // 15: netslot.v1.StatusResponse
+	nil,                          // 16: netslot.v1.Datapath.DropsEntry
+	nil,                          // 17: netslot.v1.StatusResponse.UnattributedDropsEntry
 }
 var file_api_netslot_v1_netslot_proto_depIdxs = []int32{
 	0,  // 0: netslot.v1.AcquireRequest.vpc:type_name -> netslot.v1.VpcAttachment
-	0,  // 1: netslot.v1.Lease.vpc:type_name -> netslot.v1.VpcAttachment
-	2,  // 2: netslot.v1.Slot.firecracker:type_name -> netslot.v1.FirecrackerInterface
-	3,  // 3: netslot.v1.Slot.lease:type_name -> netslot.v1.Lease
-	5,  // 4: netslot.v1.Slot.datapath:type_name -> netslot.v1.Datapath
-	15, // 5: netslot.v1.Datapath.drops:type_name -> netslot.v1.Datapath.DropsEntry
-	4,  // 6: netslot.v1.AcquireResponse.slot:type_name -> netslot.v1.Slot
-	4,  // 7: netslot.v1.ListResponse.slots:type_name -> netslot.v1.Slot
-	13, // 8: netslot.v1.StatusResponse.boot:type_name -> netslot.v1.BootProgress
-	16, // 9: netslot.v1.StatusResponse.unattributed_drops:type_name -> netslot.v1.StatusResponse.UnattributedDropsEntry
-	1,  // 10: netslot.v1.SlotService.Acquire:input_type -> netslot.v1.AcquireRequest
-	7,  // 11: netslot.v1.SlotService.Release:input_type -> netslot.v1.ReleaseRequest
-	9,  // 12: netslot.v1.SlotService.Get:input_type -> netslot.v1.GetRequest
-	10, // 13: netslot.v1.SlotService.List:input_type -> netslot.v1.ListRequest
-	12, // 14: netslot.v1.SlotService.Status:input_type -> netslot.v1.StatusRequest
-	6,  // 15: netslot.v1.SlotService.Acquire:output_type -> netslot.v1.AcquireResponse
-	8,  // 16: netslot.v1.SlotService.Release:output_type -> netslot.v1.ReleaseResponse
-	4,  // 17: netslot.v1.SlotService.Get:output_type -> netslot.v1.Slot
-	11, // 18: netslot.v1.SlotService.List:output_type -> netslot.v1.ListResponse
-	14, // 19: netslot.v1.SlotService.Status:output_type -> netslot.v1.StatusResponse
-	15, // [15:20] is the sub-list for method output_type
-	10, // [10:15] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	1,  // 1: netslot.v1.AcquireRequest.inbound:type_name -> netslot.v1.InboundRule
+	0,  // 2: netslot.v1.Lease.vpc:type_name -> netslot.v1.VpcAttachment
+	1,  // 3: netslot.v1.Lease.inbound:type_name -> netslot.v1.InboundRule
+	3,  // 4: netslot.v1.Slot.firecracker:type_name -> netslot.v1.FirecrackerInterface
+	4,  // 5: netslot.v1.Slot.lease:type_name -> netslot.v1.Lease
+	6,  // 6: netslot.v1.Slot.datapath:type_name -> netslot.v1.Datapath
+	16, // 7: netslot.v1.Datapath.drops:type_name -> netslot.v1.Datapath.DropsEntry
+	5,  // 8: netslot.v1.AcquireResponse.slot:type_name -> netslot.v1.Slot
+	5,  // 9: netslot.v1.ListResponse.slots:type_name -> netslot.v1.Slot
+	14, // 10: netslot.v1.StatusResponse.boot:type_name -> netslot.v1.BootProgress
+	17, // 11: netslot.v1.StatusResponse.unattributed_drops:type_name -> netslot.v1.StatusResponse.UnattributedDropsEntry
+	2,  // 12: netslot.v1.SlotService.Acquire:input_type -> netslot.v1.AcquireRequest
+	8,  // 13: netslot.v1.SlotService.Release:input_type -> netslot.v1.ReleaseRequest
+	10, // 14: netslot.v1.SlotService.Get:input_type -> netslot.v1.GetRequest
+	11, // 15: netslot.v1.SlotService.List:input_type -> netslot.v1.ListRequest
+	13, // 16: netslot.v1.SlotService.Status:input_type -> netslot.v1.StatusRequest
+	7,  // 17: netslot.v1.SlotService.Acquire:output_type -> netslot.v1.AcquireResponse
+	9,  // 18: netslot.v1.SlotService.Release:output_type -> netslot.v1.ReleaseResponse
+	5,  // 19: netslot.v1.SlotService.Get:output_type -> netslot.v1.Slot
+	12, // 20: netslot.v1.SlotService.List:output_type -> netslot.v1.ListResponse
+	15, // 21: netslot.v1.SlotService.Status:output_type -> netslot.v1.StatusResponse
+	17, // [17:22] is the sub-list for method output_type
+	12, // [12:17] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_api_netslot_v1_netslot_proto_init() }
@@ -1336,7 +1488,7 @@ func file_api_netslot_v1_netslot_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_netslot_v1_netslot_proto_rawDesc), len(file_api_netslot_v1_netslot_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

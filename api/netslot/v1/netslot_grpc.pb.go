@@ -36,7 +36,8 @@ type SlotServiceClient interface {
 	// Acquire leases a free, pre-created slot. It never waits: an empty pool is
 	// answered at once with RESOURCE_EXHAUSTED.
 	Acquire(ctx context.Context, in *AcquireRequest, opts ...grpc.CallOption) (*AcquireResponse, error)
-	// Release scrubs a leased slot and returns it to the pool.
+	// Release scrubs a leased slot and returns it to the pool. It names the
+	// lease it ends (lease_id), or says it is forced.
 	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error)
 	// Get describes one slot.
 	Get(ctx context.Context, in *GetRequest, opts ...grpc.CallOption) (*Slot, error)
@@ -111,7 +112,8 @@ type SlotServiceServer interface {
 	// Acquire leases a free, pre-created slot. It never waits: an empty pool is
 	// answered at once with RESOURCE_EXHAUSTED.
 	Acquire(context.Context, *AcquireRequest) (*AcquireResponse, error)
-	// Release scrubs a leased slot and returns it to the pool.
+	// Release scrubs a leased slot and returns it to the pool. It names the
+	// lease it ends (lease_id), or says it is forced.
 	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
 	// Get describes one slot.
 	Get(context.Context, *GetRequest) (*Slot, error)
