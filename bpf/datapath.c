@@ -290,9 +290,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vpc_routes SEC(".maps");
 
+/* netslotd writes these two through a memory mapping, not a syscall per
+ * update: opening a lease is one store (the flags word, last), a release
+ * clears a slot's flows with a memset. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct lease_policy);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -301,6 +305,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct slot_flows);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);

@@ -61,6 +61,8 @@ type Datapath struct {
 	cfg  Config
 	dir  string
 	objs datapathObjects
+	// The leases and flows maps, mapped into memory.
+	leases, flows *mmapArray
 
 	// The inbound keys and their owners, and the number of slots per VNI:
 	// mirrors of vni_dst and vnis, so that an attach checks conflicts and
@@ -116,6 +118,13 @@ func Open(c Config) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
+	if d.leases, err = mapArray(d.objs.Leases); err == nil {
+		d.flows, err = mapArray(d.objs.Flows)
+	}
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
 	if err := d.writeConfig(); err != nil {
 		d.Close()
 		return nil, err
@@ -131,9 +140,11 @@ func Open(c Config) (*Datapath, error) {
 	return d, nil
 }
 
-// Close releases the loaded objects; pinned maps and links stay in the
-// kernel and keep forwarding.
-func (d *Datapath) Close() error { return d.objs.Close() }
+// Close releases the loaded objects and memory mappings; pinned maps and
+// links stay in the kernel and keep forwarding.
+func (d *Datapath) Close() error {
+	return errors.Join(d.leases.close(), d.flows.close(), d.objs.Close())
+}
 
 func be32(a netip.Addr) uint32 {
 	if !a.Is4() {

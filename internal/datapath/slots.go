@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 
@@ -43,37 +44,50 @@ const (
 // now on the guest may send, and receive replies to its own flows and
 // what the inbound rules allow. Until then (a pooled slot), and from
 // CloseLease on (a slot being released), the datapath drops everything to
-// and from it. One map update: packets see the old policy or the new one.
+// and from it. The rules are written first, then the flags word in one
+// atomic store (a release: no program sees the lease open before its
+// rules): no syscall.
 func (d *Datapath) OpenLease(i int, inbound []slot.InboundRule) error {
 	if err := slot.CheckInbound(inbound); err != nil {
 		return fmt.Errorf("slot %d: %w", i, err)
 	}
-	p := datapathLeasePolicy{Flags: leaseOpen, Ninbound: uint32(len(inbound))}
+	if i < 0 || i >= d.cfg.Slot.Count {
+		return fmt.Errorf("slot %d: open lease: no such slot", i)
+	}
+	p := at[datapathLeasePolicy](d.leases, i)
+	var rules [len(p.Inbound)]datapathInboundRule
 	for n, r := range inbound {
-		p.Inbound[n] = datapathInboundRule{Proto: r.Proto, PortLo: r.PortLo, PortHi: r.PortHi,
+		rules[n] = datapathInboundRule{Proto: r.Proto, PortLo: r.PortLo, PortHi: r.PortHi,
 			Src: be32(r.Src.Addr()), Mask: be32(maskOf(r.Src))}
 	}
-	if err := d.objs.Leases.Update(uint32(i), &p, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("slot %d: open lease: %w", i, err)
+	if p.Inbound != rules || p.Ninbound != uint32(len(inbound)) {
+		// Written while the lease is closed, except when a restarted
+		// daemon opens it again with what it already holds.
+		p.Inbound, p.Ninbound = rules, uint32(len(inbound))
 	}
+	atomic.StoreUint32(&p.Flags, leaseOpen)
 	return nil
 }
 
-// CloseLease stops slot i's traffic both ways and forgets its inbound
-// rules.
+// CloseLease stops slot i's traffic both ways (the flags word first, in
+// one atomic store), then forgets its inbound rules.
 func (d *Datapath) CloseLease(i int) error {
-	if err := d.objs.Leases.Update(uint32(i), &datapathLeasePolicy{}, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("slot %d: close lease: %w", i, err)
+	if i < 0 || i >= d.cfg.Slot.Count {
+		return fmt.Errorf("slot %d: close lease: no such slot", i)
 	}
+	p := at[datapathLeasePolicy](d.leases, i)
+	atomic.StoreUint32(&p.Flags, 0)
+	p.Ninbound, p.Inbound = 0, [len(p.Inbound)]datapathInboundRule{}
 	return nil
 }
 
 // ClearFlows forgets the flows slot i's guest opened, so that no reply to
-// them reaches the next tenant.
+// them reaches the next tenant. The slot's lease must be closed.
 func (d *Datapath) ClearFlows(i int) error {
-	if err := d.objs.Flows.Update(uint32(i), &datapathSlotFlows{}, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("slot %d: clear flows: %w", i, err)
+	if i < 0 || i >= d.cfg.Slot.Count {
+		return fmt.Errorf("slot %d: clear flows: no such slot", i)
 	}
+	*at[datapathSlotFlows](d.flows, i) = datapathSlotFlows{}
 	return nil
 }
 
