@@ -410,18 +410,10 @@ func TestDatapathIsolationAndAttachCreatesNothing(t *testing.T) {
 
 	// Geneve from the VTEP with slot A's VNI and slot B's inner address is
 	// not delivered to B; with B's VNI it is.
-	listen := func(g *testutil.GuestNS) *net.UDPConn {
-		var l *net.UDPConn
-		if err := g.Do(func() error {
-			var err error
-			l, err = net.ListenUDP("udp4", &net.UDPAddr{Port: 5555})
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		return l
+	lb, err := gb.ListenUDP(5555)
+	if err != nil {
+		t.Fatal(err)
 	}
-	lb := listen(gb)
 	defer lb.Close()
 	send := func(vni uint32, dst string) {
 		sendGeneve(t, fab, vni, testutil.InnerUDP(vpcMAC, p.Config.VPCMAC(b.Index), vpcHost, netip.MustParseAddr(dst), 5555, []byte("for b")))

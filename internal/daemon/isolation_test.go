@@ -268,12 +268,8 @@ func TestIsolationMatrix(t *testing.T) {
 
 	// New traffic from outside, through the NAT: only what a lease opens.
 	listenTCP := func(g *testutil.GuestNS, port int) (accepted func() int) {
-		var l net.Listener
-		if err := g.Do(func() error {
-			var err error
-			l, err = net.Listen("tcp4", fmt.Sprintf(":%d", port))
-			return err
-		}); err != nil {
+		l, err := g.Listen(port)
+		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { l.Close() })
@@ -326,12 +322,8 @@ func TestIsolationMatrix(t *testing.T) {
 		return n > 0, fmt.Sprintf("%d of 2 echo replies, inbound_unsolicited drops +%d", n, d)
 	})
 	check("the outside host", "guest B, unsolicited UDP", false, func(t *testing.T) (bool, string) {
-		var l *net.UDPConn
-		if err := gb.Do(func() error {
-			var err error
-			l, err = net.ListenUDP("udp4", &net.UDPAddr{Port: 5353})
-			return err
-		}); err != nil {
+		l, err := gb.ListenUDP(5353)
+		if err != nil {
 			t.Fatal(err)
 		}
 		defer l.Close()

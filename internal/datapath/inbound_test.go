@@ -58,6 +58,13 @@ func inPaths() []inPath {
 	}
 }
 
+// inCase is a packet sent to a guest and whether it must be delivered.
+type inCase struct {
+	what string
+	l4   []gopacket.SerializableLayer
+	pass bool
+}
+
 func tcpSeg(sport, dport uint16, flags string) *layers.TCP {
 	t := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: 100, Window: 1024}
 	for _, f := range flags {
@@ -102,11 +109,7 @@ func TestInboundIsClosedToUnsolicitedTraffic(t *testing.T) {
 			// The guest's own flows: UDP 40000 -> remote:53, an echo request id 9.
 			e.sendVariants(1, path.remote)
 			other := netip.MustParseAddr("198.19.1.77")
-			cases := []struct {
-				what string
-				l4   []gopacket.SerializableLayer
-				pass bool
-			}{
+			cases := []inCase{
 				{"tcp syn", []gopacket.SerializableLayer{tcpSeg(40000, 22, "S")}, false},
 				{"tcp syn-ack (reply to the guest's connect)", []gopacket.SerializableLayer{tcpSeg(80, 40000, "SA")}, true},
 				{"tcp ack with data", []gopacket.SerializableLayer{tcpSeg(80, 40000, "PA"), gopacket.Payload("data")}, true},
@@ -168,11 +171,7 @@ func TestInboundRulesOpenTheGuest(t *testing.T) {
 			if err := e.dp.OpenLease(0, in); err != nil {
 				t.Fatal(err)
 			}
-			cases := []struct {
-				what string
-				l4   []gopacket.SerializableLayer
-				pass bool
-			}{
+			cases := []inCase{
 				{"tcp syn to 8080", []gopacket.SerializableLayer{tcpSeg(40000, 8080, "S")}, true},
 				{"tcp syn to 8081", []gopacket.SerializableLayer{tcpSeg(40000, 8081, "S")}, false},
 				{"udp to 5300", udpDgram(1234, 5300), true},

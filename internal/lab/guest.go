@@ -156,6 +156,28 @@ func (g *GuestNS) Dial(network string, to netip.AddrPort) (net.Conn, error) {
 	return c, err
 }
 
+// ListenUDP opens a UDP socket on port of every address of the guest.
+func (g *GuestNS) ListenUDP(port int) (*net.UDPConn, error) {
+	var c *net.UDPConn
+	err := g.Do(func() error {
+		var err error
+		c, err = net.ListenUDP("udp4", &net.UDPAddr{Port: port})
+		return err
+	})
+	return c, err
+}
+
+// Listen opens a TCP listener on port of every address of the guest.
+func (g *GuestNS) Listen(port int) (net.Listener, error) {
+	var l net.Listener
+	err := g.Do(func() error {
+		var err error
+		l, err = net.Listen("tcp4", fmt.Sprintf(":%d", port))
+		return err
+	})
+	return l, err
+}
+
 // openTap opens (creating if needed) tap name in the calling thread's
 // namespace.
 func openTap(name string) (int, error) {
