@@ -132,13 +132,10 @@ func (d *Daemon) setHostIndex(i, ifindex int) {
 	d.mu.Unlock()
 }
 
-// scrubDatapath closes slot i's lease (nothing more goes to or from it),
-// detaches its VPC (a), forgets its flows and what it learned, and zeroes
-// its counters.
+// scrubDatapath detaches slot i's VPC (a), forgets its flows and what it
+// learned, and zeroes its counters. The slot's lease is closed already
+// (scrub closes it first, a rebuilt slot is registered closed).
 func (d *Daemon) scrubDatapath(i int, a *slot.Attachment) error {
-	if err := d.dp.CloseLease(i); err != nil {
-		return err
-	}
 	if err := d.dp.Detach(i, a); err != nil {
 		return err
 	}
