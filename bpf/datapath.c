@@ -21,8 +21,11 @@
  *                   and hands the packet to the slot's eth0 with
  *                   bpf_redirect_peer (no root-namespace stack, no backlog).
  *
- * No conntrack, no per-flow state: every rewrite comes from per-slot map
- * entries written by netslotd. Every lookup is O(1) in the number of slots.
+ * No conntrack: every rewrite comes from per-slot map entries written by
+ * netslotd. Toward a guest, only replies to its own flows pass (for UDP,
+ * ICMP echo and other protocols, by a small fixed-size table per slot)
+ * and what its lease opens. Every lookup is O(1) in the number of slots
+ * and flows.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -94,6 +97,7 @@ enum drop_reason {
 	DROP_UNREGISTERED,       /* guest-sourced from a veth not (yet) a slot */
 	DROP_INBOUND_UNSOLICITED, /* to a guest: no reply to its flows, no inbound rule */
 	DROP_NOT_LEASED,         /* to or from a slot that is pooled or being released */
+	DROP_EGRESS_DENIED,      /* NATed to a destination in the pool's deny set */
 	DROP_REASONS,
 };
 
@@ -160,6 +164,15 @@ struct vpc_route_key {
 	__be32 ip;
 };
 
+/* The pool's deny set: destinations no guest's NATed traffic may reach
+ * (link-local, multicast, the underlay's subnets, the operator's ranges).
+ * Traffic to a slot's VPC is not NATed and not subject to it: VPC CIDRs
+ * may overlap the underlay. */
+struct deny_key {
+	__u32 prefixlen;
+	__be32 ip;
+};
+
 /* What the lease of a slot lets through, written by netslotd at acquire
  * and cleared first thing at release. A slot without LEASE_OPEN (pooled,
  * or being released) receives nothing and sends nothing. */
@@ -196,15 +209,17 @@ struct lease_policy {
  */
 #define FLOW_SETS 64
 #define FLOW_WAYS 2
-/* Seconds (units of 2^30 ns) a flow stays open after its last packet out. */
-#define FLOW_TTL 120
+/* How long a flow stays open after its last packet out, in units of
+ * 2^30 ns: 112 is 120 s. */
+#define FLOW_TTL 112
 
 struct flow {
 	__be32 remote;        /* the peer's address */
 	__be16 rport;         /* the peer's UDP port; 0 for other protocols */
 	__be16 lport;         /* the guest's UDP port, or its ICMP echo id */
 	__u8 proto;           /* 0: empty */
-	__u8 pad[3];
+	__u8 vpc;             /* the flow goes through the tunnel, not the NAT */
+	__u8 pad[2];
 	__u32 seen;           /* coarse time of the last packet out */
 };
 
@@ -289,6 +304,15 @@ struct {
 	__type(value, __u8);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vpc_routes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct deny_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} deny SEC(".maps");
 
 /* netslotd writes these two through a memory mapping, not a syscall per
  * update: opening a lease is one store (the flags word, last), a release
@@ -563,10 +587,11 @@ static __always_inline __u32 flow_now(void)
  * short). The caller skips later fragments, which have no L4 header.
  */
 static __always_inline int flow_of(struct __sk_buff *skb, const struct iphdr *ip, __u32 l4_off, bool out,
-				   struct flow *k)
+				   bool vpc, struct flow *k)
 {
 	__builtin_memset(k, 0, sizeof(*k));
 	k->proto = ip->protocol;
+	k->vpc = vpc;
 	k->remote = out ? ip->daddr : ip->saddr;
 	if (ip->protocol == IPPROTO_TCP)
 		return -1;
@@ -602,11 +627,14 @@ static __always_inline __u32 flow_set(const struct flow *k)
 
 static __always_inline bool flow_eq(const struct flow *a, const struct flow *b)
 {
-	return a->remote == b->remote && a->rport == b->rport && a->lport == b->lport && a->proto == b->proto;
+	return a->remote == b->remote && a->rport == b->rport && a->lport == b->lport &&
+	       a->proto == b->proto && a->vpc == b->vpc;
 }
 
-/* Record (or refresh) the flow of a packet slot idx's guest sends. */
-static __always_inline void flow_out(struct __sk_buff *skb, __u32 idx, const struct iphdr *ip, __u32 l4_off)
+/* Record (or refresh) the flow of a packet slot idx's guest sends, through
+ * the tunnel (vpc) or the NAT. */
+static __always_inline void flow_out(struct __sk_buff *skb, __u32 idx, const struct iphdr *ip, __u32 l4_off,
+				     bool vpc)
 {
 	struct slot_flows *t;
 	struct flow k, *a, *b, *hit;
@@ -614,7 +642,7 @@ static __always_inline void flow_out(struct __sk_buff *skb, __u32 idx, const str
 
 	if (ip->frag_off & bpf_htons(IP_OFFMASK))
 		return;
-	if (flow_of(skb, ip, l4_off, true, &k))
+	if (flow_of(skb, ip, l4_off, true, vpc, &k))
 		return;
 	t = bpf_map_lookup_elem(&flows, &idx);
 	if (!t)
@@ -672,16 +700,36 @@ static __always_inline bool inbound_allowed(const struct lease_policy *lp, __u8 
 }
 
 /*
- * Whether a packet from outside (the uplink, or a VPC through the tunnel)
- * may reach slot idx's guest: a reply to one of the guest's flows (TCP
- * with ACK or RST; UDP, ICMP echo and other protocols from the peer of a
- * recent flow), an ICMP error about a packet the guest sent (its embedded
- * source is local, the slot's address on this path), or new traffic the
- * lease's inbound rules allow. ip is the header at l3_off, before any
- * translation.
+ * Whether an ICMP error at l4_off, to slot idx's guest, is about a packet
+ * the guest sent on this path (vpc: the tunnel): the packet it quotes left
+ * from local (the slot or VPC address) and, unless it was TCP (whose
+ * errors the guest's stack matches to a sequence number itself) or a
+ * later fragment, belongs to one of the guest's recent flows.
+ */
+static __always_inline bool icmp_error_ok(struct __sk_buff *skb, __u32 idx, __u32 l4_off, __be32 local, bool vpc)
+{
+	__u32 q_off = l4_off + sizeof(struct icmp_echo);
+	struct iphdr q;
+	struct flow k;
+
+	if (bpf_skb_load_bytes(skb, q_off, &q, sizeof(q)) || q.saddr != local || q.ihl < 5)
+		return false;
+	if (q.protocol == IPPROTO_TCP || (q.frag_off & bpf_htons(IP_OFFMASK)))
+		return true;
+	return !flow_of(skb, &q, q_off + q.ihl * 4, true, vpc, &k) && flow_in(idx, &k);
+}
+
+/*
+ * Whether a packet from outside may reach slot idx's guest: a reply to one
+ * of the guest's flows on the same path (vpc: through the tunnel, else
+ * through the NAT): TCP with ACK or RST; UDP, ICMP echo and other
+ * protocols from the peer of a recent flow; an ICMP error about one of
+ * its packets (see icmp_error_ok, local being the address the guest's
+ * packets leave with on this path); or new traffic the lease's inbound
+ * rules allow. ip is the header at l3_off, before any translation.
  */
 static __always_inline bool inbound_ok(struct __sk_buff *skb, __u32 idx, const struct lease_policy *lp,
-				       const struct iphdr *ip, __u32 l3_off, __be32 local)
+				       const struct iphdr *ip, __u32 l3_off, __be32 local, bool vpc)
 {
 	__u32 l4_off = l3_off + ip->ihl * 4;
 	__u16 port = 0;
@@ -700,21 +748,18 @@ static __always_inline bool inbound_ok(struct __sk_buff *skb, __u32 idx, const s
 		port = bpf_ntohs(th.dest);
 		ports = true;
 	} else if (ip->protocol == IPPROTO_ICMP) {
-		struct icmp_echo e;
-		__be32 embedded_src;
+		__u8 type;
 
-		if (bpf_skb_load_bytes(skb, l4_off, &e, sizeof(e)))
+		if (bpf_skb_load_bytes(skb, l4_off, &type, sizeof(type)))
 			return false;
-		if (icmp_is_error(e.type)) {
-			if (!bpf_skb_load_bytes(skb, l4_off + sizeof(e) + offsetof(struct iphdr, saddr),
-						&embedded_src, sizeof(embedded_src)) &&
-			    embedded_src == local)
+		if (icmp_is_error(type)) {
+			if (icmp_error_ok(skb, idx, l4_off, local, vpc))
 				return true;
-		} else if (!flow_of(skb, ip, l4_off, false, &k) && flow_in(idx, &k)) {
+		} else if (!flow_of(skb, ip, l4_off, false, vpc, &k) && flow_in(idx, &k)) {
 			return true;
 		}
 	} else {
-		if (flow_of(skb, ip, l4_off, false, &k))
+		if (flow_of(skb, ip, l4_off, false, vpc, &k))
 			return false;
 		if (flow_in(idx, &k))
 			return true;
@@ -918,7 +963,7 @@ static __always_inline int geneve_ingress(struct __sk_buff *skb, const struct po
 	lp = open_lease(idx);
 	if (!lp)
 		return drop(none, DROP_NOT_LEASED);
-	if (!inbound_ok(skb, idx, lp, &ip, in_l3, t->vpc_ip))
+	if (!inbound_ok(skb, idx, lp, &ip, in_l3, t->vpc_ip, true))
 		return drop(idx, DROP_INBOUND_UNSOLICITED);
 	learn_peer(idx, t, g.inner.h_source);
 
@@ -991,7 +1036,7 @@ int uplink_ingress(struct __sk_buff *skb)
 	struct lease_policy *lp = open_lease(idx);
 	if (!lp)
 		return drop(cfg->slot_count, DROP_NOT_LEASED);
-	if (!inbound_ok(skb, idx, lp, ip, l3_off, ip->daddr))
+	if (!inbound_ok(skb, idx, lp, ip, l3_off, ip->daddr, false))
 		return drop(idx, DROP_INBOUND_UNSOLICITED);
 	__be32 old = ip->daddr;
 	__u8 proto = ip->protocol;
@@ -1199,6 +1244,10 @@ int uplink_egress(struct __sk_buff *skb)
 		skb->mark = 0;
 		return TCX_NEXT;
 	}
+	/* A slot that is not leased sends nothing, and what it tries counts
+	 * as the pool's, never as the next tenant's. */
+	if (idxp && !open_lease(idx))
+		return drop(cfg->slot_count, DROP_NOT_LEASED);
 	if (idxp && !ipv4_ok(skb, ip, ETH_HLEN))
 		return drop(idx, DROP_EGRESS_NOT_IPV4);
 	if (!idxp) {
@@ -1217,9 +1266,6 @@ int uplink_egress(struct __sk_buff *skb)
 	 * fabric. */
 	if (slot_of_ip(cfg, ip->daddr) < cfg->slot_count)
 		return drop(idx, DROP_SLOT_TO_SLOT);
-	if (!open_lease(idx))
-		return drop(cfg->slot_count, DROP_NOT_LEASED);
-	flow_out(skb, idx, ip, ETH_HLEN + ihl);
 
 	/* To the slot's VPC: the CIDRs of its tunnel entry (a bounded loop),
 	 * then, for long lists, the slot's routes in the LPM trie. */
@@ -1242,14 +1288,21 @@ int uplink_egress(struct __sk_buff *skb)
 		}
 		if (vpc) {
 			struct iphdr copy = *ip;
+
+			flow_out(skb, idx, ip, ETH_HLEN + ihl, true);
 			return encap(skb, cfg, idx, &copy, ihl);
 		}
 	}
 
-	/* Anywhere else: the request half of the stateless NAT. */
+	/* Anywhere else: the request half of the stateless NAT, unless the
+	 * destination is in the pool's deny set. */
+	struct deny_key dk = {.prefixlen = 32, .ip = ip->daddr};
+	if (bpf_map_lookup_elem(&deny, &dk))
+		return drop(idx, DROP_EGRESS_DENIED);
 	struct slot_info *s = bpf_map_lookup_elem(&slots, &idx);
 	if (!s || !s->host_ifindex)
 		return drop(idx, DROP_NO_SLOT);
+	flow_out(skb, idx, ip, ETH_HLEN + ihl, false);
 	__be32 old = ip->saddr;
 	__u8 proto = ip->protocol;
 	bool l4 = !(ip->frag_off & bpf_htons(IP_OFFMASK));

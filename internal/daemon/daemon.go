@@ -43,9 +43,9 @@ type Options struct {
 	UplinkGateway netip.Addr
 	PinRoot       string // bpffs directory for the datapath; "" for the default
 	Workers       int    // parallel slot builders; 0 picks a default
-	// Deny are ranges of the operator's that no guest may send to,
-	// whatever its lease's egress policy, besides firewall.FixedDeny and
-	// the uplink's subnets.
+	// Deny are ranges of the operator's that no guest may send NATed
+	// traffic to, whatever its lease's egress policy, besides
+	// datapath.FixedDeny and the uplink's subnets.
 	Deny   []netip.Prefix
 	Logger *slog.Logger
 }
@@ -376,12 +376,13 @@ func egressOf(l *slot.Lease) slot.Egress {
 	return l.Egress
 }
 
-// denySet is what no guest of the pool may send to, whatever its lease
-// says: firewall.FixedDeny, the uplink's own subnets (the underlay: its
-// hosts, gateway and VTEPs, which guests reach only through netslot's
-// encapsulation) and the operator's ranges (Options.Deny).
+// denySet is where no guest of the pool may send NATed traffic, whatever
+// its lease says: datapath.FixedDeny, the uplink's own subnets (the
+// underlay, which guests reach only through netslot's encapsulation; with
+// /32 addressing, only the host's own address) and the operator's ranges
+// (Options.Deny).
 func denySet(opts Options) ([]netip.Prefix, error) {
-	deny := slices.Clone(firewall.FixedDeny)
+	deny := slices.Clone(datapath.FixedDeny)
 	for _, p := range opts.Deny {
 		if !p.Addr().Is4() || p != p.Masked() {
 			return nil, fmt.Errorf("invalid deny cidr %s: want an IPv4 network", p)
@@ -401,7 +402,7 @@ func denySet(opts Options) ([]netip.Prefix, error) {
 }
 
 // slotFirewall is the firewall of every slot of the pool.
-func (d *Daemon) slotFirewall() firewall.Slot { return firewall.Slot{Config: d.cfg, Deny: d.deny} }
+func (d *Daemon) slotFirewall() firewall.Slot { return firewall.Slot{Config: d.cfg} }
 
 // DenySet is the pool's deny set (see denySet).
 func (d *Daemon) DenySet() []netip.Prefix { return slices.Clone(d.deny) }

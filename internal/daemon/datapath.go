@@ -3,9 +3,10 @@ package daemon
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/netslot/netslot/internal/datapath"
 	"github.com/netslot/netslot/internal/links"
@@ -58,14 +59,14 @@ func (d *Daemon) setupDatapath() error {
 		if err := r.Apply(); err != nil {
 			return err
 		}
-		if l, err := net.InterfaceByName(d.opts.Uplink); err == nil && l.MTU < 1500+datapath.EncapOverhead {
+		if l, err := netlink.LinkByName(d.opts.Uplink); err == nil && l.Attrs().MTU < 1500+datapath.EncapOverhead {
 			d.log.Warn("the uplink's MTU leaves no room for Geneve headers over a 1500-byte guest MTU: full-size VPC packets will be dropped",
-				"uplink", d.opts.Uplink, "mtu", l.MTU, "want_at_least", 1500+datapath.EncapOverhead)
+				"uplink", d.opts.Uplink, "mtu", l.Attrs().MTU, "want_at_least", 1500+datapath.EncapOverhead)
 		}
 	}
 	dc := datapath.Config{
 		Slot: d.cfg, Uplink: d.opts.Uplink, UnderlayIP: d.opts.UnderlayIP,
-		RouteTable: links.RouteTable(d.cfg.Prefix), PinRoot: d.opts.PinRoot,
+		RouteTable: links.RouteTable(d.cfg.Prefix), PinRoot: d.opts.PinRoot, Deny: d.deny,
 	}
 	dp, err := datapath.Open(dc)
 	if errors.Is(err, datapath.ErrIncompatible) && d.leaseCount() == 0 {
@@ -114,7 +115,9 @@ func (d *Daemon) registerDatapath(i int, l *slot.Lease) error {
 	if l == nil {
 		// A pooled slot: also what a crash in the middle of a release
 		// left, flows and all.
-		return errors.Join(d.dp.Detach(i, nil), d.dp.CloseLease(i), d.dp.ClearFlows(i))
+		d.dp.CloseLease(i)
+		d.dp.ClearFlows(i)
+		return d.dp.Detach(i, nil)
 	}
 	if l.VPC != nil {
 		if err := d.dp.Attach(i, l.VPC); err != nil {
@@ -123,7 +126,8 @@ func (d *Daemon) registerDatapath(i int, l *slot.Lease) error {
 	} else if err := d.dp.Detach(i, nil); err != nil {
 		return err
 	}
-	return d.dp.OpenLease(i, l.Inbound)
+	d.dp.OpenLease(i, l.Inbound)
+	return nil
 }
 
 func (d *Daemon) setHostIndex(i, ifindex int) {
@@ -139,12 +143,10 @@ func (d *Daemon) scrubDatapath(i int, a *slot.Attachment) error {
 	if err := d.dp.Detach(i, a); err != nil {
 		return err
 	}
-	// Packets that saw the lease open before it closed are long gone by
-	// now (the devices' scrub took milliseconds): none records a flow
-	// after this.
-	if err := d.dp.ClearFlows(i); err != nil {
-		return err
-	}
+	// A packet that saw the lease open before it closed may still record
+	// a flow after this; the next OpenLease starts from an empty table
+	// anyway.
+	d.dp.ClearFlows(i)
 	return d.dp.ResetStats(i)
 }
 

@@ -15,6 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/netslot/netslot/internal/daemon"
 	"github.com/netslot/netslot/internal/slot"
 	"github.com/netslot/netslot/internal/testutil"
@@ -126,17 +128,20 @@ func TestIsolationMatrix(t *testing.T) {
 	check("guest C", "the outside host (deny-all)", false, pings(gc, fab.Outside))
 	// The pool's deny set holds whatever the lease says.
 	fabricEchos := func(t *testing.T) int { return snmp(t, fab.Name, "Icmp", "InEchos") }
-	denied := func(g *testutil.GuestNS, dst netip.Addr) func(*testing.T) (bool, string) {
+	denied := func(g *testutil.GuestNS, id string, dst netip.Addr) func(*testing.T) (bool, string) {
 		return func(t *testing.T) (bool, string) {
-			before := fabricEchos(t)
+			before, dropsBefore := fabricEchos(t), drops(t, id, "egress_denied")
 			n := ping(t, g.Name, dst, 2)
-			got := fabricEchos(t) - before
-			return n > 0 || got > 0, fmt.Sprintf("%d of 2 echo replies; the fabric received %d echo requests", n, got)
+			got, d := fabricEchos(t)-before, drops(t, id, "egress_denied")-dropsBefore
+			if n == 0 && got == 0 && d != 2 {
+				t.Errorf("blocked, but egress_denied drops +%d, want +2", d)
+			}
+			return n > 0 || got > 0, fmt.Sprintf("%d of 2 echo replies; the fabric received %d echo requests; egress_denied drops +%d", n, got, d)
 		}
 	}
-	check("guest B", "the link-local metadata address 169.254.169.254 (no policy)", false, denied(gb, metadata))
-	check("guest B", "the fabric gateway, on the underlay's subnet (no policy)", false, denied(gb, fab.Gateway))
-	check("guest B", "the VTEP's underlay address (no policy)", false, denied(gb, fab.VTEP))
+	check("guest B", "the link-local metadata address 169.254.169.254 (no policy)", false, denied(gb, b.ID, metadata))
+	check("guest B", "the fabric gateway, on the underlay's subnet (no policy)", false, denied(gb, b.ID, fab.Gateway))
+	check("guest B", "the VTEP's underlay address (no policy)", false, denied(gb, b.ID, fab.VTEP))
 	// Guest B has no egress policy: only the datapath stands between it
 	// and slot A (guest A's policy would stop it first).
 	check("guest B", "slot A's address", false, func(t *testing.T) (bool, string) {
@@ -421,7 +426,7 @@ func snmp6(t *testing.T, ns, name string) int {
 func sendRaw(t *testing.T, g *testutil.GuestNS, frame []byte) {
 	t.Helper()
 	err := g.Do(func() error {
-		ifi, err := net.InterfaceByName("g0")
+		ifi, err := netlink.LinkByName("g0")
 		if err != nil {
 			return err
 		}
@@ -430,7 +435,7 @@ func sendRaw(t *testing.T, g *testutil.GuestNS, frame []byte) {
 			return err
 		}
 		defer unix.Close(fd)
-		return unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6})
+		return unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: ifi.Attrs().Index, Halen: 6})
 	})
 	if err != nil {
 		t.Fatalf("send raw frame: %v", err)

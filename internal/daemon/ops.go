@@ -77,27 +77,18 @@ func (d *Daemon) Acquire(req AcquireRequest) (SlotInfo, error) {
 			return SlotInfo{}, d.abortAcquire(i, l, "firewall", err)
 		}
 	}
-	// undo takes back what the acquire wrote before it failed with err.
-	undo := func(err error, attached bool) error {
-		if attached {
-			err = errors.Join(err, d.dp.Detach(i, req.VPC))
-		}
-		if req.Egress.Restricted() {
-			err = errors.Join(err, d.setEgress(i, slot.Egress{}))
-		}
-		return err
-	}
 	// The flip from the dummy VNI: map updates only.
 	if req.VPC != nil {
 		if err := d.dp.Attach(i, req.VPC); err != nil {
-			return SlotInfo{}, d.abortAcquire(i, l, "datapath", undo(err, false))
+			if req.Egress.Restricted() {
+				err = errors.Join(err, d.setEgress(i, slot.Egress{}))
+			}
+			return SlotInfo{}, d.abortAcquire(i, l, "datapath", err)
 		}
 	}
 	// Last, the slot opens: its traffic flows from here on, under the
 	// policy written above.
-	if err := d.dp.OpenLease(i, req.Inbound); err != nil {
-		return SlotInfo{}, d.abortAcquire(i, l, "datapath", undo(errors.Join(err, d.dp.CloseLease(i)), req.VPC != nil))
-	}
+	d.dp.OpenLease(i, req.Inbound)
 	d.setLease(i, l)
 	d.pool.CommitTake(i)
 	d.Metrics.AcquireSeconds.WithLabelValues(kind).Observe(time.Since(start).Seconds())
@@ -241,11 +232,8 @@ func (d *Daemon) scrub(i int) error {
 		if err != nil {
 			return err
 		}
-		err = d.dp.CloseLease(i)
-		if err == nil {
-			err = links.Scrub(h, d.cfg, i)
-		}
-		return errors.Join(err, tap.Close())
+		d.dp.CloseLease(i)
+		return errors.Join(links.Scrub(h, d.cfg, i), tap.Close())
 	})
 	if err != nil {
 		return err

@@ -26,10 +26,10 @@ func TestOperatorDenyBeatsTheAllowList(t *testing.T) {
 	p := testutil.StartPoolOpts(t, daemon.Options{
 		Config: cfg, StateDir: t.TempDir(),
 		Uplink: fab.Uplink, UnderlayIP: fab.Underlay, UplinkGateway: fab.Gateway,
-		Deny: []netip.Prefix{outside},
+		Deny: []netip.Prefix{outside, netip.MustParsePrefix("10.0.0.0/8")},
 	})
 	deny := p.D.DenySet()
-	for _, want := range []string{"169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "0.0.0.0/8", "198.18.0.0/24", outside.String()} {
+	for _, want := range []string{"169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "0.0.0.0/8", "198.18.0.0/24", outside.String(), "10.0.0.0/8"} {
 		if !slices.Contains(deny, netip.MustParsePrefix(want)) {
 			t.Errorf("deny set %v lacks %s", deny, want)
 		}
@@ -45,6 +45,39 @@ func TestOperatorDenyBeatsTheAllowList(t *testing.T) {
 	if n := ping(t, g.Name, fab.Outside, 2); n != 0 {
 		t.Errorf("guest reached %s, which the operator denies, with %d replies", fab.Outside, n)
 	}
+
+	// The deny set is for NATed traffic: a VPC's CIDRs inside it (here
+	// 10.9.0.0/24 inside the operator's 10.0.0.0/8) are reached through
+	// the tunnel all the same; the rest of 10/8 is not.
+	testutil.StartVTEP(t, fab, testVNI, vpcHost, vpcMAC)
+	a, err := slot.ParseAttachment(testVNI, fab.VTEP.String(), "10.9.0.5", []string{"10.9.0.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vpc, err := p.D.Acquire(daemon.AcquireRequest{VPC: a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gv := testutil.NewGuestNS(t, cfg.Prefix[1:]+"v", cfg.NetnsPath(vpc.Index), cfg)
+	if n := ping(t, gv.Name, vpcHost, 3); n == 0 {
+		t.Errorf("guest did not reach its VPC host %s inside the operator's deny range", vpcHost)
+	}
+	before := slotDrops(t, p, vpc.ID, "egress_denied")
+	if n := ping(t, gv.Name, netip.MustParseAddr("10.8.0.1"), 2); n != 0 {
+		t.Errorf("guest reached 10.8.0.1, outside its VPC and in the deny set")
+	}
+	if d := slotDrops(t, p, vpc.ID, "egress_denied") - before; d != 2 {
+		t.Errorf("egress_denied drops +%d, want +2", d)
+	}
+}
+
+func slotDrops(t *testing.T, p *testutil.Pool, id, reason string) uint64 {
+	t.Helper()
+	info, err := p.D.Get(id)
+	if err != nil || info.Datapath == nil {
+		t.Fatalf("get %s: %v", id, err)
+	}
+	return info.Datapath.Drops[reason]
 }
 
 // An attachment whose VTEP or VPC address collides with the pool's own

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/netslot/netslot/internal/slot"
@@ -35,6 +36,21 @@ const EncapOverhead = 20 + 8 + 8 + 14
 // sized for it; its nodes are allocated on use).
 const vpcRoutesPerSlot = 256
 
+// MaxDeny bounds a pool's deny set.
+const MaxDeny = 1024
+
+// FixedDeny is what no guest's NATed traffic may reach, whatever its
+// lease says: "this" network, link-local (where clouds serve instance
+// metadata, such as 169.254.169.254), multicast, and the reserved range
+// with the limited broadcast address. A pool adds the uplink's subnets and
+// the operator's ranges (Config.Deny).
+var FixedDeny = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("224.0.0.0/4"),
+	netip.MustParsePrefix("240.0.0.0/4"),
+}
+
 // Pin names of the two links on the uplink.
 const (
 	ingressPin = "link_uplink_ingress"
@@ -48,6 +64,9 @@ type Config struct {
 	UnderlayIP netip.Addr // outer source of Geneve; required with Uplink
 	RouteTable int        // table holding the uplink's routes
 	PinRoot    string     // DefaultPinRoot if empty
+	// Deny is the pool's deny set: destinations a guest's traffic may not
+	// be NATed to (traffic to its VPC is not NATed, and not subject to it).
+	Deny []netip.Prefix
 }
 
 // Errors callers may test for.
@@ -92,6 +111,9 @@ func Open(c Config) (*Datapath, error) {
 	if c.Uplink != "" && !c.UnderlayIP.Is4() {
 		return nil, fmt.Errorf("an uplink needs an IPv4 underlay address")
 	}
+	if len(c.Deny) > MaxDeny {
+		return nil, fmt.Errorf("deny set of %d ranges: at most %d", len(c.Deny), MaxDeny)
+	}
 	dir := PinDir(c.PinRoot, c.Slot.Prefix)
 	if err := EnsureBPFFS(dir); err != nil {
 		return nil, err
@@ -106,7 +128,7 @@ func Open(c Config) (*Datapath, error) {
 	n := uint32(c.Slot.Count)
 	for name, size := range map[string]uint32{
 		"slots": n, "by_ifindex": 2 * n, "tunnels": n, "peers": n, "vni_dst": n, "vnis": n,
-		"vpc_routes": n * vpcRoutesPerSlot, "stats": n + 1, "leases": n, "flows": n,
+		"vpc_routes": n * vpcRoutesPerSlot, "stats": n + 1, "leases": n, "flows": n, "deny": MaxDeny,
 	} {
 		spec.Maps[name].MaxEntries = size
 	}
@@ -126,6 +148,10 @@ func Open(c Config) (*Datapath, error) {
 		return nil, err
 	}
 	if err := d.writeConfig(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	if err := d.writeDeny(); err != nil {
 		d.Close()
 		return nil, err
 	}
@@ -169,15 +195,45 @@ func (d *Datapath) writeConfig() error {
 		RouteTable: uint32(c.RouteTable),
 	}
 	if c.Uplink != "" {
-		l, err := net.InterfaceByName(c.Uplink)
+		l, err := netlink.LinkByName(c.Uplink)
 		if err != nil {
 			return fmt.Errorf("uplink %s: %w", c.Uplink, err)
 		}
-		pc.UplinkIfindex = uint32(l.Index)
-		pc.UplinkMac = mac6(l.HardwareAddr)
+		pc.UplinkIfindex = uint32(l.Attrs().Index)
+		pc.UplinkMac = mac6(l.Attrs().HardwareAddr)
 	}
 	if err := d.objs.Config.Update(uint32(0), &pc, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write datapath config: %w", err)
+	}
+	return nil
+}
+
+// writeDeny makes the deny map hold exactly the pool's deny set: new
+// ranges are added before old ones go, so that no moment allows both.
+func (d *Datapath) writeDeny() error {
+	want := map[datapathDenyKey]bool{}
+	for _, p := range d.cfg.Deny {
+		if !p.Addr().Is4() {
+			return fmt.Errorf("deny range %s: want IPv4", p)
+		}
+		k := datapathDenyKey{Prefixlen: uint32(p.Bits()), Ip: be32(p.Masked().Addr())}
+		want[k] = true
+		if err := d.objs.Deny.Update(&k, uint8(1), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("deny range %s: %w", p, err)
+		}
+	}
+	var k datapathDenyKey
+	var v uint8
+	var stale []datapathDenyKey
+	for it := d.objs.Deny.Iterate(); it.Next(&k, &v); {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	for _, k := range stale {
+		if err := d.objs.Deny.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete deny range: %w", err)
+		}
 	}
 	return nil
 }
@@ -189,11 +245,11 @@ func (d *Datapath) writeConfig() error {
 func (d *Datapath) attach() error {
 	ifindex := 0
 	if d.cfg.Uplink != "" {
-		l, err := net.InterfaceByName(d.cfg.Uplink)
+		l, err := netlink.LinkByName(d.cfg.Uplink)
 		if err != nil {
 			return fmt.Errorf("uplink %s: %w", d.cfg.Uplink, err)
 		}
-		ifindex = l.Index
+		ifindex = l.Attrs().Index
 	}
 	if ifindex != 0 {
 		if other := d.uplinkUser(ifindex); other != "" {

@@ -20,6 +20,12 @@ const (
 	datapathDatapathConstLEASE_OPEN datapathDatapathConst = 1
 )
 
+type datapathDenyKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Ip        uint32
+}
+
 type datapathDropReason uint32
 
 const (
@@ -50,7 +56,8 @@ const (
 	datapathDropReasonDROP_UNREGISTERED        datapathDropReason = 24
 	datapathDropReasonDROP_INBOUND_UNSOLICITED datapathDropReason = 25
 	datapathDropReasonDROP_NOT_LEASED          datapathDropReason = 26
-	datapathDropReasonDROP_REASONS             datapathDropReason = 27
+	datapathDropReasonDROP_EGRESS_DENIED       datapathDropReason = 27
+	datapathDropReasonDROP_REASONS             datapathDropReason = 28
 )
 
 type datapathFlow struct {
@@ -59,7 +66,8 @@ type datapathFlow struct {
 	Rport  uint16
 	Lport  uint16
 	Proto  uint8
-	Pad    [3]uint8
+	Vpc    uint8
+	Pad    [2]uint8
 	Seen   uint32
 }
 
@@ -125,7 +133,7 @@ type datapathSlotStats struct {
 	DecapPackets uint64
 	ArpReplies   uint64
 	ArpRequests  uint64
-	Drops        [27]uint64
+	Drops        [28]uint64
 }
 
 type datapathTunnelInfo struct {
@@ -164,6 +172,7 @@ type datapathVpcRouteKey struct {
 const (
 	datapathMapByIfindex           = "by_ifindex"
 	datapathMapConfig              = "config"
+	datapathMapDeny                = "deny"
 	datapathMapFlows               = "flows"
 	datapathMapLeases              = "leases"
 	datapathMapPeers               = "peers"
@@ -231,6 +240,7 @@ type datapathProgramSpecs struct {
 type datapathMapSpecs struct {
 	ByIfindex *ebpf.MapSpec `ebpf:"by_ifindex"`
 	Config    *ebpf.MapSpec `ebpf:"config"`
+	Deny      *ebpf.MapSpec `ebpf:"deny"`
 	Flows     *ebpf.MapSpec `ebpf:"flows"`
 	Leases    *ebpf.MapSpec `ebpf:"leases"`
 	Peers     *ebpf.MapSpec `ebpf:"peers"`
@@ -272,6 +282,7 @@ func (o *datapathObjects) Close() error {
 type datapathMaps struct {
 	ByIfindex *ebpf.Map `ebpf:"by_ifindex"`
 	Config    *ebpf.Map `ebpf:"config"`
+	Deny      *ebpf.Map `ebpf:"deny"`
 	Flows     *ebpf.Map `ebpf:"flows"`
 	Leases    *ebpf.Map `ebpf:"leases"`
 	Peers     *ebpf.Map `ebpf:"peers"`
@@ -287,6 +298,7 @@ func (m *datapathMaps) Close() error {
 	return _DatapathClose(
 		m.ByIfindex,
 		m.Config,
+		m.Deny,
 		m.Flows,
 		m.Leases,
 		m.Peers,

@@ -137,8 +137,8 @@ func TestDropReasons(t *testing.T) {
 		{"unregistered", func() uint32 {
 			// Guest-sourced, from a veth the datapath does not know: never
 			// leaves untranslated.
-			up, _ := net.InterfaceByName("up1")
-			v, _ := e.run(e.dp.objs.UplinkEgress, guestFrame(t, e.cfg, outside, udp()...), up.Index)
+			up, _ := netlink.LinkByName("up1")
+			v, _ := e.run(e.dp.objs.UplinkEgress, guestFrame(t, e.cfg, outside, udp()...), up.Attrs().Index)
 			return v
 		}},
 		{"slot_to_slot", func() uint32 {
@@ -154,10 +154,16 @@ func TestDropReasons(t *testing.T) {
 		}},
 		{"not_leased", func() uint32 {
 			// Slot 2 is being released: its guest sends nothing more.
-			if err := e.dp.CloseLease(2); err != nil {
+			e.dp.CloseLease(2)
+			v, _ := e.egress(guestFrame(t, e.cfg, outside, udp()...), 2)
+			return v
+		}},
+		{"egress_denied", func() uint32 {
+			e.dp.cfg.Deny = FixedDeny
+			if err := e.dp.writeDeny(); err != nil {
 				t.Fatal(err)
 			}
-			v, _ := e.egress(guestFrame(t, e.cfg, outside, udp()...), 2)
+			v, _ := e.egress(guestFrame(t, e.cfg, netip.MustParseAddr("169.254.169.254"), udp()...), 0)
 			return v
 		}},
 		{"no_slot", func() uint32 {

@@ -87,11 +87,11 @@ func newEnvAt(t testing.TB, slots int, pins string) *env {
 	must(netlink.LinkSetUp(peer), "up1 up")
 	must(netlink.LinkSetUp(up), "up0 up")
 	must(netlink.AddrAdd(up, &netlink.Addr{IPNet: &net.IPNet{IP: underlay.AsSlice(), Mask: net.CIDRMask(24, 32)}}), "uplink address")
-	must(netlink.NeighAdd(&netlink.Neigh{LinkIndex: up.Index, Family: unix.AF_INET, State: netlink.NUD_PERMANENT,
+	must(netlink.NeighAdd(&netlink.Neigh{LinkIndex: up.Attrs().Index, Family: unix.AF_INET, State: netlink.NUD_PERMANENT,
 		IP: fabricGW.AsSlice(), HardwareAddr: fabricGWMAC}), "gateway neighbour")
-	must(netlink.RouteAdd(&netlink.Route{LinkIndex: up.Index, Table: testTable, Scope: netlink.SCOPE_LINK,
+	must(netlink.RouteAdd(&netlink.Route{LinkIndex: up.Attrs().Index, Table: testTable, Scope: netlink.SCOPE_LINK,
 		Dst: &net.IPNet{IP: net.IPv4(198, 18, 0, 0).To4(), Mask: net.CIDRMask(24, 32)}}), "on-link route")
-	must(netlink.RouteAdd(&netlink.Route{LinkIndex: up.Index, Table: testTable, Gw: fabricGW.AsSlice(),
+	must(netlink.RouteAdd(&netlink.Route{LinkIndex: up.Attrs().Index, Table: testTable, Gw: fabricGW.AsSlice(),
 		Dst: &net.IPNet{IP: net.IPv4(198, 19, 0, 0).To4(), Mask: net.CIDRMask(16, 32)}}), "fabric route")
 
 	prefix := fmt.Sprintf("dpt%c%c", 'a'+os.Getpid()%26, 'a'+os.Getpid()/26%26)
@@ -116,8 +116,8 @@ func newEnvAt(t testing.TB, slots int, pins string) *env {
 	e.dp = dp
 	for i, h := range e.hosts {
 		must(dp.SetSlot(i, h), "set slot")
-		must(dp.Detach(i, nil), "dummy vni")     // as netslotd does for a free slot
-		must(dp.OpenLease(i, nil), "open lease") // and then leases it
+		must(dp.Detach(i, nil), "dummy vni") // as netslotd does for a free slot
+		dp.OpenLease(i, nil)                 // and then leases it
 	}
 	return e
 }
@@ -172,8 +172,8 @@ func (e *env) egress(pkt []byte, slotIdx int) (uint32, []byte) {
 }
 
 func (e *env) ingress(pkt []byte) (uint32, []byte) {
-	up, _ := net.InterfaceByName("up0")
-	return e.run(e.dp.objs.UplinkIngress, pkt, up.Index)
+	up, _ := netlink.LinkByName("up0")
+	return e.run(e.dp.objs.UplinkIngress, pkt, up.Attrs().Index)
 }
 
 func (e *env) stats(i int) Stats {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"net"
 	"net/netip"
 	"runtime"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -27,7 +27,7 @@ import (
 func FuzzPrograms(f *testing.F) {
 	e := newEnvAt(f, 2, pinRoot)
 	e.attach(1, 4242, "10.9.0.5", "10.9.0.0/16", peerMAC, vtep)
-	up, err := net.InterfaceByName("up0")
+	up, err := netlink.LinkByName("up0")
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func FuzzPrograms(f *testing.F) {
 		case egress1:
 			iif = e.hosts[1]
 		case ingress:
-			prog, iif = e.dp.objs.UplinkIngress, up.Index
+			prog, iif = e.dp.objs.UplinkIngress, up.Attrs().Index
 		}
 		verdict, out, err := run(prog, frame, iif)
 		if errors.Is(err, unix.EINVAL) && len(frame) < 14+40 {

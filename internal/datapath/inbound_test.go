@@ -3,6 +3,7 @@ package datapath
 import (
 	"encoding/binary"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -92,11 +93,11 @@ func icmpMsg(typ uint8, id uint16, payload []byte) []gopacket.SerializableLayer 
 	return []gopacket.SerializableLayer{&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(typ, 0), Id: id, Seq: 1}, gopacket.Payload(payload)}
 }
 
-// quoted is the start of a packet from src to dst, as an ICMP error
-// quotes it.
-func quoted(t testing.TB, src, dst netip.Addr) []byte {
+// quoted is the start of a UDP packet from src:sport to dst:53, as an
+// ICMP error quotes it.
+func quoted(t testing.TB, src, dst netip.Addr, sport uint16) []byte {
 	q := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
-	u := &layers.UDP{SrcPort: 40000, DstPort: 53}
+	u := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: 53}
 	u.SetNetworkLayerForChecksum(q)
 	return serialize(t, q, u)
 }
@@ -124,9 +125,10 @@ func TestInboundIsClosedToUnsolicitedTraffic(t *testing.T) {
 				{"icmp echo reply, another id", icmpMsg(layers.ICMPv4TypeEchoReply, 10, []byte("pong")), false},
 				{"icmp echo request", icmpMsg(layers.ICMPv4TypeEchoRequest, 9, []byte("ping")), false},
 				{"icmp timestamp request", icmpMsg(layers.ICMPv4TypeTimestampRequest, 9, make([]byte, 12)), false},
-				{"icmp error about the guest's packet", icmpMsg(layers.ICMPv4TypeDestinationUnreachable, 0, quoted(t, local, path.remote)), true},
-				{"icmp error about another packet", icmpMsg(layers.ICMPv4TypeDestinationUnreachable, 0, quoted(t, other, path.remote)), false},
-				{"icmp time exceeded about the guest's packet", icmpMsg(layers.ICMPv4TypeTimeExceeded, 0, quoted(t, local, path.remote)), true},
+				{"icmp error about the guest's packet", icmpMsg(layers.ICMPv4TypeDestinationUnreachable, 0, quoted(t, local, path.remote, 40000)), true},
+				{"icmp error about another host's packet", icmpMsg(layers.ICMPv4TypeDestinationUnreachable, 0, quoted(t, other, path.remote, 40000)), false},
+				{"icmp error quoting the guest's address, a flow it never had", icmpMsg(layers.ICMPv4TypeDestinationUnreachable, 0, quoted(t, local, path.remote, 40001)), false},
+				{"icmp time exceeded about the guest's packet", icmpMsg(layers.ICMPv4TypeTimeExceeded, 0, quoted(t, local, path.remote, 40000)), true},
 			}
 			for _, c := range cases {
 				before := e.total("inbound_unsolicited")
@@ -168,9 +170,9 @@ func TestInboundRulesOpenTheGuest(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := e.dp.OpenLease(0, in); err != nil {
-				t.Fatal(err)
-			}
+			// A lease's rules are written when it opens.
+			e.dp.CloseLease(0)
+			e.dp.OpenLease(0, in)
 			cases := []inCase{
 				{"tcp syn to 8080", []gopacket.SerializableLayer{tcpSeg(40000, 8080, "S")}, true},
 				{"tcp syn to 8081", []gopacket.SerializableLayer{tcpSeg(40000, 8081, "S")}, false},
@@ -186,17 +188,15 @@ func TestInboundRulesOpenTheGuest(t *testing.T) {
 				}
 			}
 			// The same rules from a source outside their CIDR.
-			if err := e.dp.OpenLease(0, []slot.InboundRule{{Proto: unix.IPPROTO_UDP, PortLo: 5300, PortHi: 5300,
-				Src: netip.MustParsePrefix("203.0.113.0/24")}}); err != nil {
-				t.Fatal(err)
-			}
+			e.dp.CloseLease(0)
+			e.dp.OpenLease(0, []slot.InboundRule{{Proto: unix.IPPROTO_UDP, PortLo: 5300, PortHi: 5300,
+				Src: netip.MustParsePrefix("203.0.113.0/24")}})
 			if v := path.send(e, 0, udpDgram(1234, 5300)...); v != verdictDrop {
 				t.Errorf("udp to 5300 from outside the rule's cidr: verdict %d, want a drop", int32(v))
 			}
 			// A new lease without rules is closed again.
-			if err := e.dp.OpenLease(0, nil); err != nil {
-				t.Fatal(err)
-			}
+			e.dp.CloseLease(0)
+			e.dp.OpenLease(0, nil)
 			if v := path.send(e, 0, tcpSeg(40000, 8080, "S")); v != verdictDrop {
 				t.Errorf("tcp syn to 8080 after the rules went: verdict %d, want a drop", int32(v))
 			}
@@ -210,9 +210,7 @@ func TestSlotWithoutLeaseNeitherSendsNorReceives(t *testing.T) {
 			e := newEnv(t, 2)
 			path.setup(e, 1)
 			e.sendVariants(1, path.remote)
-			if err := e.dp.CloseLease(1); err != nil {
-				t.Fatal(err)
-			}
+			e.dp.CloseLease(1)
 			none := e.cfg.Count
 			before := e.stats(none).Drops["not_leased"]
 			// Replies to flows of the lease that ended, and what a rule
@@ -241,9 +239,7 @@ func TestSlotWithoutLeaseNeitherSendsNorReceives(t *testing.T) {
 	// ARP through the tunnel for a closed slot's VPC address is not answered.
 	e := newEnv(t, 1)
 	e.attach(0, 4242, "10.9.0.5", "10.9.0.0/16", nil, vtep)
-	if err := e.dp.CloseLease(0); err != nil {
-		t.Fatal(err)
-	}
+	e.dp.CloseLease(0)
 	req := serialize(t, &layers.Ethernet{SrcMAC: peerMAC, DstMAC: layers.EthernetBroadcast, EthernetType: layers.EthernetTypeARP},
 		&layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4,
 			Operation: layers.ARPRequest, SourceHwAddress: peerMAC, SourceProtAddress: vpcPeer.AsSlice(),
@@ -312,11 +308,81 @@ func TestFlowTable(t *testing.T) {
 	if v := reply(0, 53, 40000); v != verdictRedirect {
 		t.Errorf("reply after the guest sent again: verdict %d", int32(v))
 	}
-	if err := e.dp.ClearFlows(0); err != nil {
-		t.Fatal(err)
-	}
+	e.dp.ClearFlows(0)
 	if v := reply(0, 53, 40000); v != verdictDrop {
 		t.Errorf("reply after ClearFlows: verdict %d, want a drop", int32(v))
+	}
+	// A lease that opens starts from an empty table, whatever a packet in
+	// flight at the last release wrote.
+	e.egress(guestFrame(t, e.cfg, outside, udpDgram(40000, 53)...), 0)
+	e.dp.CloseLease(0)
+	e.dp.OpenLease(0, nil)
+	if v := reply(0, 53, 40000); v != verdictDrop {
+		t.Errorf("reply to a flow of the last lease: verdict %d, want a drop", int32(v))
+	}
+}
+
+// A flow belongs to the path it left by: the peer's reply through the NAT
+// does not answer a flow sent through the tunnel, nor the reverse.
+func TestFlowsAreBoundToTheirPath(t *testing.T) {
+	e := newEnv(t, 1)
+	e.attach(0, 4242, "10.9.0.5", "10.9.0.0/16", peerMAC, vtep)
+	peer := netip.MustParseAddr("10.9.0.1")
+	e.egress(guestFrame(t, e.cfg, peer, udpDgram(40000, 53)...), 0) // through the tunnel
+	natReply := func() uint32 {
+		ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 60, Protocol: layers.IPProtocolUDP, SrcIP: peer.AsSlice(), DstIP: e.cfg.SlotIP(0).AsSlice()}
+		v, _ := e.ingress(serialize(t, append([]gopacket.SerializableLayer{&layers.Ethernet{SrcMAC: fabricGWMAC, DstMAC: uplinkMAC,
+			EthernetType: layers.EthernetTypeIPv4}, ip}, udpDgram(53, 40000)...)...))
+		return v
+	}
+	tunnelReply := func() uint32 {
+		v, _ := e.ingress(geneveFrame(t, gnvOpts{vni: 4242}, innerIPv4(t, e.cfg.VPCMAC(0), peer.String(), "10.9.0.5", udpDgram(53, 40000)...)))
+		return v
+	}
+	if v := tunnelReply(); v != verdictRedirect {
+		t.Errorf("reply through the tunnel: verdict %d", int32(v))
+	}
+	if v := natReply(); v != verdictDrop {
+		t.Errorf("the VPC peer's address through the NAT: verdict %d, want a drop", int32(v))
+	}
+}
+
+// The pool's deny set stops NATed traffic, and spares the slot's VPC,
+// whose CIDRs may overlap it.
+func TestDenySetSparesTheVPC(t *testing.T) {
+	e := newEnv(t, 2)
+	e.attach(1, 4242, "10.9.0.5", "10.9.0.0/16", peerMAC, vtep)
+	e.dp.cfg.Deny = append(slices.Clone(FixedDeny), netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("198.19.1.0/24"))
+	if err := e.dp.writeDeny(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		what string
+		slot int
+		dst  string
+		want uint32
+	}{
+		{"NAT to an operator's range", 0, "198.19.1.1", verdictDrop},
+		{"NAT to instance metadata", 0, "169.254.169.254", verdictDrop},
+		{"NAT to 10/8 (no VPC)", 0, "10.9.0.1", verdictDrop},
+		{"NAT outside the deny set", 0, "198.19.2.1", verdictNext},
+		{"the VPC inside 10/8", 1, "10.9.0.1", verdictRedirect},
+		{"NAT from a VPC slot to 10/8 outside its VPC", 1, "10.10.0.1", verdictDrop},
+	} {
+		before := e.stats(c.slot).Drops["egress_denied"]
+		v, _ := e.egress(guestFrame(t, e.cfg, netip.MustParseAddr(c.dst), udpDgram(40000, 53)...), c.slot)
+		d := e.stats(c.slot).Drops["egress_denied"] - before
+		if v != c.want || (c.want == verdictDrop) != (d == 1) {
+			t.Errorf("%s: verdict %d, egress_denied +%d; want verdict %d", c.what, int32(v), d, int32(c.want))
+		}
+	}
+	// A smaller set takes effect whole: what it no longer holds passes.
+	e.dp.cfg.Deny = FixedDeny
+	if err := e.dp.writeDeny(); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := e.egress(guestFrame(t, e.cfg, netip.MustParseAddr("198.19.1.1"), udpDgram(40000, 53)...), 0); v != verdictNext {
+		t.Errorf("after the operator's range went: verdict %d", int32(v))
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+	"github.com/vishvananda/netlink"
 
 	"github.com/netslot/netslot/internal/slot"
 )
@@ -98,8 +99,8 @@ func TestEgressFromHostPasses(t *testing.T) {
 	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: underlay.AsSlice(), DstIP: outside.AsSlice()}
 	pkt := serialize(t, &layers.Ethernet{SrcMAC: uplinkMAC, DstMAC: fabricGWMAC, EthernetType: layers.EthernetTypeIPv4}, ip,
 		&layers.UDP{SrcPort: 1, DstPort: 2}, gopacket.Payload("host"))
-	up, _ := net.InterfaceByName("up0")
-	verdict, out := e.run(e.dp.objs.UplinkEgress, pkt, up.Index)
+	up, _ := netlink.LinkByName("up0")
+	verdict, out := e.run(e.dp.objs.UplinkEgress, pkt, up.Attrs().Index)
 	if verdict != verdictNext || !bytes.Equal(out, pkt) {
 		t.Errorf("the host's own packet: verdict %d, changed %v", int32(verdict), !bytes.Equal(out, pkt))
 	}
@@ -444,6 +445,8 @@ func TestStalePeerIsNotReused(t *testing.T) {
 // guest must see its own address there. And the other way round.
 func TestICMPErrorsTranslated(t *testing.T) {
 	e := newEnv(t, 2)
+	// The packet the error answers: sent by slot 1's guest.
+	e.egress(guestFrame(t, e.cfg, outside, &layers.UDP{SrcPort: 40000, DstPort: 53}, gopacket.Payload("big")), 1)
 	// What the guest sent, as the outside host saw it (from the slot
 	// address), quoted in a fragmentation-needed error.
 	quoted := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, Flags: layers.IPv4DontFragment,

@@ -22,7 +22,7 @@ var DropReasons = []string{
 	"egress_dummy_vni", "egress_not_ipv4", "egress_spoof",
 	"no_route", "rewrite", "no_slot", "slot_to_slot",
 	"geneve_oam", "geneve_critical", "geneve_fragment", "too_big", "peer_unknown", "unregistered",
-	"inbound_unsolicited", "not_leased",
+	"inbound_unsolicited", "not_leased", "egress_denied",
 }
 
 func init() {
@@ -42,53 +42,39 @@ const (
 
 // OpenLease lets slot i's traffic flow, both ways, under its lease: from
 // now on the guest may send, and receive replies to its own flows and
-// what the inbound rules allow. Until then (a pooled slot), and from
-// CloseLease on (a slot being released), the datapath drops everything to
-// and from it. The rules are written first, then the flags word in one
-// atomic store (a release: no program sees the lease open before its
-// rules): no syscall.
-func (d *Datapath) OpenLease(i int, inbound []slot.InboundRule) error {
-	if err := slot.CheckInbound(inbound); err != nil {
-		return fmt.Errorf("slot %d: %w", i, err)
-	}
-	if i < 0 || i >= d.cfg.Slot.Count {
-		return fmt.Errorf("slot %d: open lease: no such slot", i)
-	}
+// what the inbound rules allow (at most slot.MaxInboundRules, checked by
+// every caller). Until then (a pooled slot), and from CloseLease on (a
+// slot being released), the datapath drops everything to and from it.
+// Opening a closed lease starts from an empty flow table (no program
+// writes it while the lease is closed). The flags word is written last,
+// in one atomic store (a release: no program sees the lease open before
+// its rules): no syscall.
+func (d *Datapath) OpenLease(i int, inbound []slot.InboundRule) {
 	p := at[datapathLeasePolicy](d.leases, i)
-	var rules [len(p.Inbound)]datapathInboundRule
-	for n, r := range inbound {
-		rules[n] = datapathInboundRule{Proto: r.Proto, PortLo: r.PortLo, PortHi: r.PortHi,
-			Src: be32(r.Src.Addr()), Mask: be32(maskOf(r.Src))}
-	}
-	if p.Inbound != rules || p.Ninbound != uint32(len(inbound)) {
-		// Written while the lease is closed, except when a restarted
-		// daemon opens it again with what it already holds.
+	if atomic.LoadUint32(&p.Flags)&leaseOpen == 0 {
+		*at[datapathSlotFlows](d.flows, i) = datapathSlotFlows{}
+		var rules [len(p.Inbound)]datapathInboundRule
+		for n, r := range inbound { // panics past len(rules): unchecked input
+			rules[n] = datapathInboundRule{Proto: r.Proto, PortLo: r.PortLo, PortHi: r.PortHi,
+				Src: be32(r.Src.Addr()), Mask: be32(maskOf(r.Src))}
+		}
 		p.Inbound, p.Ninbound = rules, uint32(len(inbound))
 	}
 	atomic.StoreUint32(&p.Flags, leaseOpen)
-	return nil
 }
 
 // CloseLease stops slot i's traffic both ways (the flags word first, in
 // one atomic store), then forgets its inbound rules.
-func (d *Datapath) CloseLease(i int) error {
-	if i < 0 || i >= d.cfg.Slot.Count {
-		return fmt.Errorf("slot %d: close lease: no such slot", i)
-	}
+func (d *Datapath) CloseLease(i int) {
 	p := at[datapathLeasePolicy](d.leases, i)
 	atomic.StoreUint32(&p.Flags, 0)
 	p.Ninbound, p.Inbound = 0, [len(p.Inbound)]datapathInboundRule{}
-	return nil
 }
 
-// ClearFlows forgets the flows slot i's guest opened, so that no reply to
-// them reaches the next tenant. The slot's lease must be closed.
-func (d *Datapath) ClearFlows(i int) error {
-	if i < 0 || i >= d.cfg.Slot.Count {
-		return fmt.Errorf("slot %d: clear flows: no such slot", i)
-	}
+// ClearFlows forgets the flows slot i's guest opened (so that a released
+// slot holds nothing of its tenant's). The slot's lease must be closed.
+func (d *Datapath) ClearFlows(i int) {
 	*at[datapathSlotFlows](d.flows, i) = datapathSlotFlows{}
-	return nil
 }
 
 // Stats are a slot's packet counters, summed over CPUs.

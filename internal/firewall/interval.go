@@ -47,28 +47,6 @@ func mergeCIDRs(cidrs []netip.Prefix) []span {
 	return out
 }
 
-// subtractSpans returns the parts of from (merged) outside every span of
-// minus (merged).
-func subtractSpans(from, minus []span) []span {
-	var out []span
-	for _, f := range from {
-		lo := uint64(f.lo)
-		for _, m := range minus {
-			if uint64(m.hi) < lo || m.lo > f.hi {
-				continue
-			}
-			if uint64(m.lo) > lo {
-				out = append(out, span{uint32(lo), m.lo - 1})
-			}
-			lo = uint64(m.hi) + 1
-		}
-		if lo <= uint64(f.hi) {
-			out = append(out, span{uint32(lo), f.hi})
-		}
-	}
-	return out
-}
-
 // intervalElements encodes ranges the way nft does for an interval set: a
 // start element per range and an interval-end element one past its end
 // (omitted when the range runs to 255.255.255.255).

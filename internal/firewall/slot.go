@@ -15,17 +15,6 @@ import (
 // everything is the egress allow-list of a slot without a policy.
 var everything = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
 
-// FixedDeny is what no guest may send to, whatever its policy: "this"
-// network, link-local (where clouds serve instance metadata, such as
-// 169.254.169.254), multicast, and the reserved range with the limited
-// broadcast address. A pool adds its own (Slot.Deny).
-var FixedDeny = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),
-	netip.MustParsePrefix("169.254.0.0/16"),
-	netip.MustParsePrefix("224.0.0.0/4"),
-	netip.MustParsePrefix("240.0.0.0/4"),
-}
-
 const egressSet = "egress"
 
 // Slot is the firewall inside one slot's namespace: one netdev table named
@@ -37,18 +26,14 @@ const egressSet = "egress"
 //   - only the guest address as IPv4 source;
 //   - the gateway (tap0's address) answers ICMP only;
 //   - the egress allow-list: an interval set, so that a new policy is a set
-//     update, never a rule change. It holds the lease's allow-list
-//     (0.0.0.0/0 when it sets none; nothing when it denies all) minus the
-//     pool's deny set, which therefore applies whatever the lease says.
+//     update, never a rule change (0.0.0.0/0 when the lease sets none;
+//     nothing when it denies all). The pool's deny set is the datapath's,
+//     on the NAT path only: a VPC's CIDRs may overlap it.
 //
 // A single base chain per slot also keeps boot cheap: each base chain is a
 // hook registration (measured: three chains in two tables cost 3 ms a slot).
 // Every method works on the namespace the conn was opened in.
-type Slot struct {
-	Config slot.Config
-	// Deny is the pool's deny set (FixedDeny and the pool's own ranges).
-	Deny []netip.Prefix
-}
+type Slot struct{ Config slot.Config }
 
 // Offsets into the headers the rules read.
 const (
@@ -108,17 +93,16 @@ func egressSetOf(t *nftables.Table) *nftables.Set {
 	return &nftables.Set{Table: t, Name: egressSet, KeyType: nftables.TypeIPAddr, Interval: true}
 }
 
-// egress is what the egress set holds for e: its allow-list, or
-// everything, less the deny set.
+// egress is what the egress set holds for e: its allow-list, everything
+// or nothing.
 func (s Slot) egress(e slot.Egress) []span {
-	if e.DenyAll {
+	switch {
+	case e.DenyAll:
 		return nil
+	case len(e.Allow) == 0:
+		return mergeCIDRs(everything)
 	}
-	allow := e.Allow
-	if len(allow) == 0 {
-		allow = everything
-	}
-	return subtractSpans(mergeCIDRs(allow), mergeCIDRs(s.Deny))
+	return mergeCIDRs(e.Allow)
 }
 
 // Apply (re)writes the slot's tables in one transaction, with the egress

@@ -51,7 +51,7 @@ func inScratchNS(t *testing.T, fn func()) {
 
 func TestSlotVerifyCatchesChanges(t *testing.T) {
 	cfg := slot.DefaultConfig("fw", 1)
-	s := Slot{Config: cfg, Deny: FixedDeny}
+	s := Slot{Config: cfg}
 	allow := slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}}
 	inScratchNS(t, func() {
 		conn, err := Dial()

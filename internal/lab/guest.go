@@ -1,18 +1,17 @@
 package lab
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"sync"
 	"time"
-	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/netslot/netslot/internal/links"
 	"github.com/netslot/netslot/internal/netns"
 	"github.com/netslot/netslot/internal/slot"
 )
@@ -44,7 +43,7 @@ func NewGuestNS(tag, slotNS string, cfg slot.Config) (*GuestNS, error) {
 			return err
 		}
 		// Not persistent: the tap goes away when the wire closes it.
-		fd, err := openTap("g0")
+		fd, err := links.AttachTap("g0")
 		if err != nil {
 			return err
 		}
@@ -178,30 +177,13 @@ func (g *GuestNS) Listen(port int) (net.Listener, error) {
 	return l, err
 }
 
-// openTap opens (creating if needed) tap name in the calling thread's
-// namespace.
-func openTap(name string) (int, error) {
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("open /dev/net/tun: %w", err)
-	}
-	var req [unix.IFNAMSIZ + 24]byte
-	copy(req[:], name)
-	binary.NativeEndian.PutUint16(req[unix.IFNAMSIZ:], unix.IFF_TAP|unix.IFF_NO_PI)
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req[0]))); e != 0 {
-		unix.Close(fd)
-		return -1, fmt.Errorf("tap %s: %w", name, e)
-	}
-	return fd, nil
-}
-
 // OpenTap attaches to tap name of the namespace pinned at path the way a
 // VMM does, non-blocking (Close interrupts a pending read).
 func OpenTap(path, name string) (*os.File, error) {
 	var fd int
 	err := InNS(path, func() error {
 		var err error
-		fd, err = openTap(name)
+		fd, err = links.AttachTap(name)
 		return err
 	})
 	if err != nil {

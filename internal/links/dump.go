@@ -23,13 +23,14 @@ import (
 // On a host whose links never hold still (another pool booting, a CNI
 // plugin or a loop creating and deleting veths, thousands of links to
 // read), no dump may ever come back whole. After dumpAttempts reads, the
-// union of what they returned is the answer: every object that existed
-// throughout them is in it (the kernel walks links, and a device's
-// addresses, in index order and resumes after the last one it sent, so a
-// change elsewhere moves nothing else; where an older kernel skipped one,
-// another read has it), and objects that came or went meanwhile may be in
-// it or not, as they would be a moment later anyway. Callers look for
-// their own objects, which nobody else changes.
+// union of what they returned is the answer, each object as last read.
+// Since Linux 6.6 the kernel walks links in ifindex order and resumes
+// after the last one it sent, so every link that existed throughout is in
+// every read; an older kernel, walking hash chains, may skip one in a read
+// (another read likely has it). Objects that came or went meanwhile may be
+// in it or not, as they would be a moment later anyway. Callers look for
+// their own objects, which nobody else changes, and where missing one
+// would do harm (boot taking a slot for damaged) they ask for it by name.
 
 // dumpAttempts bounds the reads of one dump; dumpBackoffMax bounds the
 // (jittered, doubling) wait between the later ones.
@@ -83,22 +84,25 @@ func Neighs(h *netlink.Handle, linkIndex, family int) ([]netlink.Neigh, error) {
 }
 
 // retryDump runs dump until it comes back whole, or returns the union of
-// dumpAttempts interrupted reads (by key).
+// dumpAttempts interrupted reads (by key; an object's latest copy).
 func retryDump[T any](dump func() ([]T, error), key func(T) string) ([]T, error) {
 	var union []T
-	seen := map[string]bool{}
+	pos := map[string]int{}
 	for attempt := range dumpAttempts {
 		out, err := dump()
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			return out, err
 		}
 		for _, o := range out {
-			if k := key(o); !seen[k] {
-				seen[k] = true
-				union = append(union, o)
+			k := key(o)
+			if n, ok := pos[k]; ok {
+				union[n] = o
+				continue
 			}
+			pos[k] = len(union)
+			union = append(union, o)
 		}
-		if attempt >= 2 {
+		if attempt >= 2 && attempt < dumpAttempts-1 {
 			wait := min(time.Duration(1<<(attempt-2))*250*time.Microsecond, dumpBackoffMax)
 			time.Sleep(wait/2 + rand.N(wait/2+1))
 		}

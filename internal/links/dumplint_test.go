@@ -86,6 +86,9 @@ func TestEveryDumpIsRetried(t *testing.T) {
 }
 
 func helperFor(call string) string {
+	if strings.HasPrefix(call, "Interface") {
+		return "Links (or netlink.LinkByName, which is no dump)"
+	}
 	for _, h := range []string{"Link", "Addr", "Route", "Rule", "Neigh"} {
 		if strings.HasPrefix(call, h) {
 			return h + "s"

@@ -26,7 +26,7 @@ type ifreq struct {
 // Flags are those Firecracker attaches with (IFF_TAP|IFF_NO_PI; it adds
 // IFF_VNET_HDR per open), and no owner is set: only CAP_NET_ADMIN may attach.
 func createTap(name string) error {
-	fd, err := attachTap(name)
+	fd, err := AttachTap(name)
 	if err != nil {
 		return fmt.Errorf("create tap %s: %w", name, err)
 	}
@@ -37,11 +37,11 @@ func createTap(name string) error {
 	return nil
 }
 
-// attachTap opens /dev/net/tun and attaches to tap name of the calling
+// AttachTap opens /dev/net/tun and attaches to tap name of the calling
 // thread's namespace (creating it if there is none) with the flags the
-// slot's tap is made with. An existing tap takes them back, whatever flags
-// its last user attached with (IFF_VNET_HDR...).
-func attachTap(name string) (int, error) {
+// slot's tap is made with, as a VMM does. An existing tap takes them back,
+// whatever flags its last user attached with (IFF_VNET_HDR...).
+func AttachTap(name string) (int, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("open /dev/net/tun: %w", err)
@@ -66,7 +66,7 @@ func HoldTap(h *netlink.Handle, name string) (io.Closer, error) {
 	if _, err := h.LinkByName(name); err != nil {
 		return nil, fmt.Errorf("find %s: %w", name, err)
 	}
-	fd, err := attachTap(name)
+	fd, err := AttachTap(name)
 	if errors.Is(err, unix.EBUSY) {
 		return nil, ErrTapInUse
 	}

@@ -91,7 +91,7 @@ func ParseAttachment(vni uint32, vtep, vpcIP string, cidrs []string) (*Attachmen
 // or a VTEP at the underlay address. New leases are checked; stored ones
 // are taken as they were accepted.
 func (c Config) CheckAttachment(a *Attachment, underlay netip.Addr) error {
-	if !a.VPCIP.IsGlobalUnicast() && !a.VPCIP.IsPrivate() {
+	if !a.VPCIP.IsGlobalUnicast() { // private ranges included
 		return fmt.Errorf("invalid vpc ip %s: want a unicast address", a.VPCIP)
 	}
 	if !slices.ContainsFunc(a.VPCCIDRs, func(p netip.Prefix) bool { return p.Contains(a.VPCIP) }) {

@@ -12,6 +12,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/netslot/netslot/internal/lab"
 )
 
@@ -107,7 +109,7 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // CaptureOn starts capturing on ifname (in the root namespace).
 func CaptureOn(ifname string) (*Capture, error) {
-	ifi, err := net.InterfaceByName(ifname)
+	ifi, err := netlink.LinkByName(ifname)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +117,7 @@ func CaptureOn(ifname string) (*Capture, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Attrs().Index}); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}

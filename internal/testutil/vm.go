@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/netslot/netslot/internal/netns"
 )
@@ -205,7 +206,7 @@ func StartVM(tb testing.TB, cfg VMConfig) *VM {
 		unix.Close(nsfd)
 		if err == nil {
 			// qemu would create a missing tap rather than fail.
-			if _, ierr := net.InterfaceByName(cfg.Tap); ierr != nil {
+			if _, ierr := netlink.LinkByName(cfg.Tap); ierr != nil {
 				err = fmt.Errorf("tap %s: %w", cfg.Tap, ierr)
 			}
 		}

@@ -189,9 +189,10 @@ type AcquireRequest struct {
 	// Optional: attach the slot to a VPC.
 	Vpc *VpcAttachment `protobuf:"bytes,1,opt,name=vpc,proto3" json:"vpc,omitempty"`
 	// Optional: IPv4 CIDRs the guest may send to. Empty means no restriction
-	// (unless egress_deny_all). Either way the pool's deny set applies
-	// (StatusResponse.egress_deny): link-local, multicast, the underlay's
-	// subnets and the operator's ranges are never reachable.
+	// (unless egress_deny_all). Either way the pool's deny set applies to
+	// NATed traffic (StatusResponse.egress_deny): link-local, multicast, the
+	// underlay's subnets and the operator's ranges are never reached but
+	// through the lease's VPC.
 	EgressAllow []string `protobuf:"bytes,2,rep,name=egress_allow,json=egressAllow,proto3" json:"egress_allow,omitempty"`
 	// Optional free-form label stored with the lease (for example a VM id).
 	Owner string `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
@@ -1151,7 +1152,8 @@ type StatusResponse struct {
 	// unknown VNIs, dummy VNIs, malformed headers, traffic to or from slots
 	// that are not leased...).
 	UnattributedDrops map[string]uint64 `protobuf:"bytes,13,rep,name=unattributed_drops,json=unattributedDrops,proto3" json:"unattributed_drops,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	// What no guest of the pool may send to, whatever its lease says.
+	// Where no guest of the pool may send NATed traffic, whatever its lease
+	// says (traffic to a lease's VPC is not subject to it).
 	EgressDeny    []string `protobuf:"bytes,14,rep,name=egress_deny,json=egressDeny,proto3" json:"egress_deny,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
