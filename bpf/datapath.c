@@ -65,6 +65,8 @@ enum datapath_const {
 	ENCAP_MARK = 0x6e530001,
 	/* lease_policy.flags: the slot is leased, its traffic flows. */
 	LEASE_OPEN = 1,
+	/* The flow table's clock ticks every 2^FLOW_TIME_SHIFT jiffies. */
+	FLOW_TIME_SHIFT = 6,
 };
 
 /* Why a packet was dropped; the order is the order of stats.drops, and
@@ -110,6 +112,7 @@ struct pool_config {
 	__u32 route_table;    /* where VTEPs are looked up */
 	__u8 uplink_mac[6];
 	__u8 pad[2];
+	__u32 flow_ttl;       /* how long a flow stays open, in flow_now() units */
 };
 
 struct slot_info {
@@ -209,9 +212,6 @@ struct lease_policy {
  */
 #define FLOW_SETS 64
 #define FLOW_WAYS 2
-/* How long a flow stays open after its last packet out, in units of
- * 2^30 ns: 112 is 120 s. */
-#define FLOW_TTL 112
 
 struct flow {
 	__be32 remote;        /* the peer's address */
@@ -415,6 +415,22 @@ static __always_inline bool mac_eq(const __u8 *a, const __u8 *b)
 	       a[3] == b[3] && a[4] == b[4] && a[5] == b[5];
 }
 
+/* Copy len bytes at off into to: straight from the packet's linear data
+ * when they are there (the headers of a forwarded packet are), else
+ * through bpf_skb_load_bytes. The direct read saves a helper call on the
+ * paths every packet takes. */
+static __always_inline int load(struct __sk_buff *skb, __u32 off, void *to, const __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	if (off < 256 && data + off + len <= end) {
+		__builtin_memcpy(to, data + off, len);
+		return 0;
+	}
+	return bpf_skb_load_bytes(skb, off, to, len);
+}
+
 /* linux/icmp.h pulls in libc headers (through linux/if.h); the ICMP types
  * and the echo header are small. */
 #define ICMP_ECHOREPLY 0
@@ -574,10 +590,13 @@ static __always_inline struct lease_policy *open_lease(__u32 idx)
 	return lp;
 }
 
-/* Coarse time in units of 2^30 ns (about a second), never 0. */
+/* The flow table's clock: jiffies in units of 2^FLOW_TIME_SHIFT (64 ms at
+ * HZ=1000, 256 ms at HZ=250). The verifier inlines bpf_jiffies64 into a
+ * load; a ktime helper costs a call per packet. netslotd writes the time a
+ * flow stays open (120 s) in these units, from the kernel's tick length. */
 static __always_inline __u32 flow_now(void)
 {
-	return (__u32)(bpf_ktime_get_coarse_ns() >> 30) + 1;
+	return (__u32)(bpf_jiffies64() >> FLOW_TIME_SHIFT);
 }
 
 /*
@@ -598,14 +617,14 @@ static __always_inline int flow_of(struct __sk_buff *skb, const struct iphdr *ip
 	if (ip->protocol == IPPROTO_UDP) {
 		struct udphdr u;
 
-		if (bpf_skb_load_bytes(skb, l4_off, &u, sizeof(u)))
+		if (load(skb, l4_off, &u, sizeof(u)))
 			return -1;
 		k->rport = out ? u.dest : u.source;
 		k->lport = out ? u.source : u.dest;
 	} else if (ip->protocol == IPPROTO_ICMP) {
 		struct icmp_echo e;
 
-		if (bpf_skb_load_bytes(skb, l4_off, &e, sizeof(e)) ||
+		if (load(skb, l4_off, &e, sizeof(e)) ||
 		    e.type != (out ? ICMP_ECHO : ICMP_ECHOREPLY))
 			return -1;
 		k->lport = e.id;
@@ -661,8 +680,9 @@ static __always_inline void flow_out(struct __sk_buff *skb, __u32 idx, const str
 	*(a->seen <= b->seen ? a : b) = k;
 }
 
-/* Whether k, a packet the guest receives, answers a flow it sent lately. */
-static __always_inline bool flow_in(__u32 idx, const struct flow *k)
+/* Whether k, a packet the guest receives, answers a flow it sent less
+ * than ttl ago. */
+static __always_inline bool flow_in(__u32 idx, const struct flow *k, __u32 ttl)
 {
 	struct slot_flows *t = bpf_map_lookup_elem(&flows, &idx);
 	__u32 set, now;
@@ -674,7 +694,7 @@ static __always_inline bool flow_in(__u32 idx, const struct flow *k)
 #pragma unroll
 	for (int w = 0; w < FLOW_WAYS; w++) {
 		struct flow *f = &t->f[set + w];
-		if (flow_eq(f, k) && now - f->seen <= FLOW_TTL)
+		if (flow_eq(f, k) && now - f->seen <= ttl)
 			return true;
 	}
 	return false;
@@ -706,7 +726,8 @@ static __always_inline bool inbound_allowed(const struct lease_policy *lp, __u8 
  * errors the guest's stack matches to a sequence number itself) or a
  * later fragment, belongs to one of the guest's recent flows.
  */
-static __always_inline bool icmp_error_ok(struct __sk_buff *skb, __u32 idx, __u32 l4_off, __be32 local, bool vpc)
+static __always_inline bool icmp_error_ok(struct __sk_buff *skb, __u32 idx, __u32 l4_off, __be32 local, bool vpc,
+					  __u32 ttl)
 {
 	__u32 q_off = l4_off + sizeof(struct icmp_echo);
 	struct iphdr q;
@@ -716,7 +737,7 @@ static __always_inline bool icmp_error_ok(struct __sk_buff *skb, __u32 idx, __u3
 		return false;
 	if (q.protocol == IPPROTO_TCP || (q.frag_off & bpf_htons(IP_OFFMASK)))
 		return true;
-	return !flow_of(skb, &q, q_off + q.ihl * 4, true, vpc, &k) && flow_in(idx, &k);
+	return !flow_of(skb, &q, q_off + q.ihl * 4, true, vpc, &k) && flow_in(idx, &k, ttl);
 }
 
 /*
@@ -728,8 +749,9 @@ static __always_inline bool icmp_error_ok(struct __sk_buff *skb, __u32 idx, __u3
  * packets leave with on this path); or new traffic the lease's inbound
  * rules allow. ip is the header at l3_off, before any translation.
  */
-static __always_inline bool inbound_ok(struct __sk_buff *skb, __u32 idx, const struct lease_policy *lp,
-				       const struct iphdr *ip, __u32 l3_off, __be32 local, bool vpc)
+static __always_inline bool inbound_ok(struct __sk_buff *skb, const struct pool_config *cfg, __u32 idx,
+				       const struct lease_policy *lp, const struct iphdr *ip, __u32 l3_off,
+				       __be32 local, bool vpc)
 {
 	__u32 l4_off = l3_off + ip->ihl * 4;
 	__u16 port = 0;
@@ -741,7 +763,7 @@ static __always_inline bool inbound_ok(struct __sk_buff *skb, __u32 idx, const s
 	if (ip->protocol == IPPROTO_TCP) {
 		struct tcphdr th;
 
-		if (bpf_skb_load_bytes(skb, l4_off, &th, sizeof(th)))
+		if (load(skb, l4_off, &th, sizeof(th)))
 			return false;
 		if (th.ack || th.rst)
 			return true;
@@ -750,18 +772,18 @@ static __always_inline bool inbound_ok(struct __sk_buff *skb, __u32 idx, const s
 	} else if (ip->protocol == IPPROTO_ICMP) {
 		__u8 type;
 
-		if (bpf_skb_load_bytes(skb, l4_off, &type, sizeof(type)))
+		if (load(skb, l4_off, &type, sizeof(type)))
 			return false;
 		if (icmp_is_error(type)) {
-			if (icmp_error_ok(skb, idx, l4_off, local, vpc))
+			if (icmp_error_ok(skb, idx, l4_off, local, vpc, cfg->flow_ttl))
 				return true;
-		} else if (!flow_of(skb, ip, l4_off, false, vpc, &k) && flow_in(idx, &k)) {
+		} else if (!flow_of(skb, ip, l4_off, false, vpc, &k) && flow_in(idx, &k, cfg->flow_ttl)) {
 			return true;
 		}
 	} else {
 		if (flow_of(skb, ip, l4_off, false, vpc, &k))
 			return false;
-		if (flow_in(idx, &k))
+		if (flow_in(idx, &k, cfg->flow_ttl))
 			return true;
 		if (ip->protocol == IPPROTO_UDP) {
 			port = bpf_ntohs(k.lport);
@@ -963,7 +985,7 @@ static __always_inline int geneve_ingress(struct __sk_buff *skb, const struct po
 	lp = open_lease(idx);
 	if (!lp)
 		return drop(none, DROP_NOT_LEASED);
-	if (!inbound_ok(skb, idx, lp, &ip, in_l3, t->vpc_ip, true))
+	if (!inbound_ok(skb, cfg, idx, lp, &ip, in_l3, t->vpc_ip, true))
 		return drop(idx, DROP_INBOUND_UNSOLICITED);
 	learn_peer(idx, t, g.inner.h_source);
 
@@ -1036,7 +1058,7 @@ int uplink_ingress(struct __sk_buff *skb)
 	struct lease_policy *lp = open_lease(idx);
 	if (!lp)
 		return drop(cfg->slot_count, DROP_NOT_LEASED);
-	if (!inbound_ok(skb, idx, lp, ip, l3_off, ip->daddr, false))
+	if (!inbound_ok(skb, cfg, idx, lp, ip, l3_off, ip->daddr, false))
 		return drop(idx, DROP_INBOUND_UNSOLICITED);
 	__be32 old = ip->daddr;
 	__u8 proto = ip->protocol;

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -187,12 +188,17 @@ func mac6(m net.HardwareAddr) (out [6]uint8) {
 
 func (d *Datapath) writeConfig() error {
 	c := d.cfg
+	ttl, err := flowTTL()
+	if err != nil {
+		return err
+	}
 	pc := datapathPoolConfig{
 		GuestIp:    be32(c.Slot.GuestIP()),
 		SlotFirst:  be32(c.Slot.SlotIP(0)),
 		SlotCount:  uint32(c.Slot.Count),
 		UnderlayIp: be32(c.UnderlayIP),
 		RouteTable: uint32(c.RouteTable),
+		FlowTtl:    ttl,
 	}
 	if c.Uplink != "" {
 		l, err := netlink.LinkByName(c.Uplink)
@@ -206,6 +212,25 @@ func (d *Datapath) writeConfig() error {
 		return fmt.Errorf("write datapath config: %w", err)
 	}
 	return nil
+}
+
+// FlowIdle is how long a flow of a guest's stays open after its last
+// packet out: replies to it are let in meanwhile.
+const FlowIdle = 120 * time.Second
+
+// flowTTL is FlowIdle in the flow table's clock: jiffies, 2^FLOW_TIME_SHIFT
+// a unit. A jiffy is the tick, the resolution of the coarse clocks.
+func flowTTL() (uint32, error) {
+	var res unix.Timespec
+	if err := unix.ClockGetres(unix.CLOCK_MONOTONIC_COARSE, &res); err != nil {
+		return 0, fmt.Errorf("tick length: %w", err)
+	}
+	tick := time.Duration(res.Nano())
+	if tick <= 0 {
+		return 0, fmt.Errorf("tick length %v", tick)
+	}
+	unit := tick << uint(datapathDatapathConstFLOW_TIME_SHIFT)
+	return uint32((FlowIdle + unit - 1) / unit), nil
 }
 
 // writeDeny makes the deny map hold exactly the pool's deny set: new

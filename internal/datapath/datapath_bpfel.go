@@ -16,8 +16,9 @@ import (
 type datapathDatapathConst uint32
 
 const (
-	datapathDatapathConstENCAP_MARK datapathDatapathConst = 1850933249
-	datapathDatapathConstLEASE_OPEN datapathDatapathConst = 1
+	datapathDatapathConstENCAP_MARK      datapathDatapathConst = 1850933249
+	datapathDatapathConstLEASE_OPEN      datapathDatapathConst = 1
+	datapathDatapathConstFLOW_TIME_SHIFT datapathDatapathConst = 6
 )
 
 type datapathDenyKey struct {
@@ -108,6 +109,7 @@ type datapathPoolConfig struct {
 	RouteTable    uint32
 	UplinkMac     [6]uint8
 	Pad           [2]uint8
+	FlowTtl       uint32
 }
 
 type datapathSlotFlows struct {

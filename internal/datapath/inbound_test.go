@@ -288,10 +288,14 @@ func TestFlowTable(t *testing.T) {
 	if err := e.dp.objs.Flows.Lookup(uint32(0), &fl); err != nil {
 		t.Fatal(err)
 	}
+	ttl, err := flowTTL()
+	if err != nil {
+		t.Fatal(err)
+	}
 	aged := 0
 	for k := range fl.F {
 		if fl.F[k].Proto != 0 {
-			fl.F[k].Seen -= 121
+			fl.F[k].Seen -= ttl + 1
 			aged++
 		}
 	}
