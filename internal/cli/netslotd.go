@@ -141,6 +141,16 @@ func runDaemon(parent context.Context, f *daemonFlags) error {
 	}
 	ctx, stop := signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// SIGHUP would end the process without a word (its default action):
+	// netslotd has nothing to reload, so it says so and serves on.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			log.Warn("SIGHUP ignored: netslotd reloads nothing; restart it to change its flags (its slots and leases stay)")
+		}
+	}()
 	if f.metricsAddr != "" {
 		addr, err := d.Metrics.Serve(ctx, f.metricsAddr, log)
 		if err != nil {
@@ -161,6 +171,14 @@ func runDaemon(parent context.Context, f *daemonFlags) error {
 		if errors.Is(err, context.Canceled) {
 			log.Info("stopped during boot; slots made so far stay and are adopted at the next start")
 			return nil
+		}
+		if d.Fresh() {
+			// Everything of the pool is this start's: a refused start
+			// leaves nothing behind to block a corrected one.
+			d.Close()
+			if terr := daemon.Teardown(cfg.Prefix, f.stateDir, 60*time.Second, log); terr != nil {
+				log.Error("removing what the failed start made", "err", terr)
+			}
 		}
 		return fmt.Errorf("boot: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/netslot/netslot/internal/datapath"
 	"github.com/netslot/netslot/internal/firewall"
 	"github.com/netslot/netslot/internal/links"
 	"github.com/netslot/netslot/internal/netns"
@@ -62,6 +64,7 @@ func (d *Daemon) Boot(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	d.fresh = d.newStore && !slices.Contains(pins, true) && !slices.Contains(veths, true) && !datapath.Exists(d.opts.PinRoot, d.cfg.Prefix)
 	if err := d.rootFirewall().Apply(); err != nil {
 		return err
 	}

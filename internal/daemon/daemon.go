@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/netslot/netslot/internal/datapath"
@@ -68,6 +69,10 @@ type Daemon struct {
 	locks   []*os.File
 	rootSys links.SysctlDir // /proc/sys/net/ipv6/conf of the root namespace
 	deny    []netip.Prefix  // the pool's deny set (see denySet)
+	// newStore: the store held no pool when this daemon opened it; fresh:
+	// nor did the kernel (no pin, no host veth of the prefix), so that a
+	// start that fails has nothing of anyone's to keep (see Fresh).
+	newStore, fresh bool
 
 	mu     sync.Mutex
 	leases []*slot.Lease // by slot index; nil when not leased
@@ -133,6 +138,9 @@ func New(opts Options) (*Daemon, error) {
 	if err := checkPrefixFree(opts.Config); err != nil {
 		return nil, err
 	}
+	if err := checkNeighbours(opts); err != nil {
+		return nil, err
+	}
 	if opts.Workers <= 0 {
 		opts.Workers = DefaultWorkers()
 	}
@@ -176,6 +184,23 @@ func checkSlotCIDRUnrouted(p netip.Prefix) error {
 	}
 	if found {
 		return fmt.Errorf("slot cidr %s overlaps the host's route to %s: choose a range the host does not use", p, rp)
+	}
+	return nil
+}
+
+// checkNeighbours refuses a pool that would clash with another pool on the
+// host (its uplink, or its slot addresses), before anything is made.
+func checkNeighbours(opts Options) error {
+	uplink := 0
+	if opts.Uplink != "" {
+		l, err := netlink.LinkByName(opts.Uplink)
+		if err != nil {
+			return fmt.Errorf("uplink %s: %w", opts.Uplink, err)
+		}
+		uplink = l.Attrs().Index
+	}
+	if err := datapath.CheckNeighbours(opts.PinRoot, opts.Config, uplink); err != nil {
+		return fmt.Errorf("%s: %w", opts.Uplink, err)
 	}
 	return nil
 }
@@ -252,6 +277,7 @@ func (d *Daemon) checkStoredConfig() error {
 		return err
 	}
 	if !ok {
+		d.newStore = true
 		return d.store.SetConfig(d.cfg)
 	}
 	if diff := configDiff(stored, d.cfg); diff != "" {
@@ -284,6 +310,7 @@ func (d *Daemon) Close() error {
 	var err error
 	if d.store != nil {
 		err = d.store.Close()
+		d.store = nil
 	}
 	for i, c := range d.fwConns {
 		if c != nil {
@@ -296,9 +323,15 @@ func (d *Daemon) Close() error {
 		d.dp = nil
 	}
 	d.rootSys.Close()
+	d.rootSys = links.NoSysctlDir
 	d.unlock()
 	return err
 }
+
+// Fresh reports whether this daemon found neither a stored pool nor any
+// kernel object of its prefix when it booted: a boot that fails then made
+// everything there is of the pool, and a teardown takes back all of it.
+func (d *Daemon) Fresh() bool { return d.fresh }
 
 // Config is the pool's configuration.
 func (d *Daemon) Config() slot.Config { return d.cfg }

@@ -36,6 +36,11 @@ func checkUplink(opts Options) error {
 	if !slices.ContainsFunc(addrs, func(p netip.Prefix) bool { return p.Addr() == opts.UnderlayIP }) {
 		return fmt.Errorf("underlay ip %s is not an address of %s (it has %v)", opts.UnderlayIP, opts.Uplink, addrs)
 	}
+	if gw := opts.UplinkGateway; gw.IsValid() {
+		if err := links.CheckOnLink(opts.Uplink, gw); err != nil {
+			return fmt.Errorf("uplink gateway: %w", err)
+		}
+	}
 	rp, err := links.RPFilterAll()
 	if err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/netslot/netslot/internal/firewall"
 	"github.com/netslot/netslot/internal/links"
 	"github.com/netslot/netslot/internal/netns"
 	"github.com/netslot/netslot/internal/pool"
@@ -337,13 +338,23 @@ type Status struct {
 	UnattributedDrops   map[string]uint64
 }
 
+// countRootRules counts the rules of the pool's root-namespace table as
+// the kernel holds them now (0 if the table is gone).
+func (d *Daemon) countRootRules() int {
+	n, err := firewall.CountRules(d.cfg.Prefix)
+	if err != nil {
+		d.log.Warn("counting the root table's rules", "err", err)
+	}
+	return n
+}
+
 // Status reports the pool's size, occupancy and boot progress.
 func (d *Daemon) Status() Status {
 	free, leased := d.pool.Counts()
 	return Status{
 		Total: d.cfg.Count, Free: free, Leased: leased,
 		Progress: d.Progress(), Uplink: d.opts.Uplink, UnderlayIP: d.opts.UnderlayIP,
-		RootRules:         d.rootFirewall().RuleCount(),
+		RootRules:         d.countRootRules(),
 		UnattributedDrops: d.UnattributedDrops(),
 	}
 }

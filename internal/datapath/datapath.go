@@ -324,26 +324,87 @@ func (d *Datapath) attach() error {
 // uplinkUser returns the prefix of another pool whose pinned links sit on
 // ifindex, or "".
 func (d *Datapath) uplinkUser(ifindex int) string {
-	root := filepath.Dir(d.dir)
-	ents, err := os.ReadDir(root)
-	if err != nil {
-		return ""
-	}
-	for _, e := range ents {
-		if !e.IsDir() || filepath.Join(root, e.Name()) == d.dir {
-			continue
-		}
-		l, err := link.LoadPinnedLink(filepath.Join(root, e.Name(), ingressPin), nil)
-		if err != nil {
-			continue
-		}
-		info, err := l.Info()
-		l.Close()
-		if err == nil && info.TCX() != nil && int(info.TCX().Ifindex) == ifindex {
-			return e.Name()
+	for _, n := range neighbours(filepath.Dir(d.dir), filepath.Base(d.dir)) {
+		if n.uplink == ifindex {
+			return n.prefix
 		}
 	}
 	return ""
+}
+
+// neighbour is another pool pinned under the same root: its prefix, the
+// ifindex its links sit on (0: none) and its slot addresses (first, and
+// how many; 0 if its configuration cannot be read).
+type neighbour struct {
+	prefix    string
+	uplink    int
+	slotFirst netip.Addr
+	slots     int
+}
+
+func neighbours(root, self string) []neighbour {
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return nil
+	}
+	var out []neighbour
+	for _, e := range ents {
+		if !e.IsDir() || e.Name() == self {
+			continue
+		}
+		n := neighbour{prefix: e.Name()}
+		dir := filepath.Join(root, e.Name())
+		if l, err := link.LoadPinnedLink(filepath.Join(dir, ingressPin), nil); err == nil {
+			if info, err := l.Info(); err == nil && info.TCX() != nil {
+				n.uplink = int(info.TCX().Ifindex)
+			}
+			l.Close()
+		}
+		if m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "config"), &ebpf.LoadPinOptions{ReadOnly: true}); err == nil {
+			var pc datapathPoolConfig
+			if m.Lookup(uint32(0), &pc) == nil { // another layout: unknown
+				var b [4]byte
+				binary.NativeEndian.PutUint32(b[:], pc.SlotFirst)
+				n.slotFirst, n.slots = netip.AddrFrom4(b), int(pc.SlotCount)
+			}
+			m.Close()
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// CheckNeighbours refuses a pool that would clash with another pool
+// pinned under pinRoot, before anything is made: one that would share its
+// uplink (ifindex; 0 for none) (each would drop the other's Geneve as
+// unknown), or, both having an uplink, whose slot addresses overlap the
+// other's (the underlay would route one pool's replies to the other).
+func CheckNeighbours(pinRoot string, c slot.Config, uplink int) error {
+	if pinRoot == "" {
+		pinRoot = DefaultPinRoot
+	}
+	lo, hi := u32(c.SlotIP(0)), u32(c.SlotIP(c.Count-1))
+	for _, n := range neighbours(pinRoot, c.Prefix) {
+		if uplink != 0 && n.uplink == uplink {
+			return fmt.Errorf("this uplink already carries pool %q's datapath: pools cannot share an uplink (each would drop the other's Geneve as unknown)", n.prefix)
+		}
+		// Slot addresses that never leave the host (no uplink) clash
+		// with nobody.
+		if uplink != 0 && n.uplink != 0 && n.slots > 0 {
+			nlo := u32(n.slotFirst)
+			nhi := nlo + uint32(n.slots) - 1
+			if lo <= nhi && nlo <= hi {
+				return fmt.Errorf("slot addresses %s-%s overlap pool %q's (%s, %d slots): choose another --slot-cidr, or tear that pool down",
+					c.SlotIP(0), c.SlotIP(c.Count-1), n.prefix, n.slotFirst, n.slots)
+			}
+		}
+	}
+	return nil
+}
+
+func u32(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.BigEndian.Uint32(b[:])
 }
 
 // Remove detaches and unpins prefix's datapath; a missing one is not an

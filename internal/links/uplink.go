@@ -149,6 +149,25 @@ func UplinkAddrs(name string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// CheckOnLink fails unless the root namespace reaches gw directly through
+// device name (a connected or on-link route: what a route "via gw dev
+// name" needs), asking the kernel's routing as a packet would.
+func CheckOnLink(name string, gw netip.Addr) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	// Not with Oif set: the kernel then takes any destination for on-link.
+	routes, err := netlink.RouteGet(gw.AsSlice())
+	if err != nil || len(routes) == 0 {
+		return fmt.Errorf("%s is not reachable through %s: %v", gw, name, err)
+	}
+	if r := routes[0]; r.LinkIndex != l.Attrs().Index || r.Gw != nil {
+		return fmt.Errorf("%s is not on %s's link (the kernel routes it via %v)", gw, name, r.Gw)
+	}
+	return nil
+}
+
 // RPFilterAll is net.ipv4.conf.all.rp_filter of the root namespace.
 func RPFilterAll() (int, error) {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/conf/all/rp_filter")
