@@ -101,6 +101,9 @@ func statusCmd(f *clientFlags) *cobra.Command {
 				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 				b := st.GetBoot()
 				fmt.Fprintf(w, "prefix\t%s\nslots\t%d\nfree\t%d\nleased\t%d\nready\t%t\n", st.Prefix, st.Total, st.Free, st.Leased, st.Ready)
+				if st.Orphaned > 0 {
+					fmt.Fprintf(w, "orphaned\t%d (no lease, a VM holds the tap: out of the pool until it lets go)\n", st.Orphaned)
+				}
 				if st.Ready {
 					fmt.Fprintf(w, "boot\t%.2fs (created %d, adopted %d, repaired %d; ms per slot: first tenth %.3f, last tenth %.3f)\n", st.BootSeconds, b.Created, b.Adopted, b.Repaired, b.MsPerSlotFirstTenth, b.MsPerSlotLastTenth)
 				} else {

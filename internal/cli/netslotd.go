@@ -39,6 +39,7 @@ type daemonFlags struct {
 	workers             int
 	logJSON             bool
 	deny                []string
+	adopt               bool
 }
 
 // Netslotd returns the netslotd command.
@@ -69,6 +70,7 @@ socket, and keeps the slots when it stops: a restarted daemon adopts them.
 	fl.StringVar(&f.underlayIP, "underlay-ip", "", "the uplink's IPv4 address that Geneve tunnels leave from (required with --uplink)")
 	fl.StringVar(&f.gateway, "uplink-gateway", "", "next hop on the uplink for slot traffic (empty: destinations are on the uplink's link)")
 	fl.IntVar(&f.workers, "boot-workers", 0, "parallel slot builders at boot (0: one per CPU, at least 2)")
+	fl.BoolVar(&f.adopt, "adopt", false, "take over the slots of the prefix when the state dir holds no pool (a lost store): their leases are unknown, and a slot whose tap a VM still holds stays out of the pool until it lets go")
 	fl.StringArrayVar(&f.deny, "deny", nil, "an IPv4 CIDR no guest may send to, whatever its lease allows (repeatable; on top of link-local, multicast, reserved ranges and the uplink's subnets)")
 	fl.BoolVar(&f.logJSON, "log-json", false, "log JSON instead of text")
 	root.AddCommand(teardownCmd())
@@ -120,7 +122,7 @@ func runDaemon(parent context.Context, f *daemonFlags) error {
 	if err := server.CheckSocketFree(f.socket); err != nil {
 		return err
 	}
-	opts := daemon.Options{Config: cfg, StateDir: f.stateDir, Uplink: f.uplink, Workers: f.workers, Logger: log}
+	opts := daemon.Options{Config: cfg, StateDir: f.stateDir, Uplink: f.uplink, Workers: f.workers, Adopt: f.adopt, Logger: log}
 	if opts.UnderlayIP, err = parseOptionalAddr("--underlay-ip", f.underlayIP); err != nil {
 		return err
 	}

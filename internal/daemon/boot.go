@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,7 @@ const (
 	jobCreate jobKind = iota // nothing usable exists: build the slot
 	jobAdopt                 // pin and host veth exist: verify, repair if needed
 	jobRepair                // damaged: rebuild
+	jobOrphan                // no lease, but a VMM holds its tap: kept out of the pool
 )
 
 type job struct {
@@ -100,6 +102,9 @@ func (d *Daemon) Boot(ctx context.Context) error {
 	if len(failures) > 0 {
 		return fmt.Errorf("%d of %d slots failed to boot: %w", len(failures), d.cfg.Count, errors.Join(failures[:min(3, len(failures))]...))
 	}
+	if len(d.orphanList()) > 0 {
+		go d.watchOrphans(d.stop)
+	}
 	dur := time.Since(d.bootStart)
 	d.bootDur.Store(int64(dur))
 	d.Metrics.BootSeconds.Set(dur.Seconds())
@@ -111,6 +116,62 @@ func (d *Daemon) Boot(ctx context.Context) error {
 		"ms_per_slot_first_tenth", fmt.Sprintf("%.3f", p.FirstTenthMs),
 		"ms_per_slot_last_tenth", fmt.Sprintf("%.3f", p.LastTenthMs))
 	return nil
+}
+
+// leaseUnknown reports whether slot i's lease may have been lost: the
+// daemon adopts slots its store does not know, or slot i's entry could
+// not be read.
+func (d *Daemon) leaseUnknown(i int) bool { return d.adopting || d.unreadable[i] }
+
+// orphanRecheck is how often orphaned slots are looked at again.
+const orphanRecheck = 2 * time.Second
+
+func (d *Daemon) orphanList() []int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]int, 0, len(d.orphans))
+	for i := range d.orphans {
+		out = append(out, i)
+	}
+	return out
+}
+
+// watchOrphans looks at the orphaned slots every orphanRecheck until stop
+// is closed or none is left: one whose VMM let go is scrubbed as a release
+// does and joins the pool. The work is in the number of orphans.
+func (d *Daemon) watchOrphans(stop <-chan struct{}) {
+	t := time.NewTicker(orphanRecheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		left := d.orphanList()
+		for _, i := range left {
+			err := d.scrub(i)
+			if errors.Is(err, links.ErrTapInUse) {
+				continue
+			}
+			if err != nil {
+				d.log.Warn("scrubbing an orphaned slot failed, rebuilding it", "slot", d.cfg.ID(i), "err", err)
+				if err := d.rebuild(i); err != nil {
+					d.log.Error("orphaned slot cannot be rebuilt; it stays out of the pool", "slot", d.cfg.ID(i), "err", err)
+					continue
+				}
+			}
+			d.mu.Lock()
+			delete(d.orphans, i)
+			d.mu.Unlock()
+			d.log.Info("orphaned slot let go by its VMM: scrubbed, back in the pool", "slot", d.cfg.ID(i))
+			d.Metrics.ReconcileAction.WithLabelValues("orphan_reclaimed").Inc()
+			d.markReady(i)
+		}
+		if len(d.orphanList()) == 0 {
+			return
+		}
+	}
 }
 
 // loadLeases reads the store. Leases from an earlier boot of the host refer
@@ -141,6 +202,9 @@ func (d *Daemon) loadLeases() error {
 		return fmt.Errorf("load leases: %w", err)
 	}
 	for _, k := range bad {
+		if i, err := strconv.Atoi(k); err == nil && i >= 0 && i < d.cfg.Count {
+			d.unreadable[i] = true // checked for a VMM at adoption
+		}
 		d.log.Warn("dropping undecodable lease", "key", k)
 		d.Metrics.ReconcileAction.WithLabelValues("drop_bad_lease").Inc()
 		if err := d.store.DeleteLeaseKey(k); err != nil {
@@ -332,6 +396,14 @@ func (d *Daemon) jobDone(j job) {
 	case jobRepair:
 		d.repaired.Add(1)
 		d.Metrics.ReconcileAction.WithLabelValues("repair").Inc()
+	case jobOrphan:
+		d.log.Error("slot has no lease but a VMM holds its tap (a lost or unreadable lease?): its traffic is stopped and it stays out of the pool until the VMM lets go",
+			"slot", d.cfg.ID(j.i))
+		d.Metrics.ReconcileAction.WithLabelValues("orphan").Inc()
+		d.mu.Lock()
+		d.orphans[j.i] = true
+		d.mu.Unlock()
+		return
 	default:
 		d.created.Add(1)
 	}
@@ -370,6 +442,10 @@ func (d *Daemon) markReady(i int) {
 func (d *Daemon) runJob(root *netlink.Handle, rootFD int, j job) (job, func() error, error) {
 	if j.kind == jobAdopt {
 		step, err := d.checkSlot(j.i)
+		if errors.Is(err, errOrphaned) {
+			j.kind = jobOrphan
+			return j, step, nil
+		}
 		// Only damage is repaired; a failed netlink call is retried.
 		for try := 0; err != nil && !errors.Is(err, links.ErrDamaged) && try < 3; try++ {
 			if rerr := netns.Enter(rootFD); rerr != nil {
@@ -421,6 +497,19 @@ func (d *Daemon) checkSlot(i int) (func() error, error) {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
+	// Where its lease may have been lost (a store adopted, an undecodable
+	// entry), a slot with no lease whose tap a VMM still holds is not the
+	// pool's to vend: its traffic is stopped and it waits, untouched, for
+	// the VMM to go.
+	if d.lease(i) == nil && d.leaseUnknown(i) {
+		if held, err := links.TapHeld(h, slot.TapName); err == nil && held {
+			conn, err := firewall.Dial()
+			if err != nil {
+				return nil, err
+			}
+			return d.fwStep(i, conn, orphanLease, d.adoptFirewall(i)), errOrphaned
+		}
+	}
 	if err := links.Adopt(h, d.cfg, i); err != nil {
 		return nil, err
 	}
@@ -430,6 +519,13 @@ func (d *Daemon) checkSlot(i int) (func() error, error) {
 	}
 	return d.fwStep(i, conn, d.lease(i), d.adoptFirewall(i)), nil
 }
+
+// errOrphaned: a slot with no lease whose tap a VMM holds.
+var errOrphaned = errors.New("no lease, but a VMM holds its tap")
+
+// orphanLease is what an orphaned slot is held to: no egress, no traffic
+// (fwStep registers it closed).
+var orphanLease = &slot.Lease{ID: "orphaned", Egress: slot.Egress{DenyAll: true}}
 
 // adoptFirewall returns the firewall step of adopting slot i: a table that
 // differs from what this daemon writes (tampered with, or written by a
@@ -460,6 +556,9 @@ func (d *Daemon) fwStep(i int, conn *nftables.Conn, l *slot.Lease, op func(firew
 			return err
 		}
 		d.setFwConn(i, conn)
+		if l == orphanLease {
+			return d.registerDatapath(i, nil) // closed: nothing in or out
+		}
 		return d.registerDatapath(i, l)
 	}
 }

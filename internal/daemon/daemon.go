@@ -44,6 +44,11 @@ type Options struct {
 	UplinkGateway netip.Addr
 	PinRoot       string // bpffs directory for the datapath; "" for the default
 	Workers       int    // parallel slot builders; 0 picks a default
+	// Adopt lets a daemon whose store holds no pool take over the slots
+	// of its prefix that exist (a store lost or removed): their leases are
+	// unknown, and a slot whose tap a VMM holds stays out of the pool until
+	// it lets go. Without it such a start is refused.
+	Adopt bool
 	// Deny are ranges of the operator's that no guest may send NATed
 	// traffic to, whatever its lease's egress policy, besides
 	// datapath.FixedDeny and the uplink's subnets.
@@ -85,6 +90,15 @@ type Daemon struct {
 	fwConns []*nftables.Conn
 	dp      *datapath.Datapath
 	hostIdx []int // ifindex of each slot's host veth (0: unknown)
+	// orphans are slots with no lease whose tap a VMM holds: out of the
+	// pool (pending), their traffic stopped, until the VMM lets go.
+	orphans map[int]bool
+	stop    chan struct{} // closed by Close: background work ends
+	// adopting: the store held no pool but the kernel does (Options.Adopt);
+	// unreadable: slots whose stored lease could not be decoded. Either
+	// way, boot checks those slots' taps for a VMM (see leaseUnknown).
+	adopting   bool
+	unreadable map[int]bool
 
 	bootStart time.Time    // set in New, read-only after
 	bootDur   atomic.Int64 // nanoseconds; 0 until boot completes
@@ -161,11 +175,28 @@ func New(opts Options) (*Daemon, error) {
 		d.Close()
 		return nil, err
 	}
+	d.unreadable = map[int]bool{}
+	if d.newStore {
+		n, err := poolObjects(d.cfg, opts.PinRoot)
+		d.adopting = n > 0 && opts.Adopt
+		if err != nil || (n > 0 && !opts.Adopt) {
+			d.Close()
+			os.Remove(filepath.Join(opts.StateDir, state.FileName)) // made by this start
+			if err != nil {
+				return nil, err
+			}
+			return nil, fmt.Errorf("state dir %s holds no pool, but %d slots of prefix %q exist (a lost or removed store?): their leases are unknown; "+
+				"start with --adopt to take them over (a slot whose tap a VM still holds stays out of the pool until it lets go), or run 'netslotd teardown --prefix %s' first",
+				opts.StateDir, n, d.cfg.Prefix, d.cfg.Prefix)
+		}
+	}
 	d.pool = pool.New(d.cfg.Count)
 	d.leases = make([]*slot.Lease, d.cfg.Count)
 	d.readyAt = make([]atomic.Int64, d.cfg.Count)
 	d.fwConns = make([]*nftables.Conn, d.cfg.Count)
 	d.hostIdx = make([]int, d.cfg.Count)
+	d.orphans = map[int]bool{}
+	d.stop = make(chan struct{})
 	if err := raiseFileLimit(uint64(d.cfg.Count) + 4096); err != nil {
 		d.Close()
 		return nil, err
@@ -186,6 +217,20 @@ func checkSlotCIDRUnrouted(p netip.Prefix) error {
 		return fmt.Errorf("slot cidr %s overlaps the host's route to %s: choose a range the host does not use", p, rp)
 	}
 	return nil
+}
+
+// poolObjects counts the slots of cfg's prefix the kernel holds (namespace
+// pins), and counts a pinned datapath as one more.
+func poolObjects(cfg slot.Config, pinRoot string) (int, error) {
+	pins, err := pinsOf(cfg)
+	if err != nil {
+		return 0, err
+	}
+	n := len(pins)
+	if datapath.Exists(pinRoot, cfg.Prefix) {
+		n++
+	}
+	return n, nil
 }
 
 // checkNeighbours refuses a pool that would clash with another pool on the
@@ -308,6 +353,10 @@ func configDiff(a, b slot.Config) string {
 // daemon adopts them.
 func (d *Daemon) Close() error {
 	var err error
+	if d.stop != nil {
+		close(d.stop)
+		d.stop = nil
+	}
 	if d.store != nil {
 		err = d.store.Close()
 		d.store = nil

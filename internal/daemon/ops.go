@@ -331,6 +331,7 @@ func (d *Daemon) List() []SlotInfo {
 // Status summarises the pool.
 type Status struct {
 	Total, Free, Leased int
+	Orphaned            int // out of the pool: no lease, a VMM holds the tap
 	Progress            Progress
 	Uplink              string
 	UnderlayIP          netip.Addr
@@ -352,7 +353,7 @@ func (d *Daemon) countRootRules() int {
 func (d *Daemon) Status() Status {
 	free, leased := d.pool.Counts()
 	return Status{
-		Total: d.cfg.Count, Free: free, Leased: leased,
+		Total: d.cfg.Count, Free: free, Leased: leased, Orphaned: len(d.orphanList()),
 		Progress: d.Progress(), Uplink: d.opts.Uplink, UnderlayIP: d.opts.UnderlayIP,
 		RootRules:         d.countRootRules(),
 		UnattributedDrops: d.UnattributedDrops(),

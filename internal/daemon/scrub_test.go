@@ -3,9 +3,12 @@ package daemon_test
 import (
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/netslot/netslot/internal/daemon"
 	"github.com/netslot/netslot/internal/slot"
@@ -208,5 +211,67 @@ func TestStaleReleaseNeverFreesTheNextTenant(t *testing.T) {
 	}
 	if err := p.D.Release(second.ID, second.Lease.ID); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The store is lost (its leases with it) while a VM holds a slot's tap. A
+// restart without --adopt is refused; with it, that slot stays out of the
+// pool, with its traffic stopped, until the VM lets go: it is never
+// handed to a second tenant.
+func TestLostStoreNeverHandsAnAttachedSlotToASecondTenant(t *testing.T) {
+	cfg := testutil.NewConfig(2)
+	dir := t.TempDir()
+	p := testutil.StartPoolWith(t, cfg, dir, "")
+	held, err := p.D.Acquire(daemon.AcquireRequest{Owner: "vm-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm, err := testutil.AttachTap(cfg.NetnsPath(held.Index), slot.TapName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	vm.SetCarrier(false) // whatever the carrier says
+	p.D.Close()
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+
+	// Without --adopt: refused, and the state dir gets no store.
+	if d, err := daemon.New(daemon.Options{Config: cfg, StateDir: dir, Logger: testutil.Logger(t)}); err == nil {
+		d.Close()
+		t.Fatal("a daemon whose store was lost started over slots that exist")
+	} else if !strings.Contains(err.Error(), "--adopt") {
+		t.Fatalf("refusal: %v, want it to name --adopt", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "netslot.db")); err == nil {
+		t.Error("the refused start left a store behind")
+	}
+	testutil.RemoveLock(cfg.Prefix)
+
+	q := testutil.StartPoolOpts(t, daemon.Options{Config: cfg, StateDir: dir, Adopt: true})
+	st := q.D.Status()
+	if st.Free != 1 || st.Orphaned != 1 {
+		t.Fatalf("after adopting: %+v, want 1 free and 1 orphaned", st)
+	}
+	other, err := q.D.Acquire(daemon.AcquireRequest{Owner: "vm-2"})
+	if err != nil || other.Index == held.Index {
+		t.Fatalf("acquire after adopting: %+v, %v; want the other slot", other, err)
+	}
+	if _, err := q.D.Acquire(daemon.AcquireRequest{Owner: "vm-3"}); !errors.Is(err, daemon.ErrExhausted) {
+		t.Fatalf("second acquire: %v, want the pool exhausted (the orphan is not vendable)", err)
+	}
+	// The VM goes: the slot is scrubbed and rejoins the pool.
+	vm.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for q.D.Status().Orphaned != 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if st := q.D.Status(); st.Orphaned != 0 || st.Free != 1 {
+		t.Fatalf("after the VM let go: %+v, want the orphan free again", st)
+	}
+	again, err := q.D.Acquire(daemon.AcquireRequest{Owner: "vm-3"})
+	if err != nil || again.Index != held.Index {
+		t.Fatalf("acquire after the orphan was reclaimed: %+v, %v", again, err)
 	}
 }

@@ -56,6 +56,23 @@ func AttachTap(name string) (int, error) {
 	return fd, nil
 }
 
+// TapHeld reports whether a process holds tap name of h's namespace (the
+// calling thread's) open, a VMM, whatever its carrier: it tries to attach
+// (the kernel reports no attachment count for a single-queue tap), and
+// lets go at once if it could. Attaching waits for an RCU grace period on
+// the way out: a check for when a slot's lease is unknown, not for every
+// slot at every start.
+func TapHeld(h *netlink.Handle, name string) (bool, error) {
+	t, err := HoldTap(h, name)
+	if errors.Is(err, ErrTapInUse) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return false, t.Close()
+}
+
 // HoldTap attaches to the tap name, which must exist in h's namespace, the
 // calling thread's, and keeps it until the returned Closer is closed:
 // meanwhile no VMM can attach. A tap a process still holds (a VMM that

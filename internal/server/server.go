@@ -182,7 +182,7 @@ func (s *Server) Status(ctx context.Context, req *netslotv1.StatusRequest) (*net
 	cfg := s.d.Config()
 	p := st.Progress
 	return &netslotv1.StatusResponse{
-		Total: uint32(st.Total), Free: uint32(st.Free), Leased: uint32(st.Leased),
+		Total: uint32(st.Total), Free: uint32(st.Free), Leased: uint32(st.Leased), Orphaned: uint32(st.Orphaned),
 		Ready: p.Done, BootSeconds: p.BootSeconds,
 		Prefix: cfg.Prefix, SlotCidr: cfg.SlotCIDR.String(), Uplink: st.Uplink,
 		Boot: &netslotv1.BootProgress{

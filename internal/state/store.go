@@ -21,6 +21,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 
 	"github.com/netslot/netslot/internal/slot"
 )
@@ -37,8 +38,14 @@ const FileName = "netslot.db"
 
 // Store is the open state file.
 type Store struct {
-	db *bolt.DB
+	db   *bolt.DB
+	path string
+	id   unix.Stat_t // the file as opened (see Intact)
 }
+
+// ErrCorrupted marks a store whose pages do not hold together (bbolt would
+// panic reading them).
+var ErrCorrupted = errors.New("state store is corrupted")
 
 // BootIDFile mirrors the boot id outside the database, so that a database
 // that cannot be read can still be dated.
@@ -55,12 +62,16 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("create state dir %s: %w", dir, err)
 	}
 	path := filepath.Join(dir, FileName)
-	db, err := openDB(path)
+	db, err := openChecked(path)
 	if err != nil && !errors.Is(err, bolt.ErrTimeout) && writtenBeforeThisBoot(dir) {
 		aside := fmt.Sprintf("%s.unreadable-%d", path, time.Now().Unix())
 		if rerr := os.Rename(path, aside); rerr == nil {
-			db, err = openDB(path)
+			db, err = openChecked(path)
 		}
+	}
+	if errors.Is(err, ErrCorrupted) {
+		return nil, fmt.Errorf("open state %s: %w; it holds this boot's leases, so netslotd will not guess them: "+
+			"move it away and start with --adopt (slots a VM still holds stay out of the pool), or tear the pool down", path, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open state %s: %w", path, err)
@@ -77,8 +88,87 @@ func Open(dir string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("initialise state: %w", err)
 	}
-	return &Store{db: db}, nil
+	st := &Store{db: db, path: path}
+	if err := unix.Stat(path, &st.id); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("state %s: %w", path, err)
+	}
+	return st, nil
 }
+
+// openChecked opens the store after checking that its pages hold
+// together. The check reads every bucket and key of a read-only opening
+// (bbolt's own Tx.Check, and the free-page scan of a read-write opening
+// with NoFreelistSync, read pages on goroutines of their own, where a
+// panic on a bad page cannot be recovered and kills the daemon).
+func openChecked(path string) (*bolt.DB, error) {
+	if _, err := os.Stat(path); err == nil {
+		ro, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 100 * time.Millisecond, ReadOnly: true})
+		if err != nil {
+			return nil, err
+		}
+		err = guard(func() error { return ro.View(walk) })
+		ro.Close()
+		if err != nil {
+			if !errors.Is(err, ErrCorrupted) {
+				err = fmt.Errorf("%w: %w", ErrCorrupted, err)
+			}
+			return nil, err
+		}
+	}
+	var db *bolt.DB
+	err := guard(func() error {
+		var err error
+		db, err = openDB(path)
+		return err
+	})
+	return db, err
+}
+
+// walk reads every key of every bucket.
+func walk(tx *bolt.Tx) error {
+	return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+		return b.ForEach(func(k, v []byte) error { return nil })
+	})
+}
+
+// guard runs fn, turning a panic of bbolt's (it panics on pages it cannot
+// make sense of) into ErrCorrupted. A transaction that panics is rolled
+// back by bbolt on the way out.
+func guard(fn func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v", ErrCorrupted, r)
+		}
+	}()
+	return fn()
+}
+
+// update and view are db.Update and db.View under guard.
+func (s *Store) update(fn func(*bolt.Tx) error) error {
+	return guard(func() error { return s.db.Update(fn) })
+}
+
+func (s *Store) view(fn func(*bolt.Tx) error) error {
+	return guard(func() error { return s.db.View(fn) })
+}
+
+// Intact reports whether the store's file is still there, the one it
+// opened: a state directory removed (or the file replaced) under a running
+// daemon leaves it writing to a file nobody will read again.
+func (s *Store) Intact() error {
+	var now unix.Stat_t
+	if err := unix.Stat(s.path, &now); err != nil {
+		return fmt.Errorf("state store %s: %w", s.path, err)
+	}
+	if now.Dev != s.id.Dev || now.Ino != s.id.Ino {
+		return fmt.Errorf("state store %s was replaced under the daemon", s.path)
+	}
+	return nil
+}
+
+// Path is the store's file.
+func (s *Store) Path() string { return s.path }
 
 func openDB(path string) (*bolt.DB, error) {
 	return bolt.Open(path, 0o600, &bolt.Options{
@@ -114,7 +204,7 @@ type storedConfig struct {
 
 // Config returns the stored pool configuration, or ok=false if none.
 func (s *Store) Config() (c slot.Config, ok bool, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMeta).Get(keyConfig)
 		if b == nil {
 			return nil
@@ -151,13 +241,13 @@ func (s *Store) SetConfig(c slot.Config) error {
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyConfig, b) })
+	return s.update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyConfig, b) })
 }
 
 // BootID returns the boot id recorded with the leases ("" if none).
 func (s *Store) BootID() (string, error) {
 	var id string
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		id = string(tx.Bucket(bucketMeta).Get(keyBootID))
 		return nil
 	})
@@ -167,7 +257,7 @@ func (s *Store) BootID() (string, error) {
 // SetBootID records the boot id of the running kernel, in the store and in
 // a file beside it.
 func (s *Store) SetBootID(id string) error {
-	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyBootID, []byte(id)) }); err != nil {
+	if err := s.update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyBootID, []byte(id)) }); err != nil {
 		return err
 	}
 	dir := filepath.Dir(s.db.Path())
@@ -263,7 +353,7 @@ func (s *Store) PutLease(i int, l *slot.Lease) error {
 	if err != nil {
 		return fmt.Errorf("encode lease: %w", err)
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketLeases)
 		if bk.Get(leaseKey(i)) != nil {
 			return ErrLeaseExists
@@ -274,12 +364,12 @@ func (s *Store) PutLease(i int, l *slot.Lease) error {
 
 // DeleteLease removes slot i's lease.
 func (s *Store) DeleteLease(i int) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketLeases).Delete(leaseKey(i)) })
+	return s.update(func(tx *bolt.Tx) error { return tx.Bucket(bucketLeases).Delete(leaseKey(i)) })
 }
 
 // DeleteAllLeases drops every lease (used when the boot id changed).
 func (s *Store) DeleteAllLeases() error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		if err := tx.DeleteBucket(bucketLeases); err != nil {
 			return err
 		}
@@ -292,7 +382,7 @@ func (s *Store) DeleteAllLeases() error {
 // reported in bad (by key) rather than failing the whole load.
 func (s *Store) Leases() (leases map[int]*slot.Lease, bad []string, err error) {
 	leases = map[int]*slot.Lease{}
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketLeases).ForEach(func(k, v []byte) error {
 			i, err := strconv.Atoi(string(k))
 			if err != nil || i < 0 {
@@ -313,5 +403,5 @@ func (s *Store) Leases() (leases map[int]*slot.Lease, bad []string, err error) {
 
 // DeleteLeaseKey removes an entry by its raw key (for undecodable ones).
 func (s *Store) DeleteLeaseKey(k string) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketLeases).Delete([]byte(k)) })
+	return s.update(func(tx *bolt.Tx) error { return tx.Bucket(bucketLeases).Delete([]byte(k)) })
 }

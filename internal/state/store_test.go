@@ -1,6 +1,7 @@
 package state
 
 import (
+	"bytes"
 	"errors"
 	"net/netip"
 	"os"
@@ -116,5 +117,86 @@ func TestUnreadableStore(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(dir, BootIDFile)); strings.TrimSpace(string(b)) != cur {
 		t.Fatalf("boot id file %q", b)
+	}
+}
+
+// A store whose data pages were overwritten is refused with ErrCorrupted,
+// not a panic, when it holds this boot's leases, and set aside when it
+// was written during an earlier boot.
+func TestCorruptedStoreIsRefusedNotPanicked(t *testing.T) {
+	for _, earlierBoot := range []bool{false, true} {
+		dir := t.TempDir()
+		s, err := Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetConfig(slot.DefaultConfig("ns", 10)); err != nil {
+			t.Fatal(err)
+		}
+		boot, err := CurrentBootID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if earlierBoot {
+			boot = "an-earlier-boot"
+		}
+		if err := s.SetBootID(boot); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 5 {
+			if err := s.PutLease(i, &slot.Lease{ID: "x", Owner: strings.Repeat("o", 200)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s.Close()
+		f, err := os.OpenFile(filepath.Join(dir, FileName), os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		page := int64(os.Getpagesize())
+		fi, _ := f.Stat()
+		junk := bytes.Repeat([]byte{0xa5}, int(page))
+		for off := 2 * page; off < fi.Size(); off += page { // the two meta pages stay
+			f.WriteAt(junk, off)
+		}
+		f.Close()
+		s, err = Open(dir)
+		if earlierBoot {
+			if err != nil {
+				t.Errorf("store of an earlier boot with junk pages: %v, want it set aside and a new one", err)
+				continue
+			}
+			if leases, _, err := s.Leases(); err != nil || len(leases) != 0 {
+				t.Errorf("new store after setting a corrupted one aside: %v, %v", leases, err)
+			}
+			s.Close()
+			continue
+		}
+		if err == nil {
+			s.Close()
+			t.Fatal("store with junk pages opened")
+		}
+		if !errors.Is(err, ErrCorrupted) || !strings.Contains(err.Error(), "--adopt") {
+			t.Errorf("store with junk pages: %v, want ErrCorrupted and what to do", err)
+		}
+	}
+}
+
+// Intact tells when the state directory was removed under the store.
+func TestStoreNoticesItsFileGone(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Intact(); err != nil {
+		t.Fatalf("fresh store: %v", err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Intact(); err == nil {
+		t.Fatal("store file removed, Intact says nothing")
 	}
 }

@@ -1154,7 +1154,11 @@ type StatusResponse struct {
 	UnattributedDrops map[string]uint64 `protobuf:"bytes,13,rep,name=unattributed_drops,json=unattributedDrops,proto3" json:"unattributed_drops,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// Where no guest of the pool may send NATed traffic, whatever its lease
 	// says (traffic to a lease's VPC is not subject to it).
-	EgressDeny    []string `protobuf:"bytes,14,rep,name=egress_deny,json=egressDeny,proto3" json:"egress_deny,omitempty"`
+	EgressDeny []string `protobuf:"bytes,14,rep,name=egress_deny,json=egressDeny,proto3" json:"egress_deny,omitempty"`
+	// Slots kept out of the pool: they have no lease, but a VMM holds their
+	// tap (a lost or unreadable lease). Their traffic is stopped; each joins
+	// the pool once its VMM lets go.
+	Orphaned      uint32 `protobuf:"varint,15,opt,name=orphaned,proto3" json:"orphaned,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1287,6 +1291,13 @@ func (x *StatusResponse) GetEgressDeny() []string {
 	return nil
 }
 
+func (x *StatusResponse) GetOrphaned() uint32 {
+	if x != nil {
+		return x.Orphaned
+	}
+	return 0
+}
+
 var File_api_netslot_v1_netslot_proto protoreflect.FileDescriptor
 
 const file_api_netslot_v1_netslot_proto_rawDesc = "" +
@@ -1386,7 +1397,7 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"etaSeconds\x12'\n" +
 	"\x0felapsed_seconds\x18\a \x01(\x01R\x0eelapsedSeconds\x124\n" +
 	"\x17ms_per_slot_first_tenth\x18\b \x01(\x01R\x13msPerSlotFirstTenth\x122\n" +
-	"\x16ms_per_slot_last_tenth\x18\t \x01(\x01R\x12msPerSlotLastTenth\"\xa9\x04\n" +
+	"\x16ms_per_slot_last_tenth\x18\t \x01(\x01R\x12msPerSlotLastTenth\"\xc5\x04\n" +
 	"\x0eStatusResponse\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\rR\x05total\x12\x12\n" +
 	"\x04free\x18\x02 \x01(\rR\x04free\x12\x16\n" +
@@ -1405,7 +1416,8 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"underlayIp\x12`\n" +
 	"\x12unattributed_drops\x18\r \x03(\v21.netslot.v1.StatusResponse.UnattributedDropsEntryR\x11unattributedDrops\x12\x1f\n" +
 	"\vegress_deny\x18\x0e \x03(\tR\n" +
-	"egressDeny\x1aD\n" +
+	"egressDeny\x12\x1a\n" +
+	"\borphaned\x18\x0f \x01(\rR\borphaned\x1aD\n" +
 	"\x16UnattributedDropsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x012\xc2\x02\n" +
