@@ -113,7 +113,16 @@ func statusCmd(f *clientFlags) *cobra.Command {
 				if uplink == "" {
 					uplink = "(none: slot traffic stays on the host)"
 				}
+				if st.UplinkState != "" {
+					uplink += fmt.Sprintf(" (%s for %s)", st.UplinkState, time.Duration(st.UplinkStateSeconds*float64(time.Second)).Round(time.Second))
+				}
 				fmt.Fprintf(w, "slot cidr\t%s\nuplink\t%s\n", st.SlotCidr, uplink)
+				if !st.Forwarding {
+					fmt.Fprintf(w, "forwarding\tOFF (net.ipv4.conf.all.forwarding=0: no slot's traffic is forwarded)\n")
+				}
+				for _, p := range st.Problems {
+					fmt.Fprintf(w, "problem\t%s\n", p)
+				}
 				if st.UnderlayIp != "" {
 					fmt.Fprintf(w, "underlay ip\t%s\n", st.UnderlayIp)
 				}

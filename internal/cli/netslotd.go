@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 
 	"github.com/netslot/netslot/client"
 	"github.com/netslot/netslot/internal/daemon"
@@ -165,6 +166,7 @@ func runDaemon(parent context.Context, f *daemonFlags) error {
 	served := make(chan error, 1)
 	go func() { served <- g.Serve(server.RootOnly(ln)) }()
 	defer os.Remove(f.socket)
+	go keepSocket(ctx, g, f.socket, d, log)
 	log.Info("netslotd starting", "slots", cfg.Count, "prefix", cfg.Prefix, "socket", f.socket,
 		"state_dir", f.stateDir, "slot_cidr", cfg.SlotCIDR, "uplink", f.uplink)
 
@@ -198,6 +200,32 @@ func runDaemon(parent context.Context, f *daemonFlags) error {
 		g.Stop()
 	}
 	return nil
+}
+
+// keepSocket makes the API reachable again when its socket file is
+// removed (a cleanup of /run, an operator's mistake): the daemon listens
+// anew on the same path, served by the same server, until ctx ends.
+func keepSocket(ctx context.Context, g *grpc.Server, path string, d *daemon.Daemon, log *slog.Logger) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		ln, err := server.Listen(path)
+		if err != nil {
+			log.Error("the API socket was removed and cannot be made again", "socket", path, "err", err)
+			continue
+		}
+		log.Warn("repaired: the API socket was removed; listening on it again", "socket", path)
+		d.Metrics.ReconcileAction.WithLabelValues("socket").Inc()
+		go g.Serve(server.RootOnly(ln))
+	}
 }
 
 func teardownCmd() *cobra.Command {

@@ -102,9 +102,11 @@ func (d *Daemon) Boot(ctx context.Context) error {
 	if len(failures) > 0 {
 		return fmt.Errorf("%d of %d slots failed to boot: %w", len(failures), d.cfg.Count, errors.Join(failures[:min(3, len(failures))]...))
 	}
+	stop := d.stop
 	if len(d.orphanList()) > 0 {
-		go d.watchOrphans(d.stop)
+		d.bg.Go(func() { d.watchOrphans(stop) })
 	}
+	d.bg.Go(func() { d.monitor(stop) })
 	dur := time.Since(d.bootStart)
 	d.bootDur.Store(int64(dur))
 	d.Metrics.BootSeconds.Set(dur.Seconds())

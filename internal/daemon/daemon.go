@@ -93,12 +93,14 @@ type Daemon struct {
 	// orphans are slots with no lease whose tap a VMM holds: out of the
 	// pool (pending), their traffic stopped, until the VMM lets go.
 	orphans map[int]bool
-	stop    chan struct{} // closed by Close: background work ends
+	stop    chan struct{}  // closed by Close: background work ends
+	bg      sync.WaitGroup // the background work, which Close waits for
 	// adopting: the store held no pool but the kernel does (Options.Adopt);
 	// unreadable: slots whose stored lease could not be decoded. Either
 	// way, boot checks those slots' taps for a VMM (see leaseUnknown).
 	adopting   bool
 	unreadable map[int]bool
+	health     health // what the monitor saw last
 
 	bootStart time.Time    // set in New, read-only after
 	bootDur   atomic.Int64 // nanoseconds; 0 until boot completes
@@ -197,6 +199,7 @@ func New(opts Options) (*Daemon, error) {
 	d.hostIdx = make([]int, d.cfg.Count)
 	d.orphans = map[int]bool{}
 	d.stop = make(chan struct{})
+	d.health.Forwarding = true // until the monitor sees otherwise
 	if err := raiseFileLimit(uint64(d.cfg.Count) + 4096); err != nil {
 		d.Close()
 		return nil, err
@@ -356,6 +359,7 @@ func (d *Daemon) Close() error {
 	if d.stop != nil {
 		close(d.stop)
 		d.stop = nil
+		d.bg.Wait()
 	}
 	if d.store != nil {
 		err = d.store.Close()

@@ -332,6 +332,7 @@ func (d *Daemon) List() []SlotInfo {
 type Status struct {
 	Total, Free, Leased int
 	Orphaned            int // out of the pool: no lease, a VMM holds the tap
+	Health              Health
 	Progress            Progress
 	Uplink              string
 	UnderlayIP          netip.Addr
@@ -353,7 +354,7 @@ func (d *Daemon) countRootRules() int {
 func (d *Daemon) Status() Status {
 	free, leased := d.pool.Counts()
 	return Status{
-		Total: d.cfg.Count, Free: free, Leased: leased, Orphaned: len(d.orphanList()),
+		Total: d.cfg.Count, Free: free, Leased: leased, Orphaned: len(d.orphanList()), Health: d.Health(),
 		Progress: d.Progress(), Uplink: d.opts.Uplink, UnderlayIP: d.opts.UnderlayIP,
 		RootRules:         d.countRootRules(),
 		UnattributedDrops: d.UnattributedDrops(),

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
@@ -83,6 +84,10 @@ type Datapath struct {
 	objs datapathObjects
 	// The leases and flows maps, mapped into memory.
 	leases, flows *mmapArray
+	// The two uplink links, held open as long as the daemon runs: their
+	// pins are not their only reference, so removing the pins detaches
+	// nothing (Repair pins them again).
+	links [2]link.Link
 
 	// The inbound keys and their owners, and the number of slots per VNI:
 	// mirrors of vni_dst and vnis, so that an attach checks conflicts and
@@ -170,7 +175,14 @@ func Open(c Config) (*Datapath, error) {
 // Close releases the loaded objects and memory mappings; pinned maps and
 // links stay in the kernel and keep forwarding.
 func (d *Datapath) Close() error {
-	return errors.Join(d.leases.close(), d.flows.close(), d.objs.Close())
+	errs := []error{d.leases.close(), d.flows.close(), d.objs.Close()}
+	for k, l := range d.links {
+		if l != nil {
+			errs = append(errs, l.Close())
+			d.links[k] = nil
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func be32(a netip.Addr) uint32 {
@@ -281,23 +293,16 @@ func (d *Datapath) attach() error {
 			return fmt.Errorf("uplink %s already carries pool %q's datapath: pools cannot share an uplink (each drops the other's Geneve as unknown)", d.cfg.Uplink, other)
 		}
 	}
-	for _, a := range []struct {
-		pin  string
-		prog *ebpf.Program
-		at   ebpf.AttachType
-	}{
-		{ingressPin, d.objs.UplinkIngress, ebpf.AttachTCXIngress},
-		{egressPin, d.objs.UplinkEgress, ebpf.AttachTCXEgress},
-	} {
+	for k, a := range d.attachments() {
 		path := filepath.Join(d.dir, a.pin)
 		if old, err := link.LoadPinnedLink(path, nil); err == nil {
 			info, ierr := old.Info()
 			if ierr == nil && ifindex != 0 && info.TCX() != nil && int(info.TCX().Ifindex) == ifindex {
-				err := old.Update(a.prog)
-				old.Close()
-				if err != nil {
+				if err := old.Update(a.prog); err != nil {
+					old.Close()
 					return fmt.Errorf("update %s: %w", a.pin, err)
 				}
+				d.hold(k, old)
 				continue
 			}
 			old.Unpin()
@@ -312,13 +317,99 @@ func (d *Datapath) attach() error {
 		if err != nil {
 			return fmt.Errorf("attach to %s: %w", d.cfg.Uplink, err)
 		}
-		err = l.Pin(path)
-		l.Close()
-		if err != nil {
+		if err := l.Pin(path); err != nil {
+			l.Close()
 			return fmt.Errorf("pin %s: %w", a.pin, err)
 		}
+		d.hold(k, l)
 	}
 	return nil
+}
+
+// Repair puts back what the datapath depends on outside the daemon and
+// says what it did: its pin directory and pins, of maps and links
+// (removed pins take nothing away while the daemon holds them, but a
+// restart would start from empty maps, and the programs would go with the
+// last holder), and its two attachments on the uplink, which went with a
+// deleted uplink (one made again under the same name gets them back, with
+// the pool's configuration rewritten for the new device). A missing
+// uplink is an error: there is nothing to attach to.
+//
+// Without full, only the pins are looked at (a few stat calls).
+func (d *Datapath) Repair(full bool) (done []string, err error) {
+	if err := EnsureBPFFS(d.dir); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(d.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create pin dir: %w", err)
+	}
+	repin := func(what, path string, unpin func() error, pin func(string) error) {
+		if _, serr := os.Stat(path); !errors.Is(serr, os.ErrNotExist) {
+			return
+		}
+		unpin() // forgets the pin the object still records; the file is gone
+		if perr := pin(path); perr != nil {
+			err = errors.Join(err, fmt.Errorf("pin %s: %w", what, perr))
+			return
+		}
+		done = append(done, "pin "+what)
+	}
+	maps := reflect.ValueOf(d.objs.datapathMaps)
+	for i := range maps.NumField() {
+		if name := maps.Type().Field(i).Tag.Get("ebpf"); name != "" {
+			m := maps.Field(i).Interface().(*ebpf.Map)
+			repin("map "+name, filepath.Join(d.dir, name), m.Unpin, m.Pin)
+		}
+	}
+	for k, a := range d.attachments() {
+		if l := d.links[k]; l != nil {
+			repin(a.pin, filepath.Join(d.dir, a.pin), l.Unpin, l.Pin)
+		}
+	}
+	if d.cfg.Uplink == "" || !full {
+		return done, err
+	}
+	up, lerr := netlink.LinkByName(d.cfg.Uplink)
+	if lerr != nil {
+		return done, errors.Join(err, fmt.Errorf("uplink %s: %w", d.cfg.Uplink, lerr))
+	}
+	for _, l := range d.links {
+		if l != nil {
+			if info, ierr := l.Info(); ierr == nil && info.TCX() != nil && int(info.TCX().Ifindex) == up.Attrs().Index {
+				continue
+			}
+		}
+		if werr := d.writeConfig(); werr != nil {
+			return done, errors.Join(err, werr)
+		}
+		if aerr := d.attach(); aerr != nil {
+			return done, errors.Join(err, aerr)
+		}
+		done = append(done, "attach to "+d.cfg.Uplink)
+		break
+	}
+	return done, err
+}
+
+type attachment struct {
+	pin  string
+	prog *ebpf.Program
+	at   ebpf.AttachType
+}
+
+func (d *Datapath) attachments() [2]attachment {
+	return [2]attachment{
+		{ingressPin, d.objs.UplinkIngress, ebpf.AttachTCXIngress},
+		{egressPin, d.objs.UplinkEgress, ebpf.AttachTCXEgress},
+	}
+}
+
+// hold keeps l as attachment k, closing the handle it replaces.
+func (d *Datapath) hold(k int, l link.Link) {
+	if old := d.links[k]; old != nil && old != l {
+		old.Close()
+	}
+	d.links[k] = l
 }
 
 // uplinkUser returns the prefix of another pool whose pinned links sit on

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -93,6 +94,36 @@ func (u UplinkRoute) Apply() error {
 		if err := netlink.RuleAdd(want); err != nil {
 			return fmt.Errorf("rule from %s: %w", u.GuestCIDR, err)
 		}
+	}
+	return nil
+}
+
+// Check reports whether the rule and the table's default route are as
+// Apply writes them (the kernel drops the route when the uplink goes down,
+// and with the device when it is deleted).
+func (u UplinkRoute) Check() error {
+	want := u.rule()
+	rules, err := Rules(nil, unix.AF_INET)
+	if err != nil {
+		return fmt.Errorf("list rules: %w", err)
+	}
+	if !slices.ContainsFunc(rules, func(r netlink.Rule) bool {
+		return r.Priority == RulePriority && r.Table == want.Table && r.Src != nil && r.Src.String() == want.Src.String()
+	}) {
+		return fmt.Errorf("rule from %s to table %d missing", u.GuestCIDR, want.Table)
+	}
+	routes, err := Routes(nil, unix.AF_INET, &netlink.Route{Table: want.Table}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return fmt.Errorf("list table %d: %w", want.Table, err)
+	}
+	l, err := netlink.LinkByName(u.Uplink)
+	if err != nil {
+		return fmt.Errorf("uplink %s: %w", u.Uplink, err)
+	}
+	if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
+		return r.LinkIndex == l.Attrs().Index && (r.Dst == nil || r.Dst.IP.IsUnspecified())
+	}) {
+		return fmt.Errorf("default route of table %d via %s missing", want.Table, u.Uplink)
 	}
 	return nil
 }

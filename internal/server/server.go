@@ -181,7 +181,7 @@ func (s *Server) Status(ctx context.Context, req *netslotv1.StatusRequest) (*net
 	st := s.d.Status()
 	cfg := s.d.Config()
 	p := st.Progress
-	return &netslotv1.StatusResponse{
+	resp := &netslotv1.StatusResponse{
 		Total: uint32(st.Total), Free: uint32(st.Free), Leased: uint32(st.Leased), Orphaned: uint32(st.Orphaned),
 		Ready: p.Done, BootSeconds: p.BootSeconds,
 		Prefix: cfg.Prefix, SlotCidr: cfg.SlotCIDR.String(), Uplink: st.Uplink,
@@ -195,7 +195,14 @@ func (s *Server) Status(ctx context.Context, req *netslotv1.StatusRequest) (*net
 		UnderlayIp:        addrString(st.UnderlayIP),
 		UnattributedDrops: st.UnattributedDrops,
 		EgressDeny:        prefixStrings(s.d.DenySet()),
-	}, nil
+		UplinkState:       st.Health.Uplink,
+		Forwarding:        st.Health.Forwarding,
+		Problems:          st.Health.Problems,
+	}
+	if !st.Health.UplinkSince.IsZero() {
+		resp.UplinkStateSeconds = time.Since(st.Health.UplinkSince).Seconds()
+	}
+	return resp, nil
 }
 
 func (s *Server) slotMsg(info daemon.SlotInfo) *netslotv1.Slot {

@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -38,6 +39,7 @@ const FileName = "netslot.db"
 
 // Store is the open state file.
 type Store struct {
+	mu   sync.RWMutex // db and id: Rebuild swaps them
 	db   *bolt.DB
 	path string
 	id   unix.Stat_t // the file as opened (see Intact)
@@ -146,17 +148,85 @@ func guard(fn func() error) (err error) {
 
 // update and view are db.Update and db.View under guard.
 func (s *Store) update(fn func(*bolt.Tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	return guard(func() error { return s.db.Update(fn) })
 }
 
 func (s *Store) view(fn func(*bolt.Tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	return guard(func() error { return s.db.View(fn) })
+}
+
+// Rebuild writes what the store holds into a new file at its path (and
+// its directory, if that went too), and goes on with the new file: for a
+// store whose file was removed or replaced under the daemon (see Intact),
+// which holds every lease still. Writers wait meanwhile, so nothing
+// written to the old file is missing from the new one.
+func (s *Store) Rebuild() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	dir := filepath.Dir(s.path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create state dir %s: %w", dir, err)
+	}
+	tmp := s.path + ".rebuild"
+	os.Remove(tmp)
+	db, err := openDB(tmp)
+	if err != nil {
+		return fmt.Errorf("new state %s: %w", tmp, err)
+	}
+	err = guard(func() error {
+		return s.db.View(func(old *bolt.Tx) error {
+			return db.Update(func(tx *bolt.Tx) error {
+				return old.ForEach(func(name []byte, b *bolt.Bucket) error {
+					nb, err := tx.CreateBucketIfNotExists(name)
+					if err != nil {
+						return err
+					}
+					return b.ForEach(func(k, v []byte) error { return nb.Put(k, v) })
+				})
+			})
+		})
+	})
+	if err == nil {
+		err = db.Close()
+	} else {
+		db.Close()
+	}
+	if err == nil {
+		err = os.Rename(tmp, s.path)
+	}
+	var id unix.Stat_t
+	if err == nil {
+		db, err = openDB(s.path)
+	}
+	if err == nil {
+		err = unix.Stat(s.path, &id)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("rebuild state %s: %w", s.path, err)
+	}
+	s.db.Close()
+	s.db, s.id = db, id
+	var boot []byte
+	s.db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketMeta); b != nil {
+			boot = b.Get(keyBootID)
+		}
+		return nil
+	})
+	return writeBootIDFile(dir, string(boot))
 }
 
 // Intact reports whether the store's file is still there, the one it
 // opened: a state directory removed (or the file replaced) under a running
 // daemon leaves it writing to a file nobody will read again.
 func (s *Store) Intact() error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	var now unix.Stat_t
 	if err := unix.Stat(s.path, &now); err != nil {
 		return fmt.Errorf("state store %s: %w", s.path, err)
@@ -190,7 +260,11 @@ func writtenBeforeThisBoot(dir string) bool {
 }
 
 // Close closes the store.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.db.Close()
+}
 
 // storedConfig is the on-disk form of slot.Config.
 type storedConfig struct {
@@ -260,7 +334,10 @@ func (s *Store) SetBootID(id string) error {
 	if err := s.update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyBootID, []byte(id)) }); err != nil {
 		return err
 	}
-	dir := filepath.Dir(s.db.Path())
+	return writeBootIDFile(filepath.Dir(s.path), id)
+}
+
+func writeBootIDFile(dir, id string) error {
 	tmp := filepath.Join(dir, BootIDFile+".tmp")
 	if err := os.WriteFile(tmp, []byte(id+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write boot id: %w", err)

@@ -200,3 +200,57 @@ func TestStoreNoticesItsFileGone(t *testing.T) {
 		t.Fatal("store file removed, Intact says nothing")
 	}
 }
+
+// A store whose directory was removed under it is written anew, whole,
+// and goes on working.
+func TestRebuildAfterTheStateDirWentAway(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cfg := slot.DefaultConfig("ns", 10)
+	if err := s.SetConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	boot, _ := CurrentBootID()
+	if err := s.SetBootID(boot); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutLease(3, &slot.Lease{ID: "abc", Owner: "vm-3"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	// Written into the removed file: the rebuild must not lose it.
+	if err := s.PutLease(4, &slot.Lease{ID: "def", Owner: "vm-4"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Rebuild(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Intact(); err != nil {
+		t.Fatalf("after the rebuild: %v", err)
+	}
+	if err := s.PutLease(5, &slot.Lease{ID: "ghi"}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s2, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	leases, bad, err := s2.Leases()
+	if err != nil || len(bad) != 0 || len(leases) != 3 || leases[3].ID != "abc" || leases[4].ID != "def" || leases[5].ID != "ghi" {
+		t.Fatalf("leases after the rebuild: %v %v %v", leases, bad, err)
+	}
+	if got, ok, _ := s2.Config(); !ok || got.Prefix != "ns" {
+		t.Fatalf("config after the rebuild: %+v %t", got, ok)
+	}
+	if id, _ := s2.BootID(); id != boot || writtenBeforeThisBoot(dir) {
+		t.Fatalf("boot id after the rebuild: %q", id)
+	}
+}

@@ -41,6 +41,7 @@ type statusJSON struct {
 	BootSeconds         float64 `json:"boot_seconds"`
 	RootRules           int     `json:"root_rules"`
 	Boot                struct{ Created, Adopted, Repaired int }
+	Problems            []string
 }
 
 func (p *pool) status() statusJSON {

@@ -1158,7 +1158,15 @@ type StatusResponse struct {
 	// Slots kept out of the pool: they have no lease, but a VMM holds their
 	// tap (a lost or unreadable lease). Their traffic is stopped; each joins
 	// the pool once its VMM lets go.
-	Orphaned      uint32 `protobuf:"varint,15,opt,name=orphaned,proto3" json:"orphaned,omitempty"`
+	Orphaned uint32 `protobuf:"varint,15,opt,name=orphaned,proto3" json:"orphaned,omitempty"`
+	// The uplink as netslotd saw it at its last check (once a second): "up",
+	// "down" or "missing" ("" without an uplink), for uplink_state_seconds.
+	UplinkState        string  `protobuf:"bytes,16,opt,name=uplink_state,json=uplinkState,proto3" json:"uplink_state,omitempty"`
+	UplinkStateSeconds float64 `protobuf:"fixed64,17,opt,name=uplink_state_seconds,json=uplinkStateSeconds,proto3" json:"uplink_state_seconds,omitempty"`
+	// net.ipv4.conf.all.forwarding: off, no slot's traffic is forwarded.
+	Forwarding bool `protobuf:"varint,18,opt,name=forwarding,proto3" json:"forwarding,omitempty"`
+	// What is wrong now and netslotd could not repair.
+	Problems      []string `protobuf:"bytes,19,rep,name=problems,proto3" json:"problems,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1298,6 +1306,34 @@ func (x *StatusResponse) GetOrphaned() uint32 {
 	return 0
 }
 
+func (x *StatusResponse) GetUplinkState() string {
+	if x != nil {
+		return x.UplinkState
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetUplinkStateSeconds() float64 {
+	if x != nil {
+		return x.UplinkStateSeconds
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetForwarding() bool {
+	if x != nil {
+		return x.Forwarding
+	}
+	return false
+}
+
+func (x *StatusResponse) GetProblems() []string {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
+
 var File_api_netslot_v1_netslot_proto protoreflect.FileDescriptor
 
 const file_api_netslot_v1_netslot_proto_rawDesc = "" +
@@ -1397,7 +1433,7 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"etaSeconds\x12'\n" +
 	"\x0felapsed_seconds\x18\a \x01(\x01R\x0eelapsedSeconds\x124\n" +
 	"\x17ms_per_slot_first_tenth\x18\b \x01(\x01R\x13msPerSlotFirstTenth\x122\n" +
-	"\x16ms_per_slot_last_tenth\x18\t \x01(\x01R\x12msPerSlotLastTenth\"\xc5\x04\n" +
+	"\x16ms_per_slot_last_tenth\x18\t \x01(\x01R\x12msPerSlotLastTenth\"\xd6\x05\n" +
 	"\x0eStatusResponse\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\rR\x05total\x12\x12\n" +
 	"\x04free\x18\x02 \x01(\rR\x04free\x12\x16\n" +
@@ -1417,7 +1453,13 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\x12unattributed_drops\x18\r \x03(\v21.netslot.v1.StatusResponse.UnattributedDropsEntryR\x11unattributedDrops\x12\x1f\n" +
 	"\vegress_deny\x18\x0e \x03(\tR\n" +
 	"egressDeny\x12\x1a\n" +
-	"\borphaned\x18\x0f \x01(\rR\borphaned\x1aD\n" +
+	"\borphaned\x18\x0f \x01(\rR\borphaned\x12!\n" +
+	"\fuplink_state\x18\x10 \x01(\tR\vuplinkState\x120\n" +
+	"\x14uplink_state_seconds\x18\x11 \x01(\x01R\x12uplinkStateSeconds\x12\x1e\n" +
+	"\n" +
+	"forwarding\x18\x12 \x01(\bR\n" +
+	"forwarding\x12\x1a\n" +
+	"\bproblems\x18\x13 \x03(\tR\bproblems\x1aD\n" +
 	"\x16UnattributedDropsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x012\xc2\x02\n" +

@@ -1,0 +1,244 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+
+	nslinks "github.com/netslot/netslot/internal/links"
+)
+
+// The daemon checks what it depends on outside itself at once when the
+// kernel reports a change to it (link, rule and route events of the root
+// namespace, nftables events), and besides: every monitorInterval what
+// costs a few system calls (the store's file, the pins, the uplink's
+// state), every fullCheckEvery intervals everything, for what events miss
+// (ENOBUFS, a removed pin).
+const (
+	monitorInterval = time.Second
+	fullCheckEvery  = 10
+	eventSettle     = 50 * time.Millisecond // a burst of events, one check
+)
+
+// Health is what the daemon saw of the host at its last check.
+type Health struct {
+	// Uplink is "up", "down" or "missing" ("" without an uplink), since
+	// UplinkSince.
+	Uplink      string
+	UplinkSince time.Time
+	// Forwarding is net.ipv4.conf.all.forwarding: off, no slot's traffic
+	// is forwarded (the operator's call: netslotd reports it, and does not
+	// turn it back on).
+	Forwarding bool
+	// Problems are what is wrong now and could not be repaired.
+	Problems []string
+}
+
+type health struct {
+	mu sync.Mutex
+	Health
+}
+
+// Health reports what the daemon saw of the host at its last check.
+func (d *Daemon) Health() Health {
+	d.health.mu.Lock()
+	defer d.health.mu.Unlock()
+	h := d.health.Health
+	h.Problems = slices.Clone(h.Problems)
+	return h
+}
+
+// monitor checks the host (see monitorInterval) until stop is closed. Its
+// work does not grow with the pool: the objects it checks are the pool's
+// shared ones.
+func (d *Daemon) monitor(stop <-chan struct{}) {
+	wake := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+	done := make(chan struct{})
+	defer close(done)
+	d.subscribe(done, poke)
+	t := time.NewTicker(monitorInterval)
+	defer t.Stop()
+	full := true
+	for tick := 0; ; {
+		d.checkHost(full)
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			tick++
+			full = tick%fullCheckEvery == 0
+		case <-wake:
+			time.Sleep(eventSettle)
+			full = true
+		}
+	}
+}
+
+// subscribe has the kernel's events about what the pool depends on poke
+// the monitor until done is closed: links (the uplink, the host veths),
+// policy rules, routes of the pool's table, and nftables (a firewall
+// reload). Events lost (ENOBUFS) poke it too.
+func (d *Daemon) subscribe(done <-chan struct{}, poke func()) {
+	onErr := func(error) { poke() }
+	links := make(chan netlink.LinkUpdate, 256)
+	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		d.log.Warn("no link events; the host is checked every interval only", "err", err)
+	}
+	go func() {
+		for u := range links {
+			if name := u.Attrs().Name; name == d.opts.Uplink || strings.HasPrefix(name, d.cfg.Prefix) {
+				poke()
+			}
+		}
+	}()
+	routes := make(chan netlink.RouteUpdate, 256)
+	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		d.log.Warn("no route events", "err", err)
+	}
+	table := nslinks.RouteTable(d.cfg.Prefix)
+	go func() {
+		for u := range routes {
+			if u.Table == table {
+				poke()
+			}
+		}
+	}()
+	for _, g := range []struct {
+		proto int
+		group uint
+	}{{unix.NETLINK_ROUTE, unix.RTNLGRP_IPV4_RULE}, {unix.NETLINK_NETFILTER, unix.NFNLGRP_NFTABLES}} {
+		s, err := nl.Subscribe(g.proto, g.group)
+		if err != nil {
+			d.log.Warn("no events", "netlink", g.proto, "group", g.group, "err", err)
+			continue
+		}
+		go func() {
+			<-done
+			s.Close()
+		}()
+		go func() {
+			for {
+				if _, _, err := s.Receive(); err != nil {
+					select {
+					case <-done:
+						return
+					default:
+					}
+					if !errors.Is(err, unix.ENOBUFS) {
+						return
+					}
+				}
+				poke() // any rule change, any nftables change (rare on a host)
+			}
+		}()
+	}
+}
+
+// checkHost looks at what the pool depends on outside the daemon and puts
+// back what is missing: the state store's file, the datapath's pins, the
+// uplink's state and, with full, the root table, the uplink's route and
+// rule and the datapath's attachments. Each repair is logged and counted
+// by kind; what cannot be repaired is reported (Health, status).
+func (d *Daemon) checkHost(full bool) {
+	var problems []string
+	repaired := func(kind, what string, args ...any) {
+		d.log.Warn("repaired: "+what, args...)
+		d.Metrics.ReconcileAction.WithLabelValues(kind).Inc()
+	}
+	if err := d.store.Intact(); err != nil {
+		d.log.Error("the state store's file is gone; writing it anew", "err", err)
+		if rerr := d.store.Rebuild(); rerr != nil {
+			d.log.Error("cannot write the state store anew: leases are not kept", "err", rerr)
+			problems = append(problems, fmt.Sprintf("state store: %v", rerr))
+		} else {
+			repaired("store", "state store written anew", "path", d.store.Path())
+		}
+	}
+	if full {
+		if err := d.rootFirewall().Verify(); err != nil {
+			if aerr := d.rootFirewall().Apply(); aerr != nil {
+				problems = append(problems, fmt.Sprintf("root table: %v", aerr))
+			} else {
+				repaired("root_table", "root table rewritten", "reason", err)
+			}
+		}
+	}
+	if d.opts.Uplink != "" {
+		d.checkUplink(full, &problems, repaired)
+	}
+	if done, err := d.dp.Repair(full); err != nil {
+		problems = append(problems, fmt.Sprintf("datapath: %v", err))
+	} else {
+		for _, what := range done {
+			repaired("datapath", "datapath: "+what)
+		}
+	}
+	fwd := sysctlOn("/proc/sys/net/ipv4/conf/all/forwarding")
+	d.health.mu.Lock()
+	if !fwd && d.health.Forwarding != fwd {
+		d.log.Error("IPv4 forwarding is off (net.ipv4.conf.all.forwarding=0): no slot's traffic is forwarded until it is turned back on; netslotd leaves that to the operator")
+	}
+	d.health.Forwarding = fwd
+	if !fwd {
+		problems = append(problems, "IPv4 forwarding is off")
+	}
+	d.health.Problems = problems
+	d.health.mu.Unlock()
+}
+
+// checkUplink tracks the uplink's state and puts the pool's route and
+// rule back once it is up.
+func (d *Daemon) checkUplink(full bool, problems *[]string, repaired func(kind, what string, args ...any)) {
+	state := "missing"
+	l, err := netlink.LinkByName(d.opts.Uplink)
+	if err == nil {
+		state = "down"
+		if l.Attrs().Flags&net.FlagUp != 0 && l.Attrs().RawFlags&unix.IFF_LOWER_UP != 0 {
+			state = "up"
+		}
+	}
+	d.health.mu.Lock()
+	if d.health.Uplink != state {
+		if d.health.Uplink != "" {
+			d.log.Warn("uplink state changed", "uplink", d.opts.Uplink, "from", d.health.Uplink, "to", state,
+				"after", time.Since(d.health.UplinkSince).Round(time.Millisecond))
+		}
+		d.health.Uplink, d.health.UplinkSince = state, time.Now()
+	}
+	d.health.mu.Unlock()
+	if state != "up" {
+		*problems = append(*problems, fmt.Sprintf("uplink %s is %s", d.opts.Uplink, state))
+		return
+	}
+	if !full {
+		return
+	}
+	r := nslinks.UplinkRoute{Prefix: d.cfg.Prefix, Uplink: d.opts.Uplink, Gateway: d.opts.UplinkGateway, GuestCIDR: d.cfg.GuestCIDR}
+	if err := r.Check(); err != nil {
+		if aerr := r.Apply(); aerr != nil {
+			*problems = append(*problems, fmt.Sprintf("uplink route: %v", aerr))
+		} else {
+			repaired("uplink_route", "the pool's route through the uplink", "reason", err)
+		}
+	}
+}
+
+func sysctlOn(path string) bool {
+	b, err := os.ReadFile(path)
+	return err == nil && strings.TrimSpace(string(b)) != "0"
+}

@@ -1,0 +1,195 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
+	"github.com/netslot/netslot/internal/datapath"
+	"github.com/netslot/netslot/internal/firewall"
+	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/state"
+	"github.com/netslot/netslot/internal/testutil"
+)
+
+// survivor is a running uplink pool with a real-stack guest on a leased
+// slot, and a capture on the fabric of anything that leaves with the
+// guest's own address (it must never: the NAT is the only way out).
+type survivor struct {
+	*pool
+	fab   *testutil.Fabric
+	guest *testutil.GuestNS
+	leak  *testutil.Tshark
+	lease *netslotv1.Slot
+}
+
+func newSurvivor(t *testing.T) *survivor {
+	p, fab, up := uplinkPool(t, 4)
+	p.start(up...)
+	c := p.client()
+	s, err := c.Acquire(ctx(t), &netslotv1.AcquireRequest{Owner: "vm"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := slot.DefaultConfig(p.prefix, p.slots)
+	sv := &survivor{pool: p, fab: fab, lease: s,
+		guest: testutil.NewGuestNS(t, p.prefix[1:], s.Netns, cfg),
+		leak:  testutil.StartTshark(t, fab.Name, "f0", "src net "+cfg.GuestCIDR.String(), "ip.src", "ip.dst")}
+	if !sv.reaches(1) {
+		t.Fatal("the guest does not reach the outside host to begin with")
+	}
+	return sv
+}
+
+// reaches reports whether the guest gets an echo reply from the outside
+// host within tries pings (each waits a second for its reply).
+func (sv *survivor) reaches(tries int) bool {
+	for range tries {
+		if exec.Command("ip", "netns", "exec", sv.guest.Name, "ping", "-c", "1", "-W", "1", sv.fab.Outside.String()).Run() == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// comesBack waits up to 3 s for the guest's traffic to come back, the
+// daemon to log what it repaired, and checks that nothing left un-NATed.
+func (sv *survivor) comesBack(t *testing.T, repaired string) {
+	t.Helper()
+	start := time.Now()
+	if !sv.reaches(3) {
+		t.Errorf("the guest's traffic did not come back:\n%s", sv.log)
+	}
+	t.Logf("traffic back %v after the host was whole again", time.Since(start).Round(10*time.Millisecond))
+	deadline := time.Now().Add(3 * time.Second)
+	for !strings.Contains(sv.log.String(), repaired) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(sv.log.String(), repaired) {
+		t.Errorf("no %q in the daemon's log:\n%s", repaired, sv.log)
+	}
+	if st := sv.status(); st.Leased != 1 {
+		t.Errorf("the lease went: %+v", st)
+	}
+	if leaked := sv.leak.Stop(); len(leaked) > 0 {
+		t.Errorf("%d packets left the host with the guest's own address: %v", len(leaked), leaked)
+	}
+}
+
+func TestSurvivesPinsRemoved(t *testing.T) {
+	sv := newSurvivor(t)
+	if err := os.RemoveAll(datapath.PinDir("", sv.prefix)); err != nil {
+		t.Fatal(err)
+	}
+	// The daemon holds its links: nothing detached, nothing to wait for.
+	if !sv.reaches(1) {
+		t.Error("the guest lost its traffic with the pins")
+	}
+	sv.comesBack(t, "repaired: datapath: pin link_uplink_egress")
+	if _, err := os.Stat(filepath.Join(datapath.PinDir("", sv.prefix), "tunnels")); err != nil {
+		t.Errorf("pins not back: %v", err)
+	}
+	// A second pool on the same uplink is refused again.
+	b := newPool(t, 4)
+	if out, err := b.netslotd(b.args("--uplink", sv.fab.Uplink, "--underlay-ip", sv.fab.Underlay.String())...); err == nil || !strings.Contains(out, "already carries pool") {
+		t.Errorf("a second pool on the uplink: %v\n%s", err, out)
+	}
+}
+
+func TestSurvivesUplinkFlap(t *testing.T) {
+	sv := newSurvivor(t)
+	if out, err := exec.Command("ip", "link", "set", sv.fab.Uplink, "down").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if st := sv.status(); !strings.Contains(strings.Join(st.Problems, "; "), "is down") {
+		t.Errorf("status while the uplink is down: %+v", st)
+	}
+	if out, err := exec.Command("ip", "link", "set", sv.fab.Uplink, "up").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	sv.comesBack(t, "repaired: the pool's route through the uplink")
+	if !strings.Contains(sv.log.String(), "uplink state changed") {
+		t.Errorf("the flap is not in the log:\n%s", sv.log)
+	}
+}
+
+func TestSurvivesPolicyRuleDeleted(t *testing.T) {
+	sv := newSurvivor(t)
+	if out, err := exec.Command("ip", "rule", "del", "priority", "1000", "from", "172.16.0.0/30").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	sv.comesBack(t, "repaired: the pool's route through the uplink")
+}
+
+func TestSurvivesFirewallReload(t *testing.T) {
+	sv := newSurvivor(t)
+	if out, err := exec.Command("nft", "delete", "table", "inet", sv.prefix).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if st := sv.status(); st.RootRules != 0 {
+		t.Errorf("status counts %d root rules with the table gone", st.RootRules)
+	}
+	sv.comesBack(t, "repaired: root table rewritten")
+	if err := (firewall.Root{Prefix: sv.prefix, Uplink: sv.fab.Uplink}).Verify(); err != nil {
+		t.Errorf("root table after the repair: %v", err)
+	}
+	if st := sv.status(); st.RootRules == 0 {
+		t.Errorf("status after the repair: %+v", st)
+	}
+}
+
+// The state directory removed under the daemon: it writes the store anew
+// with every lease, and a restart finds them.
+func TestSurvivesStateDirRemoved(t *testing.T) {
+	sv := newSurvivor(t)
+	if err := os.RemoveAll(sv.stateDir); err != nil {
+		t.Fatal(err)
+	}
+	sv.comesBack(t, "repaired: state store written anew")
+	s2, err := sv.client().Acquire(ctx(t), &netslotv1.AcquireRequest{Owner: "vm-2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv.kill()
+	sv.start("--uplink", sv.fab.Uplink, "--underlay-ip", sv.fab.Underlay.String(), "--uplink-gateway", sv.fab.Gateway.String())
+	if st := sv.status(); st.Leased != 2 {
+		t.Errorf("after the restart: %+v, want both leases", st)
+	}
+	// The second lease, whose slot no VM holds, is released as any.
+	if err := sv.client().Release(ctx(t), s2.Id, s2.GetLease().GetLeaseId()); err != nil {
+		t.Errorf("release %s: %v", s2.Id, err)
+	}
+	if _, err := os.Stat(filepath.Join(sv.stateDir, state.FileName)); err != nil {
+		t.Error(err)
+	}
+}
+
+// The API socket removed: the daemon listens on it again.
+func TestSurvivesSocketRemoved(t *testing.T) {
+	p := newPool(t, 2)
+	p.start()
+	if err := os.Remove(p.socket); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		if _, err := p.cli("status"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the API is unreachable 3 s after its socket was removed:\n%s", p.log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(p.log.String(), "repaired: the API socket was removed") {
+		t.Errorf("not in the log:\n%s", p.log)
+	}
+	if fi, err := os.Stat(p.socket); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket: %v %v", fi, err)
+	}
+}
