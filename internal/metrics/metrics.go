@@ -109,14 +109,15 @@ func New(g Gauges) *Metrics {
 		ScrubFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "netslot_scrub_failures_total", Help: "Releases whose scrub failed (the slot is rebuilt; if that fails too it stays leased)."}),
 		ReconcileAction: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "netslot_reconcile_actions_total", Help: "What start-up reconciliation did, by action."}, []string{"action"}),
+			Name: "netslot_reconcile_actions_total", Help: "What reconciliation and repair did, at start-up and since, by action."}, []string{"action"}),
 	}
 	// Export every known label at zero, so that dashboards see the series
 	// before the first event.
-	for _, a := range []string{"adopt", "repair", "remove_netns", "remove_link", "firewall_rewrite", "drop_stale_leases", "drop_bad_lease", "replace_datapath"} {
+	for _, a := range []string{"adopt", "repair", "remove_netns", "remove_link", "firewall_rewrite", "drop_stale_leases", "drop_bad_lease", "replace_datapath",
+		"orphan", "orphan_reclaimed", "store", "root_table", "uplink_route", "datapath", "socket"} {
 		m.ReconcileAction.WithLabelValues(a)
 	}
-	for _, r := range []string{"exhausted", "store", "firewall", "datapath", "no_uplink"} {
+	for _, r := range []string{"exhausted", "store", "firewall", "datapath", "no_uplink", "invalid"} {
 		m.AcquireErrors.WithLabelValues(r)
 	}
 	r.MustRegister(m.BootSeconds, m.SlotsReady, m.AcquireSeconds, m.ReleaseSeconds, m.AcquireErrors,
