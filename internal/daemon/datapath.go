@@ -51,6 +51,14 @@ func checkUplink(opts Options) error {
 	return nil
 }
 
+func (d *Daemon) uplinkRoute() links.UplinkRoute {
+	return links.UplinkRoute{Prefix: d.cfg.Prefix, Uplink: d.opts.Uplink, Gateway: d.opts.UplinkGateway, GuestCIDR: d.cfg.GuestCIDR}
+}
+
+func (d *Daemon) backstop() datapath.Backstop {
+	return datapath.Backstop{Prefix: d.cfg.Prefix, Uplink: d.opts.Uplink, GuestCIDR: d.cfg.GuestCIDR, SlotCIDR: d.cfg.SlotCIDR}
+}
+
 // setupDatapath routes slot traffic to the uplink (or removes that routing
 // when there is no uplink) and loads the pool's datapath, reusing pinned
 // maps and links.
@@ -59,9 +67,14 @@ func (d *Daemon) setupDatapath() error {
 		if err := links.RemoveUplinkRoute(d.cfg.Prefix); err != nil {
 			return err
 		}
+		if err := datapath.RemoveBackstop(d.cfg.Prefix, datapath.UplinkIndex(d.opts.PinRoot, d.cfg.Prefix)); err != nil {
+			return err
+		}
 	} else {
-		r := links.UplinkRoute{Prefix: d.cfg.Prefix, Uplink: d.opts.Uplink, Gateway: d.opts.UplinkGateway, GuestCIDR: d.cfg.GuestCIDR}
-		if err := r.Apply(); err != nil {
+		if err := d.uplinkRoute().Apply(); err != nil {
+			return err
+		}
+		if _, err := d.backstop().Apply(); err != nil {
 			return err
 		}
 		if l, err := netlink.LinkByName(d.opts.Uplink); err == nil && l.Attrs().MTU < 1500+datapath.EncapOverhead {

@@ -223,17 +223,31 @@ func (d *Daemon) checkUplink(full bool, problems *[]string, repaired func(kind, 
 	d.health.mu.Unlock()
 	if state != "up" {
 		*problems = append(*problems, fmt.Sprintf("uplink %s is %s", d.opts.Uplink, state))
-		return
 	}
 	if !full {
 		return
 	}
-	r := nslinks.UplinkRoute{Prefix: d.cfg.Prefix, Uplink: d.opts.Uplink, Gateway: d.opts.UplinkGateway, GuestCIDR: d.cfg.GuestCIDR}
+	// While the uplink is down or missing, Apply still puts back the rule
+	// and the blackhole route that keep slot traffic off the host's other
+	// routes; its failure to route through the uplink is the problem
+	// reported above.
+	r := d.uplinkRoute()
 	if err := r.Check(); err != nil {
-		if aerr := r.Apply(); aerr != nil {
+		if aerr := r.Apply(); aerr != nil && state == "up" {
 			*problems = append(*problems, fmt.Sprintf("uplink route: %v", aerr))
-		} else {
+		} else if aerr == nil {
 			repaired("uplink_route", "the pool's route through the uplink", "reason", err)
+		}
+	}
+	if state == "missing" {
+		return
+	}
+	b := d.backstop()
+	if err := b.Check(); err != nil {
+		if changed, aerr := b.Apply(); aerr != nil {
+			*problems = append(*problems, fmt.Sprintf("backstop: %v", aerr))
+		} else if changed {
+			repaired("backstop", "the uplink's backstop filters", "reason", err)
 		}
 	}
 }

@@ -62,6 +62,9 @@ func TeardownPins(prefix, stateDir, pinRoot string, wait time.Duration, log *slo
 	if err := links.RemoveUplinkRoute(prefix); err != nil {
 		errs = append(errs, err)
 	}
+	if err := datapath.RemoveBackstop(prefix, datapath.UplinkIndex(pinRoot, prefix)); err != nil {
+		errs = append(errs, err)
+	}
 	if err := datapath.Remove(pinRoot, prefix); err != nil {
 		errs = append(errs, err)
 	}

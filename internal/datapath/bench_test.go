@@ -84,7 +84,8 @@ func BenchmarkLeasePolicy(b *testing.B) {
 // BenchmarkPrograms measures the programs' own cost per packet (the
 // kernel's BPF run-time statistics, not the test-run syscall around them):
 // a guest's UDP datagram and TCP segment NATed out, and the replies NATed
-// back in. Each run gets a fresh copy of the packet.
+// back in, and the backstop's two programs. Each run gets a fresh copy of
+// the packet.
 func BenchmarkPrograms(b *testing.B) {
 	e := newEnv(b, 2)
 	up, err := netlink.LinkByName("up0")
@@ -105,6 +106,11 @@ func BenchmarkPrograms(b *testing.B) {
 	tip := &layers.IPv4{Version: 4, IHL: 5, TTL: 60, Protocol: layers.IPProtocolTCP, SrcIP: outside.AsSlice(), DstIP: e.cfg.SlotIP(1).AsSlice()}
 	tcpIn := serialize(b, &layers.Ethernet{SrcMAC: fabricGWMAC, DstMAC: uplinkMAC, EthernetType: layers.EthernetTypeIPv4}, tip,
 		&layers.TCP{SrcPort: 80, DstPort: 40000, Seq: 1, ACK: true, Ack: 1, Window: 512}, gopacket.Payload("netslot"))
+	bs, err := Backstop{Prefix: "tbench", GuestCIDR: e.cfg.GuestCIDR, SlotCIDR: e.cfg.SlotCIDR}.load()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bs.Close()
 	for _, c := range []struct {
 		name string
 		prog *ebpf.Program
@@ -115,6 +121,9 @@ func BenchmarkPrograms(b *testing.B) {
 		{"ingress-nat-udp", e.dp.objs.UplinkIngress, in, up.Attrs().Index},
 		{"egress-nat-tcp", e.dp.objs.UplinkEgress, tcpOut, e.hosts[1]},
 		{"ingress-nat-tcp", e.dp.objs.UplinkIngress, tcpIn, up.Attrs().Index},
+		// The backstop's verdict on packets it lets by (the common case).
+		{"backstop-egress", bs.BackstopEgress, in, 0},
+		{"backstop-ingress", bs.BackstopIngress, out, 0},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			before, err := c.prog.Stats()

@@ -523,6 +523,20 @@ func Remove(pinRoot, prefix string) error {
 	return nil
 }
 
+// UplinkIndex is the ifindex of the device prefix's pinned datapath is
+// attached to (0: none, or not pinned).
+func UplinkIndex(pinRoot, prefix string) int {
+	l, err := link.LoadPinnedLink(filepath.Join(PinDir(pinRoot, prefix), ingressPin), nil)
+	if err != nil {
+		return 0
+	}
+	defer l.Close()
+	if info, err := l.Info(); err == nil && info.TCX() != nil {
+		return int(info.TCX().Ifindex)
+	}
+	return 0
+}
+
 // Exists reports whether prefix's datapath is pinned.
 func Exists(pinRoot, prefix string) bool {
 	_, err := os.Stat(PinDir(pinRoot, prefix))

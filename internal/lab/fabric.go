@@ -87,20 +87,35 @@ func NewFabric(tag string, slotCIDR netip.Prefix) (*Fabric, error) {
 	})) {
 		return nil, fmt.Errorf("fabric namespace: %w", err)
 	}
-	nsFD, oerr := netns.Open(f.NetnsPath())
-	if !must(oerr) {
+	if !must(f.link(slotCIDR)) {
 		return nil, err
+	}
+	return f, nil
+}
+
+// link makes the uplink's veth, its fabric end and their addresses and
+// routes.
+func (f *Fabric) link(slotCIDR netip.Prefix) error {
+	nsFD, err := netns.Open(f.NetnsPath())
+	if err != nil {
+		return err
 	}
 	defer unix.Close(nsFD)
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: f.Uplink, MTU: 9000}, PeerName: "f0", PeerNamespace: netlink.NsFd(nsFD)}
-	if !must(netlink.LinkAdd(veth)) {
-		return nil, fmt.Errorf("fabric uplink: %w", err)
+	if err := netlink.LinkAdd(veth); err != nil {
+		return fmt.Errorf("fabric uplink: %w", err)
 	}
-	up, lerr := netlink.LinkByName(f.Uplink)
-	if !must(lerr) || !must(netlink.AddrAdd(up, addr(f.Underlay, 24))) || !must(netlink.LinkSetUp(up)) {
-		return nil, fmt.Errorf("fabric uplink: %w", err)
+	up, err := netlink.LinkByName(f.Uplink)
+	if err == nil {
+		err = netlink.AddrAdd(up, addr(f.Underlay, 24))
 	}
-	if !must(netns.Do(nsFD, func() error {
+	if err == nil {
+		err = netlink.LinkSetUp(up)
+	}
+	if err != nil {
+		return fmt.Errorf("fabric uplink: %w", err)
+	}
+	err = netns.Do(nsFD, func() error {
 		f0, err := netlink.LinkByName("f0")
 		if err != nil {
 			return err
@@ -119,10 +134,32 @@ func NewFabric(tag string, slotCIDR netip.Prefix) (*Fabric, error) {
 		// Slot addresses live behind the host's underlay address.
 		return netlink.RouteAdd(&netlink.Route{LinkIndex: f0.Attrs().Index, Gw: f.Underlay.AsSlice(),
 			Dst: &net.IPNet{IP: slotCIDR.Addr().AsSlice(), Mask: net.CIDRMask(slotCIDR.Bits(), 32)}})
-	})) {
-		return nil, fmt.Errorf("fabric side: %w", err)
+	})
+	if err != nil {
+		return fmt.Errorf("fabric side: %w", err)
 	}
-	return f, nil
+	return nil
+}
+
+// Relink deletes the uplink (which takes its fabric end with it) and makes
+// it again with the same name and addresses, as a host whose network
+// configuration is reapplied does: a new device with a new ifindex.
+func (f *Fabric) Relink(slotCIDR netip.Prefix) error {
+	if l, err := netlink.LinkByName(f.Uplink); err == nil {
+		if err := netlink.LinkDel(l); err != nil {
+			return fmt.Errorf("delete uplink: %w", err)
+		}
+	}
+	return f.link(slotCIDR)
+}
+
+// Unlink deletes the uplink (and its fabric end).
+func (f *Fabric) Unlink() error {
+	l, err := netlink.LinkByName(f.Uplink)
+	if err != nil {
+		return fmt.Errorf("uplink: %w", err)
+	}
+	return netlink.LinkDel(l)
 }
 
 // Remove deletes the fabric (the uplink goes with the namespace's veth).

@@ -18,8 +18,10 @@ import (
 // everything from the guest address (the same in every slot, and the
 // source of every packet a slot forwards before the datapath rewrites it on
 // the uplink) to the pool's own routing table, which holds only a default
-// route out of the uplink. The host's main table, and its default route,
-// never see slot traffic. Two objects whatever the pool size.
+// route out of the uplink, and under it a blackhole default route: when the
+// kernel removes the uplink's route (the link went down, or the device was
+// deleted) slot traffic is dropped, never passed on to the host's main
+// table and its default route. Three objects whatever the pool size.
 type UplinkRoute struct {
 	Prefix    string // names the table (see RouteTable)
 	Uplink    string
@@ -49,6 +51,18 @@ func (u UplinkRoute) rule() *netlink.Rule {
 	return r
 }
 
+// blackholeMetric puts the table's blackhole route under the uplink's.
+const blackholeMetric = 0x7fffffff
+
+func (u UplinkRoute) blackhole() *netlink.Route {
+	return &netlink.Route{
+		Table:    RouteTable(u.Prefix),
+		Type:     unix.RTN_BLACKHOLE,
+		Priority: blackholeMetric,
+		Dst:      &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
+	}
+}
+
 func (u UplinkRoute) route(uplink int) *netlink.Route {
 	r := &netlink.Route{
 		LinkIndex: uplink,
@@ -68,10 +82,6 @@ func (u UplinkRoute) route(uplink int) *netlink.Route {
 // from the guest CIDR at that priority (another pool with the same guest
 // addressing has an uplink).
 func (u UplinkRoute) Apply() error {
-	l, err := netlink.LinkByName(u.Uplink)
-	if err != nil {
-		return fmt.Errorf("uplink %s: %w", u.Uplink, err)
-	}
 	want := u.rule()
 	rules, err := Rules(nil, unix.AF_INET)
 	if err != nil {
@@ -87,13 +97,22 @@ func (u UplinkRoute) Apply() error {
 		}
 		have = true
 	}
-	if err := netlink.RouteReplace(u.route(l.Attrs().Index)); err != nil {
-		return fmt.Errorf("default route of table %d via %s: %w", want.Table, u.Uplink, err)
+	// The blackhole and the rule go in even while the uplink is missing:
+	// they are what keeps slot traffic off the host's other routes.
+	if err := netlink.RouteReplace(u.blackhole()); err != nil {
+		return fmt.Errorf("blackhole route of table %d: %w", want.Table, err)
 	}
 	if !have {
 		if err := netlink.RuleAdd(want); err != nil {
 			return fmt.Errorf("rule from %s: %w", u.GuestCIDR, err)
 		}
+	}
+	l, err := netlink.LinkByName(u.Uplink)
+	if err != nil {
+		return fmt.Errorf("uplink %s: %w", u.Uplink, err)
+	}
+	if err := netlink.RouteReplace(u.route(l.Attrs().Index)); err != nil {
+		return fmt.Errorf("default route of table %d via %s: %w", want.Table, u.Uplink, err)
 	}
 	return nil
 }
@@ -116,12 +135,18 @@ func (u UplinkRoute) Check() error {
 	if err != nil {
 		return fmt.Errorf("list table %d: %w", want.Table, err)
 	}
+	isDefault := func(r netlink.Route) bool { return r.Dst == nil || r.Dst.IP.IsUnspecified() }
+	if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
+		return r.Type == unix.RTN_BLACKHOLE && isDefault(r)
+	}) {
+		return fmt.Errorf("blackhole route of table %d missing", want.Table)
+	}
 	l, err := netlink.LinkByName(u.Uplink)
 	if err != nil {
 		return fmt.Errorf("uplink %s: %w", u.Uplink, err)
 	}
 	if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
-		return r.LinkIndex == l.Attrs().Index && (r.Dst == nil || r.Dst.IP.IsUnspecified())
+		return r.LinkIndex == l.Attrs().Index && r.Type == unix.RTN_UNICAST && isDefault(r)
 	}) {
 		return fmt.Errorf("default route of table %d via %s missing", want.Table, u.Uplink)
 	}

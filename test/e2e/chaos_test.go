@@ -45,7 +45,7 @@ func TestCrashChaos(t *testing.T) {
 	up = append(up, "--metrics-addr", addr)
 	p.start(up...)
 	clean := p.usage(t, addr)
-	want := objects{Pins: slots, HostVeths: slots, RootTables: 1, BPFPinDirs: 1, RouteRules: 1}
+	want := objects{Pins: slots, HostVeths: slots, RootTables: 1, BPFPinDirs: 1, RouteRules: 1, TableRoutes: 2, Backstops: 2}
 
 	held := map[string]string{}      // slot id -> lease id, acknowledged and not released
 	releasing := map[string]string{} // releases sent, not acknowledged: done or not

@@ -19,6 +19,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/netslot/netslot/client"
 	"github.com/netslot/netslot/internal/datapath"
 	"github.com/netslot/netslot/internal/firewall"
@@ -187,6 +189,7 @@ func ctx(t *testing.T) context.Context {
 type objects struct {
 	Pins, HostVeths, RootTables int
 	BPFPinDirs, RouteRules      int
+	TableRoutes, Backstops      int // routes of the pool's table; tc filters on any device
 }
 
 func (p *pool) kernelObjects() objects {
@@ -205,8 +208,22 @@ func (p *pool) kernelObjects() objects {
 	for _, l := range links {
 		if strings.HasPrefix(l.Attrs().Name, p.prefix) {
 			o.HostVeths++
+			continue
+		}
+		for _, parent := range []uint32{netlink.HANDLE_MIN_EGRESS, netlink.HANDLE_MIN_INGRESS} {
+			fs, _ := netlink.FilterList(l, parent)
+			for _, f := range fs {
+				if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, "netslot:"+p.prefix+":") {
+					o.Backstops++
+				}
+			}
 		}
 	}
+	routes, err := nslinks.Routes(nil, unix.AF_INET, &netlink.Route{Table: nslinks.RouteTable(p.prefix)}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	o.TableRoutes = len(routes)
 	if ok, err := firewall.TableExists(p.prefix); err != nil {
 		p.t.Fatal(err)
 	} else if ok {

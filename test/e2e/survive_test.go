@@ -1,12 +1,19 @@
 package e2e
 
 import (
+	"errors"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
 	"github.com/netslot/netslot/internal/datapath"
@@ -109,12 +116,57 @@ func TestSurvivesUplinkFlap(t *testing.T) {
 	if st := sv.status(); !strings.Contains(strings.Join(st.Problems, "; "), "is down") {
 		t.Errorf("status while the uplink is down: %+v", st)
 	}
+	sv.blackholed(t)
 	if out, err := exec.Command("ip", "link", "set", sv.fab.Uplink, "up").CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	sv.comesBack(t, "repaired: the pool's route through the uplink")
 	if !strings.Contains(sv.log.String(), "uplink state changed") {
 		t.Errorf("the flap is not in the log:\n%s", sv.log)
+	}
+}
+
+// blackholed checks, while the uplink's route is gone, that the kernel
+// routes the guest's traffic (as it arrives from the slot's host veth)
+// into the pool table's blackhole, not on to the host's main table.
+func (sv *survivor) blackholed(t *testing.T) {
+	t.Helper()
+	host, err := netlink.LinkByName(slot.DefaultConfig(sv.prefix, sv.slots).HostVeth(int(sv.lease.Index)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := netlink.RouteGetWithOptions(sv.fab.Outside.AsSlice(), &netlink.RouteGetOptions{
+		IifIndex: host.Attrs().Index, SrcAddr: slot.DefaultConfig(sv.prefix, sv.slots).GuestIP().AsSlice()})
+	if err == nil && (len(rs) != 1 || rs[0].Type != unix.RTN_BLACKHOLE) {
+		t.Errorf("the guest's traffic is routed %+v with the uplink's route gone, want the pool's blackhole", rs)
+	}
+	if err != nil && !errors.Is(err, unix.EINVAL) { // a blackhole answers EINVAL; no route, ENETUNREACH
+		t.Errorf("route lookup: %v", err)
+	}
+}
+
+// The uplink deleted and made again under its name (a network
+// configuration reapplied): while it is missing the guest's traffic is
+// dropped (blackholed, no leak); then the daemon attaches the datapath and
+// the backstop to the new device and routes through it.
+func TestSurvivesUplinkRecreated(t *testing.T) {
+	sv := newSurvivor(t)
+	if err := sv.fab.Unlink(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if st := sv.status(); !strings.Contains(strings.Join(st.Problems, "; "), "is missing") {
+		t.Errorf("status while the uplink is missing: %+v", st)
+	}
+	sv.blackholed(t)
+	sv.leak.Stop()
+	if err := sv.fab.Relink(slot.DefaultSlotCIDR); err != nil {
+		t.Fatal(err)
+	}
+	sv.leak = testutil.StartTshark(t, sv.fab.Name, "f0", "src net "+slot.DefaultGuestCIDR.String(), "ip.src", "ip.dst")
+	sv.comesBack(t, "repaired: datapath: attach to "+sv.fab.Uplink)
+	if err := sv.backstop().Check(); err != nil {
+		t.Errorf("after the repair: %v", err)
 	}
 }
 
@@ -192,4 +244,56 @@ func TestSurvivesSocketRemoved(t *testing.T) {
 	if fi, err := os.Stat(p.socket); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("socket: %v %v", fi, err)
 	}
+}
+
+// With the daemon dead and the pins removed, the kernel detaches the
+// datapath's programs. The backstop it leaves on the uplink keeps the
+// pool closed: the guest's packets do not leave with its own address, and
+// packets for slot addresses (sent with TTL 1, which the host would answer
+// with an ICMP error were it to route them) are not routed by the host.
+// A restart puts the datapath back, and the guest's traffic with it.
+func TestFailsClosedWithTheDatapathDetached(t *testing.T) {
+	sv := newSurvivor(t)
+	sv.kill()
+	if err := os.RemoveAll(datapath.PinDir("", sv.prefix)); err != nil {
+		t.Fatal(err)
+	}
+	up, err := netlink.LinkByName(sv.fab.Uplink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+		if q, err := link.QueryPrograms(link.QueryOptions{Target: up.Attrs().Index, Attach: at}); err != nil || len(q.Programs) > 0 {
+			t.Fatalf("the datapath is still attached (%v): %+v, %v", at, q, err)
+		}
+	}
+	answers := testutil.StartTshark(t, sv.fab.Name, "f0", "icmp and (icmp[0] == 3 or icmp[0] == 11)", "ip.src", "icmp.type")
+	if sv.reaches(2) {
+		t.Error("the guest reached the outside host with the datapath detached")
+	}
+	slotIP := netip.MustParseAddr(sv.lease.SlotIp)
+	exec.Command("ip", "netns", "exec", sv.fab.Name, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", "-t", "1",
+		"-I", sv.fab.Gateway.String(), slotIP.String()).Run()
+	if got := answers.Stop(); len(got) > 0 {
+		t.Errorf("the host routed packets for a slot address: %v", got)
+	}
+	if leaked := sv.leak.Stop(); len(leaked) > 0 {
+		t.Errorf("%d packets left the host with the guest's own address: %v", len(leaked), leaked)
+	}
+	sv.leak = testutil.StartTshark(t, sv.fab.Name, "f0", "src net "+slot.DefaultGuestCIDR.String(), "ip.src", "ip.dst")
+	sv.start("--uplink", sv.fab.Uplink, "--underlay-ip", sv.fab.Underlay.String(), "--uplink-gateway", sv.fab.Gateway.String())
+	if !sv.reaches(3) {
+		t.Errorf("the guest's traffic did not come back after the restart:\n%s", sv.log)
+	}
+	if st := sv.status(); st.Leased != 1 {
+		t.Errorf("the lease went: %+v", st)
+	}
+	if leaked := sv.leak.Stop(); len(leaked) > 0 {
+		t.Errorf("%d packets left the host with the guest's own address: %v", len(leaked), leaked)
+	}
+}
+
+func (sv *survivor) backstop() datapath.Backstop {
+	return datapath.Backstop{Prefix: sv.prefix, Uplink: sv.fab.Uplink,
+		GuestCIDR: slot.DefaultGuestCIDR, SlotCIDR: slot.DefaultSlotCIDR}
 }
