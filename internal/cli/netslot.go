@@ -101,6 +101,9 @@ func statusCmd(f *clientFlags) *cobra.Command {
 				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 				b := st.GetBoot()
 				fmt.Fprintf(w, "prefix\t%s\nslots\t%d\nfree\t%d\nleased\t%d\nready\t%t\n", st.Prefix, st.Total, st.Free, st.Leased, st.Ready)
+				if st.Damaged > 0 {
+					fmt.Fprintf(w, "damaged\t%d (found broken: leased ones are rebuilt at release, free ones out of the pool until rebuilt; see list)\n", st.Damaged)
+				}
 				if st.Orphaned > 0 {
 					fmt.Fprintf(w, "orphaned\t%d (no lease, a VM holds the tap: out of the pool until it lets go)\n", st.Orphaned)
 				}
@@ -276,7 +279,11 @@ func listCmd(f *clientFlags) *cobra.Command {
 				w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(w, "ID\tSTATE\tSLOT IP\tHOST VETH\tOWNER")
 				for _, s := range slots {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", s.Id, s.State, s.SlotIp, s.HostVeth, s.GetLease().GetOwner())
+					st := s.State
+					if s.Damaged != "" {
+						st += " (damaged)"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", s.Id, st, s.SlotIp, s.HostVeth, s.GetLease().GetOwner())
 				}
 				return w.Flush()
 			})
@@ -296,6 +303,9 @@ func printSlot(w io.Writer, format string, s *netslotv1.Slot) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "id\t%s\nstate\t%s\nnetns\t%s\ntap\t%s\nguest ip\t%s/%d\ngateway\t%s\nguest mac\t%s\nslot ip\t%s\nhost veth\t%s\n",
 		s.Id, s.State, s.Netns, s.Tap, s.GuestIp, s.GuestPrefixLen, s.GatewayIp, s.GuestMac, s.SlotIp, s.HostVeth)
+	if s.Damaged != "" {
+		fmt.Fprintf(tw, "damaged\t%s\n", s.Damaged)
+	}
 	fc := s.GetFirecracker()
 	fmt.Fprintf(tw, "firecracker\tiface_id=%s host_dev_name=%s guest_mac=%s\n", fc.GetIfaceId(), fc.GetHostDevName(), fc.GetGuestMac())
 	if l := s.GetLease(); l != nil {

@@ -106,7 +106,10 @@ func (d *Daemon) Boot(ctx context.Context) error {
 	if len(d.orphanList()) > 0 {
 		d.bg.Go(func() { d.watchOrphans(stop) })
 	}
+	d.sysfsLinks = d.sysfsShowsLinks()
 	d.bg.Go(func() { d.monitor(stop) })
+	d.bg.Go(func() { d.watchPins(stop) })
+	d.bg.Go(func() { d.rebuildDamaged(stop) })
 	dur := time.Since(d.bootStart)
 	d.bootDur.Store(int64(dur))
 	d.Metrics.BootSeconds.Set(dur.Seconds())
@@ -489,11 +492,11 @@ func (d *Daemon) checkSlot(i int) (func() error, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", links.ErrDamaged, err)
 	}
-	err = netns.Enter(fd)
-	unix.Close(fd)
-	if err != nil {
+	if err := netns.Enter(fd); err != nil {
+		unix.Close(fd)
 		return nil, err
 	}
+	d.setNsFD(i, fd)
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
@@ -580,7 +583,15 @@ func (d *Daemon) buildSlot(root *netlink.Handle, rootFD, i int, l *slot.Lease) (
 	if err := netns.CreateHere(d.cfg.NetnsPath(i)); err != nil {
 		return nil, err
 	}
-	conn, hostIndex, err := d.fillSlot(rootFD, i)
+	nsFD, err := netns.Current()
+	if err == nil {
+		d.setNsFD(i, nsFD)
+	}
+	var conn *nftables.Conn
+	var hostIndex int
+	if err == nil {
+		conn, hostIndex, err = d.fillSlot(rootFD, i)
+	}
 	if rerr := netns.Enter(rootFD); rerr != nil {
 		return nil, errors.Join(err, rerr)
 	}
@@ -630,6 +641,8 @@ func (d *Daemon) removeSlotObjectsFromRoot(i int) error {
 // (which takes the slot end with it) so that its names are free at once,
 // without waiting for the kernel to dismantle the namespace.
 func (d *Daemon) removeSlotObjects(root *netlink.Handle, i int) error {
+	d.setNsFD(i, -1)
+	d.setHostIndex(i, 0) // its deletion below is not damage
 	if err := netns.Remove(d.cfg.NetnsPath(i)); err != nil {
 		return err
 	}

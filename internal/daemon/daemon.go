@@ -26,6 +26,7 @@ import (
 	"github.com/netslot/netslot/internal/firewall"
 	"github.com/netslot/netslot/internal/links"
 	"github.com/netslot/netslot/internal/metrics"
+	"github.com/netslot/netslot/internal/netns"
 	"github.com/netslot/netslot/internal/pool"
 	"github.com/netslot/netslot/internal/slot"
 	"github.com/netslot/netslot/internal/state"
@@ -88,8 +89,18 @@ type Daemon struct {
 	// socket flushes it under the namespace's commit mutex: 5-20 ms, which
 	// a following transaction on that slot would wait for).
 	fwConns []*nftables.Conn
-	dp      *datapath.Datapath
-	hostIdx []int // ifindex of each slot's host veth (0: unknown)
+	// nsFDs holds each slot's namespace (-1: none yet): the daemon enters
+	// a slot through it, not through the pin, which it puts back from it
+	// if someone removes it (ip netns del).
+	nsFDs []nsHandle
+	// damaged are slots found broken (a host veth deleted, a pin that
+	// could not be put back) with why: a free one is out of the pool until
+	// rebuilt; a leased one is reported, and rebuilt at its release.
+	damaged     map[int]string
+	rebuildWake chan struct{} // pokes rebuildDamaged
+	sysfsLinks  bool          // /sys/class/net shows this namespace (set at boot)
+	dp          *datapath.Datapath
+	hostIdx     []int // ifindex of each slot's host veth (0: unknown)
 	// orphans are slots with no lease whose tap a VMM holds: out of the
 	// pool (pending), their traffic stopped, until the VMM lets go.
 	orphans map[int]bool
@@ -197,10 +208,16 @@ func New(opts Options) (*Daemon, error) {
 	d.readyAt = make([]atomic.Int64, d.cfg.Count)
 	d.fwConns = make([]*nftables.Conn, d.cfg.Count)
 	d.hostIdx = make([]int, d.cfg.Count)
+	d.nsFDs = make([]nsHandle, d.cfg.Count)
+	for i := range d.nsFDs {
+		d.nsFDs[i].fd = -1
+	}
 	d.orphans = map[int]bool{}
+	d.damaged = map[int]string{}
+	d.rebuildWake = make(chan struct{}, 1)
 	d.stop = make(chan struct{})
-	d.health.Forwarding = true // until the monitor sees otherwise
-	if err := raiseFileLimit(uint64(d.cfg.Count) + 4096); err != nil {
+	d.health.Forwarding = true                                           // until the monitor sees otherwise
+	if err := raiseFileLimit(2*uint64(d.cfg.Count) + 4096); err != nil { // a socket and a namespace per slot
 		d.Close()
 		return nil, err
 	}
@@ -371,6 +388,9 @@ func (d *Daemon) Close() error {
 			d.fwConns[i] = nil
 		}
 	}
+	for i := range d.nsFDs {
+		d.setNsFD(i, -1)
+	}
 	if d.dp != nil {
 		d.dp.Close() // pinned: the datapath keeps forwarding
 		d.dp = nil
@@ -428,6 +448,50 @@ func (d *Daemon) setFwConn(i int, c *nftables.Conn) {
 	if old != nil {
 		firewall.Close(old)
 	}
+}
+
+// nsHandle is a slot's namespace as the daemon holds it: a descriptor
+// (-1: none) and the namespace's identity, which its pin must show.
+type nsHandle struct {
+	fd       int
+	dev, ino uint64
+}
+
+// setNsFD keeps fd as slot i's namespace (-1: none), closing the one it
+// replaces: a held namespace stays alive, so a slot that is removed or
+// rebuilt lets go of its old one.
+func (d *Daemon) setNsFD(i, fd int) {
+	if d.nsFDs == nil {
+		return
+	}
+	h := nsHandle{fd: fd}
+	var st unix.Stat_t
+	if fd >= 0 && unix.Fstat(fd, &st) == nil {
+		h.dev, h.ino = st.Dev, st.Ino
+	}
+	d.mu.Lock()
+	old := d.nsFDs[i]
+	d.nsFDs[i] = h
+	d.mu.Unlock()
+	if old.fd >= 0 {
+		unix.Close(old.fd)
+	}
+}
+
+// nsFD returns a descriptor of slot i's namespace for the caller to close:
+// a duplicate of the one the daemon holds, or, if it holds none, one
+// opened from the pin.
+func (d *Daemon) nsFD(i int) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.nsFDs != nil && d.nsFDs[i].fd >= 0 {
+		fd, err := unix.FcntlInt(uintptr(d.nsFDs[i].fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return -1, fmt.Errorf("dup netns of slot %s: %w", d.cfg.ID(i), err)
+		}
+		return fd, nil
+	}
+	return netns.Open(d.cfg.NetnsPath(i))
 }
 
 // raiseFileLimit makes room for one socket per slot besides the usual

@@ -101,7 +101,11 @@ func (d *Daemon) subscribe(done <-chan struct{}, poke func()) {
 	}
 	go func() {
 		for u := range links {
-			if name := u.Attrs().Name; name == d.opts.Uplink || strings.HasPrefix(name, d.cfg.Prefix) {
+			name := u.Attrs().Name
+			if u.Header.Type == unix.RTM_DELLINK && strings.HasPrefix(name, d.cfg.Prefix) {
+				d.hostVethGone(name, int(u.Index))
+			}
+			if name == d.opts.Uplink || strings.HasPrefix(name, d.cfg.Prefix) {
 				poke()
 			}
 		}

@@ -31,6 +31,7 @@ type SlotInfo struct {
 	State    pool.State
 	Lease    *slot.Lease
 	Datapath *DatapathInfo // set by Get and Acquire
+	Damaged  string        // why the slot is damaged ("": it is not)
 }
 
 // Acquire leases the free slot that has rested longest. It never waits:
@@ -58,11 +59,11 @@ func (d *Daemon) Acquire(req AcquireRequest) (SlotInfo, error) {
 		d.Metrics.AcquireErrors.WithLabelValues("invalid").Inc()
 		return SlotInfo{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	i, err := d.pool.Take()
+	i, err := d.takeWhole()
 	if err != nil {
 		d.Metrics.AcquireErrors.WithLabelValues("exhausted").Inc()
 		free, leased := d.pool.Counts()
-		return SlotInfo{}, fmt.Errorf("%w: %d slots, %d leased, %d free (%d ready)", ErrExhausted, d.cfg.Count, leased, free, d.ready.Load())
+		return SlotInfo{}, fmt.Errorf("%w: %d slots, %d leased, %d free (%d ready, %d damaged)", ErrExhausted, d.cfg.Count, leased, free, d.ready.Load(), d.damagedCount())
 	}
 	l := &slot.Lease{ID: slot.NewLeaseID(), Owner: req.Owner, AcquiredNs: time.Now().UnixNano(), VPC: req.VPC,
 		Egress: req.Egress, Inbound: req.Inbound}
@@ -102,6 +103,17 @@ func (d *Daemon) Acquire(req AcquireRequest) (SlotInfo, error) {
 	return SlotInfo{Index: i, ID: d.cfg.ID(i), State: pool.Leased, Lease: l, Datapath: dp}, nil
 }
 
+// takeWhole takes the oldest free slot that is whole (see
+// wholeForAcquire); the others leave the pool for a rebuild.
+func (d *Daemon) takeWhole() (int, error) {
+	for {
+		i, err := d.pool.Take()
+		if err != nil || d.wholeForAcquire(i) {
+			return i, err
+		}
+	}
+}
+
 // abortAcquire undoes the lease record of a failed acquire of slot i and
 // returns the error to report. If the store cannot forget the lease, the
 // slot stays leased (the store says so) until a release scrubs it.
@@ -126,7 +138,7 @@ func (d *Daemon) setEgress(i int, e slot.Egress) error {
 
 // inSlot runs fn on a locked thread inside slot i's namespace.
 func (d *Daemon) inSlot(i int, fn func() error) error {
-	fd, err := netns.Open(d.cfg.NetnsPath(i))
+	fd, err := d.nsFD(i)
 	if err != nil {
 		return err
 	}
@@ -299,6 +311,9 @@ func (d *Daemon) rebuild(i int) error {
 	if err != nil {
 		return err
 	}
+	d.mu.Lock()
+	delete(d.damaged, i)
+	d.mu.Unlock()
 	d.Metrics.ReconcileAction.WithLabelValues("repair").Inc()
 	return nil
 }
@@ -313,7 +328,7 @@ func (d *Daemon) Get(id string) (SlotInfo, error) {
 }
 
 func (d *Daemon) info(i int) SlotInfo {
-	return SlotInfo{Index: i, ID: d.cfg.ID(i), State: d.pool.State(i), Lease: d.lease(i), Datapath: d.datapathInfo(i)}
+	return SlotInfo{Index: i, ID: d.cfg.ID(i), State: d.pool.State(i), Lease: d.lease(i), Datapath: d.datapathInfo(i), Damaged: d.damage(i)}
 }
 
 // List describes every slot.
@@ -323,7 +338,7 @@ func (d *Daemon) List() []SlotInfo {
 	defer d.mu.Unlock()
 	out := make([]SlotInfo, len(states))
 	for i, s := range states {
-		out[i] = SlotInfo{Index: i, ID: d.cfg.ID(i), State: s, Lease: d.leases[i]}
+		out[i] = SlotInfo{Index: i, ID: d.cfg.ID(i), State: s, Lease: d.leases[i], Damaged: d.damaged[i]}
 	}
 	return out
 }
@@ -332,6 +347,7 @@ func (d *Daemon) List() []SlotInfo {
 type Status struct {
 	Total, Free, Leased int
 	Orphaned            int // out of the pool: no lease, a VMM holds the tap
+	Damaged             int // found broken: leased, or out of the pool until rebuilt
 	Health              Health
 	Progress            Progress
 	Uplink              string
@@ -354,7 +370,7 @@ func (d *Daemon) countRootRules() int {
 func (d *Daemon) Status() Status {
 	free, leased := d.pool.Counts()
 	return Status{
-		Total: d.cfg.Count, Free: free, Leased: leased, Orphaned: len(d.orphanList()), Health: d.Health(),
+		Total: d.cfg.Count, Free: free, Leased: leased, Orphaned: len(d.orphanList()), Damaged: d.damagedCount(), Health: d.Health(),
 		Progress: d.Progress(), Uplink: d.opts.Uplink, UnderlayIP: d.opts.UnderlayIP,
 		RootRules:         d.countRootRules(),
 		UnattributedDrops: d.UnattributedDrops(),

@@ -24,6 +24,12 @@ type Gauges interface {
 	DatapathCounters(emit func(slot string, c Counters))
 }
 
+// SlotHealth is what a Gauges may report of its slots besides counts.
+type SlotHealth interface {
+	DamagedSlots() int
+	OrphanedSlots() int
+}
+
 // Counters are one slot's datapath counters.
 type Counters struct {
 	TxPackets, TxBytes, RxPackets, RxBytes uint64
@@ -114,7 +120,8 @@ func New(g Gauges) *Metrics {
 	// Export every known label at zero, so that dashboards see the series
 	// before the first event.
 	for _, a := range []string{"adopt", "repair", "remove_netns", "remove_link", "firewall_rewrite", "drop_stale_leases", "drop_bad_lease", "replace_datapath",
-		"orphan", "orphan_reclaimed", "store", "root_table", "uplink_route", "backstop", "datapath", "socket"} {
+		"orphan", "orphan_reclaimed", "store", "root_table", "uplink_route", "backstop", "datapath", "socket",
+		"netns_pin", "slot_damaged"} {
 		m.ReconcileAction.WithLabelValues(a)
 	}
 	for _, r := range []string{"exhausted", "store", "firewall", "datapath", "no_uplink", "invalid"} {
@@ -132,6 +139,14 @@ func New(g Gauges) *Metrics {
 	gauge("netslot_slots_total", "Slots in the pool.", func(t, _, _ int) int { return t })
 	gauge("netslot_slots_free", "Slots ready to be acquired.", func(_, f, _ int) int { return f })
 	gauge("netslot_slots_leased", "Slots held by a tenant (or being released).", func(_, _, l int) int { return l })
+	if h, ok := g.(SlotHealth); ok {
+		r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "netslot_slots_damaged",
+			Help: "Slots found broken (a host veth deleted, a namespace pin not put back): leased ones until released, free ones until rebuilt."},
+			func() float64 { return float64(h.DamagedSlots()) }))
+		r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "netslot_slots_orphaned",
+			Help: "Slots with no lease whose tap a VMM holds: out of the pool until it lets go."},
+			func() float64 { return float64(h.OrphanedSlots()) }))
+	}
 	return m
 }
 

@@ -153,3 +153,39 @@ func Do(fd int, fn func() error) error {
 	}()
 	return <-errc
 }
+
+// Current returns a file descriptor for the calling thread's namespace.
+func Current() (int, error) {
+	fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open own netns: %w", err)
+	}
+	return fd, nil
+}
+
+// PinnedAs reports whether path is a pin of the namespace fd.
+func PinnedAs(path string, fd int) bool {
+	var p, f unix.Stat_t
+	if unix.Stat(path, &p) != nil || unix.Fstat(fd, &f) != nil {
+		return false
+	}
+	return p.Dev == f.Dev && p.Ino == f.Ino
+}
+
+// Pin pins the namespace fd at path again (the pin was removed, or
+// replaced by something else), replacing whatever is at path.
+func Pin(fd int, path string) error {
+	if err := Remove(path); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return fmt.Errorf("create netns pin %s: %w", path, err)
+	}
+	f.Close()
+	if err := unix.Mount(fmt.Sprintf("/proc/self/fd/%d", fd), path, "none", unix.MS_BIND, ""); err != nil {
+		os.Remove(path)
+		return fmt.Errorf("pin netns at %s: %w", path, err)
+	}
+	return nil
+}

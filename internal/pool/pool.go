@@ -182,6 +182,37 @@ func (p *Pool) EndRelease(i int, ok bool) {
 	p.push(i)
 }
 
+// Withdraw takes slot i out of the pool (Pending) for repair if it is in
+// state from: Free, or Acquiring (by the caller that took it); MarkFree
+// returns it. It is O(free slots): for the rare slot found damaged.
+func (p *Pool) Withdraw(i int, from State) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if i < 0 || i >= len(p.state) {
+		return ErrOutOfRange
+	}
+	if p.state[i] != from {
+		return fmt.Errorf("withdraw slot %d: is %s, not %s", i, p.state[i], from)
+	}
+	switch p.state[i] {
+	case Acquiring:
+		p.leased--
+	case Free:
+		kept := 0
+		for k := range p.size {
+			if j := p.free[(p.head+k)%len(p.free)]; j != i {
+				p.free[(p.head+kept)%len(p.free)] = j
+				kept++
+			}
+		}
+		p.size = kept
+	default:
+		return fmt.Errorf("withdraw slot %d: is %s", i, p.state[i])
+	}
+	p.state[i] = Pending
+	return nil
+}
+
 // State reports slot i's state.
 func (p *Pool) State(i int) State {
 	p.mu.Lock()

@@ -123,3 +123,63 @@ func TestNoDoubleVend(t *testing.T) {
 		t.Fatalf("vended %d of %d", len(seen), n)
 	}
 }
+
+func TestWithdraw(t *testing.T) {
+	p := New(5)
+	for i := range 5 {
+		if err := p.MarkFree(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Take two so that the ring's head has moved and it wraps.
+	a, _ := p.Take()
+	b, _ := p.Take()
+	p.CommitTake(a)
+	for _, from := range []State{Leased, Free, Acquiring} {
+		if err := p.Withdraw(a, from); err == nil {
+			t.Errorf("a leased slot was withdrawn as %s", from)
+		}
+	}
+	if err := p.Withdraw(b, Free); err == nil {
+		t.Error("a half-acquired slot was withdrawn as free")
+	}
+	if err := p.Withdraw(b, Acquiring); err != nil { // half acquired
+		t.Fatal(err)
+	}
+	if err := p.BeginRelease(a); err != nil {
+		t.Fatal(err)
+	}
+	p.EndRelease(a, true) // free ring: 2 3 4 0
+	if err := p.Withdraw(3, Free); err != nil {
+		t.Fatal(err)
+	}
+	if p.State(3) != Pending || p.State(b) != Pending {
+		t.Errorf("states %v", p.States())
+	}
+	if free, leased := p.Counts(); free != 3 || leased != 0 {
+		t.Errorf("counts free=%d leased=%d, want 3 0", free, leased)
+	}
+	// Back once repaired, at the back; never vended twice.
+	for _, i := range []int{3, b} {
+		if err := p.MarkFree(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []int
+	for {
+		i, err := p.Take()
+		if err != nil {
+			break
+		}
+		got = append(got, i)
+	}
+	want := []int{2, 4, 0, 3, 1}
+	if len(got) != len(want) {
+		t.Fatalf("took %v, want %v", got, want)
+	}
+	for k := range want {
+		if got[k] != want[k] {
+			t.Fatalf("took %v, want %v", got, want)
+		}
+	}
+}

@@ -183,7 +183,8 @@ func (s *Server) Status(ctx context.Context, req *netslotv1.StatusRequest) (*net
 	p := st.Progress
 	resp := &netslotv1.StatusResponse{
 		Total: uint32(st.Total), Free: uint32(st.Free), Leased: uint32(st.Leased), Orphaned: uint32(st.Orphaned),
-		Ready: p.Done, BootSeconds: p.BootSeconds,
+		Damaged: uint32(st.Damaged),
+		Ready:   p.Done, BootSeconds: p.BootSeconds,
 		Prefix: cfg.Prefix, SlotCidr: cfg.SlotCIDR.String(), Uplink: st.Uplink,
 		Boot: &netslotv1.BootProgress{
 			Ready: uint32(p.Ready), Created: uint32(p.Created), Adopted: uint32(p.Adopted),
@@ -216,6 +217,7 @@ func (s *Server) slotMsg(info daemon.SlotInfo) *netslotv1.Slot {
 		Firecracker: &netslotv1.FirecrackerInterface{
 			IfaceId: slot.IfaceID, HostDevName: slot.TapName, GuestMac: c.GuestMAC.String(),
 		},
+		Damaged: info.Damaged,
 	}
 	if l := info.Lease; l != nil {
 		m.Lease = &netslotv1.Lease{LeaseId: l.ID, Owner: l.Owner, AcquiredUnixNano: l.AcquiredNs,

@@ -445,7 +445,11 @@ type Slot struct {
 	Lease *Lease `protobuf:"bytes,13,opt,name=lease,proto3" json:"lease,omitempty"`
 	// The slot's datapath: its VNI and packet counters since it was last
 	// scrubbed.
-	Datapath      *Datapath `protobuf:"bytes,14,opt,name=datapath,proto3" json:"datapath,omitempty"`
+	Datapath *Datapath `protobuf:"bytes,14,opt,name=datapath,proto3" json:"datapath,omitempty"`
+	// Set when the slot was found broken (its host veth deleted, its
+	// namespace pin gone and not put back): what is wrong. A free slot is
+	// out of the pool until rebuilt; a leased one is rebuilt at its release.
+	Damaged       string `protobuf:"bytes,15,opt,name=damaged,proto3" json:"damaged,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -576,6 +580,13 @@ func (x *Slot) GetDatapath() *Datapath {
 		return x.Datapath
 	}
 	return nil
+}
+
+func (x *Slot) GetDamaged() string {
+	if x != nil {
+		return x.Damaged
+	}
+	return ""
 }
 
 type Datapath struct {
@@ -1166,7 +1177,10 @@ type StatusResponse struct {
 	// net.ipv4.conf.all.forwarding: off, no slot's traffic is forwarded.
 	Forwarding bool `protobuf:"varint,18,opt,name=forwarding,proto3" json:"forwarding,omitempty"`
 	// What is wrong now and netslotd could not repair.
-	Problems      []string `protobuf:"bytes,19,rep,name=problems,proto3" json:"problems,omitempty"`
+	Problems []string `protobuf:"bytes,19,rep,name=problems,proto3" json:"problems,omitempty"`
+	// Slots found broken (see Slot.damaged), leased or waiting for their
+	// rebuild.
+	Damaged       uint32 `protobuf:"varint,20,opt,name=damaged,proto3" json:"damaged,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1334,6 +1348,13 @@ func (x *StatusResponse) GetProblems() []string {
 	return nil
 }
 
+func (x *StatusResponse) GetDamaged() uint32 {
+	if x != nil {
+		return x.Damaged
+	}
+	return 0
+}
+
 var File_api_netslot_v1_netslot_proto protoreflect.FileDescriptor
 
 const file_api_netslot_v1_netslot_proto_rawDesc = "" +
@@ -1370,7 +1391,7 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\fegress_allow\x18\x04 \x03(\tR\vegressAllow\x12\x19\n" +
 	"\blease_id\x18\x05 \x01(\tR\aleaseId\x12&\n" +
 	"\x0fegress_deny_all\x18\x06 \x01(\bR\regressDenyAll\x121\n" +
-	"\ainbound\x18\a \x03(\v2\x17.netslot.v1.InboundRuleR\ainbound\"\xc0\x03\n" +
+	"\ainbound\x18\a \x03(\v2\x17.netslot.v1.InboundRuleR\ainbound\"\xda\x03\n" +
 	"\x04Slot\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\rR\x05index\x12\x14\n" +
@@ -1387,7 +1408,8 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\thost_veth\x18\v \x01(\tR\bhostVeth\x12B\n" +
 	"\vfirecracker\x18\f \x01(\v2 .netslot.v1.FirecrackerInterfaceR\vfirecracker\x12'\n" +
 	"\x05lease\x18\r \x01(\v2\x11.netslot.v1.LeaseR\x05lease\x120\n" +
-	"\bdatapath\x18\x0e \x01(\v2\x14.netslot.v1.DatapathR\bdatapath\"\xc5\x03\n" +
+	"\bdatapath\x18\x0e \x01(\v2\x14.netslot.v1.DatapathR\bdatapath\x12\x18\n" +
+	"\adamaged\x18\x0f \x01(\tR\adamaged\"\xc5\x03\n" +
 	"\bDatapath\x12\x10\n" +
 	"\x03vni\x18\x01 \x01(\rR\x03vni\x12\x1b\n" +
 	"\tdummy_vni\x18\x02 \x01(\bR\bdummyVni\x12\x17\n" +
@@ -1433,7 +1455,7 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"etaSeconds\x12'\n" +
 	"\x0felapsed_seconds\x18\a \x01(\x01R\x0eelapsedSeconds\x124\n" +
 	"\x17ms_per_slot_first_tenth\x18\b \x01(\x01R\x13msPerSlotFirstTenth\x122\n" +
-	"\x16ms_per_slot_last_tenth\x18\t \x01(\x01R\x12msPerSlotLastTenth\"\xd6\x05\n" +
+	"\x16ms_per_slot_last_tenth\x18\t \x01(\x01R\x12msPerSlotLastTenth\"\xf0\x05\n" +
 	"\x0eStatusResponse\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\rR\x05total\x12\x12\n" +
 	"\x04free\x18\x02 \x01(\rR\x04free\x12\x16\n" +
@@ -1459,7 +1481,8 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\n" +
 	"forwarding\x18\x12 \x01(\bR\n" +
 	"forwarding\x12\x1a\n" +
-	"\bproblems\x18\x13 \x03(\tR\bproblems\x1aD\n" +
+	"\bproblems\x18\x13 \x03(\tR\bproblems\x12\x18\n" +
+	"\adamaged\x18\x14 \x01(\rR\adamaged\x1aD\n" +
 	"\x16UnattributedDropsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x012\xc2\x02\n" +

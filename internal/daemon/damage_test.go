@@ -1,0 +1,196 @@
+package daemon_test
+
+import (
+	"errors"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/netns"
+	"github.com/netslot/netslot/internal/pool"
+	"github.com/netslot/netslot/internal/slot"
+	tu "github.com/netslot/netslot/internal/testutil"
+)
+
+// eventually polls cond every 20 ms for up to 5 s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within 5 s: %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// reconciled reads netslot_reconcile_actions_total{action=action}.
+func reconciled(t *testing.T, p *tu.Pool, action string) float64 {
+	t.Helper()
+	mfs, err := p.D.Metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "netslot_reconcile_actions_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "action" && lp.GetValue() == action {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no reconcile action %q exported", action)
+	return 0
+}
+
+// whole reports whether slot i's pin opens as a namespace holding tap0
+// and its host veth is there.
+func whole(cfg slot.Config, i int) error {
+	fd, err := netns.Open(cfg.NetnsPath(i))
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := netns.Do(fd, func() error { _, err := netlink.LinkByName(slot.TapName); return err }); err != nil {
+		return err
+	}
+	_, err = netlink.LinkByName(cfg.HostVeth(i))
+	return err
+}
+
+// A slot's namespace pin removed (ip netns del), leased or free: the
+// daemon, which holds every slot's namespace, pins it again. A release
+// right after the removal, while a VMM holds the tap, is still refused:
+// the daemon enters the slot through the namespace it holds.
+func TestSlotPinsArePutBack(t *testing.T) {
+	p := tu.StartPool(t, 3)
+	info, err := p.D.Acquire(daemon.AcquireRequest{Owner: "vm"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmm, err := tu.AttachTap(p.Config.NetnsPath(info.Index), slot.TapName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vmm.Close()
+	free := (info.Index + 1) % 3
+	for _, i := range []int{info.Index, free} {
+		if out, err := exec.Command("ip", "netns", "del", p.Config.ID(i)).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns del: %v: %s", err, out)
+		}
+		if i == info.Index {
+			if err := p.D.Release(info.ID, info.Lease.ID); !errors.Is(err, daemon.ErrInUse) {
+				t.Fatalf("release with the pin removed and a VMM on the tap: %v, want ErrInUse", err)
+			}
+		}
+	}
+	for _, i := range []int{info.Index, free} {
+		eventually(t, "pin of "+p.Config.ID(i)+" put back", func() bool { return whole(p.Config, i) == nil })
+	}
+	if n := reconciled(t, p, "netns_pin"); n < 2 {
+		t.Errorf("netns_pin repairs counted: %v, want 2", n)
+	}
+	if got, _ := p.D.Get(info.ID); got.Lease == nil || got.Lease.ID != info.Lease.ID || got.Damaged != "" {
+		t.Errorf("the leased slot after its pin came back: %+v", got)
+	}
+	// The VMM's tap is the one in the pinned namespace: its carrier shows.
+	vmm.Close()
+	if err := p.D.Release(info.ID, info.Lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		s, err := p.D.Acquire(daemon.AcquireRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := whole(p.Config, s.Index); err != nil {
+			t.Errorf("acquired %s: %v", s.ID, err)
+		}
+	}
+}
+
+// A slot's host veth deleted: a free slot leaves the pool and is rebuilt
+// (never vended broken); a leased one is reported damaged (status, show),
+// its release still refused while a VMM holds the tap, and rebuilt when
+// released.
+func TestDamagedSlots(t *testing.T) {
+	p := tu.StartPool(t, 3)
+	info, err := p.D.Acquire(daemon.AcquireRequest{Owner: "vm"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmm, err := tu.AttachTap(p.Config.NetnsPath(info.Index), slot.TapName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vmm.Close()
+	del := func(i int) {
+		l, err := netlink.LinkByName(p.Config.HostVeth(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := netlink.LinkDel(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	del(info.Index)
+	eventually(t, "the leased slot reported damaged", func() bool { return p.D.Status().Damaged == 1 })
+	if got, _ := p.D.Get(info.ID); !strings.Contains(got.Damaged, "host veth") || got.State != pool.Leased {
+		t.Errorf("show of the damaged slot: %+v", got)
+	}
+	if err := p.D.Release(info.ID, info.Lease.ID); !errors.Is(err, daemon.ErrInUse) {
+		t.Fatalf("release of a damaged slot whose tap a VMM holds: %v, want ErrInUse", err)
+	}
+	if got, _ := p.D.Get(info.ID); got.Lease == nil || got.Lease.ID != info.Lease.ID {
+		t.Fatalf("lease after the refused release: %+v", got)
+	}
+
+	// A free slot's host veth deleted, then every free slot acquired at
+	// once: none is handed out broken.
+	free := (info.Index + 1) % 3
+	del(free)
+	var got []daemon.SlotInfo
+	for {
+		s, err := p.D.Acquire(daemon.AcquireRequest{})
+		if errors.Is(err, daemon.ErrExhausted) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, s)
+		if err := whole(p.Config, s.Index); err != nil {
+			t.Errorf("acquired %s broken: %v", s.ID, err)
+		}
+	}
+	for _, s := range got {
+		if err := p.D.Release(s.ID, s.Lease.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "the free slot rebuilt", func() bool {
+		return p.D.Status().Damaged == 1 && p.D.Status().Free == 2 && whole(p.Config, free) == nil
+	})
+	vmm.Close()
+	if err := p.D.Release(info.ID, info.Lease.ID); err != nil {
+		t.Fatalf("release of the damaged slot once its VMM let go: %v", err)
+	}
+	if st := p.D.Status(); st.Damaged != 0 || st.Free != 3 {
+		t.Errorf("after its release: %+v", st)
+	}
+	if err := whole(p.Config, info.Index); err != nil {
+		t.Errorf("the released slot: %v", err)
+	}
+	if n := reconciled(t, p, "slot_damaged"); n != 2 {
+		t.Errorf("slot_damaged counted %v, want 2", n)
+	}
+}
