@@ -106,9 +106,9 @@ func (d *Daemon) Boot(ctx context.Context) error {
 	if len(d.orphanList()) > 0 {
 		d.bg.Go(func() { d.watchOrphans(stop) })
 	}
-	d.sysfsLinks = d.sysfsShowsLinks()
 	d.bg.Go(func() { d.monitor(stop) })
 	d.bg.Go(func() { d.watchPins(stop) })
+	d.bg.Go(func() { d.watchMounts(stop) })
 	d.bg.Go(func() { d.rebuildDamaged(stop) })
 	dur := time.Since(d.bootStart)
 	d.bootDur.Store(int64(dur))

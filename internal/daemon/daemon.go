@@ -98,7 +98,6 @@ type Daemon struct {
 	// rebuilt; a leased one is reported, and rebuilt at its release.
 	damaged     map[int]string
 	rebuildWake chan struct{} // pokes rebuildDamaged
-	sysfsLinks  bool          // /sys/class/net shows this namespace (set at boot)
 	dp          *datapath.Datapath
 	hostIdx     []int // ifindex of each slot's host veth (0: unknown)
 	// orphans are slots with no lease whose tap a VMM holds: out of the

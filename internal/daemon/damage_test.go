@@ -67,8 +67,8 @@ func whole(cfg slot.Config, i int) error {
 	return err
 }
 
-// A slot's namespace pin removed (ip netns del), leased or free: the
-// daemon, which holds every slot's namespace, pins it again. A release
+// A slot's namespace pin removed (ip netns del, or unmounted), leased or
+// free: the daemon, which holds every slot's namespace, pins it again. A release
 // right after the removal, while a VMM holds the tap, is still refused:
 // the daemon enters the slot through the namespace it holds.
 func TestSlotPinsArePutBack(t *testing.T) {
@@ -93,11 +93,17 @@ func TestSlotPinsArePutBack(t *testing.T) {
 			}
 		}
 	}
-	for _, i := range []int{info.Index, free} {
+	// Unmounted, the file left in place: no inotify event, a mount table
+	// change.
+	other := (info.Index + 2) % 3
+	if err := unix.Unmount(p.Config.NetnsPath(other), unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{info.Index, free, other} {
 		eventually(t, "pin of "+p.Config.ID(i)+" put back", func() bool { return whole(p.Config, i) == nil })
 	}
-	if n := reconciled(t, p, "netns_pin"); n < 2 {
-		t.Errorf("netns_pin repairs counted: %v, want 2", n)
+	if n := reconciled(t, p, "netns_pin"); n < 3 {
+		t.Errorf("netns_pin repairs counted: %v, want 3", n)
 	}
 	if got, _ := p.D.Get(info.ID); got.Lease == nil || got.Lease.ID != info.Lease.ID || got.Damaged != "" {
 		t.Errorf("the leased slot after its pin came back: %+v", got)

@@ -221,6 +221,7 @@ func (d *Daemon) release(id, leaseID string) error {
 		return fmt.Errorf("release %s: %w", id, err)
 	}
 	d.setLease(i, nil)
+	d.checkPin(i) // the scrub went through the held namespace, not the pin
 	d.pool.EndRelease(i, true)
 	d.Metrics.ReleaseSeconds.Observe(time.Since(start).Seconds())
 	return nil
