@@ -5,7 +5,6 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -16,18 +15,6 @@ import (
 	"github.com/netslot/netslot/internal/slot"
 	tu "github.com/netslot/netslot/internal/testutil"
 )
-
-// eventually polls cond every 20 ms for up to 5 s.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within 5 s: %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // reconciled reads netslot_reconcile_actions_total{action=action}.
 func reconciled(t *testing.T, p *tu.Pool, action string) float64 {
@@ -100,7 +87,7 @@ func TestSlotPinsArePutBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, i := range []int{info.Index, free, other} {
-		eventually(t, "pin of "+p.Config.ID(i)+" put back", func() bool { return whole(p.Config, i) == nil })
+		tu.Eventually(t, "pin of "+p.Config.ID(i)+" put back", func() bool { return whole(p.Config, i) == nil })
 	}
 	if n := reconciled(t, p, "netns_pin"); n < 3 {
 		t.Errorf("netns_pin repairs counted: %v, want 3", n)
@@ -149,7 +136,7 @@ func TestDamagedSlots(t *testing.T) {
 		}
 	}
 	del(info.Index)
-	eventually(t, "the leased slot reported damaged", func() bool { return p.D.Status().Damaged == 1 })
+	tu.Eventually(t, "the leased slot reported damaged", func() bool { return p.D.Status().Damaged == 1 })
 	if got, _ := p.D.Get(info.ID); !strings.Contains(got.Damaged, "host veth") || got.State != pool.Leased {
 		t.Errorf("show of the damaged slot: %+v", got)
 	}
@@ -183,7 +170,7 @@ func TestDamagedSlots(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "the free slot rebuilt", func() bool {
+	tu.Eventually(t, "the free slot rebuilt", func() bool {
 		return p.D.Status().Damaged == 1 && p.D.Status().Free == 2 && whole(p.Config, free) == nil
 	})
 	vmm.Close()
