@@ -106,10 +106,20 @@ func (d *Daemon) Boot(ctx context.Context) error {
 	if len(d.orphanList()) > 0 {
 		d.bg.Go(func() { d.watchOrphans(stop) })
 	}
-	d.bg.Go(func() { d.monitor(stop) })
-	d.bg.Go(func() { d.watchPins(stop) })
-	d.bg.Go(func() { d.watchMounts(stop) })
+	// The pool is watched before it is vended: the kernel's events, the
+	// pin directory and the mount table are followed, then what changed
+	// since the slots were checked is looked at once.
+	var watching sync.WaitGroup
+	watching.Add(3)
+	d.bg.Go(func() { d.monitor(stop, watching.Done) })
+	d.bg.Go(func() { d.watchPins(stop, watching.Done) })
+	d.bg.Go(func() { d.watchMounts(stop, watching.Done) })
 	d.bg.Go(func() { d.rebuildDamaged(stop) })
+	watching.Wait()
+	d.sweepHostVeths()
+	for i := range d.cfg.Count {
+		d.checkPin(i)
+	}
 	dur := time.Since(d.bootStart)
 	d.bootDur.Store(int64(dur))
 	d.Metrics.BootSeconds.Set(dur.Seconds())

@@ -53,8 +53,11 @@ type Options struct {
 	// Deny are ranges of the operator's that no guest may send NATed
 	// traffic to, whatever its lease's egress policy, besides
 	// datapath.FixedDeny and the uplink's subnets.
-	Deny   []netip.Prefix
-	Logger *slog.Logger
+	Deny []netip.Prefix
+	// EventBuffer is the receive buffer, in bytes, of the sockets the
+	// daemon hears the kernel's events on (0: DefaultEventBuffer).
+	EventBuffer int
+	Logger      *slog.Logger
 }
 
 // DefaultWorkers is the number of slot builders used when Options.Workers
@@ -105,6 +108,7 @@ type Daemon struct {
 	orphans map[int]bool
 	stop    chan struct{}  // closed by Close: background work ends
 	bg      sync.WaitGroup // the background work, which Close waits for
+	lost    lossReports    // losses of kernel events not yet logged
 	// adopting: the store held no pool but the kernel does (Options.Adopt);
 	// unreadable: slots whose stored lease could not be decoded. Either
 	// way, boot checks those slots' taps for a VMM (see leaseUnknown).

@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"errors"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -186,4 +187,64 @@ func TestDamagedSlots(t *testing.T) {
 	if n := reconciled(t, p, "slot_damaged"); n != 2 {
 		t.Errorf("slot_damaged counted %v, want 2", n)
 	}
+}
+
+// Kernel events lost: with a receive buffer of the kernel's minimum, a
+// burst of link events overflows it (ENOBUFS), and the kernel ends the
+// subscription. The daemon subscribes again and checks what the lost
+// events could have told: a host veth deleted amid the burst makes its
+// slot damaged whether or not its event came through, and one deleted
+// after the burst is noticed from its own event.
+func TestLostEventsAreResynced(t *testing.T) {
+	p := tu.StartPoolOpts(t, daemon.Options{Config: tu.NewConfig(3), StateDir: t.TempDir(), EventBuffer: 1})
+	burst := tu.Prefix() // the burst's links are not the pool's
+	t.Cleanup(func() {
+		for i := range 200 {
+			if l, err := netlink.LinkByName(fmt.Sprintf("%sa%d", burst, i)); err == nil {
+				netlink.LinkDel(l)
+			}
+		}
+	})
+	batch := func(mid string) string {
+		var b strings.Builder
+		for i := range 200 {
+			fmt.Fprintf(&b, "link add name %sa%d type veth peer name %sb%d\n", burst, i, burst, i)
+			if i == 100 && mid != "" {
+				b.WriteString(mid)
+			}
+		}
+		for i := range 200 {
+			fmt.Fprintf(&b, "link del %sa%d\n", burst, i)
+		}
+		return b.String()
+	}
+	mid := fmt.Sprintf("link del %s\n", p.Config.HostVeth(0))
+	for round := 0; reconciled(t, p, "events_lost") == 0; round++ {
+		if round == 5 {
+			t.Fatal("5 bursts of 800 link events did not overflow a minimal buffer")
+		}
+		cmd := exec.Command("ip", "-batch", "-")
+		cmd.Stdin = strings.NewReader(batch(mid))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("ip -batch: %v: %s", err, out)
+		}
+		mid = ""
+	}
+	tu.Eventually(t, "the slot whose host veth went amid the burst damaged", func() bool {
+		return p.D.Status().Damaged >= 1 || whole(p.Config, 0) == nil && reconciled(t, p, "slot_damaged") >= 1
+	})
+	// After the loss: the link events are followed again.
+	before := reconciled(t, p, "slot_damaged")
+	l, err := netlink.LinkByName(p.Config.HostVeth(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkDel(l); err != nil {
+		t.Fatal(err)
+	}
+	tu.Eventually(t, "the host veth deleted after the burst noticed", func() bool { return reconciled(t, p, "slot_damaged") > before })
+	tu.Eventually(t, "both slots rebuilt", func() bool {
+		st := p.D.Status()
+		return st.Damaged == 0 && st.Free == 3 && whole(p.Config, 0) == nil && whole(p.Config, 1) == nil
+	})
 }

@@ -57,10 +57,11 @@ func (d *Daemon) Health() Health {
 	return h
 }
 
-// monitor checks the host (see monitorInterval) until stop is closed. Its
-// work does not grow with the pool: the objects it checks are the pool's
-// shared ones.
-func (d *Daemon) monitor(stop <-chan struct{}) {
+// monitor checks the host (see monitorInterval) until stop is closed,
+// calling subscribed once it follows the kernel's events. Its work does
+// not grow with the pool: the objects it checks are the pool's shared
+// ones.
+func (d *Daemon) monitor(stop <-chan struct{}, subscribed func()) {
 	wake := make(chan struct{}, 1)
 	poke := func() {
 		select {
@@ -71,6 +72,7 @@ func (d *Daemon) monitor(stop <-chan struct{}) {
 	done := make(chan struct{})
 	defer close(done)
 	d.subscribe(done, poke)
+	subscribed()
 	t := time.NewTicker(monitorInterval)
 	defer t.Stop()
 	full := true
@@ -89,17 +91,37 @@ func (d *Daemon) monitor(stop <-chan struct{}) {
 	}
 }
 
+// DefaultEventBuffer is the receive buffer of the daemon's kernel event
+// sockets when Options.EventBuffer is 0 (set with SO_RCVBUFFORCE, which
+// the kernel doubles): room for thousands of link events at once (another
+// pool torn down), where the usual default (net.core.rmem_default, 208
+// KiB) holds a few hundred.
+const DefaultEventBuffer = 4 << 20
+
 // subscribe has the kernel's events about what the pool depends on poke
 // the monitor until done is closed: links (the uplink, the host veths),
 // policy rules, routes of the pool's table, and nftables (a firewall
-// reload). Events lost (ENOBUFS) poke it too.
+// reload). When the kernel drops events (ENOBUFS: the socket's buffer
+// overflowed), the subscription is made again and everything the lost
+// events could have told is checked at once (see follow). It returns once
+// each subscription is made (or refused: then the periodic checks stand
+// in for it).
 func (d *Daemon) subscribe(done <-chan struct{}, poke func()) {
-	onErr := func(error) { poke() }
-	links := make(chan netlink.LinkUpdate, 256)
-	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
-		d.log.Warn("no link events; the host is checked every interval only", "err", err)
+	var started sync.WaitGroup
+	started.Add(4)
+	defer started.Wait()
+	rcvbuf := d.opts.EventBuffer
+	if rcvbuf <= 0 {
+		rcvbuf = DefaultEventBuffer
 	}
-	go func() {
+	onErr := func(error) { poke() }
+	go d.follow(done, "link", started.Done, func(ready func()) error {
+		links := make(chan netlink.LinkUpdate, 256)
+		if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{
+			ErrorCallback: onErr, ReceiveBufferSize: rcvbuf, ReceiveBufferForceSize: true}); err != nil {
+			return err
+		}
+		ready()
 		for u := range links {
 			name := u.Attrs().Name
 			if u.Header.Type == unix.RTM_DELLINK && strings.HasPrefix(name, d.cfg.Prefix) {
@@ -109,47 +131,147 @@ func (d *Daemon) subscribe(done <-chan struct{}, poke func()) {
 				poke()
 			}
 		}
-	}()
-	routes := make(chan netlink.RouteUpdate, 256)
-	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{ErrorCallback: onErr}); err != nil {
-		d.log.Warn("no route events", "err", err)
-	}
+		return nil
+	}, func() {
+		poke()
+		d.sweepHostVeths()
+	})
 	table := nslinks.RouteTable(d.cfg.Prefix)
-	go func() {
+	go d.follow(done, "route", started.Done, func(ready func()) error {
+		routes := make(chan netlink.RouteUpdate, 256)
+		if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{
+			ErrorCallback: onErr, ReceiveBufferSize: rcvbuf, ReceiveBufferForceSize: true}); err != nil {
+			return err
+		}
+		ready()
 		for u := range routes {
 			if u.Table == table {
 				poke()
 			}
 		}
-	}()
+		return nil
+	}, poke)
 	for _, g := range []struct {
+		name  string
 		proto int
 		group uint
-	}{{unix.NETLINK_ROUTE, unix.RTNLGRP_IPV4_RULE}, {unix.NETLINK_NETFILTER, unix.NFNLGRP_NFTABLES}} {
-		s, err := nl.Subscribe(g.proto, g.group)
+	}{{"rule", unix.NETLINK_ROUTE, unix.RTNLGRP_IPV4_RULE}, {"nftables", unix.NETLINK_NETFILTER, unix.NFNLGRP_NFTABLES}} {
+		// Any rule change, any nftables change (rare on a host): the
+		// events carry nothing the check needs, so a lost one is one
+		// more poke and the socket stays.
+		go d.follow(done, g.name, started.Done, func(ready func()) error {
+			s, err := nl.Subscribe(g.proto, g.group)
+			if err != nil {
+				return err
+			}
+			stop := make(chan struct{})
+			defer close(stop)
+			go func() {
+				select {
+				case <-done:
+				case <-stop:
+				}
+				s.Close()
+			}()
+			if err := s.SetReceiveBufferSize(rcvbuf, true); err != nil {
+				d.log.Warn("event socket keeps the kernel's buffer size", "events", g.name, "err", err)
+			}
+			ready()
+			for {
+				_, _, err := s.Receive()
+				if err != nil && !errors.Is(err, unix.ENOBUFS) {
+					return nil
+				}
+				if err != nil {
+					d.eventsLost(g.name)
+				}
+				poke()
+			}
+		}, poke)
+	}
+}
+
+// follow runs sub, a subscription to the kernel's events that calls
+// ready once subscribed and returns when the events end, until done is
+// closed; it calls started after the first subscription is made or
+// refused. An end before done means events were lost (the kernel ends a
+// subscription on ENOBUFS): follow subscribes again and, once
+// subscribed, runs resync, which checks what the lost events could have
+// told. A subscription refused is tried again every monitorInterval;
+// meanwhile the periodic checks stand in for it.
+func (d *Daemon) follow(done <-chan struct{}, what string, started func(), sub func(ready func()) error, resync func()) {
+	started = sync.OnceFunc(started)
+	defer started()
+	for lost := false; ; {
+		ready := started
+		if lost {
+			ready = func() { go resync() }
+		}
+		err := sub(ready)
+		select {
+		case <-done:
+			return
+		default:
+		}
 		if err != nil {
-			d.log.Warn("no events", "netlink", g.proto, "group", g.group, "err", err)
+			started()
+			d.log.Warn("no kernel events; the host is checked every interval only until they are back", "events", what, "err", err)
+			select {
+			case <-done:
+				return
+			case <-time.After(monitorInterval):
+			}
+			lost = true // what happened meanwhile is checked once subscribed
 			continue
 		}
-		go func() {
-			<-done
-			s.Close()
-		}()
-		go func() {
-			for {
-				if _, _, err := s.Receive(); err != nil {
-					select {
-					case <-done:
-						return
-					default:
-					}
-					if !errors.Is(err, unix.ENOBUFS) {
-						return
-					}
-				}
-				poke() // any rule change, any nftables change (rare on a host)
-			}
-		}()
+		d.eventsLost(what)
+		lost = true
+	}
+}
+
+// eventsLost counts a loss of the kernel's events of kind what, and logs
+// it at most once a second (a burst overflows a buffer again and again).
+func (d *Daemon) eventsLost(what string) {
+	d.Metrics.ReconcileAction.WithLabelValues("events_lost").Inc()
+	d.lost.mu.Lock()
+	d.lost.n++
+	n := d.lost.n
+	if time.Since(d.lost.logged) < time.Second {
+		d.lost.mu.Unlock()
+		return
+	}
+	d.lost.n, d.lost.logged = 0, time.Now()
+	d.lost.mu.Unlock()
+	d.log.Warn("kernel events lost (ENOBUFS); checking what they could have told", "events", what, "losses_since_last_report", n)
+}
+
+// lossReports rate-limits eventsLost's log.
+type lossReports struct {
+	mu     sync.Mutex
+	logged time.Time
+	n      int
+}
+
+// sweepHostVeths makes damaged every slot whose host veth is gone (as
+// the link events that were lost would have): one link dump, on a loss of
+// link events only.
+func (d *Daemon) sweepHostVeths() {
+	ls, err := nslinks.Links(nil)
+	if err != nil {
+		d.log.Warn("host veths not checked after lost link events; the next loss or release checks them", "err", err)
+		return
+	}
+	have := make(map[int]string, len(ls))
+	for _, l := range ls {
+		have[l.Attrs().Index] = l.Attrs().Name
+	}
+	d.mu.Lock()
+	idx := slices.Clone(d.hostIdx)
+	d.mu.Unlock()
+	for i, ifindex := range idx {
+		if name := d.cfg.HostVeth(i); ifindex != 0 && have[ifindex] != name {
+			d.hostVethGone(name, ifindex)
+		}
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -177,8 +178,11 @@ const pinEvents = unix.IN_DELETE | unix.IN_MOVED_FROM | unix.IN_DELETE_SELF
 
 // watchPins puts back the pool's namespace pins as they are removed
 // (inotify on the pin directory), and checks them all when events were
-// lost, until stop is closed.
-func (d *Daemon) watchPins(stop <-chan struct{}) {
+// lost, until stop is closed. It calls watching once it watches (or
+// cannot).
+func (d *Daemon) watchPins(stop <-chan struct{}, watching func()) {
+	watching = sync.OnceFunc(watching)
+	defer watching()
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		d.log.Warn("no namespace pin events; pins are checked at acquire only", "err", err)
@@ -194,6 +198,7 @@ func (d *Daemon) watchPins(stop <-chan struct{}) {
 		<-stop
 		f.Close()
 	}()
+	watching()
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := f.Read(buf)
@@ -230,9 +235,12 @@ func (d *Daemon) watchPins(stop <-chan struct{}) {
 
 // watchMounts checks every pin of the pool when the mount table changes
 // (a pin unmounted but not unlinked is no inotify event), at most once per
-// eventSettle, until stop is closed. The check is a stat per slot: some ms
-// for thousands, on a mount change only.
-func (d *Daemon) watchMounts(stop <-chan struct{}) {
+// eventSettle, until stop is closed, calling watching once it watches (or
+// cannot). The check is a stat per slot: some ms for thousands, on a mount
+// change only.
+func (d *Daemon) watchMounts(stop <-chan struct{}, watching func()) {
+	watching = sync.OnceFunc(watching)
+	defer watching()
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		d.log.Warn("no mount table events; unmounted pins are noticed at release only", "err", err)
@@ -250,6 +258,7 @@ func (d *Daemon) watchMounts(stop <-chan struct{}) {
 		}
 	}
 	drain()
+	watching()
 	for {
 		select {
 		case <-stop:
