@@ -55,11 +55,10 @@ func whole(cfg slot.Config, i int) error {
 	return err
 }
 
-// A slot's namespace pin removed (ip netns del, or unmounted), leased or
-// free: the daemon, which holds every slot's namespace, pins it again. A release
-// right after the removal, while a VMM holds the tap, is still refused:
-// the daemon enters the slot through the namespace it holds.
-func TestSlotPinsArePutBack(t *testing.T) {
+// leasedWithVMM starts a pool of 3 slots and leases one, whose tap a VMM
+// (the returned guest) then holds.
+func leasedWithVMM(t *testing.T) (*tu.Pool, daemon.SlotInfo, *tu.Guest) {
+	t.Helper()
 	p := tu.StartPool(t, 3)
 	info, err := p.D.Acquire(daemon.AcquireRequest{Owner: "vm"})
 	if err != nil {
@@ -69,6 +68,27 @@ func TestSlotPinsArePutBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return p, info, vmm
+}
+
+// deleteHostVeth deletes slot i's host veth.
+func deleteHostVeth(t *testing.T, cfg slot.Config, i int) {
+	t.Helper()
+	l, err := netlink.LinkByName(cfg.HostVeth(i))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkDel(l); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A slot's namespace pin removed (ip netns del, or unmounted), leased or
+// free: the daemon, which holds every slot's namespace, pins it again. A release
+// right after the removal, while a VMM holds the tap, is still refused:
+// the daemon enters the slot through the namespace it holds.
+func TestSlotPinsArePutBack(t *testing.T) {
+	p, info, vmm := leasedWithVMM(t)
 	defer vmm.Close()
 	free := (info.Index + 1) % 3
 	for _, i := range []int{info.Index, free} {
@@ -117,26 +137,9 @@ func TestSlotPinsArePutBack(t *testing.T) {
 // its release still refused while a VMM holds the tap, and rebuilt when
 // released.
 func TestDamagedSlots(t *testing.T) {
-	p := tu.StartPool(t, 3)
-	info, err := p.D.Acquire(daemon.AcquireRequest{Owner: "vm"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	vmm, err := tu.AttachTap(p.Config.NetnsPath(info.Index), slot.TapName)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, info, vmm := leasedWithVMM(t)
 	defer vmm.Close()
-	del := func(i int) {
-		l, err := netlink.LinkByName(p.Config.HostVeth(i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := netlink.LinkDel(l); err != nil {
-			t.Fatal(err)
-		}
-	}
-	del(info.Index)
+	deleteHostVeth(t, p.Config, info.Index)
 	tu.Eventually(t, "the leased slot reported damaged", func() bool { return p.D.Status().Damaged == 1 })
 	if got, _ := p.D.Get(info.ID); !strings.Contains(got.Damaged, "host veth") || got.State != pool.Leased {
 		t.Errorf("show of the damaged slot: %+v", got)
@@ -151,7 +154,7 @@ func TestDamagedSlots(t *testing.T) {
 	// A free slot's host veth deleted, then every free slot acquired at
 	// once: none is handed out broken.
 	free := (info.Index + 1) % 3
-	del(free)
+	deleteHostVeth(t, p.Config, free)
 	var got []daemon.SlotInfo
 	for {
 		s, err := p.D.Acquire(daemon.AcquireRequest{})
@@ -235,13 +238,7 @@ func TestLostEventsAreResynced(t *testing.T) {
 	})
 	// After the loss: the link events are followed again.
 	before := reconciled(t, p, "slot_damaged")
-	l, err := netlink.LinkByName(p.Config.HostVeth(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := netlink.LinkDel(l); err != nil {
-		t.Fatal(err)
-	}
+	deleteHostVeth(t, p.Config, 1)
 	tu.Eventually(t, "the host veth deleted after the burst noticed", func() bool { return reconciled(t, p, "slot_damaged") > before })
 	tu.Eventually(t, "both slots rebuilt", func() bool {
 		st := p.D.Status()
