@@ -179,7 +179,7 @@ func RunAttach(ctx context.Context, o AttachOptions) (*AttachResult, error) {
 				req.VPC, m = vpcs[j], mAcquireVPC
 			}
 			start := time.Now()
-			s, err := d.Acquire(req)
+			s, err := d.Acquire(context.Background(), req)
 			add(m, time.Since(start))
 			if err != nil {
 				return nil, err

@@ -97,7 +97,7 @@ func RunDatapath(ctx context.Context, o DatapathOptions) (res *DatapathResult, e
 	// Every slot is leased, as on a full host: a pooled slot's traffic is
 	// dropped.
 	for range o.Slots {
-		if _, err := d.Acquire(daemon.AcquireRequest{Owner: "bench"}); err != nil {
+		if _, err := d.Acquire(context.Background(), daemon.AcquireRequest{Owner: "bench"}); err != nil {
 			return nil, fmt.Errorf("lease the pool's slots: %w", err)
 		}
 	}

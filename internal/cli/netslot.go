@@ -21,6 +21,7 @@ import (
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
 	"github.com/netslot/netslot/client"
+	"github.com/netslot/netslot/internal/pool"
 	"github.com/netslot/netslot/internal/slot"
 )
 
@@ -65,7 +66,9 @@ func (f *clientFlags) run(cmd *cobra.Command, fn func(ctx context.Context, c *cl
 	if f.output != "table" && f.output != "json" {
 		return fmt.Errorf("unknown output format %q: want table or json", f.output)
 	}
-	c, err := client.Dial(f.socket)
+	// A command line fails at once when the daemon is not there; a
+	// launcher's client waits for it to come back.
+	c, err := client.Dial(f.socket, client.WithFailFast())
 	if err != nil {
 		return err
 	}
@@ -101,6 +104,9 @@ func statusCmd(f *clientFlags) *cobra.Command {
 				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 				b := st.GetBoot()
 				fmt.Fprintf(w, "prefix\t%s\nslots\t%d\nfree\t%d\nleased\t%d\nready\t%t\n", st.Prefix, st.Total, st.Free, st.Leased, st.Ready)
+				if st.Draining {
+					fmt.Fprintf(w, "draining\ttrue (stopping: no slot is vended; releases are served)\n")
+				}
 				if st.Damaged > 0 {
 					fmt.Fprintf(w, "damaged\t%d (found broken: leased ones are rebuilt at release, free ones out of the pool until rebuilt; see list)\n", st.Damaged)
 				}
@@ -144,14 +150,15 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 		peerMAC             string
 		vpcCIDRs, allowList []string
 		inbound             []string
-		denyAll             bool
+		denyAll, wait       bool
+		key                 string
 	)
 	cmd := &cobra.Command{
 		Use:   "acquire",
-		Short: "Lease a free slot (fails at once if none is free)",
+		Short: "Lease a free slot (fails at once if none is free, unless --wait)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			req := &netslotv1.AcquireRequest{EgressAllow: allowList, EgressDenyAll: denyAll, Owner: owner}
+			req := &netslotv1.AcquireRequest{EgressAllow: allowList, EgressDenyAll: denyAll, Owner: owner, RequestKey: key, Wait: wait}
 			rules, err := slot.ParseInboundSpecs(inbound)
 			if err != nil {
 				return err
@@ -186,6 +193,8 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 	fl.BoolVar(&denyAll, "deny-all", false, "the guest may send nowhere")
 	fl.StringArrayVar(&inbound, "inbound", nil, "open the guest to new traffic: PROTO/PORT[-PORT][,CIDR] or icmp[,CIDR] (repeatable; none: only replies to its own flows come in)")
 	fl.StringVar(&owner, "owner", "", "label stored with the lease, for example the VM's id")
+	fl.StringVar(&key, "key", "", "idempotency key: while its lease lives, an acquire with the same key returns that lease")
+	fl.BoolVar(&wait, "wait", false, "wait for a slot (pool empty, or the daemon booting) until --timeout")
 	return cmd
 }
 
@@ -236,30 +245,21 @@ func showCmd(f *clientFlags) *cobra.Command {
 }
 
 func listCmd(f *clientFlags) *cobra.Command {
-	var state string
+	var state, owner, key string
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List slots",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			switch state {
-			case "", "free", "leased", "releasing", "acquiring", "pending":
-			default:
-				return fmt.Errorf("unknown state %q: want free, leased, releasing, acquiring or pending", state)
-			}
-			return f.run(cmd, func(ctx context.Context, c *client.Client) error {
-				slots, err := c.List(ctx)
-				if err != nil {
+			if state != "" {
+				if _, err := pool.ParseState(state); err != nil {
 					return err
 				}
-				if state != "" {
-					kept := slots[:0]
-					for _, s := range slots {
-						if s.State == state {
-							kept = append(kept, s)
-						}
-					}
-					slots = kept
+			}
+			return f.run(cmd, func(ctx context.Context, c *client.Client) error {
+				slots, err := c.List(ctx, &netslotv1.ListRequest{State: state, Owner: owner, RequestKey: key})
+				if err != nil {
+					return err
 				}
 				out := cmd.OutOrStdout()
 				if f.output == "json" {
@@ -290,6 +290,8 @@ func listCmd(f *clientFlags) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&state, "state", "", "only slots in this state (free, leased, releasing, acquiring, pending)")
+	cmd.Flags().StringVar(&owner, "owner", "", "only slots leased with this owner")
+	cmd.Flags().StringVar(&key, "key", "", "only the slot leased with this request key")
 	return cmd
 }
 
@@ -310,6 +312,9 @@ func printSlot(w io.Writer, format string, s *netslotv1.Slot) error {
 	fmt.Fprintf(tw, "firecracker\tiface_id=%s host_dev_name=%s guest_mac=%s\n", fc.GetIfaceId(), fc.GetHostDevName(), fc.GetGuestMac())
 	if l := s.GetLease(); l != nil {
 		fmt.Fprintf(tw, "lease id\t%s\n", l.LeaseId)
+		if l.RequestKey != "" {
+			fmt.Fprintf(tw, "request key\t%s\n", l.RequestKey)
+		}
 		if l.Owner != "" {
 			fmt.Fprintf(tw, "owner\t%s\n", l.Owner)
 		}

@@ -41,6 +41,7 @@ type daemonFlags struct {
 	logJSON             bool
 	deny                []string
 	adopt               bool
+	drainGrace          time.Duration
 }
 
 // Netslotd returns the netslotd command.
@@ -71,6 +72,7 @@ socket, and keeps the slots when it stops: a restarted daemon adopts them.
 	fl.StringVar(&f.underlayIP, "underlay-ip", "", "the uplink's IPv4 address that Geneve tunnels leave from (required with --uplink)")
 	fl.StringVar(&f.gateway, "uplink-gateway", "", "next hop on the uplink for slot traffic (empty: destinations are on the uplink's link)")
 	fl.IntVar(&f.workers, "boot-workers", 0, "parallel slot builders at boot (0: one per CPU, at least 2)")
+	fl.DurationVar(&f.drainGrace, "drain-grace", 2*time.Second, "on SIGTERM or SIGINT, how long netslotd drains before it stops: it refuses acquires (UNAVAILABLE, DRAINING), health says NOT_SERVING, releases are served; a second signal stops it at once")
 	fl.BoolVar(&f.adopt, "adopt", false, "take over the slots of the prefix when the state dir holds no pool (a lost store): their leases are unknown, and a slot whose tap a VM still holds stays out of the pool until it lets go")
 	fl.StringArrayVar(&f.deny, "deny", nil, "an IPv4 CIDR no guest may send to, whatever its lease allows (repeatable; on top of link-local, multicast, reserved ranges and the uplink's subnets)")
 	fl.BoolVar(&f.logJSON, "log-json", false, "log JSON instead of text")
@@ -162,7 +164,8 @@ func runDaemon(parent context.Context, f *daemonFlags) error {
 		}
 		log.Info("metrics", "addr", "http://"+addr.String()+"/metrics")
 	}
-	g := server.New(d).GRPC()
+	srv := server.New(d)
+	g := srv.GRPC()
 	served := make(chan error, 1)
 	go func() { served <- g.Serve(server.RootOnly(ln)) }()
 	defer os.Remove(f.socket)
@@ -191,6 +194,7 @@ func runDaemon(parent context.Context, f *daemonFlags) error {
 	case err := <-served:
 		return fmt.Errorf("api server: %w", err)
 	}
+	drain(srv, f.drainGrace, log)
 	log.Info("stopping; slots stay in place for the next start ('netslotd teardown' removes them)")
 	done := make(chan struct{})
 	go func() { g.GracefulStop(); close(done) }()
@@ -200,6 +204,23 @@ func runDaemon(parent context.Context, f *daemonFlags) error {
 		g.Stop()
 	}
 	return nil
+}
+
+// drain has srv vend no more slots for grace, while it serves the rest,
+// unless a second SIGTERM or SIGINT cuts it short.
+func drain(srv *server.Server, grace time.Duration, log *slog.Logger) {
+	srv.Drain()
+	if grace <= 0 {
+		return
+	}
+	log.Info("draining before stopping", "grace", grace)
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(again)
+	select {
+	case <-again:
+	case <-time.After(grace):
+	}
 }
 
 // keepSocket makes the API reachable again when its socket file is

@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"slices"
@@ -16,7 +17,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 	p := testutil.StartPool(b, 16)
 	b.ResetTimer()
 	for b.Loop() {
-		s, err := p.D.Acquire(daemon.AcquireRequest{})
+		s, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -52,7 +53,7 @@ func BenchmarkAcquireVPC(b *testing.B) {
 	var held []daemon.SlotInfo
 	for b.Loop() {
 		start := time.Now()
-		s, err := p.D.Acquire(daemon.AcquireRequest{VPC: atts[len(held)]})
+		s, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: atts[len(held)]})
 		lat = append(lat, time.Since(start))
 		if err != nil {
 			b.Fatal(err)

@@ -122,6 +122,7 @@ func (d *Daemon) Boot(ctx context.Context) error {
 	}
 	dur := time.Since(d.bootStart)
 	d.bootDur.Store(int64(dur))
+	close(d.readyCh)
 	d.Metrics.BootSeconds.Set(dur.Seconds())
 	free, leased := d.pool.Counts()
 	p := d.Progress()
@@ -236,6 +237,15 @@ func (d *Daemon) loadLeases() error {
 			continue
 		}
 		d.setLease(i, l)
+	}
+	ended, err := d.store.EndedLeases()
+	if err != nil {
+		return fmt.Errorf("load ended leases: %w", err)
+	}
+	for i, id := range ended {
+		if i < d.cfg.Count {
+			d.ended[i] = id
+		}
 	}
 	return nil
 }

@@ -109,6 +109,15 @@ type Daemon struct {
 	stop    chan struct{}  // closed by Close: background work ends
 	bg      sync.WaitGroup // the background work, which Close waits for
 	lost    lossReports    // losses of kernel events not yet logged
+	// keys maps the request key of each live lease to its slot; keying
+	// holds the keys whose acquire is under way (closed when it ends).
+	keys   map[string]int
+	keying map[string]chan struct{}
+	// ended is, by slot, the id of the lease its last release ended.
+	ended    []string
+	readyCh  chan struct{} // closed once the pool is ready
+	draining atomic.Bool
+	drainCh  chan struct{} // closed by Drain
 	// adopting: the store held no pool but the kernel does (Options.Adopt);
 	// unreadable: slots whose stored lease could not be decoded. Either
 	// way, boot checks those slots' taps for a VMM (see leaseUnknown).
@@ -140,6 +149,17 @@ var (
 	ErrInUse      = errors.New("tap0 is still attached")
 	ErrNoUplink   = errors.New("no uplink")
 	ErrInvalid    = errors.New("invalid request")
+	// ErrLeaseMismatch: the slot is held by another lease than the one
+	// a release named.
+	ErrLeaseMismatch = errors.New("slot is held by another lease")
+	ErrNotReady      = errors.New("pool not ready: netslotd is booting")
+	ErrDraining      = errors.New("netslotd is draining: it vends no slot")
+	// ErrKeyReused: an acquire's request key names a live lease made by
+	// another request.
+	ErrKeyReused = errors.New("request key names another request's lease")
+	// ErrDeadline: the acquire's context ended before its lease was
+	// committed; nothing was leased.
+	ErrDeadline = errors.New("deadline passed before the lease was committed")
 )
 
 // New validates opts, takes the state directory and prefix locks, and opens
@@ -208,6 +228,11 @@ func New(opts Options) (*Daemon, error) {
 	}
 	d.pool = pool.New(d.cfg.Count)
 	d.leases = make([]*slot.Lease, d.cfg.Count)
+	d.keys = map[string]int{}
+	d.keying = map[string]chan struct{}{}
+	d.ended = make([]string, d.cfg.Count)
+	d.readyCh = make(chan struct{})
+	d.drainCh = make(chan struct{})
 	d.readyAt = make([]atomic.Int64, d.cfg.Count)
 	d.fwConns = make([]*nftables.Conn, d.cfg.Count)
 	d.hostIdx = make([]int, d.cfg.Count)
@@ -429,9 +454,17 @@ func (d *Daemon) lease(i int) *slot.Lease {
 	return d.leases[i]
 }
 
+// setLease makes l slot i's lease (nil: none), and keeps the request
+// keys' index.
 func (d *Daemon) setLease(i int, l *slot.Lease) {
 	d.mu.Lock()
+	if old := d.leases[i]; old != nil && old.Key != "" && d.keys[old.Key] == i {
+		delete(d.keys, old.Key)
+	}
 	d.leases[i] = l
+	if l != nil && l.Key != "" {
+		d.keys[l.Key] = i
+	}
 	d.mu.Unlock()
 }
 

@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os/exec"
@@ -60,7 +61,7 @@ func whole(cfg slot.Config, i int) error {
 func leasedWithVMM(t *testing.T) (*tu.Pool, daemon.SlotInfo, *tu.Guest) {
 	t.Helper()
 	p := tu.StartPool(t, 3)
-	info, err := p.D.Acquire(daemon.AcquireRequest{Owner: "vm"})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{Owner: "vm"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +123,7 @@ func TestSlotPinsArePutBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 3 {
-		s, err := p.D.Acquire(daemon.AcquireRequest{})
+		s, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -157,7 +158,7 @@ func TestDamagedSlots(t *testing.T) {
 	deleteHostVeth(t, p.Config, free)
 	var got []daemon.SlotInfo
 	for {
-		s, err := p.D.Acquire(daemon.AcquireRequest{})
+		s, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{})
 		if errors.Is(err, daemon.ErrExhausted) {
 			break
 		}

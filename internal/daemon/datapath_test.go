@@ -155,10 +155,10 @@ func TestDatapathNATAndGeneveThroughFabric(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Take slot 1 so the leased slot is not slot 0.
-	if _, err := p.D.Acquire(daemon.AcquireRequest{}); err != nil {
+	if _, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	info, err := p.D.Acquire(daemon.AcquireRequest{VPC: a})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: a})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -371,7 +371,7 @@ func TestDatapathIsolationAndAttachCreatesNothing(t *testing.T) {
 	att := func(vni uint32, ip string) *slot.Attachment { return vpcAttachment(t, fab, vni, ip) }
 	lastProg := lastProgram()
 	objs := kernelObjects(t, p, lastProg)
-	a, err := p.D.Acquire(daemon.AcquireRequest{VPC: att(100, "10.9.0.5")})
+	a, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: att(100, "10.9.0.5")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -381,7 +381,7 @@ func TestDatapathIsolationAndAttachCreatesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := p.D.Acquire(daemon.AcquireRequest{VPC: att(200, "10.9.0.6"), Inbound: []slot.InboundRule{serve}})
+	b, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: att(200, "10.9.0.6"), Inbound: []slot.InboundRule{serve}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +389,7 @@ func TestDatapathIsolationAndAttachCreatesNothing(t *testing.T) {
 		t.Errorf("acquire with a VPC created kernel objects:\nbefore %+v\nafter  %+v", objs, after)
 	}
 	// The same VPC address on the same VNI is refused.
-	if _, err := p.D.Acquire(daemon.AcquireRequest{VPC: att(100, "10.9.0.5")}); err == nil {
+	if _, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: att(100, "10.9.0.5")}); err == nil {
 		t.Error("a second slot took 10.9.0.5 on vni 100")
 	}
 
@@ -515,7 +515,7 @@ func TestSlotTrafficLeavesOnlyThroughUplink(t *testing.T) {
 			_, listen := sideNet(t, tag)
 			side := listen()
 			defer side.Close()
-			info, err := p.D.Acquire(daemon.AcquireRequest{})
+			info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -570,7 +570,7 @@ func TestIncompatiblePinnedDatapath(t *testing.T) {
 	}
 	replaceStats()
 	p = testutil.StartPoolOpts(t, opts) // no lease: replaced
-	if _, err := p.D.Acquire(daemon.AcquireRequest{}); err != nil {
+	if _, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	p.D.Close()

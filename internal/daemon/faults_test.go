@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -74,7 +75,7 @@ func TestAcquireWithFullMapChangesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = p.D.Acquire(daemon.AcquireRequest{VPC: a})
+	_, err = p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: a})
 	if err == nil {
 		t.Fatal("acquire with a full route map succeeded")
 	}
@@ -92,7 +93,7 @@ func TestAcquireWithFullMapChangesNothing(t *testing.T) {
 		routes.Delete(key(n))
 	}
 	filled = 0
-	if _, err := p.D.Acquire(daemon.AcquireRequest{VPC: a}); err != nil {
+	if _, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: a}); err != nil {
 		t.Errorf("acquire once the map has room: %v", err)
 	}
 }

@@ -81,7 +81,7 @@ func TestRealGuestsThroughNATAndKernelGeneve(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := p.D.Acquire(daemon.AcquireRequest{VPC: a, Inbound: serve})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: a, Inbound: serve})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"os/exec"
@@ -69,7 +70,7 @@ func TestTenantLeavesNothingBehind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := p.D.Acquire(daemon.AcquireRequest{VPC: a, Egress: slot.Egress{Allow: []netip.Prefix{netip.PrefixFrom(fab.Outside, 32)}}})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: a, Egress: slot.Egress{Allow: []netip.Prefix{netip.PrefixFrom(fab.Outside, 32)}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -47,16 +48,16 @@ func TestIsolationMatrix(t *testing.T) {
 	// Slot A may only reach the outside host and serves TCP 8080 (from
 	// anywhere) and UDP 5555 (to its VPC); slot B has no policy at all;
 	// slot C may send nowhere.
-	a, err := p.D.Acquire(daemon.AcquireRequest{VPC: att(100, "10.9.0.5"), Egress: slot.Egress{Allow: []netip.Prefix{netip.PrefixFrom(fab.Outside, 32)}},
+	a, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: att(100, "10.9.0.5"), Egress: slot.Egress{Allow: []netip.Prefix{netip.PrefixFrom(fab.Outside, 32)}},
 		Inbound: inbound})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := p.D.Acquire(daemon.AcquireRequest{VPC: att(200, "10.9.0.6")})
+	b, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: att(200, "10.9.0.6")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := p.D.Acquire(daemon.AcquireRequest{Egress: slot.Egress{DenyAll: true}})
+	c, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{Egress: slot.Egress{DenyAll: true}})
 	if err != nil {
 		t.Fatal(err)
 	}

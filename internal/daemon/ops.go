@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -22,6 +23,12 @@ type AcquireRequest struct {
 	Egress  slot.Egress
 	Inbound []slot.InboundRule
 	Owner   string
+	// Key is the caller's idempotency key ("": none): while the lease it
+	// made lives, an acquire with the same key returns that lease.
+	Key string
+	// Wait: with the pool empty or still booting, wait for a slot until
+	// the context ends instead of failing at once.
+	Wait bool
 }
 
 // SlotInfo describes a slot to API clients.
@@ -34,9 +41,12 @@ type SlotInfo struct {
 	Damaged  string        // why the slot is damaged ("": it is not)
 }
 
-// Acquire leases the free slot that has rested longest. It never waits:
-// with no free slot it fails at once with ErrExhausted.
-func (d *Daemon) Acquire(req AcquireRequest) (SlotInfo, error) {
+// Acquire leases the free slot that has rested longest. Without req.Wait
+// it does not wait: with no free slot it fails at once with ErrExhausted,
+// before the pool is ready with ErrNotReady. A lease is committed only if
+// ctx has not ended by then (else ErrDeadline, nothing leased); with
+// req.Key, an acquire that finds its key's lease alive returns it.
+func (d *Daemon) Acquire(ctx context.Context, req AcquireRequest) (SlotInfo, error) {
 	start := time.Now()
 	kind := "plain"
 	if req.Egress.Restricted() {
@@ -55,20 +65,31 @@ func (d *Daemon) Acquire(req AcquireRequest) (SlotInfo, error) {
 			return SlotInfo{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
 	}
-	if err := slot.CheckInbound(req.Inbound); err != nil {
+	if err := errors.Join(slot.CheckInbound(req.Inbound), slot.ValidateKey(req.Key)); err != nil {
 		d.Metrics.AcquireErrors.WithLabelValues("invalid").Inc()
 		return SlotInfo{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	i, err := d.takeWhole()
-	if err != nil {
-		d.Metrics.AcquireErrors.WithLabelValues("exhausted").Inc()
-		free, leased := d.pool.Counts()
-		return SlotInfo{}, fmt.Errorf("%w: %d slots, %d leased, %d free (%d ready, %d damaged)", ErrExhausted, d.cfg.Count, leased, free, d.ready.Load(), d.damagedCount())
+	if req.Key != "" {
+		info, done, err := d.claimKey(ctx, req)
+		if err != nil || done == nil {
+			return info, err
+		}
+		defer done()
 	}
-	l := &slot.Lease{ID: slot.NewLeaseID(), Owner: req.Owner, AcquiredNs: time.Now().UnixNano(), VPC: req.VPC,
+	i, err := d.takeFree(ctx, req.Wait)
+	if err != nil {
+		return SlotInfo{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		d.pool.Untake(i)
+		d.Metrics.AcquireErrors.WithLabelValues("deadline").Inc()
+		return SlotInfo{}, fmt.Errorf("%w: %w", ErrDeadline, err)
+	}
+	l := &slot.Lease{ID: slot.NewLeaseID(), Owner: req.Owner, Key: req.Key, AcquiredNs: time.Now().UnixNano(), VPC: req.VPC,
 		Egress: req.Egress, Inbound: req.Inbound}
 	// Persist first: a crash after this point leaves the slot leased (never
-	// vended twice); the tenant finds it with list and releases it.
+	// vended twice); the tenant finds it with its key or with list, and
+	// releases it.
 	if err := d.store.PutLease(i, l); err != nil {
 		d.pool.Untake(i)
 		d.Metrics.AcquireErrors.WithLabelValues("store").Inc()
@@ -88,19 +109,35 @@ func (d *Daemon) Acquire(req AcquireRequest) (SlotInfo, error) {
 			return SlotInfo{}, d.abortAcquire(i, l, "datapath", err)
 		}
 	}
+	// The caller gave up meanwhile: the lease is undone, never committed.
+	if err := ctx.Err(); err != nil {
+		err = fmt.Errorf("%w: %w", ErrDeadline, err)
+		if req.VPC != nil {
+			err = errors.Join(err, d.dp.Detach(i, req.VPC))
+		}
+		if req.Egress.Restricted() {
+			err = errors.Join(err, d.setEgress(i, slot.Egress{}))
+		}
+		return SlotInfo{}, d.abortAcquire(i, l, "deadline", err)
+	}
 	// Last, the slot opens: its traffic flows from here on, under the
 	// policy written above.
 	d.dp.OpenLease(i, req.Inbound)
 	d.setLease(i, l)
 	d.pool.CommitTake(i)
 	d.Metrics.AcquireSeconds.WithLabelValues(kind).Observe(time.Since(start).Seconds())
-	// What the datapath now holds, known without reading it back; the
-	// counters were zeroed by the last scrub.
+	return SlotInfo{Index: i, ID: d.cfg.ID(i), State: pool.Leased, Lease: l, Datapath: d.leasedDatapath(i, l)}, nil
+}
+
+// leasedDatapath is what the datapath holds for slot i just leased with
+// l, known without reading it back (the counters were zeroed by the last
+// scrub).
+func (d *Daemon) leasedDatapath(i int, l *slot.Lease) *DatapathInfo {
 	dp := &DatapathInfo{VNI: uint32(slot.DummyVNIBase + i), Dummy: true, VPCMAC: d.cfg.VPCMAC(i).String()}
-	if req.VPC != nil {
-		dp.VNI, dp.Dummy = req.VPC.VNI, false
+	if l.VPC != nil {
+		dp.VNI, dp.Dummy = l.VPC.VNI, false
 	}
-	return SlotInfo{Index: i, ID: d.cfg.ID(i), State: pool.Leased, Lease: l, Datapath: dp}, nil
+	return dp
 }
 
 // takeWhole takes the oldest free slot that is whole (see
@@ -156,7 +193,11 @@ func (d *Daemon) index(id string) (int, error) {
 
 // Release scrubs slot id and returns it to the pool, if it is still held
 // by lease leaseID (from the acquire's answer): a late or repeated release
-// never frees a later tenant's slot. A slot whose scrub fails is rebuilt;
+// never frees a later tenant's slot. Repeated once it ended leaseID (a
+// retry after a lost answer), it succeeds and changes nothing, as long as
+// the slot has no newer lease: then it is refused (ErrLeaseMismatch), as
+// is any other lease id than the slot's (ErrLeaseMismatch, ErrNotLeased).
+// A slot whose scrub fails is rebuilt;
 // if even that fails it stays leased and the error says so. While a VMM
 // still holds the slot's tap, the release is refused (ErrInUse) and
 // changes nothing.
@@ -194,6 +235,8 @@ func (d *Daemon) release(id, leaseID string) error {
 		return err
 	}
 	switch err := d.pool.BeginRelease(i); {
+	case err != nil && d.endedBy(i, leaseID) && !errors.Is(err, pool.ErrAcquiring):
+		return nil // a retry: its lease is ended, and no other holds the slot
 	case errors.Is(err, pool.ErrAlreadyFree):
 		return fmt.Errorf("release %s: %w (already free)", id, ErrNotLeased)
 	case errors.Is(err, pool.ErrReleasing), errors.Is(err, pool.ErrAcquiring):
@@ -201,9 +244,10 @@ func (d *Daemon) release(id, leaseID string) error {
 	case err != nil:
 		return fmt.Errorf("release %s: %w: %w", id, ErrNotLeased, err)
 	}
-	if l := d.lease(i); leaseID != "" && (l == nil || l.ID != leaseID) {
+	l := d.lease(i)
+	if leaseID != "" && (l == nil || l.ID != leaseID) {
 		d.pool.EndRelease(i, false)
-		return fmt.Errorf("release %s: %w: held by another lease than %s", id, ErrNotLeased, leaseID)
+		return fmt.Errorf("release %s: %w than %s", id, ErrLeaseMismatch, leaseID)
 	}
 	if err := d.scrub(i); errors.Is(err, links.ErrTapInUse) {
 		d.pool.EndRelease(i, false)
@@ -216,11 +260,10 @@ func (d *Daemon) release(id, leaseID string) error {
 			return fmt.Errorf("release %s: scrub: %w; rebuild: %w", id, err, rerr)
 		}
 	}
-	if err := d.store.DeleteLease(i); err != nil {
+	if err := d.endLease(i, l); err != nil {
 		d.pool.EndRelease(i, false)
 		return fmt.Errorf("release %s: %w", id, err)
 	}
-	d.setLease(i, nil)
 	d.checkPin(i) // the scrub went through the held namespace, not the pin
 	d.pool.EndRelease(i, true)
 	d.Metrics.ReleaseSeconds.Observe(time.Since(start).Seconds())
@@ -332,14 +375,33 @@ func (d *Daemon) info(i int) SlotInfo {
 	return SlotInfo{Index: i, ID: d.cfg.ID(i), State: d.pool.State(i), Lease: d.lease(i), Datapath: d.datapathInfo(i), Damaged: d.damage(i)}
 }
 
-// List describes every slot.
-func (d *Daemon) List() []SlotInfo {
+// ListFilter selects slots: each set field must match.
+type ListFilter struct {
+	Owner string      // leased with this owner
+	Key   string      // leased with this request key
+	State *pool.State // in this state
+}
+
+func (f ListFilter) match(s pool.State, l *slot.Lease) bool {
+	if f.State != nil && s != *f.State {
+		return false
+	}
+	if f.Owner != "" && (l == nil || l.Owner != f.Owner) {
+		return false
+	}
+	return f.Key == "" || l != nil && l.Key == f.Key
+}
+
+// List describes the slots that match f, in index order.
+func (d *Daemon) List(f ListFilter) []SlotInfo {
 	states := d.pool.States()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]SlotInfo, len(states))
+	var out []SlotInfo
 	for i, s := range states {
-		out[i] = SlotInfo{Index: i, ID: d.cfg.ID(i), State: s, Lease: d.leases[i], Damaged: d.damaged[i]}
+		if f.match(s, d.leases[i]) {
+			out = append(out, SlotInfo{Index: i, ID: d.cfg.ID(i), State: s, Lease: d.leases[i], Damaged: d.damaged[i]})
+		}
 	}
 	return out
 }
@@ -355,6 +417,7 @@ type Status struct {
 	UnderlayIP          netip.Addr
 	RootRules           int
 	UnattributedDrops   map[string]uint64
+	Draining            bool // see Drain
 }
 
 // countRootRules counts the rules of the pool's root-namespace table as
@@ -375,5 +438,6 @@ func (d *Daemon) Status() Status {
 		Progress: d.Progress(), Uplink: d.opts.Uplink, UnderlayIP: d.opts.UnderlayIP,
 		RootRules:         d.countRootRules(),
 		UnattributedDrops: d.UnattributedDrops(),
+		Draining:          d.Draining(),
 	}
 }

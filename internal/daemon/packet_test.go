@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"testing"
@@ -21,7 +22,7 @@ var (
 func TestEgressAllowListAndAntiSpoofingWithPackets(t *testing.T) {
 	p := testutil.StartPool(t, 4)
 	c := p.Config
-	info, err := p.D.Acquire(daemon.AcquireRequest{Egress: slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}}})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{Egress: slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"slices"
@@ -34,7 +35,7 @@ func TestOperatorDenyBeatsTheAllowList(t *testing.T) {
 			t.Errorf("deny set %v lacks %s", deny, want)
 		}
 	}
-	info, err := p.D.Acquire(daemon.AcquireRequest{Egress: slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.19.1.0/24")}}})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{Egress: slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.19.1.0/24")}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +55,7 @@ func TestOperatorDenyBeatsTheAllowList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vpc, err := p.D.Acquire(daemon.AcquireRequest{VPC: a})
+	vpc, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: a})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +101,7 @@ func TestAttachmentsCollidingWithThePoolAreRefused(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = p.D.Acquire(daemon.AcquireRequest{VPC: a})
+		_, err = p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: a})
 		if !errors.Is(err, daemon.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("vtep %s vpc ip %s: %v, want ErrInvalid with %q", tc.vtep, tc.ip, err, tc.want)
 		}

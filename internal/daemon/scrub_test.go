@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"os"
@@ -30,7 +31,7 @@ var peerIndex = regexp.MustCompile(`@if[0-9]+`)
 
 func TestReleaseScrubsWhatTheTenantLeft(t *testing.T) {
 	p := testutil.StartPool(t, 3)
-	info, err := p.D.Acquire(daemon.AcquireRequest{Egress: slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}}})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{Egress: slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +65,7 @@ func TestReleaseScrubsWhatTheTenantLeft(t *testing.T) {
 
 func TestReleaseRebuildsASlotItCannotScrub(t *testing.T) {
 	p := testutil.StartPool(t, 2)
-	info, err := p.D.Acquire(daemon.AcquireRequest{})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +85,7 @@ func TestReleaseRebuildsASlotItCannotScrub(t *testing.T) {
 	}
 	// The rebuilt slot is vendable and its firewall works.
 	for range 2 {
-		if _, err := p.D.Acquire(daemon.AcquireRequest{Egress: slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15")}}}); err != nil {
+		if _, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{Egress: slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15")}}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -92,7 +93,7 @@ func TestReleaseRebuildsASlotItCannotScrub(t *testing.T) {
 
 func TestReleaseRefusedWhileTheVMHoldsTheTap(t *testing.T) {
 	p := testutil.StartPool(t, 2)
-	info, err := p.D.Acquire(daemon.AcquireRequest{})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +120,7 @@ func TestReleaseRefusedWhileTheVMHoldsTheTap(t *testing.T) {
 // refused and changes nothing.
 func TestReleaseRefusedWhileAVMMHoldsTheTapWithCarrierOff(t *testing.T) {
 	p := testutil.StartPool(t, 2)
-	info, err := p.D.Acquire(daemon.AcquireRequest{Egress: slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}}})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{Egress: slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +166,7 @@ func TestReleaseRefusedWhileAVMMHoldsTheTapWithCarrierOff(t *testing.T) {
 // whatever lease holds the slot.
 func TestReleaseNeedsTheLeaseUnlessForced(t *testing.T) {
 	p := testutil.StartPool(t, 1)
-	info, err := p.D.Acquire(daemon.AcquireRequest{Owner: "vm-1"})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{Owner: "vm-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,14 +189,14 @@ func TestReleaseNeedsTheLeaseUnlessForced(t *testing.T) {
 
 func TestStaleReleaseNeverFreesTheNextTenant(t *testing.T) {
 	p := testutil.StartPool(t, 1)
-	first, err := p.D.Acquire(daemon.AcquireRequest{Owner: "vm-1"})
+	first, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{Owner: "vm-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := p.D.Release(first.ID, first.Lease.ID); err != nil {
 		t.Fatal(err)
 	}
-	second, err := p.D.Acquire(daemon.AcquireRequest{Owner: "vm-2"})
+	second, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{Owner: "vm-2"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +204,7 @@ func TestStaleReleaseNeverFreesTheNextTenant(t *testing.T) {
 		t.Fatalf("leases %+v and %+v", first.Lease, second.Lease)
 	}
 	// vm-1's launcher retries its release: refused, vm-2 keeps the slot.
-	if err := p.D.Release(first.ID, first.Lease.ID); !errors.Is(err, daemon.ErrNotLeased) {
+	if err := p.D.Release(first.ID, first.Lease.ID); !errors.Is(err, daemon.ErrLeaseMismatch) {
 		t.Fatalf("stale release: %v", err)
 	}
 	if st := p.D.Status(); st.Leased != 1 {
@@ -222,7 +223,7 @@ func TestLostStoreNeverHandsAnAttachedSlotToASecondTenant(t *testing.T) {
 	cfg := testutil.NewConfig(2)
 	dir := t.TempDir()
 	p := testutil.StartPoolWith(t, cfg, dir, "")
-	held, err := p.D.Acquire(daemon.AcquireRequest{Owner: "vm-1"})
+	held, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{Owner: "vm-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,11 +255,11 @@ func TestLostStoreNeverHandsAnAttachedSlotToASecondTenant(t *testing.T) {
 	if st.Free != 1 || st.Orphaned != 1 {
 		t.Fatalf("after adopting: %+v, want 1 free and 1 orphaned", st)
 	}
-	other, err := q.D.Acquire(daemon.AcquireRequest{Owner: "vm-2"})
+	other, err := q.D.Acquire(context.Background(), daemon.AcquireRequest{Owner: "vm-2"})
 	if err != nil || other.Index == held.Index {
 		t.Fatalf("acquire after adopting: %+v, %v; want the other slot", other, err)
 	}
-	if _, err := q.D.Acquire(daemon.AcquireRequest{Owner: "vm-3"}); !errors.Is(err, daemon.ErrExhausted) {
+	if _, err := q.D.Acquire(context.Background(), daemon.AcquireRequest{Owner: "vm-3"}); !errors.Is(err, daemon.ErrExhausted) {
 		t.Fatalf("second acquire: %v, want the pool exhausted (the orphan is not vendable)", err)
 	}
 	// The VM goes: the slot is scrubbed and rejoins the pool.
@@ -270,7 +271,7 @@ func TestLostStoreNeverHandsAnAttachedSlotToASecondTenant(t *testing.T) {
 	if st := q.D.Status(); st.Orphaned != 0 || st.Free != 1 {
 		t.Fatalf("after the VM let go: %+v, want the orphan free again", st)
 	}
-	again, err := q.D.Acquire(daemon.AcquireRequest{Owner: "vm-3"})
+	again, err := q.D.Acquire(context.Background(), daemon.AcquireRequest{Owner: "vm-3"})
 	if err != nil || again.Index != held.Index {
 		t.Fatalf("acquire after the orphan was reclaimed: %+v, %v", again, err)
 	}

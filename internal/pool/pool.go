@@ -35,6 +35,16 @@ func (s State) String() string {
 	return fmt.Sprintf("state(%d)", s)
 }
 
+// ParseState is the inverse of State.String.
+func ParseState(name string) (State, error) {
+	for s := Pending; s <= Acquiring; s++ {
+		if s.String() == name {
+			return s, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown slot state %q (want pending, free, leased, releasing or acquiring)", name)
+}
+
 // Errors callers map to API status codes.
 var (
 	ErrExhausted   = errors.New("no free slot")
@@ -56,6 +66,9 @@ type Pool struct {
 	free       []int
 	head, size int
 	leased     int
+	// freed is closed at the next slot that joins the free queue (nil:
+	// no one waits).
+	freed chan struct{}
 }
 
 // New returns a pool of n slots, all pending.
@@ -66,6 +79,22 @@ func New(n int) *Pool {
 func (p *Pool) push(i int) {
 	p.free[(p.head+p.size)%len(p.free)] = i
 	p.size++
+	if p.freed != nil {
+		close(p.freed)
+		p.freed = nil
+	}
+}
+
+// Freed returns a channel closed when a slot next joins the free queue:
+// a caller that found the pool empty takes it before trying again, so
+// that no slot freed in between goes unnoticed.
+func (p *Pool) Freed() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.freed == nil {
+		p.freed = make(chan struct{})
+	}
+	return p.freed
 }
 
 // MarkFree makes a pending slot vendable.

@@ -183,3 +183,46 @@ func TestWithdraw(t *testing.T) {
 		}
 	}
 }
+
+func TestFreedWakesAWaiterOnce(t *testing.T) {
+	p := New(2)
+	ch := p.Freed()
+	select {
+	case <-ch:
+		t.Fatal("closed before any slot was freed")
+	default:
+	}
+	if err := p.MarkFree(1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ch:
+	default:
+		t.Fatal("not closed when a slot joined the free queue")
+	}
+	next := p.Freed()
+	if next == ch {
+		t.Fatal("the next waiter got the closed channel")
+	}
+	i, err := p.Take()
+	if err != nil || i != 1 {
+		t.Fatalf("take: %d, %v", i, err)
+	}
+	p.Untake(i)
+	select {
+	case <-next:
+	default:
+		t.Fatal("an untaken slot did not wake the next waiter")
+	}
+}
+
+func TestParseState(t *testing.T) {
+	for s := Pending; s <= Acquiring; s++ {
+		if got, err := ParseState(s.String()); err != nil || got != s {
+			t.Errorf("ParseState(%q) = %v, %v", s, got, err)
+		}
+	}
+	if _, err := ParseState("gone"); err == nil {
+		t.Error("ParseState accepted an unknown state")
+	}
+}

@@ -1,15 +1,18 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
 	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/datapath"
 )
 
 func TestParseAcquire(t *testing.T) {
@@ -50,18 +53,39 @@ func TestParseAcquire(t *testing.T) {
 	}
 }
 
-func TestStatusCodes(t *testing.T) {
-	for err, code := range map[error]codes.Code{
-		daemon.ErrUnknownID:                         codes.NotFound,
-		fmt.Errorf("x: %w", daemon.ErrNotLeased):    codes.FailedPrecondition,
-		fmt.Errorf("x: %w", daemon.ErrExhausted):    codes.ResourceExhausted,
-		fmt.Errorf("x: %w", daemon.ErrInProgress):   codes.Aborted,
-		fmt.Errorf("x: %w", daemon.ErrInvalid):      codes.InvalidArgument,
-		fmt.Errorf("x: %w", daemon.ErrInUse):        codes.FailedPrecondition,
-		fmt.Errorf("netlink: something went wrong"): codes.Internal,
+// Every daemon error maps to a status code and a reason; a deadline the
+// daemon saw pass is DEADLINE_EXCEEDED or CANCELLED with ReasonDeadline.
+func TestStatusCodesAndReasons(t *testing.T) {
+	for _, tc := range []struct {
+		err    error
+		code   codes.Code
+		reason string
+	}{
+		{daemon.ErrUnknownID, codes.NotFound, netslotv1.ReasonUnknownSlot},
+		{fmt.Errorf("x: %w", daemon.ErrNotLeased), codes.FailedPrecondition, netslotv1.ReasonNotLeased},
+		{fmt.Errorf("x: %w", daemon.ErrLeaseMismatch), codes.FailedPrecondition, netslotv1.ReasonLeaseMismatch},
+		{fmt.Errorf("x: %w", daemon.ErrExhausted), codes.ResourceExhausted, netslotv1.ReasonPoolEmpty},
+		{fmt.Errorf("x: %w", daemon.ErrNotReady), codes.Unavailable, netslotv1.ReasonNotReady},
+		{fmt.Errorf("x: %w", daemon.ErrDraining), codes.Unavailable, netslotv1.ReasonDraining},
+		{fmt.Errorf("x: %w", daemon.ErrInProgress), codes.Aborted, netslotv1.ReasonInProgress},
+		{fmt.Errorf("x: %w", daemon.ErrInvalid), codes.InvalidArgument, netslotv1.ReasonInvalid},
+		{fmt.Errorf("x: %w", daemon.ErrKeyReused), codes.InvalidArgument, netslotv1.ReasonKeyReused},
+		{fmt.Errorf("x: %w", daemon.ErrInUse), codes.FailedPrecondition, netslotv1.ReasonTapInUse},
+		{fmt.Errorf("x: %w", daemon.ErrNoUplink), codes.FailedPrecondition, netslotv1.ReasonNoUplink},
+		{fmt.Errorf("x: %w", datapath.ErrConflict), codes.AlreadyExists, netslotv1.ReasonConflict},
+		{fmt.Errorf("%w: %w", daemon.ErrDeadline, context.DeadlineExceeded), codes.DeadlineExceeded, netslotv1.ReasonDeadline},
+		{fmt.Errorf("%w: %w", daemon.ErrDeadline, context.Canceled), codes.Canceled, netslotv1.ReasonDeadline},
+		{fmt.Errorf("netlink: something went wrong"), codes.Internal, netslotv1.ReasonInternal},
 	} {
-		if got := status.Code(toStatus(err)); got != code {
-			t.Errorf("toStatus(%v) = %s, want %s", err, got, code)
+		st := status.Convert(toStatus(tc.err))
+		var reason string
+		for _, d := range st.Details() {
+			if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == netslotv1.ErrorDomain {
+				reason = info.GetReason()
+			}
+		}
+		if st.Code() != tc.code || reason != tc.reason || st.Message() != tc.err.Error() {
+			t.Errorf("toStatus(%v) = %s %q %q, want %s %q", tc.err, st.Code(), reason, st.Message(), tc.code, tc.reason)
 		}
 	}
 }

@@ -11,14 +11,18 @@ import (
 	"path/filepath"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
 	"github.com/netslot/netslot/internal/daemon"
 	"github.com/netslot/netslot/internal/datapath"
+	"github.com/netslot/netslot/internal/pool"
 	"github.com/netslot/netslot/internal/slot"
 )
 
@@ -32,14 +36,40 @@ const maxRequestBytes = 64 << 10
 // maxStreams bounds the calls one connection has in flight.
 const maxStreams = 256
 
-// Server implements netslot.v1.SlotService.
+// Server implements netslot.v1.SlotService, and grpc.health.v1.Health for
+// it (service "netslot.v1.SlotService", and "" for the server): SERVING once the pool is ready, NOT_SERVING while it boots and once
+// it drains.
 type Server struct {
 	netslotv1.UnimplementedSlotServiceServer
-	d *daemon.Daemon
+	d      *daemon.Daemon
+	health *health.Server
 }
 
 // New wraps d.
-func New(d *daemon.Daemon) *Server { return &Server{d: d} }
+func New(d *daemon.Daemon) *Server {
+	s := &Server{d: d, health: health.NewServer()}
+	s.setHealth(healthgrpc.HealthCheckResponse_NOT_SERVING)
+	go func() {
+		<-d.Ready()
+		if !d.Draining() {
+			s.setHealth(healthgrpc.HealthCheckResponse_SERVING)
+		}
+	}()
+	return s
+}
+
+func (s *Server) setHealth(st healthgrpc.HealthCheckResponse_ServingStatus) {
+	s.health.SetServingStatus("", st)
+	s.health.SetServingStatus(netslotv1.SlotService_ServiceDesc.ServiceName, st)
+}
+
+// Drain has the daemon vend no more slots and the health service report
+// NOT_SERVING for good: for a daemon about to stop. Releases are served
+// until it does.
+func (s *Server) Drain() {
+	s.d.Drain()
+	s.health.Shutdown()
+}
 
 // CheckSocketFree fails if another process serves path; a stale socket
 // file is removed.
@@ -94,15 +124,16 @@ func (s *Server) GRPC() *grpc.Server {
 		grpc.WaitForHandlers(true),
 	)
 	netslotv1.RegisterSlotServiceServer(g, s)
+	healthgrpc.RegisterHealthServer(g, s.health)
 	return g
 }
 
 func (s *Server) Acquire(ctx context.Context, req *netslotv1.AcquireRequest) (*netslotv1.AcquireResponse, error) {
 	ar, err := parseAcquire(req)
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, toStatus(fmt.Errorf("%w: %w", daemon.ErrInvalid, err))
 	}
-	info, err := s.d.Acquire(ar)
+	info, err := s.d.Acquire(ctx, ar)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -140,7 +171,10 @@ func parseAcquire(req *netslotv1.AcquireRequest) (daemon.AcquireRequest, error) 
 	if err := slot.ValidateOwner(req.GetOwner()); err != nil {
 		return ar, err
 	}
-	ar.Owner = req.GetOwner()
+	if err := slot.ValidateKey(req.GetRequestKey()); err != nil {
+		return ar, err
+	}
+	ar.Owner, ar.Key, ar.Wait = req.GetOwner(), req.GetRequestKey(), req.GetWait()
 	return ar, nil
 }
 
@@ -148,7 +182,7 @@ func (s *Server) Release(ctx context.Context, req *netslotv1.ReleaseRequest) (*n
 	var err error
 	switch {
 	case req.GetForce() && req.GetLeaseId() != "":
-		return nil, status.Error(codes.InvalidArgument, "a forced release names no lease: give lease_id or force, not both")
+		return nil, toStatus(fmt.Errorf("%w: a forced release names no lease: give lease_id or force, not both", daemon.ErrInvalid))
 	case req.GetForce():
 		err = s.d.ForceRelease(req.GetId())
 	default:
@@ -169,7 +203,15 @@ func (s *Server) Get(ctx context.Context, req *netslotv1.GetRequest) (*netslotv1
 }
 
 func (s *Server) List(ctx context.Context, req *netslotv1.ListRequest) (*netslotv1.ListResponse, error) {
-	infos := s.d.List()
+	f := daemon.ListFilter{Owner: req.GetOwner(), Key: req.GetRequestKey()}
+	if name := req.GetState(); name != "" {
+		st, err := pool.ParseState(name)
+		if err != nil {
+			return nil, toStatus(fmt.Errorf("%w: %w", daemon.ErrInvalid, err))
+		}
+		f.State = &st
+	}
+	infos := s.d.List(f)
 	out := &netslotv1.ListResponse{Slots: make([]*netslotv1.Slot, len(infos))}
 	for i, info := range infos {
 		out.Slots[i] = s.slotMsg(info)
@@ -199,6 +241,7 @@ func (s *Server) Status(ctx context.Context, req *netslotv1.StatusRequest) (*net
 		UplinkState:       st.Health.Uplink,
 		Forwarding:        st.Health.Forwarding,
 		Problems:          st.Health.Problems,
+		Draining:          st.Draining,
 	}
 	if !st.Health.UplinkSince.IsZero() {
 		resp.UplinkStateSeconds = time.Since(st.Health.UplinkSince).Seconds()
@@ -220,7 +263,7 @@ func (s *Server) slotMsg(info daemon.SlotInfo) *netslotv1.Slot {
 		Damaged: info.Damaged,
 	}
 	if l := info.Lease; l != nil {
-		m.Lease = &netslotv1.Lease{LeaseId: l.ID, Owner: l.Owner, AcquiredUnixNano: l.AcquiredNs,
+		m.Lease = &netslotv1.Lease{LeaseId: l.ID, Owner: l.Owner, RequestKey: l.Key, AcquiredUnixNano: l.AcquiredNs,
 			EgressAllow: prefixStrings(l.Egress.Allow), EgressDenyAll: l.Egress.DenyAll}
 		for _, r := range l.Inbound {
 			m.Lease.Inbound = append(m.Lease.Inbound, inboundMsg(r))
@@ -274,21 +317,50 @@ func addrString(a netip.Addr) string {
 	return a.String()
 }
 
+// toStatus maps a daemon error to its status code and a
+// google.rpc.ErrorInfo detail with its stable reason (see
+// netslotv1.Reason*).
 func toStatus(err error) error {
-	code := codes.Internal
-	switch {
-	case errors.Is(err, daemon.ErrUnknownID):
-		code = codes.NotFound
-	case errors.Is(err, daemon.ErrInvalid):
-		code = codes.InvalidArgument
-	case errors.Is(err, daemon.ErrNotLeased), errors.Is(err, daemon.ErrInUse), errors.Is(err, daemon.ErrNoUplink):
-		code = codes.FailedPrecondition
-	case errors.Is(err, daemon.ErrInProgress):
-		code = codes.Aborted
-	case errors.Is(err, daemon.ErrExhausted):
-		code = codes.ResourceExhausted
-	case errors.Is(err, datapath.ErrConflict):
-		code = codes.AlreadyExists
+	code, reason := classify(err)
+	st := status.New(code, err.Error())
+	if withInfo, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: netslotv1.ErrorDomain}); derr == nil {
+		st = withInfo
 	}
-	return status.Error(code, err.Error())
+	return st.Err()
+}
+
+// reasons maps the daemon's errors to a status code and a reason, the
+// first that err wraps winning.
+var reasons = []struct {
+	err    error
+	code   codes.Code
+	reason string
+}{
+	{daemon.ErrUnknownID, codes.NotFound, netslotv1.ReasonUnknownSlot},
+	{daemon.ErrKeyReused, codes.InvalidArgument, netslotv1.ReasonKeyReused},
+	{daemon.ErrInvalid, codes.InvalidArgument, netslotv1.ReasonInvalid},
+	{daemon.ErrLeaseMismatch, codes.FailedPrecondition, netslotv1.ReasonLeaseMismatch},
+	{daemon.ErrNotLeased, codes.FailedPrecondition, netslotv1.ReasonNotLeased},
+	{daemon.ErrInUse, codes.FailedPrecondition, netslotv1.ReasonTapInUse},
+	{daemon.ErrNoUplink, codes.FailedPrecondition, netslotv1.ReasonNoUplink},
+	{daemon.ErrInProgress, codes.Aborted, netslotv1.ReasonInProgress},
+	{daemon.ErrExhausted, codes.ResourceExhausted, netslotv1.ReasonPoolEmpty},
+	{daemon.ErrNotReady, codes.Unavailable, netslotv1.ReasonNotReady},
+	{daemon.ErrDraining, codes.Unavailable, netslotv1.ReasonDraining},
+	{datapath.ErrConflict, codes.AlreadyExists, netslotv1.ReasonConflict},
+}
+
+func classify(err error) (codes.Code, string) {
+	if errors.Is(err, daemon.ErrDeadline) {
+		if errors.Is(err, context.Canceled) {
+			return codes.Canceled, netslotv1.ReasonDeadline
+		}
+		return codes.DeadlineExceeded, netslotv1.ReasonDeadline
+	}
+	for _, r := range reasons {
+		if errors.Is(err, r.err) {
+			return r.code, r.reason
+		}
+	}
+	return codes.Internal, netslotv1.ReasonInternal
 }

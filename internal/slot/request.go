@@ -28,6 +28,9 @@ type Lease struct {
 	VPC        *Attachment
 	Egress     Egress
 	Inbound    []InboundRule // new traffic from outside the guest accepts
+	// Key is the acquire's idempotency key ("": none): while this lease
+	// lives, an acquire with the same key returns it.
+	Key string
 }
 
 // Egress is where a guest may send, within what the pool denies to every
@@ -160,6 +163,23 @@ func parseIPv4(what, s string) (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("invalid %s %q: want IPv4", what, s)
 	}
 	return a, nil
+}
+
+// maxKeyLen bounds an acquire's idempotency key.
+const maxKeyLen = 128
+
+// ValidateKey checks an acquire's idempotency key: empty (none), or 1-128
+// printable ASCII characters.
+func ValidateKey(key string) error {
+	if len(key) > maxKeyLen {
+		return fmt.Errorf("request key too long: %d bytes, at most %d", len(key), maxKeyLen)
+	}
+	for _, c := range []byte(key) {
+		if c < 0x21 || c > 0x7e {
+			return fmt.Errorf("request key %q: only printable ASCII without spaces", key)
+		}
+	}
+	return nil
 }
 
 // ValidateOwner checks the free-form owner label of a lease.

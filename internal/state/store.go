@@ -30,8 +30,12 @@ import (
 var (
 	bucketMeta   = []byte("meta")
 	bucketLeases = []byte("leases")
-	keyConfig    = []byte("config")
-	keyBootID    = []byte("boot_id")
+	// bucketEnded holds, by slot, the id of the lease a release ended
+	// last: a release repeated with it (a retry after a lost answer) is
+	// known done.
+	bucketEnded = []byte("ended")
+	keyConfig   = []byte("config")
+	keyBootID   = []byte("boot_id")
 )
 
 // FileName is the store's file inside the state directory.
@@ -79,7 +83,7 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open state %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketLeases} {
+		for _, b := range [][]byte{bucketMeta, bucketLeases, bucketEnded} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -370,6 +374,7 @@ type storedLease struct {
 	EgressAllow   []string          `json:"egress_allow,omitempty"`
 	EgressDenyAll bool              `json:"egress_deny_all,omitempty"`
 	Inbound       []string          `json:"inbound,omitempty"` // slot.ParseInboundSpec's form
+	Key           string            `json:"key,omitempty"`
 }
 
 func leaseKey(i int) []byte { return []byte(strconv.Itoa(i)) }
@@ -383,7 +388,7 @@ func prefixesToStrings(ps []netip.Prefix) []string {
 }
 
 func encodeLease(l *slot.Lease) ([]byte, error) {
-	sl := storedLease{ID: l.ID, Owner: l.Owner, AcquiredNs: l.AcquiredNs,
+	sl := storedLease{ID: l.ID, Owner: l.Owner, Key: l.Key, AcquiredNs: l.AcquiredNs,
 		EgressAllow: prefixesToStrings(l.Egress.Allow), EgressDenyAll: l.Egress.DenyAll}
 	for _, r := range l.Inbound {
 		sl.Inbound = append(sl.Inbound, r.String())
@@ -402,7 +407,7 @@ func decodeLease(b []byte) (*slot.Lease, error) {
 	if err := json.Unmarshal(b, &sl); err != nil {
 		return nil, err
 	}
-	l := &slot.Lease{ID: sl.ID, Owner: sl.Owner, AcquiredNs: sl.AcquiredNs, Egress: slot.Egress{DenyAll: sl.EgressDenyAll}}
+	l := &slot.Lease{ID: sl.ID, Owner: sl.Owner, Key: sl.Key, AcquiredNs: sl.AcquiredNs, Egress: slot.Egress{DenyAll: sl.EgressDenyAll}}
 	var err error
 	if l.Egress.Allow, err = slot.ParseCIDRs("egress cidr", sl.EgressAllow); err != nil {
 		return nil, err
@@ -439,9 +444,36 @@ func (s *Store) PutLease(i int, l *slot.Lease) error {
 	})
 }
 
-// DeleteLease removes slot i's lease.
+// DeleteLease removes slot i's lease (one that never was: an acquire
+// undone).
 func (s *Store) DeleteLease(i int) error {
 	return s.update(func(tx *bolt.Tx) error { return tx.Bucket(bucketLeases).Delete(leaseKey(i)) })
+}
+
+// EndLease removes slot i's lease, id, and records it as the slot's last
+// ended lease, in one transaction.
+func (s *Store) EndLease(i int, id string) error {
+	return s.update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketLeases).Delete(leaseKey(i)); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketEnded).Put(leaseKey(i), []byte(id))
+	})
+}
+
+// EndedLeases returns, by slot index, the id of the lease each slot's last
+// release ended.
+func (s *Store) EndedLeases() (map[int]string, error) {
+	ended := map[int]string{}
+	err := s.view(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketEnded).ForEach(func(k, v []byte) error {
+			if i, err := strconv.Atoi(string(k)); err == nil && i >= 0 {
+				ended[i] = string(v)
+			}
+			return nil
+		})
+	})
+	return ended, err
 }
 
 // DeleteAllLeases drops every lease (used when the boot id changed).

@@ -29,7 +29,7 @@ func TestStoreRoundTrip(t *testing.T) {
 	vpc, _ := slot.ParseAttachment(7, "198.18.0.9", "10.1.0.5", []string{"10.1.0.0/16"})
 	in1, _ := slot.ParseInboundSpec("tcp/8080-8090,198.18.0.0/15")
 	in2, _ := slot.ParseInboundSpec("icmp")
-	l := &slot.Lease{Owner: "vm-1", AcquiredNs: 42, VPC: vpc, Egress: slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}},
+	l := &slot.Lease{Owner: "vm-1", Key: "vm-1-boot", AcquiredNs: 42, VPC: vpc, Egress: slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}},
 		Inbound: []slot.InboundRule{in1, in2}}
 	if err := s.PutLease(3, l); err != nil {
 		t.Fatal(err)
@@ -38,6 +38,12 @@ func TestStoreRoundTrip(t *testing.T) {
 		t.Fatalf("second lease on one slot: %v", err)
 	}
 	if err := s.PutLease(4, &slot.Lease{Egress: slot.Egress{DenyAll: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutLease(5, &slot.Lease{ID: "ended-5"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.EndLease(5, "ended-5"); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
@@ -56,13 +62,16 @@ func TestStoreRoundTrip(t *testing.T) {
 		t.Fatalf("leases %v bad %v err %v", leases, bad, err)
 	}
 	g := leases[3]
-	if g.Owner != "vm-1" || g.AcquiredNs != 42 || g.VPC.VNI != 7 || g.VPC.RemoteVTEP.String() != "198.18.0.9" ||
+	if g.Owner != "vm-1" || g.Key != "vm-1-boot" || g.AcquiredNs != 42 || g.VPC.VNI != 7 || g.VPC.RemoteVTEP.String() != "198.18.0.9" ||
 		len(g.Egress.Allow) != 1 || g.Egress.Allow[0].String() != "198.18.5.0/24" || g.Egress.DenyAll ||
 		!reflect.DeepEqual(g.Inbound, l.Inbound) {
 		t.Fatalf("lease 3 after reopen: %+v", g)
 	}
 	if g := leases[4]; !g.Egress.DenyAll || len(g.Egress.Allow) != 0 {
 		t.Fatalf("lease 4 after reopen: %+v", g)
+	}
+	if ended, err := s.EndedLeases(); err != nil || len(ended) != 1 || ended[5] != "ended-5" {
+		t.Fatalf("ended leases after reopen: %v, %v", ended, err)
 	}
 	if err := s.DeleteLease(3); err != nil {
 		t.Fatal(err)

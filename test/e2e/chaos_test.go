@@ -136,7 +136,7 @@ func TestCrashChaos(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		list, err := c.List(ctx(t))
+		list, err := c.List(ctx(t), nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -80,7 +80,7 @@ func TestStoreDiskFull(t *testing.T) {
 	held = append(held, s)
 	p.kill()
 	p.start()
-	list, err := p.client().List(ctx(t))
+	list, err := p.client().List(ctx(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

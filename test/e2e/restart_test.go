@@ -40,7 +40,7 @@ func TestRestartAfterKill9KeepsLeases(t *testing.T) {
 		t.Fatalf("restart changed kernel objects: %+v -> %+v", before, after)
 	}
 	c = p.client()
-	slots, err := c.List(ctx(t))
+	slots, err := c.List(ctx(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -199,7 +199,16 @@ type AcquireRequest struct {
 	// Optional: the guest may send nowhere (egress_allow must be empty).
 	EgressDenyAll bool `protobuf:"varint,4,opt,name=egress_deny_all,json=egressDenyAll,proto3" json:"egress_deny_all,omitempty"`
 	// Optional: new traffic from outside the guest accepts (at most 16).
-	Inbound       []*InboundRule `protobuf:"bytes,5,rep,name=inbound,proto3" json:"inbound,omitempty"`
+	Inbound []*InboundRule `protobuf:"bytes,5,rep,name=inbound,proto3" json:"inbound,omitempty"`
+	// Optional idempotency key (1-128 printable ASCII characters, for
+	// example the VM's id): while the lease it made lives, across daemon
+	// restarts, an acquire with the same key returns that lease instead of a
+	// new one. The same key with a different request is refused
+	// (INVALID_ARGUMENT, KEY_REUSED).
+	RequestKey string `protobuf:"bytes,6,opt,name=request_key,json=requestKey,proto3" json:"request_key,omitempty"`
+	// Optional: wait for a slot (the pool empty, or the daemon still
+	// booting) until the call's deadline instead of failing at once.
+	Wait          bool `protobuf:"varint,7,opt,name=wait,proto3" json:"wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -267,6 +276,20 @@ func (x *AcquireRequest) GetInbound() []*InboundRule {
 		return x.Inbound
 	}
 	return nil
+}
+
+func (x *AcquireRequest) GetRequestKey() string {
+	if x != nil {
+		return x.RequestKey
+	}
+	return ""
+}
+
+func (x *AcquireRequest) GetWait() bool {
+	if x != nil {
+		return x.Wait
+	}
+	return false
 }
 
 // FirecrackerInterface holds the fields of a Firecracker network-interface
@@ -342,6 +365,8 @@ type Lease struct {
 	LeaseId       string         `protobuf:"bytes,5,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
 	EgressDenyAll bool           `protobuf:"varint,6,opt,name=egress_deny_all,json=egressDenyAll,proto3" json:"egress_deny_all,omitempty"`
 	Inbound       []*InboundRule `protobuf:"bytes,7,rep,name=inbound,proto3" json:"inbound,omitempty"`
+	// The acquire's request_key, if it gave one.
+	RequestKey    string `protobuf:"bytes,8,opt,name=request_key,json=requestKey,proto3" json:"request_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -425,11 +450,19 @@ func (x *Lease) GetInbound() []*InboundRule {
 	return nil
 }
 
+func (x *Lease) GetRequestKey() string {
+	if x != nil {
+		return x.RequestKey
+	}
+	return ""
+}
+
 type Slot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Index uint32                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
-	// "free", "leased", "releasing" or "pending" (not ready yet).
+	// "free", "leased", "acquiring" (its lease is being made), "releasing"
+	// or "pending" (not ready yet, or out of the pool for a rebuild).
 	State     string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
 	Netns     string `protobuf:"bytes,4,opt,name=netns,proto3" json:"netns,omitempty"`
 	Tap       string `protobuf:"bytes,5,opt,name=tap,proto3" json:"tap,omitempty"`
@@ -918,7 +951,13 @@ func (x *GetRequest) GetId() string {
 }
 
 type ListRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Optional: only slots leased with this owner.
+	Owner string `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Optional: only slots in this state (see Slot.state).
+	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// Optional: only the slot leased with this request_key.
+	RequestKey    string `protobuf:"bytes,3,opt,name=request_key,json=requestKey,proto3" json:"request_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -951,6 +990,27 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
 	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ListRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *ListRequest) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *ListRequest) GetRequestKey() string {
+	if x != nil {
+		return x.RequestKey
+	}
+	return ""
 }
 
 type ListResponse struct {
@@ -1180,7 +1240,10 @@ type StatusResponse struct {
 	Problems []string `protobuf:"bytes,19,rep,name=problems,proto3" json:"problems,omitempty"`
 	// Slots found broken (see Slot.damaged), leased or waiting for their
 	// rebuild.
-	Damaged       uint32 `protobuf:"varint,20,opt,name=damaged,proto3" json:"damaged,omitempty"`
+	Damaged uint32 `protobuf:"varint,20,opt,name=damaged,proto3" json:"damaged,omitempty"`
+	// The daemon is stopping: it vends no slot (UNAVAILABLE, DRAINING) and
+	// still serves releases until it exits.
+	Draining      bool `protobuf:"varint,21,opt,name=draining,proto3" json:"draining,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1355,6 +1418,13 @@ func (x *StatusResponse) GetDamaged() uint32 {
 	return 0
 }
 
+func (x *StatusResponse) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
 var File_api_netslot_v1_netslot_proto protoreflect.FileDescriptor
 
 const file_api_netslot_v1_netslot_proto_rawDesc = "" +
@@ -1373,17 +1443,20 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x19\n" +
 	"\bport_end\x18\x03 \x01(\rR\aportEnd\x12\x1f\n" +
 	"\vsource_cidr\x18\x04 \x01(\tR\n" +
-	"sourceCidr\"\xd1\x01\n" +
+	"sourceCidr\"\x86\x02\n" +
 	"\x0eAcquireRequest\x12+\n" +
 	"\x03vpc\x18\x01 \x01(\v2\x19.netslot.v1.VpcAttachmentR\x03vpc\x12!\n" +
 	"\fegress_allow\x18\x02 \x03(\tR\vegressAllow\x12\x14\n" +
 	"\x05owner\x18\x03 \x01(\tR\x05owner\x12&\n" +
 	"\x0fegress_deny_all\x18\x04 \x01(\bR\regressDenyAll\x121\n" +
-	"\ainbound\x18\x05 \x03(\v2\x17.netslot.v1.InboundRuleR\ainbound\"r\n" +
+	"\ainbound\x18\x05 \x03(\v2\x17.netslot.v1.InboundRuleR\ainbound\x12\x1f\n" +
+	"\vrequest_key\x18\x06 \x01(\tR\n" +
+	"requestKey\x12\x12\n" +
+	"\x04wait\x18\a \x01(\bR\x04wait\"r\n" +
 	"\x14FirecrackerInterface\x12\x19\n" +
 	"\biface_id\x18\x01 \x01(\tR\aifaceId\x12\"\n" +
 	"\rhost_dev_name\x18\x02 \x01(\tR\vhostDevName\x12\x1b\n" +
-	"\tguest_mac\x18\x03 \x01(\tR\bguestMac\"\x91\x02\n" +
+	"\tguest_mac\x18\x03 \x01(\tR\bguestMac\"\xb2\x02\n" +
 	"\x05Lease\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\tR\x05owner\x12,\n" +
 	"\x12acquired_unix_nano\x18\x02 \x01(\x03R\x10acquiredUnixNano\x12+\n" +
@@ -1391,7 +1464,9 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\fegress_allow\x18\x04 \x03(\tR\vegressAllow\x12\x19\n" +
 	"\blease_id\x18\x05 \x01(\tR\aleaseId\x12&\n" +
 	"\x0fegress_deny_all\x18\x06 \x01(\bR\regressDenyAll\x121\n" +
-	"\ainbound\x18\a \x03(\v2\x17.netslot.v1.InboundRuleR\ainbound\"\xda\x03\n" +
+	"\ainbound\x18\a \x03(\v2\x17.netslot.v1.InboundRuleR\ainbound\x12\x1f\n" +
+	"\vrequest_key\x18\b \x01(\tR\n" +
+	"requestKey\"\xda\x03\n" +
 	"\x04Slot\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\rR\x05index\x12\x14\n" +
@@ -1440,8 +1515,12 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\x0fReleaseResponse\"\x1c\n" +
 	"\n" +
 	"GetRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\r\n" +
-	"\vListRequest\"6\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"Z\n" +
+	"\vListRequest\x12\x14\n" +
+	"\x05owner\x18\x01 \x01(\tR\x05owner\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1f\n" +
+	"\vrequest_key\x18\x03 \x01(\tR\n" +
+	"requestKey\"6\n" +
 	"\fListResponse\x12&\n" +
 	"\x05slots\x18\x01 \x03(\v2\x10.netslot.v1.SlotR\x05slots\"\x0f\n" +
 	"\rStatusRequest\"\xd2\x02\n" +
@@ -1455,7 +1534,7 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"etaSeconds\x12'\n" +
 	"\x0felapsed_seconds\x18\a \x01(\x01R\x0eelapsedSeconds\x124\n" +
 	"\x17ms_per_slot_first_tenth\x18\b \x01(\x01R\x13msPerSlotFirstTenth\x122\n" +
-	"\x16ms_per_slot_last_tenth\x18\t \x01(\x01R\x12msPerSlotLastTenth\"\xf0\x05\n" +
+	"\x16ms_per_slot_last_tenth\x18\t \x01(\x01R\x12msPerSlotLastTenth\"\x8c\x06\n" +
 	"\x0eStatusResponse\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\rR\x05total\x12\x12\n" +
 	"\x04free\x18\x02 \x01(\rR\x04free\x12\x16\n" +
@@ -1482,7 +1561,8 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"forwarding\x18\x12 \x01(\bR\n" +
 	"forwarding\x12\x1a\n" +
 	"\bproblems\x18\x13 \x03(\tR\bproblems\x12\x18\n" +
-	"\adamaged\x18\x14 \x01(\rR\adamaged\x1aD\n" +
+	"\adamaged\x18\x14 \x01(\rR\adamaged\x12\x1a\n" +
+	"\bdraining\x18\x15 \x01(\bR\bdraining\x1aD\n" +
 	"\x16UnattributedDropsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x012\xc2\x02\n" +

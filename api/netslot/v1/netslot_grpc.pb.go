@@ -32,16 +32,40 @@ const (
 // SlotServiceClient is the client API for SlotService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Errors carry a google.rpc.ErrorInfo detail (domain "netslot.dev") whose
+// reason is one of the stable strings in api/netslot/v1/reasons.go (for
+// example POOL_EMPTY, NOT_READY, TAP_IN_USE); programs act on the reason,
+// never on the message. The standard grpc.health.v1.Health service is
+// served on the same socket: SERVING once every slot is ready, NOT_SERVING
+// while booting and draining.
+//
+// Which calls may have taken effect when they fail: Get, List and Status
+// change nothing. A Release that fails may have ended its lease (a deadline
+// or a lost connection after the daemon committed it): retry it with the
+// same lease_id, which answers OK once that lease is ended (or
+// LEASE_MISMATCH once the slot has a newer lease: either way it is over). An Acquire that
+// fails with DEADLINE_EXCEEDED, CANCELLED or UNAVAILABLE may have leased a
+// slot if the deadline passed after the lease was committed or the daemon
+// died after committing it: retry it with the same request_key, which
+// returns that lease, or find it with List(owner). Every other error
+// changed nothing.
 type SlotServiceClient interface {
-	// Acquire leases a free, pre-created slot. It never waits: an empty pool is
-	// answered at once with RESOURCE_EXHAUSTED.
+	// Acquire leases a free, pre-created slot. Without wait it does not wait:
+	// an empty pool is answered at once with RESOURCE_EXHAUSTED (POOL_EMPTY),
+	// a booting or draining daemon with UNAVAILABLE (NOT_READY, DRAINING). A
+	// request whose deadline passes before its lease is committed leases
+	// nothing.
 	Acquire(ctx context.Context, in *AcquireRequest, opts ...grpc.CallOption) (*AcquireResponse, error)
 	// Release scrubs a leased slot and returns it to the pool. It names the
-	// lease it ends (lease_id), or says it is forced.
+	// lease it ends (lease_id), or says it is forced. Repeated with the
+	// lease_id of a lease it already ended, it answers OK while the slot has
+	// no newer lease; once it has, LEASE_MISMATCH (the named lease is over
+	// all the same: a slot holds one lease at a time).
 	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error)
 	// Get describes one slot.
 	Get(ctx context.Context, in *GetRequest, opts ...grpc.CallOption) (*Slot, error)
-	// List describes every slot of the pool.
+	// List describes the slots of the pool, those that match its filters.
 	List(ctx context.Context, in *ListRequest, opts ...grpc.CallOption) (*ListResponse, error)
 	// Status reports the pool's size, occupancy and boot progress.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
@@ -108,16 +132,40 @@ func (c *slotServiceClient) Status(ctx context.Context, in *StatusRequest, opts 
 // SlotServiceServer is the server API for SlotService service.
 // All implementations must embed UnimplementedSlotServiceServer
 // for forward compatibility.
+//
+// Errors carry a google.rpc.ErrorInfo detail (domain "netslot.dev") whose
+// reason is one of the stable strings in api/netslot/v1/reasons.go (for
+// example POOL_EMPTY, NOT_READY, TAP_IN_USE); programs act on the reason,
+// never on the message. The standard grpc.health.v1.Health service is
+// served on the same socket: SERVING once every slot is ready, NOT_SERVING
+// while booting and draining.
+//
+// Which calls may have taken effect when they fail: Get, List and Status
+// change nothing. A Release that fails may have ended its lease (a deadline
+// or a lost connection after the daemon committed it): retry it with the
+// same lease_id, which answers OK once that lease is ended (or
+// LEASE_MISMATCH once the slot has a newer lease: either way it is over). An Acquire that
+// fails with DEADLINE_EXCEEDED, CANCELLED or UNAVAILABLE may have leased a
+// slot if the deadline passed after the lease was committed or the daemon
+// died after committing it: retry it with the same request_key, which
+// returns that lease, or find it with List(owner). Every other error
+// changed nothing.
 type SlotServiceServer interface {
-	// Acquire leases a free, pre-created slot. It never waits: an empty pool is
-	// answered at once with RESOURCE_EXHAUSTED.
+	// Acquire leases a free, pre-created slot. Without wait it does not wait:
+	// an empty pool is answered at once with RESOURCE_EXHAUSTED (POOL_EMPTY),
+	// a booting or draining daemon with UNAVAILABLE (NOT_READY, DRAINING). A
+	// request whose deadline passes before its lease is committed leases
+	// nothing.
 	Acquire(context.Context, *AcquireRequest) (*AcquireResponse, error)
 	// Release scrubs a leased slot and returns it to the pool. It names the
-	// lease it ends (lease_id), or says it is forced.
+	// lease it ends (lease_id), or says it is forced. Repeated with the
+	// lease_id of a lease it already ended, it answers OK while the slot has
+	// no newer lease; once it has, LEASE_MISMATCH (the named lease is over
+	// all the same: a slot holds one lease at a time).
 	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
 	// Get describes one slot.
 	Get(context.Context, *GetRequest) (*Slot, error)
-	// List describes every slot of the pool.
+	// List describes the slots of the pool, those that match its filters.
 	List(context.Context, *ListRequest) (*ListResponse, error)
 	// Status reports the pool's size, occupancy and boot progress.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
