@@ -234,7 +234,11 @@ func (d *Daemon) release(id, leaseID string) error {
 	if err != nil {
 		return err
 	}
-	switch err := d.pool.BeginRelease(i); {
+	err = d.pool.BeginRelease(i)
+	if errors.Is(err, pool.ErrReleasing) && leaseID != "" {
+		err = d.awaitRelease(i, leaseID)
+	}
+	switch {
 	case err != nil && d.endedBy(i, leaseID) && !errors.Is(err, pool.ErrAcquiring):
 		return nil // a retry: its lease is ended, and no other holds the slot
 	case errors.Is(err, pool.ErrAlreadyFree):
@@ -268,6 +272,28 @@ func (d *Daemon) release(id, leaseID string) error {
 	d.pool.EndRelease(i, true)
 	d.Metrics.ReleaseSeconds.Observe(time.Since(start).Seconds())
 	return nil
+}
+
+// releaseRetryWait bounds how long a release waits for another release
+// of the same lease (a retry after a timeout) to end.
+const releaseRetryWait = 10 * time.Second
+
+// awaitRelease waits while slot i is being released from lease leaseID
+// by another call (a retry made while the first is still scrubbing), then
+// begins the release again: it then finds the lease ended (the first
+// call succeeded) or still there (it failed, and this one tries anew).
+func (d *Daemon) awaitRelease(i int, leaseID string) error {
+	deadline := time.Now().Add(releaseRetryWait)
+	for {
+		err := d.pool.BeginRelease(i)
+		if !errors.Is(err, pool.ErrReleasing) || time.Now().After(deadline) {
+			return err
+		}
+		if l := d.lease(i); l == nil || l.ID != leaseID {
+			return err // another lease's release: not this caller's to wait for
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // scrub takes slot i back from its tenant. First it attaches to the
