@@ -1,0 +1,178 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
+	"github.com/netslot/netslot/client"
+	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/server"
+	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/testutil"
+)
+
+// socket is the daemon the examples talk to: a real pool of two slots
+// that TestMain starts (as root; without root only the tests run).
+var socket string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fmt.Println("client: examples skipped, they need a daemon (root)")
+		flag.Set("test.run", "^Test")
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "netslot-client-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	cfg := slot.DefaultConfig(testutil.Prefix(), 2)
+	stateDir := filepath.Join(dir, "state")
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	code := func() int {
+		defer func() {
+			if err := daemon.Teardown(cfg.Prefix, stateDir, time.Minute, quiet); err != nil {
+				log.Print(err)
+			}
+			testutil.RemoveLock(cfg.Prefix)
+			os.RemoveAll(dir)
+		}()
+		d, err := daemon.New(daemon.Options{Config: cfg, StateDir: stateDir, Logger: quiet})
+		if err != nil {
+			log.Print(err)
+			return 1
+		}
+		defer d.Close()
+		if err := d.Boot(context.Background()); err != nil {
+			log.Print(err)
+			return 1
+		}
+		socket = filepath.Join(dir, "netslot.sock")
+		ln, err := server.Listen(socket)
+		if err != nil {
+			log.Print(err)
+			return 1
+		}
+		g := server.New(d).GRPC()
+		go g.Serve(ln)
+		defer g.Stop()
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// A VM launcher's cycle. The request key (the VM's id) makes a retry of
+// an acquire whose outcome is unknown return the lease it made; wait
+// rides out an empty pool or a booting daemon until the deadline.
+func Example() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(socket)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	req := &netslotv1.AcquireRequest{Owner: "vm-42", RequestKey: "vm-42", Wait: true}
+	s, err := c.Acquire(ctx, req)
+	for client.Uncertain(err) && ctx.Err() == nil {
+		s, err = c.Acquire(ctx, req) // the same key: the same lease, if one was made
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("netns:", filepath.Dir(s.Netns), "tap:", s.Tap, "mac:", s.GuestMac)
+	fmt.Println("firecracker:", s.Firecracker.IfaceId, s.Firecracker.HostDevName)
+
+	// ... run the VM in s.Netns on s.Tap, then stop it ...
+
+	err = c.Release(ctx, s.Id, s.Lease.LeaseId)
+	for client.Uncertain(err) && ctx.Err() == nil {
+		err = c.Release(ctx, s.Id, s.Lease.LeaseId) // answers nil once the lease is ended
+	}
+	switch {
+	case errors.Is(err, client.ErrTapInUse):
+		fmt.Println("the VM still holds the tap: stop it, then release again")
+	case errors.Is(err, client.ErrLeaseMismatch):
+		fmt.Println("the lease was ended already")
+	case err != nil:
+		log.Fatal(err)
+	default:
+		fmt.Println("released")
+	}
+	// Output:
+	// netns: /run/netns tap: tap0 mac: 06:00:ac:10:00:02
+	// firecracker: eth0 tap0
+	// released
+}
+
+// A launcher finds its own leases (after its own restart, say) by owner,
+// on the daemon's side.
+func ExampleClient_List() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(socket)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	s, err := c.Acquire(ctx, &netslotv1.AcquireRequest{Owner: "launcher-7", RequestKey: "vm-7"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	mine, err := c.List(ctx, &netslotv1.ListRequest{Owner: "launcher-7"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, m := range mine {
+		fmt.Println(m.State, m.Lease.Owner, m.Lease.RequestKey)
+	}
+	if err := c.Release(ctx, s.Id, s.Lease.LeaseId); err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// leased launcher-7 vm-7
+}
+
+// Errors carry a reason a program acts on with errors.Is.
+func ExampleError() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(socket)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	var held []*netslotv1.Slot
+	for {
+		s, err := c.Acquire(ctx, &netslotv1.AcquireRequest{})
+		if errors.Is(err, client.ErrPoolEmpty) {
+			fmt.Println("pool empty; retryable:", client.Retryable(err))
+			break
+		}
+		if err != nil {
+			log.Fatal(err)
+		}
+		held = append(held, s)
+	}
+	err = c.Release(ctx, held[0].Id, "not-this-lease")
+	fmt.Println("lease mismatch:", errors.Is(err, client.ErrLeaseMismatch))
+	for _, s := range held {
+		if err := c.Release(ctx, s.Id, s.Lease.LeaseId); err != nil {
+			log.Fatal(err)
+		}
+	}
+	// Output:
+	// pool empty; retryable: true
+	// lease mismatch: true
+}
