@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -175,4 +176,50 @@ func ExampleError() {
 	// Output:
 	// pool empty; retryable: true
 	// lease mismatch: true
+}
+
+// One client, many goroutines: every acquire gets a slot of its own (or
+// POOL_EMPTY), every release ends its lease. Run with -race in make test.
+func TestOneClientManyGoroutines(t *testing.T) {
+	if socket == "" {
+		t.Skip("needs the examples' daemon (root)")
+	}
+	c, err := client.Dial(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var mu sync.Mutex
+	holders := map[string]int{}
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Go(func() {
+			for n := range 25 {
+				s, err := c.Acquire(ctx, &netslotv1.AcquireRequest{Owner: "concurrent", RequestKey: fmt.Sprintf("g%d-%d", g, n), Wait: true})
+				if err != nil {
+					t.Errorf("acquire: %v", err)
+					return
+				}
+				mu.Lock()
+				holders[s.Id]++
+				if holders[s.Id] > 1 {
+					t.Errorf("slot %s held twice", s.Id)
+				}
+				mu.Unlock()
+				mu.Lock()
+				holders[s.Id]--
+				mu.Unlock()
+				if err := c.Release(ctx, s.Id, s.Lease.LeaseId); err != nil {
+					t.Errorf("release: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if st, err := c.Status(ctx); err != nil || st.Leased != 0 {
+		t.Errorf("after the goroutines: %v, %v", st, err)
+	}
 }

@@ -16,6 +16,10 @@ fi
 go vet ./...
 ./scripts/check-generated.sh
 go test -p 1 -count=1 -timeout 30m ./... "$@"
+# The client's examples and its concurrency test again under the race
+# detector: one client shared by 16 goroutines against an in-process
+# daemon, whose acquire and release paths it covers too.
+go test -race -count=1 -timeout 10m ./client/
 
 # Every fuzz target, briefly: FUZZTIME executions each (default 50000x, a
 # few seconds; a count, not a duration: with a duration, Go 1.26's fuzzing
