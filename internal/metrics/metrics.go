@@ -124,7 +124,7 @@ func New(g Gauges) *Metrics {
 		"netns_pin", "slot_damaged", "events_lost"} {
 		m.ReconcileAction.WithLabelValues(a)
 	}
-	for _, r := range []string{"exhausted", "store", "firewall", "datapath", "no_uplink", "invalid"} {
+	for _, r := range []string{"exhausted", "store", "firewall", "datapath", "no_uplink", "invalid", "deadline", "draining", "not_ready"} {
 		m.AcquireErrors.WithLabelValues(r)
 	}
 	r.MustRegister(m.BootSeconds, m.SlotsReady, m.AcquireSeconds, m.ReleaseSeconds, m.AcquireErrors,
