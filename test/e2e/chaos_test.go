@@ -44,6 +44,9 @@ func TestCrashChaos(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", 20000+(os.Getpid()+2)%20000)
 	up = append(up, "--metrics-addr", addr)
 	p.start(up...)
+	// As below: the server closes a finished client's connection (the
+	// CLI's, here) asynchronously, so figures are taken once it settled.
+	time.Sleep(500 * time.Millisecond)
 	clean := p.usage(t, addr)
 	want := objects{Pins: slots, HostVeths: slots, RootTables: 1, BPFPinDirs: 1, RouteRules: 1, TableRoutes: 2, Backstops: 2}
 
@@ -189,9 +192,15 @@ func TestCrashChaos(t *testing.T) {
 			}
 			c.Close()
 			c = nil
-			time.Sleep(500 * time.Millisecond)
-			if got := p.usage(t, addr); got.FDs != clean.FDs || got.Links != clean.Links || got.NftTables != clean.NftTables ||
-				got.MapEntries != clean.MapEntries || got.Netns != clean.Netns {
+			same := func(got usage) bool {
+				return got.FDs == clean.FDs && got.Links == clean.Links && got.NftTables == clean.NftTables &&
+					got.MapEntries == clean.MapEntries && got.Netns == clean.Netns
+			}
+			got := p.usage(t, addr)
+			for deadline := time.Now().Add(3 * time.Second); !same(got) && time.Now().Before(deadline); got = p.usage(t, addr) {
+				time.Sleep(100 * time.Millisecond)
+			}
+			if !same(got) {
 				t.Errorf("trial %d: after releasing everything %+v, a clean pool has %+v", trial, got, clean)
 			}
 		}
