@@ -6,7 +6,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 all: build
 
 build:
-	$(GO) build -o bin/ ./cmd/netslotd ./cmd/netslot
+	$(GO) build -o bin/ ./cmd/netslotd ./cmd/netslot ./cmd/netslot-bench
 
 # Start the daemon with its default pool and show a slot acquired and released.
 demo:
@@ -18,7 +18,7 @@ test:
 
 # Tests that need no root.
 unit:
-	$(GO) test ./internal/slot ./internal/pool ./internal/state ./internal/firewall ./internal/server ./internal/metrics
+	$(GO) test ./internal/slot ./internal/pool ./internal/state ./internal/firewall ./internal/server ./internal/metrics ./client
 
 # Regenerate the gRPC bindings (api/netslot/v1/netslot.proto) and the eBPF
 # objects and bindings (bpf/*.c -> internal/datapath).
@@ -31,8 +31,8 @@ generate:
 # bench-report/ (report.md, SVG plots, CSV samples). QUICK=1 for small sizes.
 bench:
 	./scripts/deps.sh
-	$(GO) build -o bin/ ./cmd/netslotd ./cmd/netslot
-	./bin/netslot bench --out bench-report $(if $(QUICK),--quick)
+	$(GO) build -o bin/ ./cmd/netslotd ./cmd/netslot ./cmd/netslot-bench
+	./bin/netslot-bench --out bench-report $(if $(QUICK),--quick)
 
 # A running pool's own figures at 4,000 slots (boot, restart, API latency,
 # idle CPU, memory, rules) and the Go benchmarks.
@@ -43,8 +43,8 @@ bench-pool:
 # The eBPF datapath against the replaced design, side by side (root).
 bench-datapath:
 	./scripts/deps.sh
-	$(GO) build -o bin/ ./cmd/netslotd ./cmd/netslot
-	./bin/netslot bench datapath --slots 4000 --rounds 5
+	$(GO) build -o bin/ ./cmd/netslotd ./cmd/netslot ./cmd/netslot-bench
+	./bin/netslot-bench datapath --slots 4000 --rounds 5
 
 clean:
 	rm -rf bin

@@ -23,8 +23,8 @@ work=$(mktemp -d /tmp/netslot-compare.XXXXXX)
 trap 'rm -rf "$work/src"' EXIT
 mkdir -p "$work/src" "$work/old" "$work/new"
 git archive "$rev" | tar -x -C "$work/src"
-(cd "$work/src" && go build -o "$work/old/" ./cmd/netslot ./cmd/netslotd)
-go build -o "$work/new/" ./cmd/netslot ./cmd/netslotd
+(cd "$work/src" && go build -o "$work/old/" ./cmd/...)
+go build -o "$work/new/" ./cmd/...
 echo "old: $(git rev-parse --short "$rev"); new: the working tree ($(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' + changes')); logs in $work"
 
 # cell FILE ROW COL: column COL (1-based, of | separated cells) of the first
@@ -32,9 +32,11 @@ echo "old: $(git rev-parse --short "$rev"); new: the working tree ($(git rev-par
 cell() { awk -F'|' -v row="$2" -v col="$3" 'index($2, row) == 2 { gsub(/^ +| +$/, "", $(col+1)); print $(col+1); exit }' "$1"; }
 
 run() { # which round
-  local bin=$work/$1/netslot out=$work/$1-$2
-  "$bin" bench datapath --slots "$slots" --rounds 1 --rtt-samples 1000 >"$out.datapath" 2>"$out.datapath.log"
-  "$bin" bench attach --slots 64 --samples 100 >"$out.attach" 2>"$out.attach.log"
+  # Revisions before netslot-bench ran the lab benchmarks as netslot bench.
+  local out=$work/$1-$2 bin=("$work/$1/netslot-bench")
+  [ -x "${bin[0]}" ] || bin=("$work/$1/netslot" bench)
+  "${bin[@]}" datapath --slots "$slots" --rounds 1 --rtt-samples 1000 >"$out.datapath" 2>"$out.datapath.log"
+  "${bin[@]}" attach --slots 64 --samples 100 >"$out.attach" 2>"$out.attach.log"
   local d=$out.datapath a=$out.attach n=$((slots - 1))
   printf '| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$2" \
     "$(cell "$d" "TCP connections/s, slot 0 " 3 | cut -d' ' -f1)" \

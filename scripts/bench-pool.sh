@@ -11,7 +11,7 @@ P=bench
 mkdir -p "${BENCH_DIR:=/run/netslot}"
 DIR=$(mktemp -d "$BENCH_DIR/bench.XXXX")  # state as the daemon keeps it by default
 SOCK=$DIR/netslot.sock
-go build -o bin/ ./cmd/netslotd ./cmd/netslot
+go build -o bin/ ./cmd/netslotd ./cmd/netslot ./cmd/netslot-bench
 ns() { ./bin/netslot --socket "$SOCK" "$@"; }
 jget() { sed -E "s/.*\"$1\":([^,}]*).*/\1/" | tr -d '"'; }
 start() {

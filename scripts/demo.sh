@@ -11,14 +11,15 @@ cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"
 
 mkdir -p bin
-go build -o bin/ ./cmd/netslotd ./cmd/netslot
+go build -o bin/ ./cmd/netslotd ./cmd/netslot ./cmd/netslot-bench
 SOCK=/run/netslot/netslot.sock
 LOG=/var/log/netslotd.log
 ns=./bin/netslot
+lab="./bin/netslot-bench lab"
 
 if ! ip netns list | grep -qw fdemo; then
   echo "== demo fabric: namespace fdemo behind uplink veth udemo (198.18.0.0/15, routed nowhere else)"
-  $ns lab fabric --tag demo
+  $lab fabric --tag demo
 fi
 
 if $ns --socket "$SOCK" status >/dev/null 2>&1; then
@@ -52,7 +53,7 @@ fi
 
 echo
 echo "== a VPC host (10.9.0.1, vni 4242) behind the fabric's VTEP 198.18.0.9"
-$ns lab vtep --tag demo --vni 4242 --ip 10.9.0.1 &
+$lab vtep --tag demo --vni 4242 --ip 10.9.0.1 &
 vtep=$!
 echo
 echo "== acquire, attached to the VPC (what a VM launcher gets)"
@@ -67,7 +68,7 @@ ip netns exec "$id" ip -br addr
 ip netns exec "$id" ip route
 echo
 echo "== a guest on $id's tap0 (a namespace with a kernel network stack, like a VM's)"
-$ns lab guest --netns "$netns" --tag demo &
+$lab guest --netns "$netns" --tag demo &
 guest=$!
 for _ in $(seq 50); do ip netns list | grep -qw gdemo && break; sleep 0.1; done
 sleep 0.3
@@ -94,4 +95,4 @@ echo
 pid=$(cat /run/netslot/nslot.lock 2>/dev/null || true)
 echo "netslotd keeps running (pid ${pid:-?}). Stop it with: kill ${pid:-<pid>}"
 echo "Then remove every slot with: ./bin/netslotd teardown"
-echo "and the demo fabric with: ./bin/netslot lab fabric --tag demo --remove"
+echo "and the demo fabric with: ./bin/netslot-bench lab fabric --tag demo --remove"

@@ -37,7 +37,7 @@ type DatapathOptions struct {
 	// Loadgen is the command that runs one load generator inside a
 	// guest's namespace: it gets "--mode M --dst A:P --duration D
 	// --workers W --samples S" appended and prints a LoadResult as JSON
-	// (netslot bench loadgen). A separate process is the guest's
+	// (netslot-bench loadgen). A separate process is the guest's
 	// application, as in a VM, and keeps this process's threads out of
 	// the guest's namespace.
 	Loadgen []string

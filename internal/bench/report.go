@@ -175,7 +175,7 @@ func RunReport(ctx context.Context, o ReportOptions) error {
 		return fmt.Errorf("report: %w", err)
 	}
 	defer f.Close()
-	fmt.Fprintf(f, "# netslot bench report\n\n%s\n\nGenerated %s in %s by `netslot bench%s` (%d rounds of the boot and attach scenarios).\n\n",
+	fmt.Fprintf(f, "# netslot bench report\n\n%s\n\nGenerated %s in %s by `netslot-bench%s` (%d rounds of the boot and attach scenarios).\n\n",
 		machine(), time.Now().UTC().Format(time.RFC3339), time.Since(p.start).Round(time.Second),
 		map[bool]string{true: " --quick", false: ""}[o.Quick], o.Rounds)
 	writeSeedTable(f, boots, atts, dp)

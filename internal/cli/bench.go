@@ -2,22 +2,15 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
-	"net/netip"
-	"os"
 	"slices"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
 	"github.com/netslot/netslot/client"
-	"github.com/netslot/netslot/internal/bench"
 )
 
 // latencies summarises samples.
@@ -33,60 +26,15 @@ func (l latencies) pct(p float64) time.Duration {
 	return s[i]
 }
 
+// benchCmd measures a running daemon through its API. The lab benchmarks
+// (boot, datapath, attach, orderings) are netslot-bench's.
 func benchCmd(f *clientFlags) *cobra.Command {
-	o := bench.ReportOptions{}
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure netslot against the design it replaces and the CNI plugins, and write a report (report.md, SVG plots, CSV samples)",
-		Long: `bench builds its own lab (run as root; no daemon needed) and runs, one
-after the other, with progress and an estimate of the time left:
-  - boot: pools of 100, 1,000, 4,000 and 10,000 slots (time to ready,
-    per-slot cost against slot index, kernel memory, idle CPU, root rules
-    against the replaced design, teardown);
-  - device-creation orderings: created in the final namespace vs created in
-    the root namespace and moved;
-  - attach latency: netslot acquire (with and without a VPC, in-process
-    and through the API) vs building the slot at request time (the design
-    the seed replaced) vs a CNI ADD and DEL of the reference plugins;
-  - datapath: the eBPF NAT vs the replaced design's double NAT with
-    conntrack: connections and requests per second through one slot and
-    through 64 slots at once, round trips at slot 0 and slot N-1.
-Boot and attach run --rounds times; the report gives medians and ranges.
-It writes --out/report.md (opening with the seed's before/after table),
-SVG plots and the raw samples as CSV, and removes everything it made.
---quick runs every scenario at small sizes in under two minutes (CI runs it
-to prove the harness; no timing is asserted).`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.Log = benchLog(cmd)
-			var err error
-			if o.Loadgen, err = loadgenArgv(); err != nil {
-				return err
-			}
-			return bench.RunReport(cmd.Context(), o)
-		},
-	}
-	fl := cmd.Flags()
-	fl.StringVar(&o.Dir, "out", "bench-report", "report directory")
-	fl.BoolVar(&o.Quick, "quick", false, "every scenario at small sizes")
-	fl.IntVar(&o.Rounds, "rounds", 0, "repeats of the boot and attach scenarios (0: 3, or 1 with --quick)")
-	cniDirFlag(fl, &o.CNIDir)
-	cmd.AddCommand(benchAPICmd(f), benchDatapathCmd(), benchAttachCmd(), benchOrderingsCmd(), loadgenCmd())
-	return cmd
-}
-
-func benchOrderingsCmd() *cobra.Command {
-	o := bench.OrderingOptions{}
-	cmd := &cobra.Command{
-		Use:   "orderings",
-		Short: "Time a slot's devices created in their final namespace against created in the root namespace and moved",
+		Short: "Measure a running daemon through its API (the lab benchmarks are netslot-bench's)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.Log = benchLog(cmd)
-			return printResult(cmd, func() (*bench.OrderingResult, error) { return bench.RunOrderings(cmd.Context(), o) })
-		},
 	}
-	cmd.Flags().IntVar(&o.Slots, "slots", 500, "namespaces per ordering")
+	cmd.AddCommand(benchAPICmd(f))
 	return cmd
 }
 
@@ -152,123 +100,5 @@ It needs one free slot and leaves the pool as it found it.`,
 	cmd.Flags().IntVarP(&n, "count", "n", 1000, "acquire/release cycles")
 	cmd.Flags().StringArrayVar(&allow, "allow", nil, "acquire with this egress allow-list entry (repeatable)")
 	cmd.Flags().BoolVar(&vpc, "vpc", false, "acquire with a VPC attachment (the flip from the dummy VNI)")
-	return cmd
-}
-
-func benchAttachCmd() *cobra.Command {
-	o := bench.AttachOptions{}
-	cmd := &cobra.Command{
-		Use:   "attach",
-		Short: "Measure the time to give a VM its network: netslot acquire vs building a slot on demand vs a CNI ADD",
-		Long: `attach builds its own lab (run as root; no daemon needed): a netslot pool of
---slots slots with an uplink on a test fabric, served in-process and
-through its gRPC API. It times netslot's acquire (with and without a VPC
-attachment) and release, building a slot at request time (the design the
-seed replaced), and a CNI ADD and DEL of the reference plugins (ptp with
-host-local, then tap; installed into --cni-dir with go install) for a new
-namespace through libcni, the way firecracker-go-sdk does it. It prints
-percentiles and removes everything it made.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.Log = benchLog(cmd)
-			return printResult(cmd, func() (*bench.AttachResult, error) { return bench.RunAttach(cmd.Context(), o) })
-		},
-	}
-	fl := cmd.Flags()
-	fl.IntVar(&o.Slots, "slots", 64, "pool size")
-	fl.IntVar(&o.Samples, "samples", 200, "measurements per method")
-	cniDirFlag(fl, &o.CNIDir)
-	return cmd
-}
-
-// printResult runs a lab scenario and prints its table.
-func printResult[R interface{ Write(io.Writer) }](cmd *cobra.Command, run func() (R, error)) error {
-	res, err := run()
-	if err != nil {
-		return err
-	}
-	res.Write(cmd.OutOrStdout())
-	return nil
-}
-
-// benchLog is the progress log of the lab benchmarks (on stderr).
-func benchLog(cmd *cobra.Command) *slog.Logger {
-	return slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
-}
-
-// loadgenArgv is how the benchmarks start a load generator in a guest.
-func loadgenArgv() ([]string, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	return []string{exe, "bench", "loadgen"}, nil
-}
-
-func cniDirFlag(fl *pflag.FlagSet, dir *string) {
-	fl.StringVar(dir, "cni-dir", "/var/cache/netslot-cni/bin", "where the CNI plugins are (installed there if missing)")
-}
-
-// loadgenCmd is the guest-side load generator of bench datapath, run in a
-// guest's namespace.
-func loadgenCmd() *cobra.Command {
-	var mode, dst string
-	var d time.Duration
-	var workers, samples int
-	cmd := &cobra.Command{
-		Use:    "loadgen",
-		Short:  "Generate load from the current network namespace (used by bench datapath)",
-		Hidden: true,
-		Args:   cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			to, err := netip.ParseAddrPort(dst)
-			if err != nil {
-				return fmt.Errorf("invalid --dst %q: %w", dst, err)
-			}
-			r, err := bench.Load(cmd.Context(), mode, to, d, workers, samples)
-			if err != nil {
-				return err
-			}
-			return json.NewEncoder(cmd.OutOrStdout()).Encode(r)
-		},
-	}
-	fl := cmd.Flags()
-	fl.StringVar(&mode, "mode", "rtt", "cps, pps or rtt")
-	fl.StringVar(&dst, "dst", "", "server address:port")
-	fl.DurationVar(&d, "duration", 5*time.Second, "length of a cps or pps run")
-	fl.IntVar(&workers, "workers", 16, "concurrency")
-	fl.IntVar(&samples, "samples", 1000, "round trips of an rtt run")
-	return cmd
-}
-
-func benchDatapathCmd() *cobra.Command {
-	o := bench.DatapathOptions{}
-	cmd := &cobra.Command{
-		Use:   "datapath",
-		Short: "Measure the eBPF datapath against the replaced design (double NAT, conntrack, per-slot root rules), side by side",
-		Long: `datapath builds its own lab (run as root; no daemon needed): a test fabric
-namespace behind an uplink veth, a netslot pool of --slots slots on it, and
-the replaced design beside it (MASQUERADE in the slot and again in the root
-namespace with conntrack, 30 root iptables rules per slot, written for
---slots slots). Guests with a real network stack sit on slot 0 and slot N-1
-of each. It measures TCP connections per second, UDP request rate and round
-trips, in rounds that alternate the designs, prints a table and removes
-everything it made. Traffic stays inside namespaces it created.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.Log = benchLog(cmd)
-			var err error
-			if o.Loadgen, err = loadgenArgv(); err != nil {
-				return err
-			}
-			return printResult(cmd, func() (*bench.DatapathResult, error) { return bench.RunDatapath(cmd.Context(), o) })
-		},
-	}
-	fl := cmd.Flags()
-	fl.IntVar(&o.Slots, "slots", 4000, "pool size (and the replaced design's rule count / 30)")
-	fl.IntVar(&o.Rounds, "rounds", 3, "measurement rounds, alternating the designs")
-	fl.DurationVar(&o.Duration, "duration", 5*time.Second, "length of each throughput measurement")
-	fl.IntVar(&o.RTTSamples, "rtt-samples", 1000, "round trips per guest and round")
-	fl.IntVar(&o.Workers, "workers", 16, "concurrent connections or requests in flight")
 	return cmd
 }

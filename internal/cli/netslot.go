@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -45,7 +44,7 @@ func Netslot() *cobra.Command {
 	root.PersistentFlags().StringVar(&f.socket, "socket", client.DefaultSocket, "netslotd's unix socket")
 	root.PersistentFlags().StringVarP(&f.output, "output", "o", "table", "output format: table or json")
 	root.PersistentFlags().DurationVar(&f.timeout, "timeout", 10*time.Second, "deadline of each request")
-	root.AddCommand(statusCmd(f), acquireCmd(f), releaseCmd(f), listCmd(f), showCmd(f), benchCmd(f), labCmd())
+	root.AddCommand(statusCmd(f), acquireCmd(f), releaseCmd(f), listCmd(f), showCmd(f), benchCmd(f))
 	return root
 }
 
@@ -53,8 +52,12 @@ func Netslot() *cobra.Command {
 func Main(cmd *cobra.Command) int {
 	if err := cmd.Execute(); err != nil {
 		msg := err.Error()
-		if s, ok := status.FromError(err); ok {
-			msg = fmt.Sprintf("%s (%s)", s.Message(), strings.ToLower(s.Code().String()))
+		var ce *client.Error
+		switch {
+		case errors.As(err, &ce) && ce.Reason != "":
+			msg = fmt.Sprintf("%s (%s)", ce.Message, ce.Reason)
+		case errors.As(err, &ce):
+			msg = fmt.Sprintf("%s (%s)", ce.Message, strings.ToLower(ce.Code.String()))
 		}
 		fmt.Fprintf(os.Stderr, "%s: error: %s\n", cmd.Name(), msg)
 		return 1

@@ -146,7 +146,7 @@ func TestBenchReportQuick(t *testing.T) {
 			t.Errorf("nftables tables the bench may make, before it:\n%v\nafter:\n%v", tables, after)
 		}
 	}()
-	if out, err := run(filepath.Join(binDir, "netslot"), "bench", "--quick", "--out", dir); err != nil {
+	if out, err := run(filepath.Join(binDir, "netslot-bench"), "--quick", "--out", dir); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "report.md"))

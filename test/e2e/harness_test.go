@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	out, err := exec.Command("go", "build", "-o", dir, "../../cmd/netslotd", "../../cmd/netslot").CombinedOutput()
+	out, err := exec.Command("go", "build", "-o", dir, "../../cmd/netslotd", "../../cmd/netslot", "../../cmd/netslot-bench").CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
 		os.Exit(2)
