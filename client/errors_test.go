@@ -6,11 +6,15 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -91,5 +95,34 @@ func TestEveryReasonHasAnError(t *testing.T) {
 	}
 	if n < 14 {
 		t.Errorf("found %d reasons in reasons.go", n)
+	}
+}
+
+// A call to a daemon that is not there waits for it (the default) until
+// the client's default deadline, or fails at once with WithFailFast; the
+// options given are applied.
+func TestDialOptions(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "none.sock")
+	dialled := false
+	c, err := Dial(missing, WithTimeout(100*time.Millisecond), WithBackoff(backoff.Config{BaseDelay: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond}),
+		WithDialOptions(grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			dialled = true
+			return invoker(ctx, method, req, reply, cc, opts...)
+		})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.Status(context.Background())
+	if !errors.Is(err, context.DeadlineExceeded) || !Uncertain(err) || !dialled {
+		t.Errorf("a call waiting for a missing daemon: %v (interceptor ran: %t)", err, dialled)
+	}
+	ff, err := Dial(missing, WithFailFast())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ff.Close()
+	if _, err := ff.Status(context.Background()); !errors.Is(err, ErrUnreachable) || !Retryable(err) {
+		t.Errorf("a fail-fast call to a missing daemon: %v", err)
 	}
 }

@@ -66,7 +66,7 @@ func (d *Daemon) Boot(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.fresh = d.newStore && !slices.Contains(pins, true) && !slices.Contains(veths, true) && !datapath.Exists(d.opts.PinRoot, d.cfg.Prefix)
+	d.fresh = d.newStore && !slices.Contains(pins, true) && !slices.Contains(veths, true) && !datapath.Exists("", d.cfg.Prefix)
 	if err := d.rootFirewall().Apply(); err != nil {
 		return err
 	}

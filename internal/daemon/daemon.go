@@ -43,8 +43,7 @@ type Options struct {
 	// UplinkGateway is the next hop on the uplink; invalid: destinations
 	// are on the uplink's link.
 	UplinkGateway netip.Addr
-	PinRoot       string // bpffs directory for the datapath; "" for the default
-	Workers       int    // parallel slot builders; 0 picks a default
+	Workers       int // parallel slot builders; 0 picks a default
 	// Adopt lets a daemon whose store holds no pool take over the slots
 	// of its prefix that exist (a store lost or removed): their leases are
 	// unknown, and a slot whose tap a VMM holds stays out of the pool until
@@ -213,7 +212,7 @@ func New(opts Options) (*Daemon, error) {
 	}
 	d.unreadable = map[int]bool{}
 	if d.newStore {
-		n, err := poolObjects(d.cfg, opts.PinRoot)
+		n, err := poolObjects(d.cfg)
 		d.adopting = n > 0 && opts.Adopt
 		if err != nil || (n > 0 && !opts.Adopt) {
 			d.Close()
@@ -269,13 +268,13 @@ func checkSlotCIDRUnrouted(p netip.Prefix) error {
 
 // poolObjects counts the slots of cfg's prefix the kernel holds (namespace
 // pins), and counts a pinned datapath as one more.
-func poolObjects(cfg slot.Config, pinRoot string) (int, error) {
+func poolObjects(cfg slot.Config) (int, error) {
 	pins, err := pinsOf(cfg)
 	if err != nil {
 		return 0, err
 	}
 	n := len(pins)
-	if datapath.Exists(pinRoot, cfg.Prefix) {
+	if datapath.Exists("", cfg.Prefix) {
 		n++
 	}
 	return n, nil
@@ -292,7 +291,7 @@ func checkNeighbours(opts Options) error {
 		}
 		uplink = l.Attrs().Index
 	}
-	if err := datapath.CheckNeighbours(opts.PinRoot, opts.Config, uplink); err != nil {
+	if err := datapath.CheckNeighbours("", opts.Config, uplink); err != nil {
 		return fmt.Errorf("%s: %w", opts.Uplink, err)
 	}
 	return nil

@@ -67,7 +67,7 @@ func (d *Daemon) setupDatapath() error {
 		if err := links.RemoveUplinkRoute(d.cfg.Prefix); err != nil {
 			return err
 		}
-		if err := datapath.RemoveBackstop(d.cfg.Prefix, datapath.UplinkIndex(d.opts.PinRoot, d.cfg.Prefix)); err != nil {
+		if err := datapath.RemoveBackstop(d.cfg.Prefix, datapath.UplinkIndex("", d.cfg.Prefix)); err != nil {
 			return err
 		}
 	} else {
@@ -84,7 +84,7 @@ func (d *Daemon) setupDatapath() error {
 	}
 	dc := datapath.Config{
 		Slot: d.cfg, Uplink: d.opts.Uplink, UnderlayIP: d.opts.UnderlayIP,
-		RouteTable: links.RouteTable(d.cfg.Prefix), PinRoot: d.opts.PinRoot, Deny: d.deny,
+		RouteTable: links.RouteTable(d.cfg.Prefix), PinRoot: "", Deny: d.deny,
 	}
 	dp, err := datapath.Open(dc)
 	if errors.Is(err, datapath.ErrIncompatible) && d.leaseCount() == 0 {
@@ -94,7 +94,7 @@ func (d *Daemon) setupDatapath() error {
 		// error stands: replacing them would cut the tenants' traffic.
 		d.log.Warn("replacing a pinned datapath of another layout; no lease is held", "reason", err)
 		d.Metrics.ReconcileAction.WithLabelValues("replace_datapath").Inc()
-		if err := datapath.Remove(d.opts.PinRoot, d.cfg.Prefix); err != nil {
+		if err := datapath.Remove("", d.cfg.Prefix); err != nil {
 			return err
 		}
 		dp, err = datapath.Open(dc)
@@ -235,14 +235,4 @@ func (d *Daemon) leaseCount() int {
 		}
 	}
 	return n
-}
-
-// DatapathState describes what the datapath holds for slot i in terms
-// that do not depend on which slot it is (see datapath.SlotState), for
-// comparing a released slot with a fresh one. Empty without an uplink.
-func (d *Daemon) DatapathState(i int) (string, error) {
-	if d.dp == nil {
-		return "", nil
-	}
-	return d.dp.SlotState(i)
 }

@@ -24,12 +24,6 @@ import (
 // returns only when the kernel has dismantled the namespaces (or after wait,
 // naming what is still held, typically by a process still inside a slot).
 func Teardown(prefix, stateDir string, wait time.Duration, log *slog.Logger) error {
-	return TeardownPins(prefix, stateDir, "", wait, log)
-}
-
-// TeardownPins is Teardown for a datapath pinned under pinRoot ("" for the
-// default).
-func TeardownPins(prefix, stateDir, pinRoot string, wait time.Duration, log *slog.Logger) error {
 	cfg := slot.Config{Prefix: prefix}
 	if !slot.ValidPrefix(prefix) {
 		return fmt.Errorf("invalid prefix %q", prefix)
@@ -62,10 +56,10 @@ func TeardownPins(prefix, stateDir, pinRoot string, wait time.Duration, log *slo
 	if err := links.RemoveUplinkRoute(prefix); err != nil {
 		errs = append(errs, err)
 	}
-	if err := datapath.RemoveBackstop(prefix, datapath.UplinkIndex(pinRoot, prefix)); err != nil {
+	if err := datapath.RemoveBackstop(prefix, datapath.UplinkIndex("", prefix)); err != nil {
 		errs = append(errs, err)
 	}
-	if err := datapath.Remove(pinRoot, prefix); err != nil {
+	if err := datapath.Remove("", prefix); err != nil {
 		errs = append(errs, err)
 	}
 	for _, f := range []string{state.FileName, state.BootIDFile} {

@@ -1,12 +1,10 @@
 package firewall
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
-	"golang.org/x/sys/unix"
 )
 
 // Root is the static table netslot keeps in the root namespace. Its rules
@@ -126,23 +124,3 @@ func CountRules(prefix string) (int, error) {
 	}
 	return n, nil
 }
-
-// TableExists reports whether a table of the given name exists in the inet
-// family of the calling thread's namespace.
-func TableExists(name string) (bool, error) {
-	conn, err := Dial()
-	if err != nil {
-		return false, err
-	}
-	defer Close(conn)
-	_, err = conn.ListTableOfFamily(name, nftables.TableFamilyINet)
-	if err == nil {
-		return true, nil
-	}
-	if isNotFound(err) {
-		return false, nil
-	}
-	return false, err
-}
-
-func isNotFound(err error) bool { return errors.Is(err, unix.ENOENT) }

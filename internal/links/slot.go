@@ -192,15 +192,7 @@ func damaged(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", ErrDamaged, fmt.Sprintf(format, a...))
 }
 
-// Verify checks the devices, addresses, device settings and routes of slot
-// i in the namespace of h. The gateway neighbour is not listed (see
-// EnsureGateway): callers rewrite it instead.
-func Verify(h *netlink.Handle, c slot.Config, i int) error {
-	_, err := verify(h, c, i)
-	return err
-}
-
-// Adopt verifies slot i (see Verify) and rewrites its gateway neighbour.
+// Adopt verifies slot i (see verify) and rewrites its gateway neighbour.
 func Adopt(h *netlink.Handle, c slot.Config, i int) error {
 	eth0, err := verify(h, c, i)
 	if err != nil {
@@ -209,6 +201,9 @@ func Adopt(h *netlink.Handle, c slot.Config, i int) error {
 	return EnsureGateway(h, eth0, c, i)
 }
 
+// verify checks the devices, addresses, device settings and routes of slot
+// i in the namespace of h. The gateway neighbour is not listed (see
+// EnsureGateway): callers rewrite it instead.
 func verify(h *netlink.Handle, c slot.Config, i int) (eth0Index int, err error) {
 	tap, err := h.LinkByName(slot.TapName)
 	if err != nil {

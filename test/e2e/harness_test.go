@@ -19,11 +19,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 
 	"github.com/netslot/netslot/client"
 	"github.com/netslot/netslot/internal/datapath"
-	"github.com/netslot/netslot/internal/firewall"
 	nslinks "github.com/netslot/netslot/internal/links"
 	"github.com/netslot/netslot/internal/slot"
 	"github.com/netslot/netslot/internal/testutil"
@@ -224,10 +224,19 @@ func (p *pool) kernelObjects() objects {
 		p.t.Fatal(err)
 	}
 	o.TableRoutes = len(routes)
-	if ok, err := firewall.TableExists(p.prefix); err != nil {
+	conn, err := nftables.New()
+	if err != nil {
 		p.t.Fatal(err)
-	} else if ok {
-		o.RootTables++
+	}
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	conn.CloseLasting()
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	for _, tb := range tables {
+		if tb.Name == p.prefix {
+			o.RootTables++
+		}
 	}
 	if datapath.Exists("", p.prefix) {
 		o.BPFPinDirs++
