@@ -210,7 +210,8 @@ func (d *Daemon) DatapathCounters(emit func(slot string, c metrics.Counters)) {
 	}
 	conv := func(s datapath.Stats) metrics.Counters {
 		return metrics.Counters{TxPackets: s.TxPackets, TxBytes: s.TxBytes, RxPackets: s.RxPackets, RxBytes: s.RxBytes,
-			EncapPackets: s.EncapPackets, DecapPackets: s.DecapPackets, Drops: s.Drops}
+			EncapPackets: s.EncapPackets, DecapPackets: s.DecapPackets, ARPReplies: s.ARPReplies, ARPRequests: s.ARPRequests,
+			Drops: s.Drops}
 	}
 	for i := 0; i < d.cfg.Count; i++ {
 		if d.lease(i) == nil {

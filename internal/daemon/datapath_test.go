@@ -235,8 +235,7 @@ func TestDatapathNATAndGeneveThroughFabric(t *testing.T) {
 		t.Errorf("tshark saw %d Geneve packets slot->VPC and %d back, want at least 4 each; lines:\n%s", innerOut, innerIn, strings.Join(lines, "\n"))
 	}
 
-	got, _ := p.D.Get(info.ID)
-	dp := got.Datapath
+	dp := countersExported(t, p, info.ID)
 	if dp.TxPackets == 0 || dp.RxPackets == 0 || dp.EncapPackets < 4 || dp.DecapPackets < 4 || dp.ARPRequests == 0 {
 		t.Errorf("slot counters %+v", dp)
 	}
@@ -258,7 +257,7 @@ func TestDatapathNATAndGeneveThroughFabric(t *testing.T) {
 	if err := p.D.Release(info.ID, info.Lease.ID); err != nil {
 		t.Fatal(err)
 	}
-	got, _ = p.D.Get(info.ID)
+	got, _ := p.D.Get(info.ID)
 	if !got.Datapath.Dummy || got.Datapath.TxPackets != 0 {
 		t.Errorf("after release: %+v, want the dummy vni and zeroed counters", got.Datapath)
 	}
@@ -434,26 +433,55 @@ func TestDatapathIsolationAndAttachCreatesNothing(t *testing.T) {
 		t.Errorf("slot B on its own VNI: %q, %v", buf[:n], err)
 	}
 
-	// The counters reach the metrics endpoint.
+	dp := countersExported(t, p, b.ID)
+	if dp.RxPackets == 0 || dp.DecapPackets == 0 {
+		t.Errorf("slot %s saw no traffic: %+v", b.ID, dp)
+	}
+}
+
+// countersExported checks that every counter show prints of slot id
+// reaches the metrics endpoint (read after show: counters only grow), and
+// returns what show printed.
+func countersExported(t *testing.T, p *testutil.Pool, id string) *daemon.DatapathInfo {
+	t.Helper()
+	shown, err := p.D.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
 	mfs, err := p.D.Metrics.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	found := false
+	got := map[string]float64{}
 	for _, mf := range mfs {
-		if mf.GetName() == "netslot_slot_packets_total" {
-			for _, m := range mf.GetMetric() {
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == "slot" && lp.GetValue() == b.ID && m.GetCounter().GetValue() > 0 {
-						found = true
-					}
-				}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				labels[lp.GetName()] = lp.GetValue()
 			}
+			if labels["slot"] != id {
+				continue
+			}
+			key := mf.GetName() + "/" + labels["direction"] + labels["op"] + labels["reason"]
+			got[key] = m.GetCounter().GetValue()
 		}
 	}
-	if !found {
-		t.Errorf("netslot_slot_packets_total has no traffic for %s", b.ID)
+	dp := shown.Datapath
+	want := map[string]uint64{
+		"netslot_slot_packets_total/tx": dp.TxPackets, "netslot_slot_packets_total/rx": dp.RxPackets,
+		"netslot_slot_bytes_total/tx": dp.TxBytes, "netslot_slot_bytes_total/rx": dp.RxBytes,
+		"netslot_slot_tunnel_packets_total/encap": dp.EncapPackets, "netslot_slot_tunnel_packets_total/decap": dp.DecapPackets,
+		"netslot_slot_tunnel_arp_total/reply": dp.ARPReplies, "netslot_slot_tunnel_arp_total/request": dp.ARPRequests,
 	}
+	for reason, n := range dp.Drops {
+		want["netslot_datapath_drops_total/"+reason] = n
+	}
+	for key, n := range want {
+		if v, ok := got[key]; !ok || v < float64(n) {
+			t.Errorf("metric %s of %s: %v (exported: %t), show says %d", key, id, v, ok, n)
+		}
+	}
+	return dp
 }
 
 // sideNet is a network the host routes through a device other than the

@@ -34,6 +34,7 @@ type SlotHealth interface {
 type Counters struct {
 	TxPackets, TxBytes, RxPackets, RxBytes uint64
 	EncapPackets, DecapPackets             uint64
+	ARPReplies, ARPRequests                uint64 // sent through the tunnel
 	Drops                                  map[string]uint64
 }
 
@@ -41,7 +42,7 @@ type Counters struct {
 // nothing is counted in the daemon itself.
 type datapathCollector struct {
 	g                           Gauges
-	packets, bytes, tunnel, drp *prometheus.Desc
+	packets, bytes, tunnel, arp, drp *prometheus.Desc
 }
 
 func newDatapathCollector(g Gauges) *datapathCollector {
@@ -53,6 +54,8 @@ func newDatapathCollector(g Gauges) *datapathCollector {
 			"Bytes through a leased slot's datapath.", []string{"slot", "direction"}, nil),
 		tunnel: prometheus.NewDesc("netslot_slot_tunnel_packets_total",
 			"Of those, packets encapsulated in or decapsulated from Geneve.", []string{"slot", "op"}, nil),
+		arp: prometheus.NewDesc("netslot_slot_tunnel_arp_total",
+			"ARP packets a leased slot's datapath sent through its Geneve tunnel: replies for its VPC address, requests for the VPC side's MAC.", []string{"slot", "op"}, nil),
 		drp: prometheus.NewDesc("netslot_datapath_drops_total",
 			"Packets the datapath dropped, by slot (\"none\": no slot, e.g. unknown VNI) and reason.", []string{"slot", "reason"}, nil),
 	}
@@ -62,6 +65,7 @@ func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.packets
 	ch <- c.bytes
 	ch <- c.tunnel
+	ch <- c.arp
 	ch <- c.drp
 }
 
@@ -74,6 +78,8 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(n.RxBytes), slot, "rx")
 			ch <- prometheus.MustNewConstMetric(c.tunnel, prometheus.CounterValue, float64(n.EncapPackets), slot, "encap")
 			ch <- prometheus.MustNewConstMetric(c.tunnel, prometheus.CounterValue, float64(n.DecapPackets), slot, "decap")
+			ch <- prometheus.MustNewConstMetric(c.arp, prometheus.CounterValue, float64(n.ARPReplies), slot, "reply")
+			ch <- prometheus.MustNewConstMetric(c.arp, prometheus.CounterValue, float64(n.ARPRequests), slot, "request")
 		}
 		for reason, v := range n.Drops {
 			ch <- prometheus.MustNewConstMetric(c.drp, prometheus.CounterValue, float64(v), slot, reason)
