@@ -1,0 +1,300 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* The datapath's types and maps, which netslotd writes and reads (bpf2go
+ * generates their Go types), and the lookups of the pool's configuration
+ * and counters. */
+#ifndef NETSLOT_MAPS_H
+#define NETSLOT_MAPS_H
+
+#include "common.h"
+
+/* Why a packet was dropped; the order is the order of stats.drops, and
+ * new reasons are appended, never inserted. */
+enum drop_reason {
+	DROP_GENEVE_TRUNCATED,   /* Geneve header or inner frame cut short */
+	DROP_GENEVE_VERSION,     /* Geneve version is not 0 */
+	DROP_GENEVE_OPTLEN,      /* options run past the packet */
+	DROP_GENEVE_PROTO,       /* protocol type is not Ethernet (0x6558) */
+	DROP_DUMMY_VNI,          /* a pooled slot's dummy VNI */
+	DROP_UNKNOWN_VNI,        /* no slot attached to this VNI */
+	DROP_UNKNOWN_DST,        /* known VNI, no slot with this inner address */
+	DROP_WRONG_VTEP,         /* outer source is not the slot's remote VTEP */
+	DROP_INNER_IPV6,         /* the guest has no IPv6 */
+	DROP_INNER_MULTICAST,    /* inner multicast/broadcast not for the guest */
+	DROP_INNER_MAC,          /* inner unicast to another MAC */
+	DROP_INNER_OTHER,        /* other inner ethertypes and ARP operations */
+	DROP_EGRESS_DUMMY_VNI,   /* never send a dummy VNI */
+	DROP_EGRESS_NOT_IPV4,    /* slot egress that is not well-formed IPv4 */
+	DROP_EGRESS_SPOOF,       /* slot egress not from the guest address */
+	DROP_NO_ROUTE,           /* no route to the remote VTEP */
+	DROP_REWRITE,            /* a helper failed (truncated L4, GSO limits) */
+	DROP_NO_SLOT,            /* to a slot address that is not a slot */
+	DROP_SLOT_TO_SLOT,       /* a guest to another slot's address */
+	DROP_GENEVE_OAM,         /* control message (O bit): not for a guest */
+	DROP_GENEVE_CRITICAL,    /* critical options (C bit): none understood */
+	DROP_GENEVE_FRAGMENT,    /* fragmented Geneve: never reassembled here */
+	DROP_TOO_BIG,            /* encapsulated packet over the uplink's MTU */
+	DROP_PEER_UNKNOWN,       /* VPC peer MAC unknown and no ARP possible */
+	DROP_UNREGISTERED,       /* guest-sourced from a veth not (yet) a slot */
+	DROP_INBOUND_UNSOLICITED, /* to a guest: no reply to its flows, no inbound rule */
+	DROP_NOT_LEASED,         /* to or from a slot that is pooled or being released */
+	DROP_EGRESS_DENIED,      /* NATed to a destination in the pool's deny set */
+	DROP_REASONS,
+};
+
+struct pool_config {
+	__be32 guest_ip;      /* the guest address, the same in every slot */
+	__be32 slot_first;    /* the address of slot 0 */
+	__u32 slot_count;
+	__be32 underlay_ip;   /* outer source of Geneve, destination of ingress */
+	__u32 uplink_ifindex;
+	__u32 route_table;    /* where VTEPs are looked up */
+	__u8 uplink_mac[6];
+	__u8 pad[2];
+	__u32 flow_ttl;       /* how long a flow stays open, in flow_now() units */
+};
+
+struct slot_info {
+	__u32 host_ifindex;   /* the root-side veth; 0: no slot */
+	__be32 slot_ip;
+	__u8 slot_mac[6];     /* eth0 in the slot */
+	__u8 host_mac[6];     /* the root-side veth */
+};
+
+#define TUNNEL_CIDRS 8
+
+struct vpc_cidr {
+	__be32 addr;
+	__be32 mask;
+};
+
+/* The slot's VPC attachment. Pooled slots carry vni = DUMMY_VNI_BASE + i and
+ * nothing else; acquire replaces the whole entry in one update, VPC CIDRs
+ * included (up to TUNNEL_CIDRS of them; more go to vpc_routes first), so
+ * packets see a slot attached or not, never half of it. */
+struct tunnel_info {
+	__u32 vni;
+	__be32 vpc_ip;
+	__be32 remote_ip;
+	__u8 vpc_mac[6];      /* the slot's MAC in the VPC */
+	__u8 ncidrs;          /* used entries of cidrs */
+	__u8 more_routes;     /* further CIDRs are in vpc_routes */
+	struct vpc_cidr cidrs[TUNNEL_CIDRS];
+};
+
+/* The VPC side's MAC as seen by a slot: given at attach or learned from
+ * frames the slot receives through the tunnel. */
+/* Learned for (vni, remote): a MAC learned under an earlier attachment is
+ * never used by a later one, even if a packet in flight during the release
+ * wrote it after the release cleared it. */
+struct peer_info {
+	__u8 mac[6];
+	__u16 known;
+	__u32 vni;
+	__be32 remote;
+	__u64 asked_ns;       /* last ARP request sent for this slot */
+};
+
+struct vni_key {
+	__u32 vni;
+	__be32 ip;
+};
+
+struct vpc_route_key {
+	__u32 prefixlen;      /* 32 (slot) + CIDR length */
+	__u32 slot;
+	__be32 ip;
+};
+
+/* The pool's deny set: destinations no guest's NATed traffic may reach
+ * (link-local, multicast, the underlay's subnets, the operator's ranges).
+ * Traffic to a slot's VPC is not NATed and not subject to it: VPC CIDRs
+ * may overlap the underlay. */
+struct deny_key {
+	__u32 prefixlen;
+	__be32 ip;
+};
+
+/* What the lease of a slot lets through, written by netslotd at acquire
+ * and cleared first thing at release. A slot without LEASE_OPEN (pooled,
+ * or being released) receives nothing and sends nothing. */
+#define INBOUND_RULES 16
+
+/* An inbound rule: new traffic (not a reply to the guest's own flows) of
+ * proto from src/mask to destination ports [port_lo, port_hi] may reach
+ * the guest. Ports are in host order; ICMP and other protocols ignore
+ * them. */
+struct inbound_rule {
+	__u8 proto;
+	__u8 pad;
+	__u16 port_lo;
+	__u16 port_hi;
+	__u16 pad2;
+	__be32 src;
+	__be32 mask;
+};
+
+struct lease_policy {
+	__u32 flags;
+	__u32 ninbound;
+	struct inbound_rule inbound[INBOUND_RULES];
+};
+
+/*
+ * The guest's recent outbound flows that are not TCP (UDP, ICMP echo,
+ * other protocols), so that their replies, and nothing else unasked, come
+ * in: a small per-slot table, FLOW_SETS sets of FLOW_WAYS entries, looked
+ * up by a hash of the flow. A new flow takes the older entry of its set,
+ * so the table never grows and one slot's flows never evict another's.
+ * TCP needs no table: a segment without ACK or RST cannot be a reply, and
+ * one with them cannot open a connection. No conntrack.
+ */
+#define FLOW_SETS 64
+#define FLOW_WAYS 2
+
+struct flow {
+	__be32 remote;        /* the peer's address */
+	__be16 rport;         /* the peer's UDP port; 0 for other protocols */
+	__be16 lport;         /* the guest's UDP port, or its ICMP echo id */
+	__u8 proto;           /* 0: empty */
+	__u8 vpc;             /* the flow goes through the tunnel, not the NAT */
+	__u8 pad[2];
+	__u32 seen;           /* coarse time of the last packet out */
+};
+
+struct slot_flows {
+	struct flow f[FLOW_SETS * FLOW_WAYS];
+};
+
+struct slot_stats {
+	__u64 tx_packets;     /* slot to uplink */
+	__u64 tx_bytes;
+	__u64 rx_packets;     /* uplink to slot */
+	__u64 rx_bytes;
+	__u64 encap_packets;  /* of tx, sent through the tunnel */
+	__u64 decap_packets;  /* of rx, received through the tunnel */
+	__u64 arp_replies;    /* answered for the VPC address */
+	__u64 arp_requests;   /* sent for an unknown VPC peer */
+	__u64 drops[DROP_REASONS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pool_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1); /* set to the pool size at load */
+	__type(key, __u32);
+	__type(value, struct slot_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);   /* host veth ifindex */
+	__type(value, __u32); /* slot index */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} by_ifindex SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* replaced whole, RCU-freed */
+	__type(key, __u32);
+	__type(value, struct tunnel_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tunnels SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct peer_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct vni_key);
+	__type(value, __u32); /* slot index */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vni_dst SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);   /* VNI */
+	__type(value, __u32); /* attached slots */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vnis SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct vpc_route_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vpc_routes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct deny_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} deny SEC(".maps");
+
+/* netslotd writes these two through a memory mapping, not a syscall per
+ * update: opening a lease is one store (the flags word, last), a release
+ * clears a slot's flows with a memset. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct lease_policy);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} leases SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct slot_flows);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} flows SEC(".maps");
+
+/* Entry slot_count (the last) counts what belongs to no slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct slot_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} stats SEC(".maps");
+
+/* Give bpf2go the types the maps do not name. */
+const enum drop_reason *unused_drop_reason __attribute__((unused));
+const enum datapath_const *unused_datapath_const __attribute__((unused));
+
+static __always_inline struct pool_config *get_config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&config, &zero);
+}
+
+static __always_inline struct slot_stats *get_stats(__u32 idx)
+{
+	return bpf_map_lookup_elem(&stats, &idx);
+}
+
+#endif /* NETSLOT_MAPS_H */
