@@ -23,12 +23,9 @@
 #define TCX_REDIRECT 7
 #endif
 
-#define GENEVE_PORT 6081
-/* VNIs from DUMMY_VNI_BASE up are never a customer's: slot i carries
- * DUMMY_VNI_BASE + i while it is not attached to a VPC. */
-#define DUMMY_VNI_BASE 0xF00000
-#define GENEVE_HLEN 8
-#define ENCAP_LEN (sizeof(struct iphdr) + sizeof(struct udphdr) + GENEVE_HLEN + ETH_HLEN)
+/* Shared with netslotd: DUMMY_VNI_BASE, GENEVE_PORT, GENEVE_HLEN, ENCAP_LEN,
+ * INBOUND_RULES, enum datapath_const and enum drop_reason. */
+#include "consts.h"
 /* Geneve's flags byte (RFC 8926 3.4): a control message, critical options. */
 #define GENEVE_F_OAM 0x80
 #define GENEVE_F_CRITICAL 0x40
@@ -40,18 +37,6 @@
 #define IP_OFFMASK 0x1fff
 /* <sys/socket.h>'s, which is libc's: not includable here. */
 #define AF_INET 2
-/* Constants netslotd shares (bpf2go exports them to Go). */
-enum datapath_const {
-	/* skb->mark of a packet this program encapsulated, on its second
-	 * pass through the uplink's egress (after bpf_redirect_neigh). A guest
-	 * cannot set it: the kernel clears the mark of every packet that
-	 * crosses from a slot's namespace into the root namespace. */
-	ENCAP_MARK = 0x6e530001,
-	/* lease_policy.flags: the slot is leased, its traffic flows. */
-	LEASE_OPEN = 1,
-	/* The flow table's clock ticks every 2^FLOW_TIME_SHIFT jiffies. */
-	FLOW_TIME_SHIFT = 6,
-};
 
 struct geneve_frame {
 	struct iphdr ip;
@@ -128,6 +113,9 @@ static __always_inline bool ipv4_ok(const struct __sk_buff *skb, const struct ip
 		return skb->gso_size && ip->protocol == IPPROTO_TCP;
 	return tot >= ihl && l3_off + tot <= skb->len;
 }
+
+_Static_assert(ENCAP_LEN == sizeof(struct iphdr) + sizeof(struct udphdr) + GENEVE_HLEN + ETH_HLEN,
+	       "internal/dpconst.EncapOverhead is not what Geneve adds");
 
 /* ip_later_fragment: a fragment after the first, which has no L4 header. */
 static __always_inline bool ip_later_fragment(const struct iphdr *ip)

@@ -7,40 +7,6 @@
 
 #include "common.h"
 
-/* Why a packet was dropped; the order is the order of stats.drops, and
- * new reasons are appended, never inserted. */
-enum drop_reason {
-	DROP_GENEVE_TRUNCATED,   /* Geneve header or inner frame cut short */
-	DROP_GENEVE_VERSION,     /* Geneve version is not 0 */
-	DROP_GENEVE_OPTLEN,      /* options run past the packet */
-	DROP_GENEVE_PROTO,       /* protocol type is not Ethernet (0x6558) */
-	DROP_DUMMY_VNI,          /* a pooled slot's dummy VNI */
-	DROP_UNKNOWN_VNI,        /* no slot attached to this VNI */
-	DROP_UNKNOWN_DST,        /* known VNI, no slot with this inner address */
-	DROP_WRONG_VTEP,         /* outer source is not the slot's remote VTEP */
-	DROP_INNER_IPV6,         /* the guest has no IPv6 */
-	DROP_INNER_MULTICAST,    /* inner multicast/broadcast not for the guest */
-	DROP_INNER_MAC,          /* inner unicast to another MAC */
-	DROP_INNER_OTHER,        /* other inner ethertypes and ARP operations */
-	DROP_EGRESS_DUMMY_VNI,   /* never send a dummy VNI */
-	DROP_EGRESS_NOT_IPV4,    /* slot egress that is not well-formed IPv4 */
-	DROP_EGRESS_SPOOF,       /* slot egress not from the guest address */
-	DROP_NO_ROUTE,           /* no route to the remote VTEP */
-	DROP_REWRITE,            /* a helper failed (truncated L4, GSO limits) */
-	DROP_NO_SLOT,            /* to a slot address that is not a slot */
-	DROP_SLOT_TO_SLOT,       /* a guest to another slot's address */
-	DROP_GENEVE_OAM,         /* control message (O bit): not for a guest */
-	DROP_GENEVE_CRITICAL,    /* critical options (C bit): none understood */
-	DROP_GENEVE_FRAGMENT,    /* fragmented Geneve: never reassembled here */
-	DROP_TOO_BIG,            /* encapsulated packet over the uplink's MTU */
-	DROP_PEER_UNKNOWN,       /* VPC peer MAC unknown and no ARP possible */
-	DROP_UNREGISTERED,       /* guest-sourced from a veth not (yet) a slot */
-	DROP_INBOUND_UNSOLICITED, /* to a guest: no reply to its flows, no inbound rule */
-	DROP_NOT_LEASED,         /* to or from a slot that is pooled or being released */
-	DROP_EGRESS_DENIED,      /* NATed to a destination in the pool's deny set */
-	DROP_REASONS,
-};
-
 struct pool_config {
 	__be32 guest_ip;      /* the guest address, the same in every slot */
 	__be32 slot_first;    /* the address of slot 0 */
@@ -114,11 +80,6 @@ struct deny_key {
 	__be32 ip;
 };
 
-/* What the lease of a slot lets through, written by netslotd at acquire
- * and cleared first thing at release. A slot without LEASE_OPEN (pooled,
- * or being released) receives nothing and sends nothing. */
-#define INBOUND_RULES 16
-
 /* An inbound rule: new traffic (not a reply to the guest's own flows) of
  * proto from src/mask to destination ports [port_lo, port_hi] may reach
  * the guest. Ports are in host order; ICMP and other protocols ignore
@@ -133,6 +94,9 @@ struct inbound_rule {
 	__be32 mask;
 };
 
+/* What the lease of a slot lets through, written by netslotd at acquire
+ * and cleared first thing at release. A slot without LEASE_OPEN (pooled,
+ * or being released) receives nothing and sends nothing. */
 struct lease_policy {
 	__u32 flags;
 	__u32 ninbound;
@@ -282,9 +246,6 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } stats SEC(".maps");
 
-/* Give bpf2go the types the maps do not name. */
-const enum drop_reason *unused_drop_reason __attribute__((unused));
-const enum datapath_const *unused_datapath_const __attribute__((unused));
 
 static __always_inline struct pool_config *get_config(void)
 {

@@ -18,6 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/netslot/netslot/internal/dpconst"
 	"github.com/netslot/netslot/internal/slot"
 )
 
@@ -26,13 +27,12 @@ import (
 const DefaultPinRoot = "/sys/fs/bpf/netslot"
 
 // DummyVNIBase is the first VNI of the reserved range: slot i carries
-// DummyVNIBase+i while it is pooled. Must match DUMMY_VNI_BASE in
-// bpf/datapath.c.
-const DummyVNIBase = slot.DummyVNIBase
+// DummyVNIBase+i while it is pooled (see dpconst).
+const DummyVNIBase = dpconst.DummyVNIBase
 
-// EncapOverhead is what Geneve adds to a guest's frame on the underlay:
-// outer IPv4, UDP, Geneve and inner Ethernet headers.
-const EncapOverhead = 20 + 8 + 8 + 14
+// EncapOverhead is what Geneve adds to a guest's frame on the underlay
+// (see dpconst).
+const EncapOverhead = dpconst.EncapOverhead
 
 // vpcRoutesPerSlot bounds the VPC CIDRs of one attachment (the LPM trie is
 // sized for it; its nodes are allocated on use).
@@ -241,7 +241,7 @@ func flowTTL() (uint32, error) {
 	if tick <= 0 {
 		return 0, fmt.Errorf("tick length %v", tick)
 	}
-	unit := tick << uint(datapathDatapathConstFLOW_TIME_SHIFT)
+	unit := tick << uint(dpconst.FlowTimeShift)
 	return uint32((FlowIdle + unit - 1) / unit), nil
 }
 

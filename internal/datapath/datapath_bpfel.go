@@ -13,53 +13,11 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type datapathDatapathConst uint32
-
-const (
-	datapathDatapathConstENCAP_MARK      datapathDatapathConst = 1850933249
-	datapathDatapathConstLEASE_OPEN      datapathDatapathConst = 1
-	datapathDatapathConstFLOW_TIME_SHIFT datapathDatapathConst = 6
-)
-
 type datapathDenyKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
 	Ip        uint32
 }
-
-type datapathDropReason uint32
-
-const (
-	datapathDropReasonDROP_GENEVE_TRUNCATED    datapathDropReason = 0
-	datapathDropReasonDROP_GENEVE_VERSION      datapathDropReason = 1
-	datapathDropReasonDROP_GENEVE_OPTLEN       datapathDropReason = 2
-	datapathDropReasonDROP_GENEVE_PROTO        datapathDropReason = 3
-	datapathDropReasonDROP_DUMMY_VNI           datapathDropReason = 4
-	datapathDropReasonDROP_UNKNOWN_VNI         datapathDropReason = 5
-	datapathDropReasonDROP_UNKNOWN_DST         datapathDropReason = 6
-	datapathDropReasonDROP_WRONG_VTEP          datapathDropReason = 7
-	datapathDropReasonDROP_INNER_IPV6          datapathDropReason = 8
-	datapathDropReasonDROP_INNER_MULTICAST     datapathDropReason = 9
-	datapathDropReasonDROP_INNER_MAC           datapathDropReason = 10
-	datapathDropReasonDROP_INNER_OTHER         datapathDropReason = 11
-	datapathDropReasonDROP_EGRESS_DUMMY_VNI    datapathDropReason = 12
-	datapathDropReasonDROP_EGRESS_NOT_IPV4     datapathDropReason = 13
-	datapathDropReasonDROP_EGRESS_SPOOF        datapathDropReason = 14
-	datapathDropReasonDROP_NO_ROUTE            datapathDropReason = 15
-	datapathDropReasonDROP_REWRITE             datapathDropReason = 16
-	datapathDropReasonDROP_NO_SLOT             datapathDropReason = 17
-	datapathDropReasonDROP_SLOT_TO_SLOT        datapathDropReason = 18
-	datapathDropReasonDROP_GENEVE_OAM          datapathDropReason = 19
-	datapathDropReasonDROP_GENEVE_CRITICAL     datapathDropReason = 20
-	datapathDropReasonDROP_GENEVE_FRAGMENT     datapathDropReason = 21
-	datapathDropReasonDROP_TOO_BIG             datapathDropReason = 22
-	datapathDropReasonDROP_PEER_UNKNOWN        datapathDropReason = 23
-	datapathDropReasonDROP_UNREGISTERED        datapathDropReason = 24
-	datapathDropReasonDROP_INBOUND_UNSOLICITED datapathDropReason = 25
-	datapathDropReasonDROP_NOT_LEASED          datapathDropReason = 26
-	datapathDropReasonDROP_EGRESS_DENIED       datapathDropReason = 27
-	datapathDropReasonDROP_REASONS             datapathDropReason = 28
-)
 
 type datapathFlow struct {
 	_      structs.HostLayout
@@ -172,22 +130,20 @@ type datapathVpcRouteKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	datapathMapByIfindex           = "by_ifindex"
-	datapathMapConfig              = "config"
-	datapathMapDeny                = "deny"
-	datapathMapFlows               = "flows"
-	datapathMapLeases              = "leases"
-	datapathMapPeers               = "peers"
-	datapathMapSlots               = "slots"
-	datapathMapStats               = "stats"
-	datapathMapTunnels             = "tunnels"
-	datapathMapVniDst              = "vni_dst"
-	datapathMapVnis                = "vnis"
-	datapathMapVpcRoutes           = "vpc_routes"
-	datapathProgUplinkEgress       = "uplink_egress"
-	datapathProgUplinkIngress      = "uplink_ingress"
-	datapathVarUnusedDatapathConst = "unused_datapath_const"
-	datapathVarUnusedDropReason    = "unused_drop_reason"
+	datapathMapByIfindex      = "by_ifindex"
+	datapathMapConfig         = "config"
+	datapathMapDeny           = "deny"
+	datapathMapFlows          = "flows"
+	datapathMapLeases         = "leases"
+	datapathMapPeers          = "peers"
+	datapathMapSlots          = "slots"
+	datapathMapStats          = "stats"
+	datapathMapTunnels        = "tunnels"
+	datapathMapVniDst         = "vni_dst"
+	datapathMapVnis           = "vnis"
+	datapathMapVpcRoutes      = "vpc_routes"
+	datapathProgUplinkEgress  = "uplink_egress"
+	datapathProgUplinkIngress = "uplink_ingress"
 )
 
 // loadDatapath returns the embedded CollectionSpec for datapath.
@@ -258,8 +214,6 @@ type datapathMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathVariableSpecs struct {
-	UnusedDatapathConst *ebpf.VariableSpec `ebpf:"unused_datapath_const"`
-	UnusedDropReason    *ebpf.VariableSpec `ebpf:"unused_drop_reason"`
 }
 
 // datapathObjects contains all objects after they have been loaded into the kernel.
@@ -317,8 +271,6 @@ func (m *datapathMaps) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathVariables struct {
-	UnusedDatapathConst *ebpf.Variable `ebpf:"unused_datapath_const"`
-	UnusedDropReason    *ebpf.Variable `ebpf:"unused_drop_reason"`
 }
 
 // datapathPrograms contains all programs after they have been loaded into the kernel.

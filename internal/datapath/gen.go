@@ -1,5 +1,6 @@
 // Package datapath loads, pins and programs netslot's eBPF datapath (bpf/datapath.c).
 package datapath
 
-//go:generate go tool bpf2go -tags linux -target bpfel -type pool_config -type slot_info -type tunnel_info -type peer_info -type vni_key -type vpc_route_key -type vpc_cidr -type slot_stats -type drop_reason -type lease_policy -type inbound_rule -type flow -type slot_flows -type datapath_const -type deny_key datapath ../../bpf/datapath.c -- -I/usr/include/x86_64-linux-gnu -O2 -Wall -Werror
+//go:generate go run ../dpconst/gen ../../bpf/lib/consts.h
+//go:generate go tool bpf2go -tags linux -target bpfel -type pool_config -type slot_info -type tunnel_info -type peer_info -type vni_key -type vpc_route_key -type vpc_cidr -type slot_stats -type lease_policy -type inbound_rule -type flow -type slot_flows -type deny_key datapath ../../bpf/datapath.c -- -I/usr/include/x86_64-linux-gnu -O2 -Wall -Werror
 //go:generate go tool bpf2go -tags linux -target bpfel backstop ../../bpf/backstop.c -- -I/usr/include/x86_64-linux-gnu -O2 -Wall -Werror

@@ -11,33 +11,28 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/netslot/netslot/internal/dpconst"
 	"github.com/netslot/netslot/internal/slot"
 )
 
-// DropReasons names the drop counters in the order of Stats.Drops.
-var DropReasons = []string{
-	"geneve_truncated", "geneve_version", "geneve_optlen", "geneve_proto",
-	"dummy_vni", "unknown_vni", "unknown_dst", "wrong_vtep",
-	"inner_ipv6", "inner_multicast", "inner_mac", "inner_other",
-	"egress_dummy_vni", "egress_not_ipv4", "egress_spoof",
-	"no_route", "rewrite", "no_slot", "slot_to_slot",
-	"geneve_oam", "geneve_critical", "geneve_fragment", "too_big", "peer_unknown", "unregistered",
-	"inbound_unsolicited", "not_leased", "egress_denied",
-}
+// DropReasons names the drop counters in the order of Stats.Drops (see
+// dpconst.DropReasons, their one source).
+var DropReasons = dpconst.DropReasonNames()
 
 func init() {
-	if len(DropReasons) != int(datapathDropReasonDROP_REASONS) {
-		panic("datapath: DropReasons out of step with bpf/datapath.c")
+	// Both are generated from dpconst; a stale binding would show here.
+	if len(DropReasons) != len(datapathSlotStats{}.Drops) {
+		panic("datapath: the bindings are stale: run make generate")
 	}
-	if len(datapathLeasePolicy{}.Inbound) != slot.MaxInboundRules {
-		panic("datapath: slot.MaxInboundRules out of step with INBOUND_RULES in bpf/datapath.c")
+	if len(datapathLeasePolicy{}.Inbound) != dpconst.InboundRules {
+		panic("datapath: the bindings are stale: run make generate")
 	}
 }
 
-// Constants of bpf/datapath.c.
+// Constants shared with bpf/ (see dpconst).
 const (
-	leaseOpen = uint32(datapathDatapathConstLEASE_OPEN)
-	encapMark = uint32(datapathDatapathConstENCAP_MARK)
+	leaseOpen = uint32(dpconst.LeaseOpen)
+	encapMark = uint32(dpconst.EncapMark)
 )
 
 // OpenLease lets slot i's traffic flow, both ways, under its lease: from
@@ -396,7 +391,7 @@ func (d *Datapath) Stats(i int) (Stats, error) {
 		return Stats{}, fmt.Errorf("slot %d: read counters: %w", i, err)
 	}
 	var s Stats
-	var drops [datapathDropReasonDROP_REASONS]uint64
+	var drops [len(datapathSlotStats{}.Drops)]uint64
 	for _, p := range per {
 		s.TxPackets += p.TxPackets
 		s.TxBytes += p.TxBytes

@@ -7,11 +7,13 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/netslot/netslot/internal/dpconst"
 )
 
-// MaxInboundRules bounds the inbound rules of one lease (INBOUND_RULES in
-// bpf/datapath.c; package datapath checks they agree).
-const MaxInboundRules = 16
+// MaxInboundRules bounds the inbound rules of one lease (see dpconst,
+// shared with the datapath).
+const MaxInboundRules = dpconst.InboundRules
 
 // InboundRule opens a guest to new traffic from outside: by default only
 // replies to its own flows reach it. Proto is unix.IPPROTO_TCP, _UDP or

@@ -12,6 +12,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/netslot/netslot/internal/dpconst"
 )
 
 // Names and addresses that are the same in every slot.
@@ -53,8 +55,9 @@ var reserved = []netip.Prefix{
 const MaxVNI = 1<<24 - 1
 
 // DummyVNIBase starts the VNIs reserved for pooled slots: slot i carries
-// DummyVNIBase+i while no VPC is attached, and no attachment may use them.
-const DummyVNIBase = 0xF00000
+// DummyVNIBase+i while no VPC is attached, and no attachment may use them
+// (see dpconst, shared with the datapath).
+const DummyVNIBase = dpconst.DummyVNIBase
 
 // MaxAttachVNI is the largest VNI an attachment may use.
 const MaxAttachVNI = DummyVNIBase - 1

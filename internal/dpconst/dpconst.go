@@ -1,0 +1,92 @@
+// Package dpconst holds the constants that the eBPF datapath (bpf/) and the
+// Go code share, once. bpf/lib/consts.h is generated from this package
+// (go generate ./internal/datapath, or make generate); the tests fail when
+// the committed header is not what this package generates.
+package dpconst
+
+// Plain values, #defines in the header.
+const (
+	// DummyVNIBase starts the VNIs reserved for pooled slots: slot i
+	// carries DummyVNIBase+i while no VPC is attached, and no attachment
+	// may use them.
+	DummyVNIBase = 0xF00000
+	// InboundRules bounds the inbound rules of one lease.
+	InboundRules = 16
+	// GenevePort is Geneve's UDP port (RFC 8926).
+	GenevePort = 6081
+	// GeneveHeaderLen is Geneve's fixed header, options excluded.
+	GeneveHeaderLen = 8
+	// EncapOverhead is what Geneve adds to a guest's frame on the
+	// underlay: outer IPv4 and UDP headers, the Geneve header and the
+	// inner Ethernet header (the C side asserts it against the kernel's
+	// structures).
+	EncapOverhead = 20 + 8 + GeneveHeaderLen + 14
+)
+
+// Values the programs and netslotd exchange through maps and marks, in the
+// header's enum datapath_const.
+const (
+	// EncapMark is the skb->mark of a packet the datapath encapsulated, on
+	// its second pass through the uplink's egress (after
+	// bpf_redirect_neigh). A guest cannot set it: the kernel clears the
+	// mark of every packet that crosses from a slot's namespace into the
+	// root namespace.
+	EncapMark = 0x6e530001
+	// LeaseOpen is lease_policy.flags of a leased slot: its traffic flows.
+	LeaseOpen = 1
+	// FlowTimeShift: the flow table's clock ticks every 2^FlowTimeShift
+	// jiffies.
+	FlowTimeShift = 6
+)
+
+// A DropReason is why the datapath dropped a packet. Its number is its
+// index in DropReasons, which is also its counter's index in the slot's
+// statistics.
+type DropReason struct {
+	Name string // the counter's name in the API and the metrics
+	Doc  string // what it means, for the header's comment
+}
+
+// DropReasons lists every drop reason. Append only: a reason is never
+// removed, reordered or renamed (counters, dashboards and a pinned map of an
+// older netslotd use the numbers); testdata/drop_reasons.txt holds the list
+// as released and the tests fail on anything but an append to both.
+var DropReasons = []DropReason{
+	{"geneve_truncated", "Geneve header or inner frame cut short"},
+	{"geneve_version", "Geneve version is not 0"},
+	{"geneve_optlen", "options run past the packet"},
+	{"geneve_proto", "protocol type is not Ethernet (0x6558)"},
+	{"dummy_vni", "a pooled slot's dummy VNI"},
+	{"unknown_vni", "no slot attached to this VNI"},
+	{"unknown_dst", "known VNI, no slot with this inner address"},
+	{"wrong_vtep", "outer source is not the slot's remote VTEP"},
+	{"inner_ipv6", "the guest has no IPv6"},
+	{"inner_multicast", "inner multicast/broadcast not for the guest"},
+	{"inner_mac", "inner unicast to another MAC"},
+	{"inner_other", "other inner ethertypes and ARP operations"},
+	{"egress_dummy_vni", "never send a dummy VNI"},
+	{"egress_not_ipv4", "slot egress that is not well-formed IPv4"},
+	{"egress_spoof", "slot egress not from the guest address"},
+	{"no_route", "no route to the remote VTEP"},
+	{"rewrite", "a helper failed (truncated L4, GSO limits)"},
+	{"no_slot", "to a slot address that is not a slot"},
+	{"slot_to_slot", "a guest to another slot's address"},
+	{"geneve_oam", "control message (O bit): not for a guest"},
+	{"geneve_critical", "critical options (C bit): none understood"},
+	{"geneve_fragment", "fragmented Geneve: never reassembled here"},
+	{"too_big", "encapsulated packet over the uplink's MTU"},
+	{"peer_unknown", "VPC peer MAC unknown and no ARP possible"},
+	{"unregistered", "guest-sourced from a veth not (yet) a slot"},
+	{"inbound_unsolicited", "to a guest: no reply to its flows, no inbound rule"},
+	{"not_leased", "to or from a slot that is pooled or being released"},
+	{"egress_denied", "NATed to a destination in the pool's deny set"},
+}
+
+// DropReasonNames returns the reasons' names by number.
+func DropReasonNames() []string {
+	names := make([]string, len(DropReasons))
+	for i, r := range DropReasons {
+		names[i] = r.Name
+	}
+	return names
+}
