@@ -91,7 +91,7 @@ func InstallCNIPlugins(dir string) error {
 
 // RunAttach measures what it costs to give a VM its network: netslot's
 // acquire (in-process and through the API, with and without a VPC), the
-// design the seed replaced (building the slot on demand, the same work
+// design a pre-built pool replaces (building the slot on demand, the same work
 // netslotd does for one slot at boot), and what Firecracker users get from
 // firecracker-go-sdk today: a CNI ADD of the reference plugins (ptp with
 // host-local IPAM, then tap) for a new namespace, through libcni.

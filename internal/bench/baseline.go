@@ -14,7 +14,7 @@ import (
 	"github.com/netslot/netslot/internal/netns"
 )
 
-// Baseline is the design the seed replaced, built the way it was run: a
+// Baseline is the design a pre-built pool replaces, built the way it was run: a
 // namespace per slot whose guest traffic is MASQUERADEd onto the slot's
 // veth, MASQUERADEd again onto the uplink in the root namespace (stateful
 // NAT twice, conntrack on in both namespaces), and about 30 iptables rules
@@ -41,7 +41,7 @@ type Baseline struct {
 var iptablesTables = []string{"filter", "nat"}
 
 // RulesPerSlot is the number of root-namespace rules each baseline slot
-// adds (the seed: "~30 rules x 4,000 slots").
+// adds (Lambda's description: "~30 rules x 4,000 slots").
 const RulesPerSlot = 30
 
 // transit is the range of the baseline's per-slot /30 veth subnets.

@@ -388,14 +388,14 @@ func bootPlot(path string, runs []BootRun) error {
 	return nil
 }
 
-// writeSeedTable opens the report with the seed's before/after table:
+// writeSeedTable opens the report with Lambda's before/after table:
 // what Lambda reported, and the closest figure measured here for netslot,
 // the design it replaced and the CNI plugins, from this run (medians over
 // rounds, ranges in brackets).
 func writeSeedTable(w io.Writer, boots []BootRun, atts []*AttachResult, dp *DatapathResult) {
 	med := func(xs []time.Duration) time.Duration { return percentile(sortedCopy(xs), 0.5) }
 	last := dp.Opts.Slots - 1
-	fmt.Fprint(w, "## Summary: the seed's table, on this machine\n\n")
+	fmt.Fprint(w, "## Summary: Lambda's before/after table, on this machine\n\n")
 	fmt.Fprintln(w, "| metric | Lambda before | Lambda after | netslot here | replaced design here | CNI plugins here | netslot's advantage |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
 	for _, p := range []struct {
@@ -434,5 +434,5 @@ func writeSeedTable(w io.Writer, boots []BootRun, atts []*AttachResult, dp *Data
 		fmt.Fprintf(w, "| daemon CPU when idle, %d slots | background drain | none | %s %% of a core | | | |\n",
 			sizes[len(sizes)-1], statOf(rs, func(r BootRun) float64 { return r.IdleCPUPercent }).fmt("%.2f"))
 	}
-	fmt.Fprintln(w, "\nLambda's figures are from the seed (All Things Distributed, 2026-04-22); every other figure is from this run, on this machine. The sections below give percentiles, spreads and how each was measured.")
+	fmt.Fprintln(w, "\nLambda's figures are from its description of the design (All Things Distributed, 2026-04-22); every other figure is from this run, on this machine. The sections below give percentiles, spreads and how each was measured.")
 }

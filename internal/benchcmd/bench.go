@@ -86,8 +86,8 @@ func benchAttachCmd() *cobra.Command {
 		Long: `attach builds its own lab (run as root; no daemon needed): a netslot pool of
 --slots slots with an uplink on a test fabric, served in-process and
 through its gRPC API. It times netslot's acquire (with and without a VPC
-attachment) and release, building a slot at request time (the design the
-seed replaced), and a CNI ADD and DEL of the reference plugins (ptp with
+attachment) and release, building a slot at request time (the design a
+pre-built pool replaces), and a CNI ADD and DEL of the reference plugins (ptp with
 host-local, then tap; installed into --cni-dir with go install) for a new
 namespace through libcni, the way firecracker-go-sdk does it. It prints
 percentiles and removes everything it made.`,

@@ -577,7 +577,7 @@ func (d *Daemon) adoptFirewall(i int) func(firewall.Slot, *nftables.Conn, slot.E
 func (d *Daemon) fwStep(i int, conn *nftables.Conn, l *slot.Lease, op func(firewall.Slot, *nftables.Conn, slot.Egress) error) func() error {
 	return func() error {
 		if err := op(d.slotFirewall(), conn, egressOf(l)); err != nil {
-			firewall.Close(conn)
+			firewall.CloseInBackground(conn)
 			return err
 		}
 		d.setFwConn(i, conn)
@@ -623,7 +623,7 @@ func (d *Daemon) buildSlot(root *netlink.Handle, rootFD, i int, l *slot.Lease) (
 	}
 	if err != nil {
 		if conn != nil {
-			firewall.Close(conn)
+			firewall.CloseInBackground(conn)
 		}
 		return nil, errors.Join(err, d.removeSlotObjects(root, i))
 	}
@@ -697,7 +697,7 @@ func (d *Daemon) logProgress() func() {
 			case <-t.C:
 				p := d.Progress()
 				d.log.Info("boot progress", "ready", p.Ready, "total", d.cfg.Count,
-					"rate_per_s", fmt.Sprintf("%.0f", p.Rate), "eta_s", fmt.Sprintf("%.1f", p.ETA))
+					"rate_per_s", fmt.Sprintf("%.0f", p.SlotsPerSecond), "eta_s", fmt.Sprintf("%.1f", p.ETASeconds))
 			}
 		}
 	}()
@@ -719,7 +719,8 @@ func (d *Daemon) BootTimeline() []time.Duration {
 // Progress is a snapshot of boot progress.
 type Progress struct {
 	Ready, Created, Adopted, Repaired int
-	Rate, ETA, Elapsed                float64 // slots/s, seconds, seconds
+	SlotsPerSecond, ETASeconds        float64
+	ElapsedSeconds                    float64
 	Done                              bool
 	BootSeconds                       float64
 	// Wall time per slot over the first and the last tenth of the slots,
@@ -743,18 +744,18 @@ func (d *Daemon) Progress() Progress {
 	if dur := d.bootDur.Load(); dur > 0 {
 		p.Done = true
 		p.BootSeconds = time.Duration(dur).Seconds()
-		p.Elapsed = p.BootSeconds
+		p.ElapsedSeconds = p.BootSeconds
 		if t := d.t90.Load(); t > 0 && d.cfg.Count >= 20 {
 			p.LastTenthMs = time.Duration(dur-t).Seconds() * 1000 / tenth
 		}
 	} else {
-		p.Elapsed = time.Since(d.bootStart).Seconds()
+		p.ElapsedSeconds = time.Since(d.bootStart).Seconds()
 	}
-	if p.Elapsed > 0 {
-		p.Rate = float64(p.Ready) / p.Elapsed
+	if p.ElapsedSeconds > 0 {
+		p.SlotsPerSecond = float64(p.Ready) / p.ElapsedSeconds
 	}
-	if p.Rate > 0 && !p.Done {
-		p.ETA = float64(d.cfg.Count-p.Ready) / p.Rate
+	if p.SlotsPerSecond > 0 && !p.Done {
+		p.ETASeconds = float64(d.cfg.Count-p.Ready) / p.SlotsPerSecond
 	}
 	return p
 }

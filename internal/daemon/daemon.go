@@ -481,7 +481,7 @@ func (d *Daemon) setFwConn(i int, c *nftables.Conn) {
 	d.fwConns[i] = c
 	d.mu.Unlock()
 	if old != nil {
-		firewall.Close(old)
+		firewall.CloseInBackground(old)
 	}
 }
 

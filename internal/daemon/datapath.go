@@ -125,7 +125,7 @@ func (d *Daemon) registerDatapath(i int, l *slot.Lease) error {
 	host := d.hostIdx[i]
 	d.mu.Unlock()
 	if host == 0 {
-		return fmt.Errorf("slot %s: host veth index unknown", d.cfg.ID(i))
+		return errors.New("host veth index unknown")
 	}
 	if err := d.dp.SetSlot(i, host); err != nil {
 		return err

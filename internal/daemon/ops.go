@@ -162,7 +162,7 @@ func (d *Daemon) abortAcquire(i int, l *slot.Lease, what string, err error) erro
 		return fmt.Errorf("slot %s: %w; it stays leased until released: %w", d.cfg.ID(i), err, derr)
 	}
 	d.pool.Untake(i)
-	return err
+	return fmt.Errorf("slot %s: %w", d.cfg.ID(i), err)
 }
 
 func (d *Daemon) setEgress(i int, e slot.Egress) error {
@@ -246,7 +246,8 @@ func (d *Daemon) release(id, leaseID string) error {
 	case errors.Is(err, pool.ErrReleasing), errors.Is(err, pool.ErrAcquiring):
 		return fmt.Errorf("release %s: %w: %w", id, ErrInProgress, err)
 	case err != nil:
-		return fmt.Errorf("release %s: %w: %w", id, ErrNotLeased, err)
+		// The pool's error says the same and why ("is pending").
+		return fmt.Errorf("release %s: %w (it is %s)", id, ErrNotLeased, d.pool.State(i))
 	}
 	l := d.lease(i)
 	if leaseID != "" && (l == nil || l.ID != leaseID) {
@@ -341,7 +342,7 @@ func (d *Daemon) scrub(i int) error {
 // RebuildFree takes the free slot that has rested longest, rebuilds it
 // from scratch (namespace, devices, firewall, datapath entries: what boot
 // does for one slot) and returns it to the pool. It is what creating a slot
-// at request time costs, the design the seed replaced; the benchmark times
+// at request time costs, the design a pre-built pool replaces; the benchmark times
 // it. It is safe at any time: the slot is out of the pool meanwhile.
 func (d *Daemon) RebuildFree() (string, error) {
 	i, err := d.pool.Take()

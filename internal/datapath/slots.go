@@ -104,14 +104,14 @@ func (d *Datapath) SetSlot(i, hostIfindex int) error {
 	if oldIfindex != 0 && oldIfindex != hostIfindex &&
 		d.objs.ByIfindex.Lookup(uint32(oldIfindex), &owner) == nil && int(owner) == i {
 		if err := d.objs.ByIfindex.Delete(uint32(oldIfindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("slot %d: forget ifindex %d: %w", i, oldIfindex, err)
+			return fmt.Errorf("forget ifindex %d: %w", oldIfindex, err)
 		}
 	}
 	if err := d.objs.ByIfindex.Update(uint32(hostIfindex), uint32(i), ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("slot %d: map ifindex: %w", i, err)
+		return fmt.Errorf("map ifindex: %w", err)
 	}
 	if err := d.objs.Slots.Update(uint32(i), &si, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("slot %d: write slot: %w", i, err)
+		return fmt.Errorf("write slot: %w", err)
 	}
 	return nil
 }
@@ -120,7 +120,7 @@ func (d *Datapath) SetSlot(i, hostIfindex int) error {
 func (d *Datapath) Tunnel(i int) (vni uint32, dummy bool, err error) {
 	var t datapathTunnelInfo
 	if err := d.objs.Tunnels.Lookup(uint32(i), &t); err != nil {
-		return 0, false, fmt.Errorf("slot %d: read tunnel: %w", i, err)
+		return 0, false, fmt.Errorf("read tunnel: %w", err)
 	}
 	return t.Vni, t.Vni >= DummyVNIBase, nil
 }
@@ -146,7 +146,7 @@ func (d *Datapath) Attach(i int, a *slot.Attachment) error {
 	for n, p := range extra {
 		if err := d.objs.VpcRoutes.Update(routeKey(i, p), one, ebpf.UpdateAny); err != nil {
 			d.deleteRoutes(i, extra[:n])
-			return fmt.Errorf("slot %d: vpc route %s: %w", i, p, err)
+			return fmt.Errorf("vpc route %s: %w", p, err)
 		}
 	}
 	undo := func() { d.deleteRoutes(i, extra) }
@@ -156,7 +156,7 @@ func (d *Datapath) Attach(i int, a *slot.Attachment) error {
 			if errors.Is(err, ErrConflict) {
 				return fmt.Errorf("%s on vni %d: %w", a.VPCIP, a.VNI, err)
 			}
-			return fmt.Errorf("slot %d: %w", i, err)
+			return err
 		}
 		undo = func() {
 			d.removeInbound(key, i)
@@ -167,7 +167,7 @@ func (d *Datapath) Attach(i int, a *slot.Attachment) error {
 		p := datapathPeerInfo{Mac: mac6(a.PeerMAC), Known: 1, Vni: a.VNI, Remote: be32(a.RemoteVTEP)}
 		if err := d.objs.Peers.Update(uint32(i), &p, ebpf.UpdateAny); err != nil {
 			undo()
-			return fmt.Errorf("slot %d: peer mac: %w", i, err)
+			return fmt.Errorf("peer mac: %w", err)
 		}
 	}
 	t := datapathTunnelInfo{
@@ -185,7 +185,7 @@ func (d *Datapath) Attach(i int, a *slot.Attachment) error {
 	}
 	if err := d.objs.Tunnels.Update(uint32(i), &t, ebpf.UpdateAny); err != nil {
 		undo()
-		return fmt.Errorf("slot %d: flip to vni %d: %w", i, a.VNI, err)
+		return fmt.Errorf("flip to vni %d: %w", a.VNI, err)
 	}
 	return nil
 }
@@ -195,7 +195,7 @@ func (d *Datapath) Attach(i int, a *slot.Attachment) error {
 func (d *Datapath) Detach(i int, a *slot.Attachment) error {
 	dummy := d.dummy(i)
 	if err := d.objs.Tunnels.Update(uint32(i), &dummy, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("slot %d: flip to dummy vni: %w", i, err)
+		return fmt.Errorf("flip to dummy vni: %w", err)
 	}
 	var errs []error
 	if a != nil {
@@ -207,7 +207,7 @@ func (d *Datapath) Detach(i int, a *slot.Attachment) error {
 		errs = append(errs, fmt.Errorf("clear peer: %w", err))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("slot %d: detach: %w", i, err)
+		return fmt.Errorf("detach: %w", err)
 	}
 	return nil
 }
@@ -374,11 +374,11 @@ func (d *Datapath) Prune(keep func(i int, vni uint32, vpcIP netip.Addr) bool) er
 func (d *Datapath) ResetStats(i int) error {
 	n, err := ebpf.PossibleCPU()
 	if err != nil {
-		return fmt.Errorf("slot %d: reset counters: %w", i, err)
+		return fmt.Errorf("reset counters: %w", err)
 	}
 	zero := make([]datapathSlotStats, n)
 	if err := d.objs.Stats.Update(uint32(i), zero, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("slot %d: reset counters: %w", i, err)
+		return fmt.Errorf("reset counters: %w", err)
 	}
 	return nil
 }
@@ -388,7 +388,7 @@ func (d *Datapath) ResetStats(i int) error {
 func (d *Datapath) Stats(i int) (Stats, error) {
 	var per []datapathSlotStats
 	if err := d.objs.Stats.Lookup(uint32(i), &per); err != nil {
-		return Stats{}, fmt.Errorf("slot %d: read counters: %w", i, err)
+		return Stats{}, fmt.Errorf("read counters: %w", err)
 	}
 	var s Stats
 	var drops [len(datapathSlotStats{}.Drops)]uint64
@@ -427,7 +427,7 @@ func (d *Datapath) SlotState(i int) (string, error) {
 	c := d.cfg.Slot
 	var t datapathTunnelInfo
 	if err := d.objs.Tunnels.Lookup(uint32(i), &t); err != nil {
-		return "", fmt.Errorf("slot %d: tunnel: %w", i, err)
+		return "", fmt.Errorf("tunnel: %w", err)
 	}
 	vni := fmt.Sprint(t.Vni)
 	if t.Vni == uint32(DummyVNIBase+i) {
@@ -444,7 +444,7 @@ func (d *Datapath) SlotState(i int) (string, error) {
 	}
 	var s datapathSlotInfo
 	if err := d.objs.Slots.Lookup(uint32(i), &s); err != nil {
-		return "", fmt.Errorf("slot %d: slot entry: %w", i, err)
+		return "", fmt.Errorf("slot entry: %w", err)
 	}
 	add("slot own_ip=%t own_macs=%t has_host=%t", s.SlotIp == be32(c.SlotIP(i)),
 		s.SlotMac == mac6(c.SlotVethMAC(i)) && s.HostMac == mac6(c.HostVethMAC(i)), s.HostIfindex != 0)
@@ -464,12 +464,12 @@ func (d *Datapath) SlotState(i int) (string, error) {
 	}
 	var lp datapathLeasePolicy
 	if err := d.objs.Leases.Lookup(uint32(i), &lp); err != nil {
-		return "", fmt.Errorf("slot %d: lease policy: %w", i, err)
+		return "", fmt.Errorf("lease policy: %w", err)
 	}
 	add("lease flags=%d inbound=%d %x", lp.Flags, lp.Ninbound, lp.Inbound)
 	var fl datapathSlotFlows
 	if err := d.objs.Flows.Lookup(uint32(i), &fl); err != nil {
-		return "", fmt.Errorf("slot %d: flows: %w", i, err)
+		return "", fmt.Errorf("flows: %w", err)
 	}
 	used := 0
 	for _, f := range fl.F {

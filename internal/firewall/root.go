@@ -61,7 +61,7 @@ func (r Root) Apply() error {
 	if err != nil {
 		return err
 	}
-	defer Close(conn)
+	defer CloseInBackground(conn)
 	if err := r.spec().replace(conn, nil); err != nil {
 		return err
 	}
@@ -77,7 +77,7 @@ func (r Root) Verify() error {
 	if err != nil {
 		return err
 	}
-	defer Close(conn)
+	defer CloseInBackground(conn)
 	return r.spec().verify(conn)
 }
 
@@ -106,7 +106,7 @@ func CountRules(prefix string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer Close(conn)
+	defer CloseInBackground(conn)
 	chains, err := conn.ListChains()
 	if err != nil {
 		return 0, fmt.Errorf("list chains: %w", err)

@@ -42,11 +42,11 @@ func Dial() (*nftables.Conn, error) {
 	return conn, nil
 }
 
-// Close closes conn in the background. Closing an nftables socket after a
+// CloseInBackground closes conn in the background. Closing an nftables socket after a
 // transaction that deleted objects waits for an RCU grace period (the
 // kernel flushes its destroy work on NETLINK_URELEASE): 5-20 ms here, which
 // must not be paid on the acquire/release path.
-func Close(conn *nftables.Conn) { go conn.CloseLasting() }
+func CloseInBackground(conn *nftables.Conn) { go conn.CloseLasting() }
 
 func userData(name string) []byte { return []byte("netslot:" + name) }
 

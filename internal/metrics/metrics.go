@@ -41,7 +41,7 @@ type Counters struct {
 // datapathCollector reads the datapath's per-CPU maps at scrape time:
 // nothing is counted in the daemon itself.
 type datapathCollector struct {
-	g                           Gauges
+	g                                Gauges
 	packets, bytes, tunnel, arp, drp *prometheus.Desc
 }
 

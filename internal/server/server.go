@@ -230,8 +230,8 @@ func (s *Server) Status(ctx context.Context, req *netslotv1.StatusRequest) (*net
 		Prefix: cfg.Prefix, SlotCidr: cfg.SlotCIDR.String(), Uplink: st.Uplink,
 		Boot: &netslotv1.BootProgress{
 			Ready: uint32(p.Ready), Created: uint32(p.Created), Adopted: uint32(p.Adopted),
-			Repaired: uint32(p.Repaired), SlotsPerSecond: p.Rate, EtaSeconds: p.ETA,
-			ElapsedSeconds: p.Elapsed, MsPerSlotFirstTenth: p.FirstTenthMs, MsPerSlotLastTenth: p.LastTenthMs,
+			Repaired: uint32(p.Repaired), SlotsPerSecond: p.SlotsPerSecond, EtaSeconds: p.ETASeconds,
+			ElapsedSeconds: p.ElapsedSeconds, MsPerSlotFirstTenth: p.FirstTenthMs, MsPerSlotLastTenth: p.LastTenthMs,
 		},
 		Version:           Version,
 		RootRules:         uint32(st.RootRules),

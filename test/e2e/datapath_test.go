@@ -160,7 +160,7 @@ func TestBenchReportQuick(t *testing.T) {
 		"| CNI ADD (ptp + tap), new namespace |", "| CNI DEL |",
 		"| TCP connections/s, slot 0", "| UDP round trip, slot 49", "| root-namespace rules | 1503 | 5 |",
 		"| 400 |", "| 5 / 12003 |",
-		"## Summary: the seed's table, on this machine", "| root-namespace rules at 50 slots | > 125,000 | 144 | 5 | 1503 |",
+		"## Summary: Lambda's before/after table, on this machine", "| root-namespace rules at 50 slots | > 125,000 | 144 | 5 | 1503 |",
 	} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q", want)
