@@ -159,6 +159,9 @@ var (
 	// ErrDeadline: the acquire's context ended before its lease was
 	// committed; nothing was leased.
 	ErrDeadline = errors.New("deadline passed before the lease was committed")
+	// ErrConflict: the VPC address is attached already on the VNI (by
+	// another slot's lease).
+	ErrConflict = datapath.ErrConflict
 )
 
 // New validates opts, takes the state directory and prefix locks, and opens

@@ -12,7 +12,6 @@ import (
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
 	"github.com/netslot/netslot/internal/daemon"
-	"github.com/netslot/netslot/internal/datapath"
 )
 
 func TestParseAcquire(t *testing.T) {
@@ -72,7 +71,7 @@ func TestStatusCodesAndReasons(t *testing.T) {
 		{fmt.Errorf("x: %w", daemon.ErrKeyReused), codes.InvalidArgument, netslotv1.ReasonKeyReused},
 		{fmt.Errorf("x: %w", daemon.ErrInUse), codes.FailedPrecondition, netslotv1.ReasonTapInUse},
 		{fmt.Errorf("x: %w", daemon.ErrNoUplink), codes.FailedPrecondition, netslotv1.ReasonNoUplink},
-		{fmt.Errorf("x: %w", datapath.ErrConflict), codes.AlreadyExists, netslotv1.ReasonConflict},
+		{fmt.Errorf("x: %w", daemon.ErrConflict), codes.AlreadyExists, netslotv1.ReasonConflict},
 		{fmt.Errorf("%w: %w", daemon.ErrDeadline, context.DeadlineExceeded), codes.DeadlineExceeded, netslotv1.ReasonDeadline},
 		{fmt.Errorf("%w: %w", daemon.ErrDeadline, context.Canceled), codes.Canceled, netslotv1.ReasonDeadline},
 		{fmt.Errorf("netlink: something went wrong"), codes.Internal, netslotv1.ReasonInternal},

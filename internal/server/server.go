@@ -21,7 +21,6 @@ import (
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
 	"github.com/netslot/netslot/internal/daemon"
-	"github.com/netslot/netslot/internal/datapath"
 	"github.com/netslot/netslot/internal/pool"
 	"github.com/netslot/netslot/internal/slot"
 )
@@ -347,7 +346,7 @@ var reasons = []struct {
 	{daemon.ErrExhausted, codes.ResourceExhausted, netslotv1.ReasonPoolEmpty},
 	{daemon.ErrNotReady, codes.Unavailable, netslotv1.ReasonNotReady},
 	{daemon.ErrDraining, codes.Unavailable, netslotv1.ReasonDraining},
-	{datapath.ErrConflict, codes.AlreadyExists, netslotv1.ReasonConflict},
+	{daemon.ErrConflict, codes.AlreadyExists, netslotv1.ReasonConflict},
 }
 
 func classify(err error) (codes.Code, string) {
