@@ -19,6 +19,7 @@ import (
 	"github.com/netslot/netslot/internal/daemon"
 	"github.com/netslot/netslot/internal/server"
 	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/testenv"
 	"github.com/netslot/netslot/internal/testutil"
 )
 
@@ -28,7 +29,7 @@ var socket string
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	if os.Geteuid() != 0 {
+	if !testenv.Privileged() {
 		fmt.Println("client: examples skipped, they need a daemon (root)")
 		flag.Set("test.run", "^Test")
 		os.Exit(m.Run())

@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -56,7 +57,11 @@ func TestReadmeProgramIsTheExample(t *testing.T) {
 	if got != want {
 		t.Fatalf("the README's Go program differs from Example's; it should read:\n%s", want)
 	}
+	// Inside the module, so that it builds against this tree.
 	dir, err := os.MkdirTemp(".", ".readme-program-")
+	if errors.Is(err, os.ErrPermission) {
+		t.Skipf("the README's program is not built: %v", err)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +69,7 @@ func TestReadmeProgramIsTheExample(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte(want), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("go", "build", "-o", os.DevNull, "./"+dir).CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-buildvcs=false", "-o", os.DevNull, "./"+dir).CombinedOutput(); err != nil {
 		t.Fatalf("the README's program does not build: %v\n%s", err, out)
 	}
 }

@@ -20,6 +20,9 @@ go test -p 1 -count=1 -timeout 30m ./... "$@"
 # detector: one client shared by 16 goroutines against an in-process
 # daemon, whose acquire and release paths it covers too.
 go test -race -count=1 -timeout 10m ./client/
+# The same packages as an unprivileged user: pure tests pass, privileged
+# ones skip.
+./scripts/test-unprivileged.sh
 
 # Every fuzz target, briefly: FUZZTIME executions each (default 50000x, a
 # few seconds; a count, not a duration: with a duration, Go 1.26's fuzzing

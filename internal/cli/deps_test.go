@@ -15,7 +15,7 @@ func TestProductBinariesLinkNoHarness(t *testing.T) {
 		"gonum.org/", "github.com/containernetworking/", "github.com/google/gopacket",
 	}
 	for _, cmd := range []string{"../../cmd/netslot", "../../cmd/netslotd"} {
-		out, err := exec.Command("go", "list", "-deps", cmd).CombinedOutput()
+		out, err := exec.Command("go", "list", "-buildvcs=false", "-deps", cmd).CombinedOutput()
 		if err != nil {
 			t.Fatalf("go list -deps %s: %v\n%s", cmd, err, out)
 		}
@@ -27,7 +27,7 @@ func TestProductBinariesLinkNoHarness(t *testing.T) {
 			}
 		}
 	}
-	out, err := exec.Command("go", "list", "-deps", "../../cmd/netslot-bench").CombinedOutput()
+	out, err := exec.Command("go", "list", "-buildvcs=false", "-deps", "../../cmd/netslot-bench").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "github.com/netslot/netslot/internal/bench\n") {
 		t.Errorf("netslot-bench does not link the bench (the check would miss a rename): %v", err)
 	}

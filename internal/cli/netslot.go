@@ -101,49 +101,54 @@ func statusCmd(f *clientFlags) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if f.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), st)
-				}
-				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				b := st.GetBoot()
-				fmt.Fprintf(w, "prefix\t%s\nslots\t%d\nfree\t%d\nleased\t%d\nready\t%t\n", st.Prefix, st.Total, st.Free, st.Leased, st.Ready)
-				if st.Draining {
-					fmt.Fprintf(w, "draining\ttrue (stopping: no slot is vended; releases are served)\n")
-				}
-				if st.Damaged > 0 {
-					fmt.Fprintf(w, "damaged\t%d (found broken: leased ones are rebuilt at release, free ones out of the pool until rebuilt; see list)\n", st.Damaged)
-				}
-				if st.Orphaned > 0 {
-					fmt.Fprintf(w, "orphaned\t%d (no lease, a VM holds the tap: out of the pool until it lets go)\n", st.Orphaned)
-				}
-				if st.Ready {
-					fmt.Fprintf(w, "boot\t%.2fs (created %d, adopted %d, repaired %d; ms per slot: first tenth %.3f, last tenth %.3f)\n", st.BootSeconds, b.Created, b.Adopted, b.Repaired, b.MsPerSlotFirstTenth, b.MsPerSlotLastTenth)
-				} else {
-					fmt.Fprintf(w, "boot\t%d/%d ready, %.0f slots/s, eta %.1fs\n", b.Ready, st.Total, b.SlotsPerSecond, b.EtaSeconds)
-				}
-				uplink := st.Uplink
-				if uplink == "" {
-					uplink = "(none: slot traffic stays on the host)"
-				}
-				if st.UplinkState != "" {
-					uplink += fmt.Sprintf(" (%s for %s)", st.UplinkState, time.Duration(st.UplinkStateSeconds*float64(time.Second)).Round(time.Second))
-				}
-				fmt.Fprintf(w, "slot cidr\t%s\nuplink\t%s\n", st.SlotCidr, uplink)
-				if !st.Forwarding {
-					fmt.Fprintf(w, "forwarding\tOFF (net.ipv4.conf.all.forwarding=0: no slot's traffic is forwarded)\n")
-				}
-				for _, p := range st.Problems {
-					fmt.Fprintf(w, "problem\t%s\n", p)
-				}
-				if st.UnderlayIp != "" {
-					fmt.Fprintf(w, "underlay ip\t%s\n", st.UnderlayIp)
-				}
-				fmt.Fprintf(w, "egress deny\t%s\n", strings.Join(st.EgressDeny, " "))
-				fmt.Fprintf(w, "root rules\t%d\nunattributed drops\t%s\nversion\t%s\n", st.RootRules, formatDrops(st.UnattributedDrops), st.Version)
-				return w.Flush()
+				return printStatus(cmd.OutOrStdout(), f.output, st)
 			})
 		},
 	}
+}
+
+// printStatus writes st as a table, or as JSON with format "json".
+func printStatus(out io.Writer, format string, st *netslotv1.StatusResponse) error {
+	if format == "json" {
+		return writeJSON(out, st)
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	b := st.GetBoot()
+	fmt.Fprintf(w, "prefix\t%s\nslots\t%d\nfree\t%d\nleased\t%d\nready\t%t\n", st.Prefix, st.Total, st.Free, st.Leased, st.Ready)
+	if st.Draining {
+		fmt.Fprintf(w, "draining\ttrue (stopping: no slot is vended; releases are served)\n")
+	}
+	if st.Damaged > 0 {
+		fmt.Fprintf(w, "damaged\t%d (found broken: leased ones are rebuilt at release, free ones out of the pool until rebuilt; see list)\n", st.Damaged)
+	}
+	if st.Orphaned > 0 {
+		fmt.Fprintf(w, "orphaned\t%d (no lease, a VM holds the tap: out of the pool until it lets go)\n", st.Orphaned)
+	}
+	if st.Ready {
+		fmt.Fprintf(w, "boot\t%.2fs (created %d, adopted %d, repaired %d; ms per slot: first tenth %.3f, last tenth %.3f)\n", st.BootSeconds, b.Created, b.Adopted, b.Repaired, b.MsPerSlotFirstTenth, b.MsPerSlotLastTenth)
+	} else {
+		fmt.Fprintf(w, "boot\t%d/%d ready, %.0f slots/s, eta %.1fs\n", b.Ready, st.Total, b.SlotsPerSecond, b.EtaSeconds)
+	}
+	uplink := st.Uplink
+	if uplink == "" {
+		uplink = "(none: slot traffic stays on the host)"
+	}
+	if st.UplinkState != "" {
+		uplink += fmt.Sprintf(" (%s for %s)", st.UplinkState, time.Duration(st.UplinkStateSeconds*float64(time.Second)).Round(time.Second))
+	}
+	fmt.Fprintf(w, "slot cidr\t%s\nuplink\t%s\n", st.SlotCidr, uplink)
+	if !st.Forwarding {
+		fmt.Fprintf(w, "forwarding\tOFF (net.ipv4.conf.all.forwarding=0: no slot's traffic is forwarded)\n")
+	}
+	for _, p := range st.Problems {
+		fmt.Fprintf(w, "problem\t%s\n", p)
+	}
+	if st.UnderlayIp != "" {
+		fmt.Fprintf(w, "underlay ip\t%s\n", st.UnderlayIp)
+	}
+	fmt.Fprintf(w, "egress deny\t%s\n", strings.Join(st.EgressDeny, " "))
+	fmt.Fprintf(w, "root rules\t%d\nunattributed drops\t%s\nversion\t%s\n", st.RootRules, formatDrops(st.UnattributedDrops), st.Version)
+	return w.Flush()
 }
 
 func acquireCmd(f *clientFlags) *cobra.Command {

@@ -27,6 +27,7 @@ import (
 	nslinks "github.com/netslot/netslot/internal/links"
 	"github.com/netslot/netslot/internal/netns"
 	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/testpacket"
 	"github.com/netslot/netslot/internal/testutil"
 )
 
@@ -287,7 +288,7 @@ func sendGeneve(t *testing.T, fab *testutil.Fabric, vni uint32, frame []byte) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := c.Write(testutil.Geneve(vni, frame)); err != nil {
+	if _, err := c.Write(testpacket.Geneve(vni, frame)); err != nil {
 		t.Fatal(err)
 	}
 }

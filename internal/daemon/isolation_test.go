@@ -20,6 +20,7 @@ import (
 
 	"github.com/netslot/netslot/internal/daemon"
 	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/testpacket"
 	"github.com/netslot/netslot/internal/testutil"
 )
 
@@ -452,10 +453,10 @@ func ether(src, dst net.HardwareAddr, typ uint16) []byte {
 // icmpEcho is an ICMP echo request frame.
 func icmpEcho(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr) []byte {
 	icmp := []byte{8, 0, 0, 0, 0x12, 0x34, 0, 1, 'n', 's'}
-	binary.BigEndian.PutUint16(icmp[2:], testutil.Checksum(icmp))
+	binary.BigEndian.PutUint16(icmp[2:], testpacket.Checksum(icmp, 0))
 	ip := []byte{0x45, 0, 0, byte(20 + len(icmp)), 0, 1, 0x40, 0, 64, 1, 0, 0}
 	ip = append(append(ip, src.AsSlice()...), dst.AsSlice()...)
-	binary.BigEndian.PutUint16(ip[10:], testutil.Checksum(ip))
+	binary.BigEndian.PutUint16(ip[10:], testpacket.Checksum(ip, 0))
 	return append(append(ether(srcMAC, dstMAC, unix.ETH_P_IP), ip...), icmp...)
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/netslot/netslot/internal/daemon"
 	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/testpacket"
 	"github.com/netslot/netslot/internal/testutil"
 )
 
@@ -37,7 +38,7 @@ func TestEgressAllowListAndAntiSpoofingWithPackets(t *testing.T) {
 	defer capt.Close()
 	send := func(src net.HardwareAddr, sip, dip netip.Addr, port uint16) {
 		t.Helper()
-		if err := g.Send(testutil.UDPFrame(src, c.TapMAC, sip, dip, 4000, port, []byte("netslot"))); err != nil {
+		if err := g.Send(testpacket.UDPFrame(src, c.TapMAC, sip, dip, 4000, port, []byte("netslot"))); err != nil {
 			t.Fatal(err)
 		}
 	}

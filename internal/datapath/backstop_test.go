@@ -3,7 +3,6 @@ package datapath
 import (
 	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"testing"
 
@@ -12,6 +11,8 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/netslot/netslot/internal/testenv"
 )
 
 // TestBackstopFilters writes, checks, repairs and removes the backstop on
@@ -19,9 +20,7 @@ import (
 // is tested with packets in TestBackstopDrops and test/e2e
 // (TestFailsClosedWithTheDatapathDetached).
 func TestBackstopFilters(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a namespace and devices")
-	}
+	testenv.RequireRoot(t)
 	runtime.LockOSThread() // never unlocked: the thread dies with the test
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 		t.Fatal(err)
@@ -108,7 +107,7 @@ func TestBackstopFilters(t *testing.T) {
 // TestBackstopDrops runs the backstop's programs on frames: each drops
 // only what it is for, and leaves the rest to the host's next filter.
 func TestBackstopDrops(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	b := Backstop{Prefix: "tbs", GuestCIDR: netip.MustParsePrefix("172.16.0.0/30"),
 		SlotCIDR: netip.MustParsePrefix("100.64.0.0/16")}
 	objs, err := b.load()

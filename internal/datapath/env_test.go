@@ -1,7 +1,6 @@
 package datapath
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -16,6 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/testenv"
+	"github.com/netslot/netslot/internal/testpacket"
 )
 
 // Addresses of the test environment. 198.18.0.0/15 is set aside for
@@ -49,13 +50,6 @@ type env struct {
 	hosts []int // host ifindex per slot
 }
 
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a namespace, devices and BPF maps")
-	}
-}
-
 // newEnv moves the test's goroutine into a fresh network namespace (its
 // thread is never unlocked, so it dies with the test instead of going back
 // to the pool in the wrong namespace) and loads a two-slot datapath on an
@@ -67,7 +61,7 @@ func newEnv(t testing.TB, slots int) *env { return newEnvAt(t, slots, pinRoot) }
 // need pin roots of their own, or each would find the others' pools on an
 // uplink of the same ifindex.
 func newEnvAt(t testing.TB, slots int, pins string) *env {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	runtime.LockOSThread()
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 		t.Fatalf("unshare: %v", err)
@@ -271,54 +265,12 @@ func (e *env) sendVariants(i int, dst netip.Addr) {
 	}
 }
 
-// checksum is the Internet checksum of b with sum folded in.
-func checksum(b []byte, sum uint32) uint16 {
-	for len(b) >= 2 {
-		sum += uint32(binary.BigEndian.Uint16(b))
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		sum += uint32(b[0]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
-}
-
 // checkIPv4 fails t unless the IPv4 packet at ip (header and payload) has a
 // valid header checksum and a valid TCP, UDP or ICMP checksum.
 func checkIPv4(t testing.TB, what string, ip []byte) {
 	t.Helper()
-	ihl := int(ip[0]&0x0f) * 4
-	if c := checksum(ip[:ihl], 0); c != 0 {
-		t.Errorf("%s: bad IPv4 header checksum (residue %#04x)", what, c)
-	}
-	total := int(binary.BigEndian.Uint16(ip[2:]))
-	if total > len(ip) {
-		t.Fatalf("%s: IPv4 total length %d past the frame (%d)", what, total, len(ip))
-	}
-	l4 := ip[ihl:total]
-	var pseudo uint32
-	pseudo += uint32(binary.BigEndian.Uint16(ip[12:])) + uint32(binary.BigEndian.Uint16(ip[14:]))
-	pseudo += uint32(binary.BigEndian.Uint16(ip[16:])) + uint32(binary.BigEndian.Uint16(ip[18:]))
-	pseudo += uint32(ip[9]) + uint32(len(l4))
-	switch ip[9] {
-	case 6:
-		if c := checksum(l4, pseudo); c != 0 {
-			t.Errorf("%s: bad TCP checksum", what)
-		}
-	case 17:
-		if binary.BigEndian.Uint16(l4[6:]) == 0 {
-			return // no checksum
-		}
-		if c := checksum(l4, pseudo); c != 0 {
-			t.Errorf("%s: bad UDP checksum", what)
-		}
-	case 1:
-		if c := checksum(l4, 0); c != 0 {
-			t.Errorf("%s: bad ICMP checksum", what)
-		}
+	if err := testpacket.CheckIPv4(ip); err != nil {
+		t.Errorf("%s: %v", what, err)
 	}
 }
 

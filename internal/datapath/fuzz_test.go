@@ -13,6 +13,8 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/netslot/netslot/internal/testpacket"
 )
 
 // FuzzPrograms runs the uplink programs through BPF_PROG_TEST_RUN on
@@ -182,7 +184,7 @@ func checkFrame(t *testing.T, in, out []byte, inner bool) {
 	if len(ip) < hl || total < hl || total > len(ip) {
 		t.Fatalf("IPv4 lengths: header %d, total %d, frame holds %d", hl, total, len(ip))
 	}
-	if checksum(ip[:hl], 0) != 0 && ipChecksumOK(in) {
+	if testpacket.Checksum(ip[:hl], 0) != 0 && testpacket.IPv4HeaderOK(in) {
 		t.Fatalf("IPv4 header checksum broken by the program: %x", ip[:hl])
 	}
 	l4 := ip[hl:total]
@@ -190,7 +192,7 @@ func checkFrame(t *testing.T, in, out []byte, inner bool) {
 	if ip[9] == 17 && len(l4) >= 8 && binary.BigEndian.Uint16(l4[2:4]) == 6081 && !inner && !isGeneve(in) {
 		// Built here: the outer header's checksum must be right, and the
 		// inner frame follows the Geneve header and its options.
-		if checksum(ip[:hl], 0) != 0 {
+		if testpacket.Checksum(ip[:hl], 0) != 0 {
 			t.Fatalf("bad checksum in the outer IPv4 header built: %x", ip[:hl])
 		}
 		if len(l4) < 16 {
@@ -209,19 +211,6 @@ func checkFrame(t *testing.T, in, out []byte, inner bool) {
 	if !l4ChecksumOK(out[:14+total]) {
 		t.Fatalf("L4 checksum broken by the program:\nin  %x\nout %x", in, out)
 	}
-}
-
-// ipChecksumOK reports whether an IPv4 frame's header checksum is valid
-// (true for anything that has no whole IPv4 header).
-func ipChecksumOK(frame []byte) bool {
-	if len(frame) < 34 || binary.BigEndian.Uint16(frame[12:14]) != 0x0800 {
-		return true
-	}
-	hl := int(frame[14]&0xf) * 4
-	if hl < 20 || len(frame) < 14+hl {
-		return true
-	}
-	return checksum(frame[14:14+hl], 0) == 0
 }
 
 // geneveInner is the frame a Geneve packet carries (nil if frame is not
@@ -278,5 +267,5 @@ func l4ChecksumOK(frame []byte) bool {
 	pseudo = append(pseudo, ip[12:20]...)
 	pseudo = append(pseudo, 0, ip[9], byte(len(l4)>>8), byte(len(l4)))
 	pseudo = append(pseudo, l4...)
-	return checksum(pseudo, 0) == 0
+	return testpacket.Checksum(pseudo, 0) == 0
 }

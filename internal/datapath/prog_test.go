@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/testpacket"
 )
 
 // These tests run the programs on crafted packets with BPF_PROG_TEST_RUN
@@ -123,7 +124,7 @@ func decodeGeneve(t *testing.T, out []byte) (*layers.Geneve, []byte) {
 	if int(ip4.Length) != len(out)-14 {
 		t.Errorf("outer IPv4 length %d, frame carries %d", ip4.Length, len(out)-14)
 	}
-	if c := checksum(out[14:34], 0); c != 0 {
+	if c := testpacket.Checksum(out[14:34], 0); c != 0 {
 		t.Error("outer IPv4 checksum wrong")
 	}
 	if udp.DstPort != 6081 {
@@ -281,7 +282,7 @@ func geneveFrame(t testing.TB, o gnvOpts, inner []byte) []byte {
 	pkt = pkt[:len(pkt)-o.cut]
 	binary.BigEndian.PutUint16(pkt[16:18], uint16(len(pkt)-14))
 	pkt[24], pkt[25] = 0, 0
-	binary.BigEndian.PutUint16(pkt[24:26], checksum(pkt[14:34], 0))
+	binary.BigEndian.PutUint16(pkt[24:26], testpacket.Checksum(pkt[14:34], 0))
 	binary.BigEndian.PutUint16(pkt[38:40], uint16(len(pkt)-34))
 	pkt[40], pkt[41] = 0, 0 // no UDP checksum, as Geneve senders do
 	return pkt
@@ -467,7 +468,7 @@ func TestICMPErrorsTranslated(t *testing.T) {
 	if got := addr(q[12:16]); got != e.cfg.GuestIP() {
 		t.Errorf("quoted source %s, want the guest address", got)
 	}
-	if c := checksum(q[:20], 0); c != 0 {
+	if c := testpacket.Checksum(q[:20], 0); c != 0 {
 		t.Error("quoted header checksum wrong")
 	}
 
@@ -487,7 +488,7 @@ func TestICMPErrorsTranslated(t *testing.T) {
 	if got := addr(q[16:20]); got != e.cfg.SlotIP(1) {
 		t.Errorf("quoted destination %s, want the slot address", got)
 	}
-	if c := checksum(q[:20], 0); c != 0 {
+	if c := testpacket.Checksum(q[:20], 0); c != 0 {
 		t.Error("quoted header checksum wrong")
 	}
 }

@@ -13,15 +13,14 @@ import (
 
 	"github.com/netslot/netslot/internal/netns"
 	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/testenv"
 )
 
 // inScratchNS runs fn on a locked thread inside a new, unnamed namespace
 // that holds a tap0; the namespace disappears with the thread's return.
 func inScratchNS(t *testing.T, fn func()) {
 	t.Helper()
-	if unix.Geteuid() != 0 {
-		t.Skip("needs root: creates a namespace")
-	}
+	testenv.RequireRoot(t)
 	root, err := netns.Root()
 	if err != nil {
 		t.Fatal(err)

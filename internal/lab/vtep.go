@@ -10,6 +10,8 @@ import (
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+
+	"github.com/netslot/netslot/internal/testpacket"
 )
 
 // VTEP is a VPC host behind a remote tunnel endpoint, in the fabric: it
@@ -105,7 +107,7 @@ func (v *VTEP) serve() {
 			continue
 		}
 		if reply := v.answer(inner, eth); reply != nil {
-			v.conn.WriteToUDPAddrPort(Geneve(vni, reply), netip.AddrPortFrom(from.Addr(), 6081))
+			v.conn.WriteToUDPAddrPort(testpacket.Geneve(vni, reply), netip.AddrPortFrom(from.Addr(), 6081))
 		}
 	}
 }
@@ -155,11 +157,4 @@ func (v *VTEP) answer(p gopacket.Packet, eth *layers.Ethernet) []byte {
 		return nil
 	}
 	return buf.Bytes()
-}
-
-// Geneve prefixes frame with a Geneve header (version 0, no options,
-// Ethernet payload) for vni: the UDP payload a VTEP sends.
-func Geneve(vni uint32, frame []byte) []byte {
-	hdr := []byte{0, 0, 0x65, 0x58, byte(vni >> 16), byte(vni >> 8), byte(vni), 0}
-	return append(hdr, frame...)
 }

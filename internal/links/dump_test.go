@@ -14,6 +14,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/netslot/netslot/internal/testenv"
 )
 
 func TestRetryDumpRetriesInterruptedDumps(t *testing.T) {
@@ -51,9 +53,7 @@ func TestRetryDumpRetriesInterruptedDumps(t *testing.T) {
 // which makes the kernel mark dumps interrupted now and then: every dump
 // must come back whole, and no error reach the caller.
 func TestLinksWhileLinksChange(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a namespace and devices")
-	}
+	testenv.RequireRoot(t)
 	runtime.LockOSThread() // never unlocked: the thread dies with the test
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 		t.Fatal(err)

@@ -10,6 +10,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/netslot/netslot/internal/testenv"
 )
 
 // TestUplinkRouteFailsClosed checks, in a namespace made for the test,
@@ -18,9 +20,7 @@ import (
 // Check notices what is missing and Apply puts it back, and that
 // RemoveUplinkRoute leaves nothing.
 func TestUplinkRouteFailsClosed(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a namespace and devices")
-	}
+	testenv.RequireRoot(t)
 	runtime.LockOSThread() // never unlocked: the thread dies with the test
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 		t.Fatal(err)

@@ -22,7 +22,10 @@ var (
 )
 
 // Root returns a file descriptor of the namespace the process started in.
-// It is opened once, from the thread group leader, and never closed.
+// It is opened once, from the thread group leader's namespace
+// (/proc/self), and never closed: its first call must come before any
+// thread leaves the root namespace, since that thread may be the leader
+// (the daemon calls it first thing at boot).
 func Root() (int, error) {
 	rootOnce.Do(func() {
 		rootFD, rootErr = unix.Open("/proc/self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)

@@ -3,7 +3,6 @@ package testutil
 import (
 	"encoding/binary"
 	"errors"
-	"net"
 	"net/netip"
 	"os"
 	"runtime"
@@ -55,45 +54,6 @@ func (g *Guest) SetCarrier(on bool) error {
 		return err
 	}
 	return errno
-}
-
-// Checksum is the Internet checksum of b.
-func Checksum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(b[i])<<8 | uint32(b[i+1])
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s > 0xffff {
-		s = s&0xffff + s>>16
-	}
-	return ^uint16(s)
-}
-
-// UDPFrame builds an Ethernet/IPv4/UDP frame with a valid IPv4 checksum
-// (UDP checksum 0, which IPv4 allows).
-func UDPFrame(src, dst net.HardwareAddr, sip, dip netip.Addr, sport, dport uint16, payload []byte) []byte {
-	f := make([]byte, 14+20+8+len(payload))
-	copy(f[0:6], dst)
-	copy(f[6:12], src)
-	binary.BigEndian.PutUint16(f[12:], unix.ETH_P_IP)
-	ip := f[14:34]
-	ip[0] = 0x45
-	binary.BigEndian.PutUint16(ip[2:], uint16(20+8+len(payload)))
-	ip[8] = 64
-	ip[9] = unix.IPPROTO_UDP
-	s, d := sip.As4(), dip.As4()
-	copy(ip[12:16], s[:])
-	copy(ip[16:20], d[:])
-	binary.BigEndian.PutUint16(ip[10:], Checksum(ip))
-	udp := f[34:42]
-	binary.BigEndian.PutUint16(udp[0:], sport)
-	binary.BigEndian.PutUint16(udp[2:], dport)
-	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
-	copy(f[42:], payload)
-	return f
 }
 
 // Capture records the IPv4 frames seen on one device of the calling

@@ -8,6 +8,8 @@ import (
 
 	"github.com/netslot/netslot/internal/lab"
 	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/testenv"
+	"github.com/netslot/netslot/internal/testpacket"
 )
 
 // Types of package lab, for tests.
@@ -22,14 +24,13 @@ var (
 	InNS                = lab.InNS
 	InNewNS             = lab.InNewNS
 	ConntrackEntriesFor = lab.ConntrackEntriesFor
-	Geneve              = lab.Geneve
 )
 
 // NewFabric builds a test fabric (see lab.NewFabric) removed when tb ends;
 // tb is skipped if the host routes the fabric's ranges.
 func NewFabric(tb testing.TB, tag string, slotCIDR netip.Prefix) *Fabric {
 	tb.Helper()
-	RequireRoot(tb)
+	testenv.RequireRoot(tb)
 	f, err := lab.NewFabric(tag, slotCIDR)
 	if errors.Is(err, lab.ErrRangeInUse) {
 		tb.Skip(err.Error())
@@ -67,5 +68,5 @@ func StartVTEP(tb testing.TB, f *Fabric, vni uint32, ip netip.Addr, mac net.Hard
 
 // InnerUDP builds an Ethernet/IPv4/UDP frame (checksums computed).
 func InnerUDP(src, dst net.HardwareAddr, sip, dip netip.Addr, dport uint16, payload []byte) []byte {
-	return UDPFrame(src, dst, sip, dip, 40000, dport, payload)
+	return testpacket.UDPFrame(src, dst, sip, dip, 40000, dport, payload)
 }

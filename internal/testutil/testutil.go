@@ -14,15 +14,8 @@ import (
 
 	"github.com/netslot/netslot/internal/daemon"
 	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/testenv"
 )
-
-// RequireRoot skips tb unless it runs as root.
-func RequireRoot(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root: creates namespaces and devices")
-	}
-}
 
 // Eventually polls cond every 20 ms for up to 5 s and fails tb if it
 // never holds: for what the kernel finishes after the call that caused
@@ -75,7 +68,7 @@ func StartPool(tb testing.TB, n int) *Pool {
 // StartPoolWith boots a pool of cfg in stateDir and registers its teardown.
 func StartPoolWith(tb testing.TB, cfg slot.Config, stateDir, uplink string) *Pool {
 	tb.Helper()
-	RequireRoot(tb)
+	testenv.RequireRoot(tb)
 	tb.Cleanup(func() { Teardown(tb, cfg.Prefix, stateDir) })
 	d, err := daemon.New(daemon.Options{Config: cfg, StateDir: stateDir, Uplink: uplink, Logger: Logger(tb)})
 	if err != nil {
@@ -92,7 +85,7 @@ func StartPoolWith(tb testing.TB, cfg slot.Config, stateDir, uplink string) *Poo
 // Logger is filled in) and registers its teardown.
 func StartPoolOpts(tb testing.TB, opts daemon.Options) *Pool {
 	tb.Helper()
-	RequireRoot(tb)
+	testenv.RequireRoot(tb)
 	tb.Cleanup(func() { Teardown(tb, opts.Config.Prefix, opts.StateDir) })
 	if opts.Logger == nil {
 		opts.Logger = Logger(tb)

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/netslot/netslot/internal/testenv"
 )
 
 var (
@@ -61,7 +63,7 @@ func runIP(t *testing.T, args ...string) {
 
 // TestVMPing boots a guest on a tap and pings the namespace side of it.
 func TestVMPing(t *testing.T) {
-	RequireRoot(t)
+	testenv.RequireRoot(t)
 	GuestImage(t)
 	ns, nsPath := testNetns(t)
 	runIP(t, "-n", ns, "tuntap", "add", "dev", "tap0", "mode", "tap")
@@ -129,7 +131,7 @@ sleep 1
 // TestVMGeneve boots two guests on taps of one bridge and has them talk
 // through a geneve tunnel, while tshark on the bridge decodes the tunnel.
 func TestVMGeneve(t *testing.T) {
-	RequireRoot(t)
+	testenv.RequireRoot(t)
 	if _, err := exec.LookPath("tshark"); err != nil {
 		t.Skip("needs tshark")
 	}

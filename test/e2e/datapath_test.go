@@ -15,6 +15,7 @@ import (
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
 	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/testenv"
 	"github.com/netslot/netslot/internal/testutil"
 )
 
@@ -117,7 +118,7 @@ func TestDatapathKeepsForwardingThroughKill9(t *testing.T) {
 // report, plots and samples, cleans up, and reports what the design
 // promises. No timing is asserted: this machine is shared.
 func TestBenchReportQuick(t *testing.T) {
-	testutil.RequireRoot(t)
+	testenv.RequireRoot(t)
 	dir := t.TempDir()
 	// The tables the bench may make: its pools' (prefixes na, nb, nx) and
 	// the replaced design's iptables tables. Other jobs' tables may come

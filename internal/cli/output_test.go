@@ -1,0 +1,80 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
+)
+
+func TestStatusOutput(t *testing.T) {
+	st := &netslotv1.StatusResponse{
+		Prefix: "nslot", Total: 4000, Free: 3990, Leased: 10, Ready: true, BootSeconds: 6.5, Damaged: 1, Draining: true,
+		Boot:     &netslotv1.BootProgress{Created: 4000, MsPerSlotFirstTenth: 1.5, MsPerSlotLastTenth: 1.6},
+		SlotCidr: "100.64.0.0/16", Uplink: "eth1", UplinkState: "down", UplinkStateSeconds: 12,
+		Forwarding: false, Problems: []string{"uplink eth1 is down"}, EgressDeny: []string{"169.254.0.0/16"},
+		RootRules: 5, UnattributedDrops: map[string]uint64{"unknown_vni": 3}, Version: "v1",
+	}
+	var b bytes.Buffer
+	if err := printStatus(&b, "table", st); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"prefix              nslot\n", "leased              10\n", "draining            true",
+		"damaged             1 (", "boot                6.50s (created 4000",
+		"uplink              eth1 (down for 12s)\n", "forwarding          OFF", "problem             uplink eth1 is down\n",
+		"egress deny         169.254.0.0/16\n", "root rules          5\n", "unattributed drops  unknown_vni=3",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status table lacks %q:\n%s", want, b.String())
+		}
+	}
+	b.Reset()
+	if err := printStatus(&b, "json", st); err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(b.Bytes(), &got); err != nil || got["draining"] != true || got["leased"] != float64(10) || got["uplink_state"] != "down" {
+		t.Errorf("status json: %v, %s", err, b.String())
+	}
+}
+
+func TestSlotOutput(t *testing.T) {
+	s := &netslotv1.Slot{
+		Id: "nslot-3", Index: 3, State: "leased", Netns: "/run/netns/nslot-3", Tap: "tap0", GuestIp: "172.16.0.2",
+		GatewayIp: "172.16.0.1", GuestPrefixLen: 30, GuestMac: "06:00:ac:10:00:02", SlotIp: "100.64.0.4", HostVeth: "nslot3",
+		Firecracker: &netslotv1.FirecrackerInterface{IfaceId: "eth0", HostDevName: "tap0", GuestMac: "06:00:ac:10:00:02"},
+		Lease: &netslotv1.Lease{LeaseId: "abc", Owner: "vm-1", RequestKey: "vm-1-boot"},
+		Datapath: &netslotv1.Datapath{Vni: 0xF00003, DummyVni: true, TxPackets: 7, ArpRequests: 1,
+			Drops: map[string]uint64{"inbound_unsolicited": 2}},
+		Damaged: "host veth nslot3 deleted",
+	}
+	var b bytes.Buffer
+	if err := printSlot(&b, "table", s); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"nslot-3", "leased", "/run/netns/nslot-3", "172.16.0.2", "100.64.0.4",
+		"lease id", "abc", "request key", "vm-1-boot", "owner", "vm-1", "host veth nslot3 deleted", "inbound_unsolicited=2"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("slot table lacks %q:\n%s", want, b.String())
+		}
+	}
+	b.Reset()
+	if err := printSlot(&b, "json", s); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		ID    string `json:"id"`
+		Lease struct {
+			RequestKey string `json:"request_key"`
+		} `json:"lease"`
+		Firecracker struct {
+			HostDevName string `json:"host_dev_name"`
+		} `json:"firecracker"`
+	}
+	if err := json.Unmarshal(b.Bytes(), &got); err != nil || got.ID != "nslot-3" || got.Lease.RequestKey != "vm-1-boot" || got.Firecracker.HostDevName != "tap0" {
+		t.Errorf("slot json: %+v, %v: %s", got, err, b.String())
+	}
+}
