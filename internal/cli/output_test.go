@@ -46,7 +46,7 @@ func TestSlotOutput(t *testing.T) {
 		Id: "nslot-3", Index: 3, State: "leased", Netns: "/run/netns/nslot-3", Tap: "tap0", GuestIp: "172.16.0.2",
 		GatewayIp: "172.16.0.1", GuestPrefixLen: 30, GuestMac: "06:00:ac:10:00:02", SlotIp: "100.64.0.4", HostVeth: "nslot3",
 		Firecracker: &netslotv1.FirecrackerInterface{IfaceId: "eth0", HostDevName: "tap0", GuestMac: "06:00:ac:10:00:02"},
-		Lease: &netslotv1.Lease{LeaseId: "abc", Owner: "vm-1", RequestKey: "vm-1-boot"},
+		Lease:       &netslotv1.Lease{LeaseId: "abc", Owner: "vm-1", RequestKey: "vm-1-boot"},
 		Datapath: &netslotv1.Datapath{Vni: 0xF00003, DummyVni: true, TxPackets: 7, ArpRequests: 1,
 			Drops: map[string]uint64{"inbound_unsolicited": 2}},
 		Damaged: "host veth nslot3 deleted",
