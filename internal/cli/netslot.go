@@ -55,7 +55,7 @@ func Main(cmd *cobra.Command) int {
 		var ce *client.Error
 		switch {
 		case errors.As(err, &ce) && ce.Reason != "":
-			msg = fmt.Sprintf("%s (%s)", ce.Message, ce.Reason)
+			msg = fmt.Sprintf("%s (%s, %s)", ce.Message, strings.ToLower(ce.Code.String()), ce.Reason)
 		case errors.As(err, &ce):
 			msg = fmt.Sprintf("%s (%s)", ce.Message, strings.ToLower(ce.Code.String()))
 		}

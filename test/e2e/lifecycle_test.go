@@ -239,7 +239,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("acquire on empty pool waited %v", d) // a hang, not a timing assertion
 	}
-	if _, err := p.cli("acquire"); err == nil || !strings.Contains(err.Error(), "resourceexhausted") {
+	if _, err := p.cli("acquire"); err == nil || !strings.Contains(err.Error(), "(resourceexhausted, POOL_EMPTY)") {
 		t.Fatalf("cli acquire on empty pool: %v", err)
 	}
 }
