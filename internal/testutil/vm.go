@@ -25,6 +25,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/netslot/netslot/internal/netns"
+	"github.com/netslot/netslot/internal/testenv"
 )
 
 // GuestDir is where scripts/guest-image.sh keeps the guest image unless
@@ -81,6 +82,7 @@ var image struct {
 // when qemu cannot be installed.
 func GuestImage(tb testing.TB) (kernel, initrd string) {
 	tb.Helper()
+	testenv.RequireRoot(tb) // the image serves privileged tests only
 	image.once.Do(buildImage)
 	if image.skip != "" {
 		tb.Skip(image.skip)
