@@ -19,7 +19,17 @@ struct pool_config {
 	__u32 flow_ttl;       /* how long a flow stays open, in flow_now() units */
 };
 
+/* NETSLOT_TEST_LAYOUT builds the datapath with an older layout made for
+ * the upgrade test: a leading field the current layout does not have,
+ * which shifts every other (see internal/datapath/layout.go). */
+#ifdef NETSLOT_TEST_LAYOUT
+#define TEST_LAYOUT_FIELD __u32 test_gen;
+#else
+#define TEST_LAYOUT_FIELD
+#endif
+
 struct slot_info {
+	TEST_LAYOUT_FIELD
 	__u32 host_ifindex;   /* the root-side veth; 0: no slot */
 	__be32 slot_ip;
 	__u8 slot_mac[6];     /* eth0 in the slot */
@@ -38,6 +48,7 @@ struct vpc_cidr {
  * included (up to TUNNEL_CIDRS of them; more go to vpc_routes first), so
  * packets see a slot attached or not, never half of it. */
 struct tunnel_info {
+	TEST_LAYOUT_FIELD
 	__u32 vni;
 	__be32 vpc_ip;
 	__be32 remote_ip;

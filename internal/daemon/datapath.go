@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 
@@ -88,7 +89,8 @@ func (d *Daemon) setupDatapath() error {
 	}
 	dp, err := datapath.Open(dc)
 	if errors.Is(err, datapath.ErrIncompatible) && d.leaseCount() == 0 {
-		// Maps pinned by another version of netslotd: with no lease held,
+		// Maps pinned by another version of netslotd, of a layout Open
+		// could not migrate (none pinned with them): with no lease held,
 		// nothing depends on them, so they are replaced (the datapath
 		// stops for the few milliseconds this takes). With leases, Open's
 		// error stands: replacing them would cut the tenants' traffic.
@@ -101,6 +103,10 @@ func (d *Daemon) setupDatapath() error {
 	}
 	if err != nil {
 		return err
+	}
+	if len(dp.Migrated) > 0 {
+		d.log.Info("pinned maps migrated to this version's layout; leases kept", "maps", strings.Join(dp.Migrated, ","), "leases", d.leaseCount())
+		d.Metrics.ReconcileAction.WithLabelValues("migrate_datapath").Add(float64(len(dp.Migrated)))
 	}
 	d.dp = dp
 	// Entries of leases that ended while the daemon was down.

@@ -79,9 +79,14 @@ var (
 
 // Datapath is a loaded, pinned datapath of one pool.
 type Datapath struct {
-	cfg  Config
-	dir  string
-	objs datapathObjects
+	// Migrated names the pinned maps Open converted from an older
+	// layout (see migrate).
+	Migrated []string
+
+	layout map[string]mapLayout // of the pinned maps (see migrate)
+	cfg    Config
+	dir    string
+	objs   datapathObjects
 	// The leases and flows maps, mapped into memory.
 	leases, flows *mmapArray
 	// The two uplink links, held open as long as the daemon runs: their
@@ -139,6 +144,9 @@ func Open(c Config) (*Datapath, error) {
 		spec.Maps[name].MaxEntries = size
 	}
 	d := &Datapath{cfg: c, dir: dir}
+	if d.Migrated, err = migrate(spec, dir); err != nil {
+		return nil, fmt.Errorf("%w: migrating the pinned maps to this version's layout: %w", ErrIncompatible, err)
+	}
 	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}})
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		return nil, fmt.Errorf("%w (%w): run 'netslotd teardown' for prefix %q first", ErrIncompatible, err, c.Slot.Prefix)
@@ -166,6 +174,12 @@ func Open(c Config) (*Datapath, error) {
 		return nil, err
 	}
 	if err := d.attach(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	// Last: the layout describes the maps the attached programs use.
+	d.layout = layoutOf(spec)
+	if err := writeLayout(dir, d.layout); err != nil {
 		d.Close()
 		return nil, err
 	}
@@ -364,6 +378,14 @@ func (d *Datapath) Repair(full bool) (done []string, err error) {
 	for k, a := range d.attachments() {
 		if l := d.links[k]; l != nil {
 			repin(a.pin, filepath.Join(d.dir, a.pin), l.Unpin, l.Pin)
+		}
+	}
+	// The layout, which an upgrade needs to migrate the maps.
+	if _, serr := os.Stat(filepath.Join(d.dir, layoutPin)); errors.Is(serr, os.ErrNotExist) {
+		if werr := writeLayout(d.dir, d.layout); werr != nil {
+			err = errors.Join(err, werr)
+		} else {
+			done = append(done, "pin "+layoutPin)
 		}
 	}
 	if d.cfg.Uplink == "" || !full {

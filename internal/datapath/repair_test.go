@@ -39,10 +39,10 @@ func TestRepairPinsAndAttachments(t *testing.T) {
 		t.Fatalf("%d programs attached after the pins went, want 2", n)
 	}
 	done, err := e.dp.Repair(true)
-	if err != nil || len(done) != 14 { // 12 maps, 2 links
+	if err != nil || len(done) != 15 { // 12 maps, 2 links, the layout
 		t.Errorf("Repair after the pins went: %v, %v", done, err)
 	}
-	for _, name := range []string{"tunnels", "leases", ingressPin, egressPin} {
+	for _, name := range []string{"tunnels", "leases", ingressPin, egressPin, layoutPin} {
 		if _, err := os.Stat(filepath.Join(e.dp.dir, name)); err != nil {
 			t.Errorf("pin %s not back: %v", name, err)
 		}

@@ -182,3 +182,76 @@ func TestBenchReportQuick(t *testing.T) {
 		}
 	}
 }
+
+// oldLayoutNetslotd builds netslotd with the datapath layout made for the
+// upgrade test (-tags netslot_testlayout: its slot and tunnel entries carry
+// a field the current layout does not have, which shifts every other).
+func oldLayoutNetslotd(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(binDir, "netslotd-testlayout")
+	if _, err := os.Stat(bin); err == nil {
+		return bin
+	}
+	if out, err := exec.Command("go", "build", "-tags", "netslot_testlayout", "-o", bin, "../../cmd/netslotd").CombinedOutput(); err != nil {
+		t.Fatalf("build the old-layout netslotd: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestUpgradeMigratesLiveLeases upgrades a busy pool: a netslotd whose
+// maps have an older layout runs a lease with a VPC; while its guest pings
+// the outside host (NAT) and a VPC host (Geneve) every 10 ms, it is killed
+// and the current netslotd starts on its pinned state. The current one
+// migrates the changed maps (field by field, by name), swaps its programs
+// in on the held links, and not one echo is lost; the lease, its VPC and
+// its counters are kept.
+func TestUpgradeMigratesLiveLeases(t *testing.T) {
+	old := oldLayoutNetslotd(t)
+	p, fab, up := uplinkPool(t, 50)
+	p.launchCmd(exec.Command(old, p.args(up...)...))
+	p.waitReady()
+	vpcHost := netip.MustParseAddr("10.9.0.1")
+	testutil.StartVTEP(t, fab, 4242, vpcHost, net.HardwareAddr{0x02, 0x76, 0x70, 0x63, 0, 1})
+	c := p.client()
+	s, err := c.Acquire(ctx(t), &netslotv1.AcquireRequest{Owner: "vm", Vpc: &netslotv1.VpcAttachment{
+		Vni: 4242, RemoteVtep: fab.VTEP.String(), VpcIp: "10.9.0.5", VpcCidrs: []string{"10.9.0.0/24"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := slot.DefaultConfig(p.prefix, p.slots)
+	g := testutil.NewGuestNS(t, p.prefix[1:], s.Netns, cfg)
+	exec.Command("ip", "netns", "exec", g.Name, "ping", "-c", "2", "-W", "1", vpcHost.String()).Run()
+
+	const count = 600 // 6 s at 10 ms
+	nat := pingFlood(t, g.Name, fab.Outside, count)
+	vpc := pingFlood(t, g.Name, vpcHost, count)
+	time.Sleep(time.Second)
+	p.kill()
+	p.start(up...) // the current netslotd
+	natSent, natGot := nat()
+	vpcSent, vpcGot := vpc()
+	t.Logf("upgrade: NAT %d/%d echoes, Geneve %d/%d", natGot, natSent, vpcGot, vpcSent)
+	if natSent != count || natGot != count {
+		t.Errorf("NAT path lost %d of %d echoes across the upgrade", natSent-natGot, natSent)
+	}
+	if vpcSent != count || vpcGot != count {
+		t.Errorf("Geneve path lost %d of %d echoes across the upgrade", vpcSent-vpcGot, vpcSent)
+	}
+	if !strings.Contains(p.log.String(), "pinned maps migrated to this version's layout") ||
+		!regexp.MustCompile(`maps=slots,tunnels`).MatchString(p.log.String()) {
+		t.Errorf("no migration of slots and tunnels in the log:\n%s", p.log)
+	}
+	got, err := c.Get(ctx(t), s.Id)
+	if err != nil || got.GetLease().GetLeaseId() != s.Lease.LeaseId || got.GetDatapath().GetVni() != 4242 || got.GetDatapath().GetTxPackets() < 2*count {
+		t.Errorf("the lease after the upgrade: %v, %v", got, err)
+	}
+	// A new lease on the migrated maps works too.
+	s2, err := c.Acquire(ctx(t), &netslotv1.AcquireRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2 := testutil.NewGuestNS(t, p.prefix[1:]+"b", s2.Netns, cfg)
+	if out, err := exec.Command("ip", "netns", "exec", g2.Name, "ping", "-c", "2", "-W", "1", fab.Outside.String()).CombinedOutput(); err != nil {
+		t.Errorf("a new lease after the upgrade: %v\n%s", err, out)
+	}
+}

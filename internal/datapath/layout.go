@@ -1,0 +1,305 @@
+package datapath
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+)
+
+// The pinned state describes itself: next to its maps, a pool pins a map
+// named "layout" holding, as JSON, the shape of every map's key and value
+// (fields by name, offsets, sizes) as the netslotd that pinned them saw
+// them. A netslotd whose maps have another layout reads it and migrates
+// each changed map on start: it builds a map of the new layout, copies
+// every entry field by name (a field that went is dropped, a new one
+// starts at zero), pins it in the old one's place, then loads its programs
+// and swaps them in on the held links, so that leases keep forwarding
+// through the upgrade.
+
+const layoutPin = "layout"
+
+// layoutBytes bounds the JSON of a pool's layout (the layout map's value).
+const layoutBytes = 32 << 10
+
+// shape is the layout of a type in a map's key or value.
+type shape struct {
+	Kind   string  `json:"kind"` // "int", "struct" or "array"
+	Size   uint32  `json:"size"`
+	Fields []field `json:"fields,omitempty"` // struct
+	Len    uint32  `json:"len,omitempty"`    // array
+	Elem   *shape  `json:"elem,omitempty"`   // array
+}
+
+type field struct {
+	Name  string `json:"name"`
+	Off   uint32 `json:"off"`
+	Shape *shape `json:"shape"`
+}
+
+// mapLayout is one map's layout.
+type mapLayout struct {
+	Type      string `json:"type"`
+	KeySize   uint32 `json:"key_size"`
+	ValueSize uint32 `json:"value_size"`
+	Flags     uint32 `json:"flags"`
+	Key       *shape `json:"key,omitempty"`
+	Value     *shape `json:"value,omitempty"`
+}
+
+// shapeOf describes t; nil for what it cannot (then a changed map of that
+// type cannot be migrated).
+func shapeOf(t btf.Type) *shape {
+	t = btf.UnderlyingType(t)
+	size, err := btf.Sizeof(t)
+	if err != nil {
+		return nil
+	}
+	switch v := t.(type) {
+	case *btf.Int, *btf.Enum:
+		return &shape{Kind: "int", Size: uint32(size)}
+	case *btf.Array:
+		elem := shapeOf(v.Type)
+		if elem == nil {
+			return nil
+		}
+		return &shape{Kind: "array", Size: uint32(size), Len: v.Nelems, Elem: elem}
+	case *btf.Struct:
+		s := &shape{Kind: "struct", Size: uint32(size)}
+		for _, m := range v.Members {
+			ms := shapeOf(m.Type)
+			if ms == nil || m.BitfieldSize != 0 || m.Offset%8 != 0 {
+				return nil
+			}
+			s.Fields = append(s.Fields, field{Name: m.Name, Off: uint32(m.Offset / 8), Shape: ms})
+		}
+		return s
+	}
+	return nil
+}
+
+// layoutOf describes the maps of spec, as they are pinned.
+func layoutOf(spec *ebpf.CollectionSpec) map[string]mapLayout {
+	out := map[string]mapLayout{}
+	for name, m := range spec.Maps {
+		if m.Pinning != ebpf.PinByName {
+			continue
+		}
+		l := mapLayout{Type: m.Type.String(), KeySize: m.KeySize, ValueSize: m.ValueSize, Flags: m.Flags}
+		if m.Key != nil {
+			l.Key = shapeOf(m.Key)
+		}
+		if m.Value != nil {
+			l.Value = shapeOf(m.Value)
+		}
+		out[name] = l
+	}
+	return out
+}
+
+// readLayout returns the layout pinned in dir (nil, nil: none pinned).
+func readLayout(dir string) (map[string]mapLayout, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, layoutPin), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open pinned layout: %w", err)
+	}
+	defer m.Close()
+	buf := make([]byte, m.ValueSize())
+	if err := m.Lookup(uint32(0), &buf); err != nil {
+		return nil, fmt.Errorf("read pinned layout: %w", err)
+	}
+	n := slices.Index(buf, 0)
+	if n < 0 {
+		n = len(buf)
+	}
+	var l map[string]mapLayout
+	if err := json.Unmarshal(buf[:n], &l); err != nil {
+		return nil, fmt.Errorf("decode pinned layout: %w", err)
+	}
+	return l, nil
+}
+
+// writeLayout pins l in dir, replacing what was there.
+func writeLayout(dir string, l map[string]mapLayout) error {
+	b, err := json.Marshal(l)
+	if err != nil {
+		return err
+	}
+	if len(b) >= layoutBytes {
+		return fmt.Errorf("layout of %d bytes: at most %d", len(b), layoutBytes-1)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: layoutPin, Type: ebpf.Array, KeySize: 4, ValueSize: layoutBytes, MaxEntries: 1})
+	if err != nil {
+		return fmt.Errorf("layout map: %w", err)
+	}
+	defer m.Close()
+	buf := make([]byte, layoutBytes)
+	copy(buf, b)
+	if err := m.Put(uint32(0), buf); err != nil {
+		return fmt.Errorf("write layout: %w", err)
+	}
+	path := filepath.Join(dir, layoutPin)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("replace pinned layout: %w", err)
+	}
+	if err := m.Pin(path); err != nil {
+		return fmt.Errorf("pin layout: %w", err)
+	}
+	return nil
+}
+
+// migrate replaces every pinned map in dir whose layout differs from
+// spec's (spec's sizes already set for the pool) by one of spec's layout
+// holding the same entries, and returns their names. A changed map whose
+// old layout is not known (no layout pinned, or one that does not match
+// the pinned map) is left as it is: the load then fails on it
+// (ErrIncompatible). Nothing is replaced unless every changed map could
+// be converted.
+func migrate(spec *ebpf.CollectionSpec, dir string) ([]string, error) {
+	old, err := readLayout(dir)
+	if err != nil || old == nil {
+		return nil, err
+	}
+	now := layoutOf(spec)
+	type swap struct {
+		name     string
+		old, new *ebpf.Map
+	}
+	var swaps []swap
+	defer func() {
+		for _, s := range swaps {
+			s.old.Close()
+			s.new.Close()
+		}
+	}()
+	names := make([]string, 0, len(now))
+	for name := range now {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		was, ok := old[name]
+		pinned, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // a new map: the load creates it
+		}
+		if err != nil {
+			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
+		}
+		ms := spec.Maps[name]
+		if !ok || reflect.DeepEqual(was, now[name]) {
+			pinned.Close()
+			continue // the same layout (or unknown): the load reuses it, or reports what differs
+		}
+		if !ok || was.Key == nil || was.Value == nil || now[name].Key == nil || now[name].Value == nil ||
+			was.KeySize != pinned.KeySize() || was.ValueSize != pinned.ValueSize() || was.Type != pinned.Type().String() ||
+			pinned.Type() != ms.Type {
+			pinned.Close()
+			return nil, nil // not ours to convert: the load reports it
+		}
+		fresh := ms.Copy()
+		fresh.Pinning = ebpf.PinNone
+		m, err := ebpf.NewMap(fresh)
+		if err != nil {
+			pinned.Close()
+			return nil, fmt.Errorf("new map %s: %w", name, err)
+		}
+		swaps = append(swaps, swap{name: name, old: pinned, new: m})
+		if err := copyEntries(pinned, m, was, now[name]); err != nil {
+			return nil, fmt.Errorf("migrate map %s: %w", name, err)
+		}
+	}
+	var done []string
+	for _, s := range swaps {
+		path := filepath.Join(dir, s.name)
+		if err := s.old.Unpin(); err != nil {
+			return done, fmt.Errorf("unpin old map %s: %w", s.name, err)
+		}
+		if err := s.new.Pin(path); err != nil {
+			// The old map is still in use by the attached programs:
+			// pin it back, so that a retry finds it.
+			return done, errors.Join(fmt.Errorf("pin migrated map %s: %w", s.name, err), s.old.Pin(path))
+		}
+		done = append(done, s.name)
+	}
+	return done, nil
+}
+
+// copyEntries copies every entry of from (layout was) into to (layout
+// now), converting keys and values field by field.
+func copyEntries(from, to *ebpf.Map, was, now mapLayout) error {
+	perCPU := from.Type() == ebpf.PerCPUArray || from.Type() == ebpf.PerCPUHash || from.Type() == ebpf.LRUCPUHash
+	keyT := reflect.ArrayOf(int(was.KeySize), reflect.TypeFor[byte]())
+	oldV := reflect.ArrayOf(int(was.ValueSize), reflect.TypeFor[byte]())
+	newV := reflect.ArrayOf(int(now.ValueSize), reflect.TypeFor[byte]())
+	valueOf := func(t reflect.Type) reflect.Value {
+		if perCPU {
+			return reflect.New(reflect.SliceOf(t))
+		}
+		return reflect.New(t)
+	}
+	key, val := reflect.New(keyT), valueOf(oldV)
+	it := from.Iterate()
+	for it.Next(key.Interface(), val.Interface()) {
+		k := convert(now.Key, was.Key, key.Elem())
+		var v reflect.Value
+		if perCPU {
+			vals := val.Elem()
+			out := reflect.MakeSlice(reflect.SliceOf(newV), vals.Len(), vals.Len())
+			for c := range vals.Len() {
+				out.Index(c).Set(convert(now.Value, was.Value, vals.Index(c)))
+			}
+			v = out
+		} else {
+			v = convert(now.Value, was.Value, val.Elem())
+		}
+		if err := to.Put(k.Interface(), v.Interface()); err != nil {
+			return fmt.Errorf("put: %w", err)
+		}
+	}
+	return it.Err()
+}
+
+// convert returns src (a [N]byte of shape from) as a [M]byte of shape to.
+func convert(to, from *shape, src reflect.Value) reflect.Value {
+	in := make([]byte, src.Len())
+	reflect.Copy(reflect.ValueOf(in), src)
+	out := make([]byte, to.Size)
+	convertInto(out, to, in, from)
+	dst := reflect.New(reflect.ArrayOf(int(to.Size), reflect.TypeFor[byte]())).Elem()
+	reflect.Copy(dst, reflect.ValueOf(out))
+	return dst
+}
+
+// convertInto writes src (shape from) into dst (shape to): ints of one
+// size are copied, structs field by field by name, arrays element by
+// element; what has no counterpart stays zero.
+func convertInto(dst []byte, to *shape, src []byte, from *shape) {
+	switch {
+	case to.Kind == "int" && from.Kind == "int" && to.Size == from.Size:
+		copy(dst[:to.Size], src[:from.Size])
+	case to.Kind == "struct" && from.Kind == "struct":
+		for _, tf := range to.Fields {
+			for _, ff := range from.Fields {
+				if ff.Name == tf.Name && tf.Name != "" {
+					convertInto(dst[tf.Off:tf.Off+tf.Shape.Size], tf.Shape, src[ff.Off:ff.Off+ff.Shape.Size], ff.Shape)
+					break
+				}
+			}
+		}
+	case to.Kind == "array" && from.Kind == "array":
+		for i := range min(to.Len, from.Len) {
+			ts, fs := to.Elem.Size, from.Elem.Size
+			convertInto(dst[i*ts:(i+1)*ts], to.Elem, src[i*fs:(i+1)*fs], from.Elem)
+		}
+	}
+}
