@@ -17,6 +17,17 @@ if [ "$have_clang" != "$want_clang" ]; then
   exit 1
 fi
 
+# The programs compile against the vendored headers (bpf/include) and the
+# compiler's own only, never the machine's packages.
+resource=$(clang -print-resource-dir)
+for src in bpf/*.c; do
+  outside=$(clang -target bpf -I bpf/include -M "$src" | tr ' \\' '\n\n' | grep '^/' | grep -v "^$PWD/bpf/\|^$resource/" || true)
+  if [ -n "$outside" ]; then
+    echo "$src includes headers from outside bpf/include: $outside" >&2
+    exit 1
+  fi
+done
+
 ./scripts/generate.sh
 if git rev-parse --git-dir >/dev/null 2>&1; then
   paths=(internal/datapath bpf/lib/consts.h api/netslot/v1)

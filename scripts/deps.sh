@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what netslot needs on a Debian machine: Go modules, and the
 # tools its tests and demo call (iproute2 for `ip netns exec`, nftables to
-# show rules, clang/llvm/libbpf-dev to check the eBPF objects are current,
+# show rules, clang/llvm to check the eBPF objects are current (the headers
+# they compile against are vendored in bpf/include),
 # tshark to decode Geneve independently). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +19,6 @@ for pair in ip:iproute2 nft:nftables iptables-legacy-save:iptables conntrack:con
   clang:clang llvm-strip:llvm tshark:tshark; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
-# libbpf's headers (bpf_helpers.h) for compiling bpf/*.c.
-[ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
