@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -67,7 +68,12 @@ func bootOnce(ctx context.Context, run, n int, o BootOptions) (BootRun, error) {
 		return r, err
 	}
 	before := kernelMemKiB()
-	d, err := daemon.New(daemon.Options{Config: cfg, StateDir: dir, Logger: o.Log})
+	timeline := make([]atomic.Int64, n) // ns since the boot began, by readiness order
+	d, err := daemon.New(daemon.Options{Config: cfg, StateDir: dir, Logger: o.Log, OnSlotReady: func(k int, at time.Duration) {
+		if k <= len(timeline) {
+			timeline[k-1].Store(int64(at))
+		}
+	}})
 	if err != nil {
 		os.RemoveAll(dir)
 		return r, err
@@ -76,7 +82,12 @@ func bootOnce(ctx context.Context, run, n int, o BootOptions) (BootRun, error) {
 	err = d.Boot(ctx)
 	r.Boot = time.Since(start)
 	if err == nil {
-		r.Timeline = d.BootTimeline()
+		r.Timeline = make([]time.Duration, 0, n)
+		for k := range timeline {
+			if at := timeline[k].Load(); at > 0 {
+				r.Timeline = append(r.Timeline, time.Duration(at))
+			}
+		}
 		p := d.Progress()
 		r.FirstTenth = time.Duration(p.FirstTenthMs * float64(time.Millisecond))
 		r.LastTenth = time.Duration(p.LastTenthMs * float64(time.Millisecond))

@@ -447,8 +447,8 @@ func (d *Daemon) markReady(i int) {
 		return
 	}
 	n := d.ready.Add(1)
-	if n <= int64(len(d.readyAt)) {
-		d.readyAt[n-1].Store(int64(time.Since(d.bootStart)))
+	if d.opts.OnSlotReady != nil {
+		d.opts.OnSlotReady(int(n), time.Since(d.bootStart))
 	}
 	d.Metrics.SlotsReady.Set(float64(n))
 	// Marks for the per-slot cost of the first and the last tenth of boot.
@@ -702,18 +702,6 @@ func (d *Daemon) logProgress() func() {
 		}
 	}()
 	return func() { close(done); wg.Wait() }
-}
-
-// BootTimeline returns, for the k-th slot to become ready during this boot
-// (in order), the time since start at which it did; slots not ready yet
-// are left out.
-func (d *Daemon) BootTimeline() []time.Duration {
-	n := min(int(d.ready.Load()), len(d.readyAt))
-	out := make([]time.Duration, 0, n)
-	for k := 0; k < n; k++ {
-		out = append(out, time.Duration(d.readyAt[k].Load()))
-	}
-	return out
 }
 
 // Progress is a snapshot of boot progress.

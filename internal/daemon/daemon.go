@@ -53,6 +53,11 @@ type Options struct {
 	// traffic to, whatever its lease's egress policy, besides
 	// datapath.FixedDeny and the uplink's subnets.
 	Deny []netip.Prefix
+	// OnSlotReady, if set, is called as each slot of this boot becomes
+	// ready: the n-th one (from 1), after elapsed since the boot began.
+	// It runs on the boot's workers, so it must be quick (a progress bar,
+	// the per-slot cost curve of a benchmark).
+	OnSlotReady func(n int, elapsed time.Duration)
 	// EventBuffer is the receive buffer, in bytes, of the sockets the
 	// daemon hears the kernel's events on (0: DefaultEventBuffer).
 	EventBuffer int
@@ -132,9 +137,6 @@ type Daemon struct {
 	ready     atomic.Int64
 	removed   atomic.Int64
 	t10, t90  atomic.Int64 // boot time when a tenth / nine tenths were ready
-	// readyAt[k] is the boot time (ns) at which the (k+1)-th slot became
-	// ready during this boot: the per-slot cost curve (BootTimeline).
-	readyAt []atomic.Int64
 }
 
 // Errors the API maps to status codes.
@@ -235,7 +237,6 @@ func New(opts Options) (*Daemon, error) {
 	d.ended = make([]string, d.cfg.Count)
 	d.readyCh = make(chan struct{})
 	d.drainCh = make(chan struct{})
-	d.readyAt = make([]atomic.Int64, d.cfg.Count)
 	d.fwConns = make([]*nftables.Conn, d.cfg.Count)
 	d.hostIdx = make([]int, d.cfg.Count)
 	d.nsFDs = make([]nsHandle, d.cfg.Count)
