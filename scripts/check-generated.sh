@@ -11,7 +11,7 @@ export PATH="/usr/local/go/bin:$HOME/go/bin:$PATH"
 # The committed objects were compiled by this clang major version; another
 # one emits different (valid) bytecode, which would read as stale.
 want_clang=14
-have_clang=$(clang --version | sed -n 's/.*clang version \([0-9]*\)\..*/\1/p' | head -n 1)
+have_clang=$(clang --version | sed -n '1s/.*clang version \([0-9]*\)\..*/\1/p')
 if [ "$have_clang" != "$want_clang" ]; then
   echo "clang $have_clang found; the eBPF objects are generated with clang $want_clang (apt-get install clang-$want_clang, or regenerate all with make generate and commit)" >&2
   exit 1

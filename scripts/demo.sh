@@ -88,7 +88,7 @@ trap - EXIT
 echo
 echo "== release"
 $ns --socket "$SOCK" release "$id" --lease "$lease"
-$ns --socket "$SOCK" show "$id" | head -2
+$ns --socket "$SOCK" show "$id" | sed -n 1,2p # sed reads it all: no SIGPIPE for netslot
 echo
 $ns --socket "$SOCK" status
 echo
