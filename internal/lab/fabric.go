@@ -32,6 +32,9 @@ type Fabric struct {
 	Gateway  netip.Addr
 	VTEP     netip.Addr
 	Outside  netip.Addr
+	// Host is the pin of the namespace that plays the host, the uplink's
+	// side ("": the root namespace; see NewFabricIn).
+	Host string
 }
 
 // Fabric addresses.
@@ -62,40 +65,51 @@ func NewFabric(tag string, slotCIDR netip.Prefix) (*Fabric, error) {
 	if err := refuseRouted(FabricNet, FabricOutside); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrRangeInUse, err)
 	}
+	return newFabric(tag, slotCIDR, "")
+}
+
+// NewFabricIn is NewFabric for a host played by the namespace pinned at
+// host (which the caller made and removes): the uplink is made there, so a
+// test can change what is global to a host (net.ipv4.ip_forward) without
+// touching the machine's.
+func NewFabricIn(tag string, slotCIDR netip.Prefix, host string) (*Fabric, error) {
+	return newFabric(tag, slotCIDR, host)
+}
+
+func newFabric(tag string, slotCIDR netip.Prefix, host string) (*Fabric, error) {
 	f := FabricNamed(tag)
+	f.Host = host
 	if err := netns.EnsureDir("/run/netns"); err != nil {
 		return nil, err
 	}
-	var err error
-	must := func(e error) bool {
-		if e != nil && err == nil {
-			err = e
-		}
-		return err == nil
-	}
-	defer func() {
-		if err != nil {
-			f.Remove()
-		}
-	}()
-	if !must(InNewNS(f.NetnsPath(), func() error {
+	err := InNewNS(f.NetnsPath(), func() error {
 		lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1}}
 		if err := netlink.LinkSetUp(lo); err != nil {
 			return err
 		}
 		return netlink.AddrAdd(lo, addr(f.Outside, 32))
-	})) {
+	})
+	if err != nil {
+		f.Remove()
 		return nil, fmt.Errorf("fabric namespace: %w", err)
 	}
-	if !must(f.link(slotCIDR)) {
+	if err := f.link(slotCIDR); err != nil {
+		f.Remove()
 		return nil, err
 	}
 	return f, nil
 }
 
-// link makes the uplink's veth, its fabric end and their addresses and
-// routes.
+// link makes the uplink's veth (in the host's namespace), its fabric end
+// and their addresses and routes.
 func (f *Fabric) link(slotCIDR netip.Prefix) error {
+	if f.Host != "" {
+		return InNS(f.Host, func() error { return f.linkHere(slotCIDR) })
+	}
+	return f.linkHere(slotCIDR)
+}
+
+func (f *Fabric) linkHere(slotCIDR netip.Prefix) error {
 	nsFD, err := netns.Open(f.NetnsPath())
 	if err != nil {
 		return err

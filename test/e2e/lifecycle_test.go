@@ -42,6 +42,7 @@ type statusJSON struct {
 	RootRules           int     `json:"root_rules"`
 	Boot                struct{ Created, Adopted, Repaired int }
 	Problems            []string
+	Forwarding          bool
 }
 
 func (p *pool) status() statusJSON {

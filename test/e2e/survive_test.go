@@ -19,8 +19,10 @@ import (
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
 	"github.com/netslot/netslot/internal/datapath"
 	"github.com/netslot/netslot/internal/firewall"
+	"github.com/netslot/netslot/internal/lab"
 	"github.com/netslot/netslot/internal/slot"
 	"github.com/netslot/netslot/internal/state"
+	"github.com/netslot/netslot/internal/testenv"
 	"github.com/netslot/netslot/internal/testutil"
 )
 
@@ -300,4 +302,85 @@ func TestFailsClosedWithTheDatapathDetached(t *testing.T) {
 func (sv *survivor) backstop() datapath.Backstop {
 	return datapath.Backstop{Prefix: sv.prefix, Uplink: sv.fab.Uplink,
 		GuestCIDR: slot.DefaultGuestCIDR, SlotCIDR: slot.DefaultSlotCIDR}
+}
+
+// IPv4 forwarding turned off on the host (net.ipv4.ip_forward=0) is the
+// operator's call: netslotd reports it (an ERROR, status, the problems)
+// and does not turn it back on; the guests' traffic stops, and comes back
+// once forwarding is on again. The host is a namespace of the test's, so
+// that the machine's own forwarding is never touched: netslotd runs in it
+// (nsenter --net), with the uplink to the fabric there.
+func TestForwardingOffIsReported(t *testing.T) {
+	testenv.RequireRoot(t)
+	host := "h" + testutil.Prefix()[1:]
+	hostPath := "/run/netns/" + host
+	sysctl := func(v string) {
+		t.Helper()
+		if out, err := exec.Command("ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.ip_forward="+v).CombinedOutput(); err != nil {
+			t.Fatalf("sysctl in %s: %v: %s", host, err, out)
+		}
+	}
+	if out, err := exec.Command("ip", "netns", "add", host).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", host).Run() })
+	exec.Command("ip", "-n", host, "link", "set", "lo", "up").Run()
+	sysctl("1")
+	p := newPool(t, 2)
+	// Slot addresses of its own: the pinned datapaths of the machine's
+	// other pools are visible from any network namespace.
+	slotCIDR := netip.MustParsePrefix("100.71.0.0/24")
+	fab, err := lab.NewFabricIn(p.prefix[1:], slotCIDR, hostPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(fab.Remove)
+	up := []string{"--uplink", fab.Uplink, "--underlay-ip", fab.Underlay.String(), "--uplink-gateway", fab.Gateway.String(),
+		"--slot-cidr", slotCIDR.String()}
+	// nsenter, not ip netns exec: the daemon's namespace pins must be in
+	// the machine's mount namespace, where the test and the VMs see them.
+	p.launchCmd(exec.Command("nsenter", append([]string{"--net=" + hostPath, filepath.Join(binDir, "netslotd")}, p.args(up...)...)...))
+	p.waitReady()
+	s, err := p.client().Acquire(ctx(t), &netslotv1.AcquireRequest{Owner: "vm"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := testutil.NewGuestNS(t, p.prefix[1:], s.Netns, slot.DefaultConfig(p.prefix, p.slots))
+	reaches := func(tries int) bool {
+		for range tries {
+			if exec.Command("ip", "netns", "exec", g.Name, "ping", "-c", "1", "-W", "1", fab.Outside.String()).Run() == nil {
+				return true
+			}
+		}
+		return false
+	}
+	if !reaches(3) {
+		t.Fatalf("the guest does not reach the outside host to begin with:\n%s", p.log)
+	}
+
+	sysctl("0")
+	testutil.Eventually(t, "status reports forwarding off", func() bool {
+		st := p.status()
+		return !st.Forwarding && strings.Contains(strings.Join(st.Problems, "; "), "IPv4 forwarding is off")
+	})
+	if !strings.Contains(p.log.String(), `level=ERROR msg="IPv4 forwarding is off`) {
+		t.Errorf("no ERROR for forwarding off in the log:\n%s", p.log)
+	}
+	if reaches(2) {
+		t.Error("the guest reached the outside host with forwarding off")
+	}
+	if out, _ := exec.Command("ip", "netns", "exec", host, "sysctl", "-n", "net.ipv4.ip_forward").Output(); strings.TrimSpace(string(out)) != "0" {
+		t.Errorf("netslotd turned forwarding back on by itself: %s", out)
+	}
+
+	sysctl("1")
+	start := time.Now()
+	if !reaches(3) {
+		t.Errorf("the guest's traffic did not come back with forwarding on:\n%s", p.log)
+	}
+	t.Logf("traffic back %v after forwarding was on again", time.Since(start).Round(10*time.Millisecond))
+	testutil.Eventually(t, "status reports forwarding on", func() bool {
+		st := p.status()
+		return st.Forwarding && len(st.Problems) == 0
+	})
 }
