@@ -122,7 +122,7 @@ func (d *Daemon) Boot(ctx context.Context) error {
 	}
 	dur := time.Since(d.bootStart)
 	d.bootDur.Store(int64(dur))
-	close(d.readyCh)
+	d.becomeReady()
 	d.Metrics.BootSeconds.Set(dur.Seconds())
 	free, leased := d.pool.Counts()
 	p := d.Progress()

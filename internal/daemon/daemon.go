@@ -109,10 +109,11 @@ type Daemon struct {
 	hostIdx     []int // ifindex of each slot's host veth (0: unknown)
 	// orphans are slots with no lease whose tap a VMM holds: out of the
 	// pool (pending), their traffic stopped, until the VMM lets go.
-	orphans map[int]bool
-	stop    chan struct{}  // closed by Close: background work ends
-	bg      sync.WaitGroup // the background work, which Close waits for
-	lost    lossReports    // losses of kernel events not yet logged
+	orphans   map[int]bool
+	stop      chan struct{} // closed by Close: background work ends
+	closeOnce sync.Once
+	bg        sync.WaitGroup // the background work, which Close waits for
+	lost      lossReports    // losses of kernel events not yet logged
 	// keys maps the request key of each live lease to its slot; keying
 	// holds the keys whose acquire is under way (closed when it ends).
 	keys   map[string]int
@@ -120,6 +121,7 @@ type Daemon struct {
 	// ended is, by slot, the id of the lease its last release ended.
 	ended    []string
 	readyCh  chan struct{} // closed once the pool is ready
+	onReady  []func()      // run just before readyCh closes (WhenReady)
 	draining atomic.Bool
 	drainCh  chan struct{} // closed by Drain
 	// adopting: the store held no pool but the kernel does (Options.Adopt);
@@ -404,11 +406,12 @@ func configDiff(a, b slot.Config) string {
 // daemon adopts them.
 func (d *Daemon) Close() error {
 	var err error
-	if d.stop != nil {
-		close(d.stop)
-		d.stop = nil
-		d.bg.Wait()
-	}
+	d.closeOnce.Do(func() {
+		if d.stop != nil { // nil: New failed before making it
+			close(d.stop)
+			d.bg.Wait()
+		}
+	})
 	if d.store != nil {
 		err = d.store.Close()
 		d.store = nil
@@ -461,6 +464,11 @@ func (d *Daemon) lease(i int) *slot.Lease {
 // keys' index.
 func (d *Daemon) setLease(i int, l *slot.Lease) {
 	d.mu.Lock()
+	d.setLeaseLocked(i, l)
+	d.mu.Unlock()
+}
+
+func (d *Daemon) setLeaseLocked(i int, l *slot.Lease) {
 	if old := d.leases[i]; old != nil && old.Key != "" && d.keys[old.Key] == i {
 		delete(d.keys, old.Key)
 	}
@@ -468,7 +476,6 @@ func (d *Daemon) setLease(i int, l *slot.Lease) {
 	if l != nil && l.Key != "" {
 		d.keys[l.Key] = i
 	}
-	d.mu.Unlock()
 }
 
 // fwConn returns slot i's nftables socket.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -222,6 +223,7 @@ func TestLostEventsAreResynced(t *testing.T) {
 		}
 		return b.String()
 	}
+	fdsBefore := openFDs(t)
 	mid := fmt.Sprintf("link del %s\n", p.Config.HostVeth(0))
 	for round := 0; reconciled(t, p, "events_lost") == 0; round++ {
 		if round == 5 {
@@ -245,4 +247,21 @@ func TestLostEventsAreResynced(t *testing.T) {
 		st := p.D.Status()
 		return st.Damaged == 0 && st.Free == 3 && whole(p.Config, 0) == nil && whole(p.Config, 1) == nil
 	})
+	// Each loss ends a subscription; its socket goes with it, not when the
+	// daemon stops.
+	lost := reconciled(t, p, "events_lost")
+	if grew := openFDs(t) - fdsBefore; float64(grew) > 4+lost/4 {
+		t.Errorf("%d more descriptors after %v lost subscriptions: their sockets stay open", grew, lost)
+	}
+	t.Logf("%v losses, descriptors %+d", lost, openFDs(t)-fdsBefore)
+}
+
+// openFDs counts the process's open descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }

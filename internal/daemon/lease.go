@@ -29,8 +29,9 @@ func (d *Daemon) claimKey(ctx context.Context, req AcquireRequest) (info SlotInf
 				d.Metrics.AcquireErrors.WithLabelValues("invalid").Inc()
 				return SlotInfo{}, nil, fmt.Errorf("%w: key %q leased %s with another request (lease %s)", ErrKeyReused, req.Key, d.cfg.ID(i), l.ID)
 			}
-			info, err := d.Get(d.cfg.ID(i))
-			return info, nil, err
+			// From the lease seen under the lock: a release racing with
+			// this retry cannot make it answer another lease.
+			return SlotInfo{Index: i, ID: d.cfg.ID(i), State: d.pool.State(i), Lease: l, Datapath: d.datapathInfo(i), Damaged: d.damage(i)}, nil, nil
 		}
 		if ch, ok := d.keying[req.Key]; ok {
 			d.mu.Unlock()
@@ -131,8 +132,10 @@ func (d *Daemon) endLease(i int, l *slot.Lease) error {
 	if err := d.store.EndLease(i, id); err != nil {
 		return err
 	}
-	d.setLease(i, nil)
+	// One critical section: a retried release sees the lease either held
+	// or ended, never neither.
 	d.mu.Lock()
+	d.setLeaseLocked(i, nil)
 	d.ended[i] = id
 	d.mu.Unlock()
 	return nil
@@ -153,3 +156,31 @@ func (d *Daemon) Draining() bool { return d.draining.Load() }
 
 // Ready returns a channel closed once every slot of the pool is ready.
 func (d *Daemon) Ready() <-chan struct{} { return d.readyCh }
+
+// WhenReady runs fn once the pool is ready: at once if it is, else just
+// before the first acquire can be served (so that what fn reports, the
+// health service's SERVING, is never behind the pool).
+func (d *Daemon) WhenReady(fn func()) {
+	d.mu.Lock()
+	select {
+	case <-d.readyCh:
+		d.mu.Unlock()
+		fn()
+		return
+	default:
+	}
+	d.onReady = append(d.onReady, fn)
+	d.mu.Unlock()
+}
+
+// becomeReady runs the WhenReady callbacks, then lets acquires through.
+func (d *Daemon) becomeReady() {
+	d.mu.Lock()
+	fns := d.onReady
+	d.onReady = nil
+	for _, fn := range fns {
+		fn()
+	}
+	close(d.readyCh)
+	d.mu.Unlock()
+}

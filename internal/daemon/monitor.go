@@ -117,7 +117,9 @@ func (d *Daemon) subscribe(done <-chan struct{}, poke func()) {
 	onErr := func(error) { poke() }
 	go d.follow(done, "link", started.Done, func(ready func()) error {
 		links := make(chan netlink.LinkUpdate, 256)
-		if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{
+		subDone := until(done)
+		defer subDone.end()
+		if err := netlink.LinkSubscribeWithOptions(links, subDone.ch, netlink.LinkSubscribeOptions{
 			ErrorCallback: onErr, ReceiveBufferSize: rcvbuf, ReceiveBufferForceSize: true}); err != nil {
 			return err
 		}
@@ -139,7 +141,9 @@ func (d *Daemon) subscribe(done <-chan struct{}, poke func()) {
 	table := nslinks.RouteTable(d.cfg.Prefix)
 	go d.follow(done, "route", started.Done, func(ready func()) error {
 		routes := make(chan netlink.RouteUpdate, 256)
-		if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{
+		subDone := until(done)
+		defer subDone.end()
+		if err := netlink.RouteSubscribeWithOptions(routes, subDone.ch, netlink.RouteSubscribeOptions{
 			ErrorCallback: onErr, ReceiveBufferSize: rcvbuf, ReceiveBufferForceSize: true}); err != nil {
 			return err
 		}
@@ -190,6 +194,30 @@ func (d *Daemon) subscribe(done <-chan struct{}, poke func()) {
 		}, poke)
 	}
 }
+
+// subscription is the done channel of one subscription: closed when the
+// daemon's done is, or when the subscription ends (end), so that the
+// library closes its socket then too (it closes it on done only, and a
+// subscription ended by ENOBUFS would keep its socket and buffer).
+type subscription struct {
+	ch   chan struct{}
+	stop chan struct{}
+	once sync.Once
+}
+
+func until(done <-chan struct{}) *subscription {
+	s := &subscription{ch: make(chan struct{}), stop: make(chan struct{})}
+	go func() {
+		select {
+		case <-done:
+		case <-s.stop:
+		}
+		close(s.ch)
+	}()
+	return s
+}
+
+func (s *subscription) end() { s.once.Do(func() { close(s.stop) }) }
 
 // follow runs sub, a subscription to the kernel's events that calls
 // ready once subscribed and returns when the events end, until done is

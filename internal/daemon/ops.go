@@ -97,28 +97,30 @@ func (d *Daemon) Acquire(ctx context.Context, req AcquireRequest) (SlotInfo, err
 	}
 	if req.Egress.Restricted() {
 		if err := d.setEgress(i, req.Egress); err != nil {
-			return SlotInfo{}, d.abortAcquire(i, l, "firewall", err)
+			return SlotInfo{}, d.abortAcquire(i, l, "firewall", err, nil)
 		}
 	}
 	// The flip from the dummy VNI: map updates only.
 	if req.VPC != nil {
 		if err := d.dp.Attach(i, req.VPC); err != nil {
+			var undo error
 			if req.Egress.Restricted() {
-				err = errors.Join(err, d.setEgress(i, slot.Egress{}))
+				undo = d.setEgress(i, slot.Egress{})
 			}
-			return SlotInfo{}, d.abortAcquire(i, l, "datapath", err)
+			return SlotInfo{}, d.abortAcquire(i, l, "datapath", err, undo)
 		}
 	}
 	// The caller gave up meanwhile: the lease is undone, never committed.
 	if err := ctx.Err(); err != nil {
 		err = fmt.Errorf("%w: %w", ErrDeadline, err)
+		var undo error
 		if req.VPC != nil {
-			err = errors.Join(err, d.dp.Detach(i, req.VPC))
+			undo = d.dp.Detach(i, req.VPC)
 		}
 		if req.Egress.Restricted() {
-			err = errors.Join(err, d.setEgress(i, slot.Egress{}))
+			undo = errors.Join(undo, d.setEgress(i, slot.Egress{}))
 		}
-		return SlotInfo{}, d.abortAcquire(i, l, "deadline", err)
+		return SlotInfo{}, d.abortAcquire(i, l, "deadline", err, undo)
 	}
 	// Last, the slot opens: its traffic flows from here on, under the
 	// policy written above.
@@ -152,17 +154,37 @@ func (d *Daemon) takeWhole() (int, error) {
 }
 
 // abortAcquire undoes the lease record of a failed acquire of slot i and
-// returns the error to report. If the store cannot forget the lease, the
-// slot stays leased (the store says so) until a release scrubs it.
-func (d *Daemon) abortAcquire(i int, l *slot.Lease, what string, err error) error {
+// returns the error to report; undo is what putting back the slot's policy
+// and attachment failed with (nil: they are as the pool left them).
+//   - The store cannot forget the lease: the slot stays leased (the store
+//     says so), closed and without its key, until a release scrubs it; the
+//     error does not claim that nothing was leased.
+//   - The slot is not back as it was (undo): it leaves the pool for a
+//     rebuild, never handed to the next tenant with the last one's policy.
+//   - Else it goes back to the pool.
+func (d *Daemon) abortAcquire(i int, l *slot.Lease, what string, err, undo error) error {
 	d.Metrics.AcquireErrors.WithLabelValues(what).Inc()
+	id := d.cfg.ID(i)
 	if derr := d.store.DeleteLease(i); derr != nil {
-		d.setLease(i, l)
+		kept := *l
+		kept.Key = "" // never returned to a retry: it never opened
+		d.setLease(i, &kept)
 		d.pool.CommitTake(i)
-		return fmt.Errorf("slot %s: %w; it stays leased until released: %w", d.cfg.ID(i), err, derr)
+		return fmt.Errorf("slot %s: %v; it stays leased until released: %w", id, errors.Join(err, undo), derr)
+	}
+	if undo != nil {
+		d.mu.Lock()
+		d.damaged[i] = fmt.Sprintf("acquire undone, its policy not: %v", undo)
+		d.mu.Unlock()
+		d.log.Error("slot damaged", "slot", id, "why", "a failed acquire's policy could not be undone", "err", undo)
+		d.Metrics.ReconcileAction.WithLabelValues("slot_damaged").Inc()
+		if d.pool.Withdraw(i, pool.Acquiring) == nil {
+			d.pokeRebuilds()
+		}
+		return fmt.Errorf("slot %s: %w; undoing it failed, the slot is rebuilt: %v", id, err, undo)
 	}
 	d.pool.Untake(i)
-	return fmt.Errorf("slot %s: %w", d.cfg.ID(i), err)
+	return fmt.Errorf("slot %s: %w", id, err)
 }
 
 func (d *Daemon) setEgress(i int, e slot.Egress) error {

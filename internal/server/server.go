@@ -48,12 +48,11 @@ type Server struct {
 func New(d *daemon.Daemon) *Server {
 	s := &Server{d: d, health: health.NewServer()}
 	s.setHealth(healthgrpc.HealthCheckResponse_NOT_SERVING)
-	go func() {
-		<-d.Ready()
+	d.WhenReady(func() {
 		if !d.Draining() {
 			s.setHealth(healthgrpc.HealthCheckResponse_SERVING)
 		}
-	}()
+	})
 	return s
 }
 

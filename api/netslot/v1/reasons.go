@@ -49,6 +49,7 @@ const (
 	// was leased.
 	ReasonDeadline = "DEADLINE"
 	// ReasonInternal (INTERNAL): a kernel or store operation failed; the
-	// message says which. The slot was left as it was.
+	// message says which, and that a slot stays leased when the store
+	// could not forget a failed acquire's lease (rare: release it).
 	ReasonInternal = "INTERNAL"
 )
