@@ -11,6 +11,7 @@ export PATH="/usr/local/go/bin:$HOME/go/bin:$PATH"
 # The committed objects were compiled by this clang major version; another
 # one emits different (valid) bytecode, which would read as stale.
 want_clang=14
+command -v clang >/dev/null || { echo "clang is not installed (scripts/deps.sh installs it)" >&2; exit 1; }
 have_clang=$(clang --version | sed -n '1s/.*clang version \([0-9]*\)\..*/\1/p')
 if [ "$have_clang" != "$want_clang" ]; then
   echo "clang $have_clang found; the eBPF objects are generated with clang $want_clang (apt-get install clang-$want_clang, or regenerate all with make generate and commit)" >&2
@@ -21,7 +22,8 @@ fi
 # compiler's own only, never the machine's packages.
 resource=$(clang -print-resource-dir)
 for src in bpf/*.c; do
-  outside=$(clang -target bpf -I bpf/include -M "$src" | tr ' \\' '\n\n' | grep '^/' | grep -v "^$PWD/bpf/\|^$resource/" || true)
+  deps=$(clang -target bpf -I bpf/include -M "$src") # fails the script if clang does
+  outside=$(printf '%s\n' "$deps" | tr ' \\' '\n\n' | grep '^/' | grep -v "^$PWD/bpf/\|^$resource/" || true)
   if [ -n "$outside" ]; then
     echo "$src includes headers from outside bpf/include: $outside" >&2
     exit 1

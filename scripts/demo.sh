@@ -17,7 +17,7 @@ LOG=/var/log/netslotd.log
 ns=./bin/netslot
 lab="./bin/netslot-bench lab"
 
-if ! ip netns list | grep -qw fdemo; then
+if [ ! -e /run/netns/fdemo ]; then # not ip netns list | grep -q: SIGPIPE under pipefail with thousands of slots
   echo "== demo fabric: namespace fdemo behind uplink veth udemo (198.18.0.0/15, routed nowhere else)"
   $lab fabric --tag demo
 fi
@@ -53,8 +53,12 @@ fi
 
 echo
 echo "== a VPC host (10.9.0.1, vni 4242) behind the fabric's VTEP 198.18.0.9"
+guest=
 $lab vtep --tag demo --vni 4242 --ip 10.9.0.1 &
 vtep=$!
+# From here on a failed step stops the background helpers too.
+cleanup() { kill $guest "$vtep" 2>/dev/null || true; wait $guest "$vtep" 2>/dev/null || true; }
+trap cleanup EXIT
 echo
 echo "== acquire, attached to the VPC (what a VM launcher gets)"
 slot=$($ns --socket "$SOCK" acquire --owner demo-vm --vni 4242 --vtep 198.18.0.9 --vpc-ip 10.9.0.5 --vpc-cidr 10.9.0.0/24 -o json)
@@ -70,10 +74,8 @@ echo
 echo "== a guest on $id's tap0 (a namespace with a kernel network stack, like a VM's)"
 $lab guest --netns "$netns" --tag demo &
 guest=$!
-for _ in $(seq 50); do ip netns list | grep -qw gdemo && break; sleep 0.1; done
+for _ in $(seq 50); do [ -e /run/netns/gdemo ] && break; sleep 0.1; done
 sleep 0.3
-cleanup() { kill "$guest" "$vtep" 2>/dev/null || true; wait "$guest" "$vtep" 2>/dev/null || true; }
-trap cleanup EXIT
 echo "-- ping the outside host 198.19.1.1 (stateless NAT to the slot address)"
 ip netns exec gdemo ping -c 3 -i 0.2 198.19.1.1 | tail -2
 echo "-- ping the VPC host 10.9.0.1 (Geneve, vni 4242; the first echo may go to ARP through the tunnel)"

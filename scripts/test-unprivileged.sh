@@ -19,7 +19,8 @@ chmod -R a+rX "$bins"
 # the module cache under root's home: they run in the root suite only.
 skip='^(TestProductBinariesLinkNoHarness|TestReadmeProgramIsTheExample)$'
 failed=0
-for pkg in $(go list ./...); do
+pkgs=$(go list ./...) # a failure here stops the script (set -e), unlike in a for list
+for pkg in $pkgs; do
   dir=$(go list -f '{{.Dir}}' "$pkg")
   ls "$dir"/*_test.go >/dev/null 2>&1 || continue
   bin=$bins/$(echo "$pkg" | tr / _).test

@@ -33,7 +33,8 @@ go test -race -count=1 -timeout 10m ./client/
 fuzztime="${FUZZTIME:-50000x}"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for pkg in $(go list ./...); do
+pkgs=$(go list ./...) # a failure here stops the script (set -e), unlike in a for list
+for pkg in $pkgs; do
   dir=$(go list -f '{{.Dir}}' "$pkg")
   for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
     echo "fuzz $target ($pkg, $fuzztime)"

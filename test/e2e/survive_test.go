@@ -363,9 +363,9 @@ func TestForwardingOffIsReported(t *testing.T) {
 		st := p.status()
 		return !st.Forwarding && strings.Contains(strings.Join(st.Problems, "; "), "IPv4 forwarding is off")
 	})
-	if !strings.Contains(p.log.String(), `level=ERROR msg="IPv4 forwarding is off`) {
-		t.Errorf("no ERROR for forwarding off in the log:\n%s", p.log)
-	}
+	testutil.Eventually(t, "an ERROR for forwarding off in the log", func() bool {
+		return strings.Contains(p.log.String(), `level=ERROR msg="IPv4 forwarding is off`)
+	})
 	if reaches(2) {
 		t.Error("the guest reached the outside host with forwarding off")
 	}
