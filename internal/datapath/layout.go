@@ -147,12 +147,20 @@ func writeLayout(dir string, l map[string]mapLayout) error {
 	if err := m.Put(uint32(0), buf); err != nil {
 		return fmt.Errorf("write layout: %w", err)
 	}
-	path := filepath.Join(dir, layoutPin)
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("replace pinned layout: %w", err)
+	return pinOver(m, filepath.Join(dir, layoutPin))
+}
+
+// pinOver pins m at path in place of what is there, in one step: pinned
+// beside it, then renamed over it, so that no crash leaves path empty.
+func pinOver(m *ebpf.Map, path string) error {
+	tmp := path + "_new" // bpffs refuses dots in names
+	os.Remove(tmp)
+	if err := m.Pin(tmp); err != nil {
+		return fmt.Errorf("pin %s: %w", tmp, err)
 	}
-	if err := m.Pin(path); err != nil {
-		return fmt.Errorf("pin layout: %w", err)
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("pin %s: %w", path, err)
 	}
 	return nil
 }
@@ -218,18 +226,21 @@ func migrate(spec *ebpf.CollectionSpec, dir string) ([]string, error) {
 			return nil, fmt.Errorf("migrate map %s: %w", name, err)
 		}
 	}
+	// Each converted map takes its old one's pin in one rename, and the
+	// layout is written as each is: whatever happens next (a crash, a
+	// failed load), the pins and the layout agree, and the next start
+	// converts only what is left. The attached programs keep the old maps
+	// until they are swapped.
 	var done []string
 	for _, s := range swaps {
-		path := filepath.Join(dir, s.name)
-		if err := s.old.Unpin(); err != nil {
-			return done, fmt.Errorf("unpin old map %s: %w", s.name, err)
+		if err := pinOver(s.new, filepath.Join(dir, s.name)); err != nil {
+			return done, fmt.Errorf("migrated map %s: %w", s.name, err)
 		}
-		if err := s.new.Pin(path); err != nil {
-			// The old map is still in use by the attached programs:
-			// pin it back, so that a retry finds it.
-			return done, errors.Join(fmt.Errorf("pin migrated map %s: %w", s.name, err), s.old.Pin(path))
-		}
+		old[s.name] = now[s.name]
 		done = append(done, s.name)
+		if err := writeLayout(dir, old); err != nil {
+			return done, err
+		}
 	}
 	return done, nil
 }
@@ -237,6 +248,17 @@ func migrate(spec *ebpf.CollectionSpec, dir string) ([]string, error) {
 // copyEntries copies every entry of from (layout was) into to (layout
 // now), converting keys and values field by field.
 func copyEntries(from, to *ebpf.Map, was, now mapLayout) error {
+	if err := convertible(now.Key, was.Key); err != nil {
+		return fmt.Errorf("key: %w", err)
+	}
+	if err := convertible(now.Value, was.Value); err != nil {
+		return fmt.Errorf("value: %w", err)
+	}
+	// Keys of hashes and tries that became one are refused, not merged.
+	put := ebpf.UpdateAny
+	if to.Type() != ebpf.Array && to.Type() != ebpf.PerCPUArray {
+		put = ebpf.UpdateNoExist
+	}
 	perCPU := from.Type() == ebpf.PerCPUArray || from.Type() == ebpf.PerCPUHash || from.Type() == ebpf.LRUCPUHash
 	keyT := reflect.ArrayOf(int(was.KeySize), reflect.TypeFor[byte]())
 	oldV := reflect.ArrayOf(int(was.ValueSize), reflect.TypeFor[byte]())
@@ -262,11 +284,35 @@ func copyEntries(from, to *ebpf.Map, was, now mapLayout) error {
 		} else {
 			v = convert(now.Value, was.Value, val.Elem())
 		}
-		if err := to.Put(k.Interface(), v.Interface()); err != nil {
+		if err := to.Update(k.Interface(), v.Interface(), put); err != nil {
 			return fmt.Errorf("put: %w", err)
 		}
 	}
 	return it.Err()
+}
+
+// convertible refuses a conversion that would lose a value silently: a
+// field of the same name whose kind or integer size changed.
+func convertible(to, from *shape) error {
+	switch {
+	case to.Kind != from.Kind:
+		return fmt.Errorf("a %s became a %s", from.Kind, to.Kind)
+	case to.Kind == "int" && to.Size != from.Size:
+		return fmt.Errorf("a %d-byte integer became %d bytes", from.Size, to.Size)
+	case to.Kind == "array":
+		return convertible(to.Elem, from.Elem)
+	case to.Kind == "struct":
+		for _, tf := range to.Fields {
+			for _, ff := range from.Fields {
+				if ff.Name == tf.Name && tf.Name != "" {
+					if err := convertible(tf.Shape, ff.Shape); err != nil {
+						return fmt.Errorf("%s: %w", tf.Name, err)
+					}
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // convert returns src (a [N]byte of shape from) as a [M]byte of shape to.

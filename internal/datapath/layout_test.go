@@ -63,3 +63,23 @@ func TestLayoutDescribesEveryMap(t *testing.T) {
 		t.Errorf("tunnel_info's fields: %+v", f)
 	}
 }
+
+// A field whose integer size or kind changed is refused, not zeroed.
+func TestConvertibleRefusesLossyChanges(t *testing.T) {
+	u32 := &shape{Kind: "int", Size: 4}
+	u16 := &shape{Kind: "int", Size: 2}
+	was := &shape{Kind: "struct", Size: 8, Fields: []field{{"vni", 0, u32}, {"port", 4, u16}}}
+	for _, tc := range []struct {
+		now *shape
+		ok  bool
+	}{
+		{&shape{Kind: "struct", Size: 8, Fields: []field{{"port", 0, u16}, {"vni", 4, u32}}}, true},
+		{&shape{Kind: "struct", Size: 8, Fields: []field{{"vni", 0, u32}, {"port", 4, u32}}}, false},
+		{&shape{Kind: "struct", Size: 8, Fields: []field{{"vni", 0, &shape{Kind: "array", Size: 4, Len: 4, Elem: &shape{Kind: "int", Size: 1}}}}}, false},
+		{&shape{Kind: "struct", Size: 4, Fields: []field{{"vni", 0, u32}}}, true},
+	} {
+		if err := convertible(tc.now, was); (err == nil) != tc.ok {
+			t.Errorf("convertible(%+v): %v, want ok %t", tc.now.Fields, err, tc.ok)
+		}
+	}
+}
