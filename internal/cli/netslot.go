@@ -42,7 +42,7 @@ func Netslot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&f.socket, "socket", client.DefaultSocket, "netslotd's unix socket")
-	root.PersistentFlags().StringVarP(&f.output, "output", "o", "table", "output format: table or json")
+	root.PersistentFlags().StringVarP(&f.output, "output", "o", "table", "output format: table or json; acquire and show also take firecracker (the PUT /network-interfaces body, the boot arguments and the jailer's --netns)")
 	root.PersistentFlags().DurationVar(&f.timeout, "timeout", 10*time.Second, "deadline of each request")
 	root.AddCommand(statusCmd(f), acquireCmd(f), releaseCmd(f), listCmd(f), showCmd(f), benchCmd(f))
 	return root
@@ -66,8 +66,11 @@ func Main(cmd *cobra.Command) int {
 }
 
 func (f *clientFlags) run(cmd *cobra.Command, fn func(ctx context.Context, c *client.Client) error) error {
-	if f.output != "table" && f.output != "json" {
-		return fmt.Errorf("unknown output format %q: want table or json", f.output)
+	switch {
+	case f.output == "firecracker" && cmd.Name() != "acquire" && cmd.Name() != "show":
+		return fmt.Errorf("-o firecracker is for acquire and show")
+	case f.output != "table" && f.output != "json" && f.output != "firecracker":
+		return fmt.Errorf("unknown output format %q: want table, json or firecracker", f.output)
 	}
 	// A command line fails at once when the daemon is not there; a
 	// launcher's client waits for it to come back.
@@ -160,13 +163,14 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 		inbound             []string
 		denyAll, wait       bool
 		key                 string
+		dns                 []string
 	)
 	cmd := &cobra.Command{
 		Use:   "acquire",
 		Short: "Lease a free slot (fails at once if none is free, unless --wait)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			req := &netslotv1.AcquireRequest{EgressAllow: allowList, EgressDenyAll: denyAll, Owner: owner, RequestKey: key, Wait: wait}
+			req := &netslotv1.AcquireRequest{EgressAllow: allowList, EgressDenyAll: denyAll, Owner: owner, RequestKey: key, Wait: wait, Dns: dns}
 			rules, err := slot.ParseInboundSpecs(inbound)
 			if err != nil {
 				return err
@@ -203,6 +207,7 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 	fl.StringVar(&owner, "owner", "", "label stored with the lease, for example the VM's id")
 	fl.StringVar(&key, "key", "", "idempotency key: while its lease lives, an acquire with the same key returns that lease")
 	fl.BoolVar(&wait, "wait", false, "wait for a slot (pool empty, or the daemon booting) until --timeout")
+	fl.StringSliceVar(&dns, "dns", nil, "the guest's DNS servers for this lease, IPv4 (comma-separated or repeated, at most 3; default: netslotd --dns)")
 	return cmd
 }
 
@@ -303,12 +308,49 @@ func listCmd(f *clientFlags) *cobra.Command {
 	return cmd
 }
 
+// firecrackerConfig is what a Firecracker launcher needs from a slot, ready
+// to use unchanged: the body of PUT /network-interfaces/{iface_id}, the
+// kernel arguments that configure the guest with no DHCP (appended to its
+// boot_args), and the jailer's --netns.
+type firecrackerConfig struct {
+	NetworkInterface struct {
+		IfaceID     string `json:"iface_id"`
+		HostDevName string `json:"host_dev_name"`
+		GuestMAC    string `json:"guest_mac"`
+	} `json:"network_interface"`
+	BootArgs string   `json:"boot_args"`
+	MTU      uint32   `json:"mtu"`
+	DNS      []string `json:"dns"`
+	Netns    string   `json:"jailer_netns"`
+	SlotID   string   `json:"slot_id"`
+	LeaseID  string   `json:"lease_id,omitempty"`
+}
+
+func printFirecracker(w io.Writer, s *netslotv1.Slot) error {
+	var c firecrackerConfig
+	fc := s.GetFirecracker()
+	c.NetworkInterface.IfaceID, c.NetworkInterface.HostDevName, c.NetworkInterface.GuestMAC = fc.GetIfaceId(), fc.GetHostDevName(), fc.GetGuestMac()
+	c.BootArgs, c.MTU, c.DNS, c.Netns, c.SlotID, c.LeaseID = s.BootArgs, s.Mtu, s.Dns, s.Netns, s.Id, s.GetLease().GetLeaseId()
+	if c.DNS == nil {
+		c.DNS = []string{}
+	}
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
+
 func printSlot(w io.Writer, format string, s *netslotv1.Slot) error {
 	if format == "json" {
 		return writeJSON(w, s)
 	}
 	if s == nil {
 		return errors.New("empty answer")
+	}
+	if format == "firecracker" {
+		return printFirecracker(w, s)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "id\t%s\nstate\t%s\nnetns\t%s\ntap\t%s\nguest ip\t%s/%d\ngateway\t%s\nguest mac\t%s\nslot ip\t%s\nhost veth\t%s\n",
@@ -318,6 +360,11 @@ func printSlot(w io.Writer, format string, s *netslotv1.Slot) error {
 	}
 	fc := s.GetFirecracker()
 	fmt.Fprintf(tw, "firecracker\tiface_id=%s host_dev_name=%s guest_mac=%s\n", fc.GetIfaceId(), fc.GetHostDevName(), fc.GetGuestMac())
+	fmt.Fprintf(tw, "mtu\t%d\n", s.Mtu)
+	if len(s.Dns) > 0 {
+		fmt.Fprintf(tw, "dns\t%s\n", strings.Join(s.Dns, ", "))
+	}
+	fmt.Fprintf(tw, "boot args\t%s\n", s.BootArgs)
 	if l := s.GetLease(); l != nil {
 		fmt.Fprintf(tw, "lease id\t%s\n", l.LeaseId)
 		if l.RequestKey != "" {

@@ -39,7 +39,7 @@ type daemonFlags struct {
 	underlayIP, gateway string
 	workers             int
 	logJSON             bool
-	deny                []string
+	deny, dns           []string
 	adopt               bool
 	drainGrace          time.Duration
 }
@@ -74,6 +74,7 @@ socket, and keeps the slots when it stops: a restarted daemon adopts them.
 	fl.IntVar(&f.workers, "boot-workers", 0, "parallel slot builders at boot (0: one per CPU, at least 2)")
 	fl.DurationVar(&f.drainGrace, "drain-grace", 2*time.Second, "on SIGTERM or SIGINT, how long netslotd drains before it stops: it refuses acquires (UNAVAILABLE, DRAINING), health says NOT_SERVING, releases are served; a second signal stops it at once")
 	fl.BoolVar(&f.adopt, "adopt", false, "take over the slots of the prefix when the state dir holds no pool (a lost store): their leases are unknown, and a slot whose tap a VM still holds stays out of the pool until it lets go")
+	fl.StringSliceVar(&f.dns, "dns", nil, "the guests' DNS servers, IPv4 (comma-separated or repeated, at most 3): in each slot's answer, its boot arguments and its DHCP; acquire --dns overrides them per lease")
 	fl.StringArrayVar(&f.deny, "deny", nil, "an IPv4 CIDR no guest may send to, whatever its lease allows (repeatable; on top of link-local, multicast, reserved ranges and the uplink's subnets)")
 	fl.BoolVar(&f.logJSON, "log-json", false, "log JSON instead of text")
 	root.AddCommand(teardownCmd())
@@ -131,6 +132,9 @@ func runDaemon(parent context.Context, f *daemonFlags) error {
 	}
 	if opts.UplinkGateway, err = parseOptionalAddr("--uplink-gateway", f.gateway); err != nil {
 		return err
+	}
+	if opts.DNS, err = slot.ParseDNS(f.dns); err != nil {
+		return fmt.Errorf("--dns: %w", err)
 	}
 	if opts.Deny, err = slot.ParseCIDRs("--deny cidr", f.deny); err != nil {
 		return err

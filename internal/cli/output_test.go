@@ -49,14 +49,16 @@ func TestSlotOutput(t *testing.T) {
 		Lease:       &netslotv1.Lease{LeaseId: "abc", Owner: "vm-1", RequestKey: "vm-1-boot"},
 		Datapath: &netslotv1.Datapath{Vni: 0xF00003, DummyVni: true, TxPackets: 7, ArpRequests: 1,
 			Drops: map[string]uint64{"inbound_unsolicited": 2}},
-		Damaged: "host veth nslot3 deleted",
+		Damaged: "host veth nslot3 deleted", Mtu: 1450, Dns: []string{"198.18.0.53"},
+		BootArgs: "ip=172.16.0.2::172.16.0.1:255.255.255.252::eth0:off:198.18.0.53",
 	}
 	var b bytes.Buffer
 	if err := printSlot(&b, "table", s); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"nslot-3", "leased", "/run/netns/nslot-3", "172.16.0.2", "100.64.0.4",
-		"lease id", "abc", "request key", "vm-1-boot", "owner", "vm-1", "host veth nslot3 deleted", "inbound_unsolicited=2"} {
+		"lease id", "abc", "request key", "vm-1-boot", "owner", "vm-1", "host veth nslot3 deleted", "inbound_unsolicited=2",
+		"mtu                   1450\n", "dns                   198.18.0.53\n", "boot args             ip=172.16.0.2::172.16.0.1:255.255.255.252::eth0:off:198.18.0.53\n"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("slot table lacks %q:\n%s", want, b.String())
 		}
@@ -76,5 +78,31 @@ func TestSlotOutput(t *testing.T) {
 	}
 	if err := json.Unmarshal(b.Bytes(), &got); err != nil || got.ID != "nslot-3" || got.Lease.RequestKey != "vm-1-boot" || got.Firecracker.HostDevName != "tap0" {
 		t.Errorf("slot json: %+v, %v: %s", got, err, b.String())
+	}
+}
+
+// -o firecracker prints what a Firecracker launcher passes on unchanged.
+func TestFirecrackerOutput(t *testing.T) {
+	s := &netslotv1.Slot{Id: "nslot-3", Netns: "/run/netns/nslot-3", Mtu: 1500, BootArgs: "ip=172.16.0.2::172.16.0.1:255.255.255.252::eth0:off",
+		Firecracker: &netslotv1.FirecrackerInterface{IfaceId: "eth0", HostDevName: "tap0", GuestMac: "06:00:ac:10:00:02"},
+		Lease:       &netslotv1.Lease{LeaseId: "abc"}}
+	var b bytes.Buffer
+	if err := printSlot(&b, "firecracker", s); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		NetworkInterface map[string]string `json:"network_interface"`
+		BootArgs         string            `json:"boot_args"`
+		JailerNetns      string            `json:"jailer_netns"`
+		LeaseID          string            `json:"lease_id"`
+		DNS              []string          `json:"dns"`
+	}
+	if err := json.Unmarshal(b.Bytes(), &got); err != nil {
+		t.Fatalf("%v: %s", err, b.String())
+	}
+	want := map[string]string{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}
+	if len(got.NetworkInterface) != 3 || got.NetworkInterface["iface_id"] != want["iface_id"] || got.NetworkInterface["host_dev_name"] != want["host_dev_name"] ||
+		got.NetworkInterface["guest_mac"] != want["guest_mac"] || got.BootArgs != s.BootArgs || got.JailerNetns != s.Netns || got.LeaseID != "abc" || got.DNS == nil {
+		t.Errorf("firecracker output: %s", b.String())
 	}
 }

@@ -58,6 +58,9 @@ type Options struct {
 	// It runs on the boot's workers, so it must be quick (a progress bar,
 	// the per-slot cost curve of a benchmark).
 	OnSlotReady func(n int, elapsed time.Duration)
+	// DNS are the DNS servers the pool's guests are given (acquire can
+	// give a lease others; at most slot.MaxDNS).
+	DNS []netip.Addr
 	// EventBuffer is the receive buffer, in bytes, of the sockets the
 	// daemon hears the kernel's events on (0: DefaultEventBuffer).
 	EventBuffer int
@@ -119,11 +122,12 @@ type Daemon struct {
 	keys   map[string]int
 	keying map[string]chan struct{}
 	// ended is, by slot, the id of the lease its last release ended.
-	ended    []string
-	readyCh  chan struct{} // closed once the pool is ready
-	onReady  []func()      // run just before readyCh closes (WhenReady)
-	draining atomic.Bool
-	drainCh  chan struct{} // closed by Drain
+	ended     []string
+	uplinkMTU atomic.Int64  // the uplink's MTU at the last check (0: unknown)
+	readyCh   chan struct{} // closed once the pool is ready
+	onReady   []func()      // run just before readyCh closes (WhenReady)
+	draining  atomic.Bool
+	drainCh   chan struct{} // closed by Drain
 	// adopting: the store held no pool but the kernel does (Options.Adopt);
 	// unreadable: slots whose stored lease could not be decoded. Either
 	// way, boot checks those slots' taps for a VMM (see leaseUnknown).

@@ -78,9 +78,12 @@ func (d *Daemon) setupDatapath() error {
 		if _, err := d.backstop().Apply(); err != nil {
 			return err
 		}
-		if l, err := netlink.LinkByName(d.opts.Uplink); err == nil && l.Attrs().MTU < 1500+datapath.EncapOverhead {
-			d.log.Warn("the uplink's MTU leaves no room for Geneve headers over a 1500-byte guest MTU: full-size VPC packets will be dropped",
-				"uplink", d.opts.Uplink, "mtu", l.Attrs().MTU, "want_at_least", 1500+datapath.EncapOverhead)
+		if l, err := netlink.LinkByName(d.opts.Uplink); err == nil {
+			d.uplinkMTU.Store(int64(l.Attrs().MTU)) // kept current by the monitor
+			if l.Attrs().MTU < slot.GuestMTU+datapath.EncapOverhead {
+				d.log.Warn("the uplink's MTU leaves no room for Geneve headers over a 1500-byte guest MTU: VPC leases are given a smaller MTU",
+					"uplink", d.opts.Uplink, "mtu", l.Attrs().MTU, "want_at_least", slot.GuestMTU+datapath.EncapOverhead)
+			}
 		}
 	}
 	dc := datapath.Config{

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/netip"
 	"slices"
 
+	"github.com/netslot/netslot/internal/datapath"
 	"github.com/netslot/netslot/internal/slot"
 )
 
@@ -59,7 +61,7 @@ func (d *Daemon) claimKey(ctx context.Context, req AcquireRequest) (info SlotInf
 // aside).
 func (req AcquireRequest) matches(l *slot.Lease) bool {
 	if l == nil || req.Owner != l.Owner || req.Egress.DenyAll != l.Egress.DenyAll ||
-		!slices.Equal(req.Egress.Allow, l.Egress.Allow) || !slices.Equal(req.Inbound, l.Inbound) {
+		!slices.Equal(req.Egress.Allow, l.Egress.Allow) || !slices.Equal(req.Inbound, l.Inbound) || !slices.Equal(req.DNS, l.DNS) {
 		return false
 	}
 	a, b := req.VPC, l.VPC
@@ -139,6 +141,26 @@ func (d *Daemon) endLease(i int, l *slot.Lease) error {
 	d.ended[i] = id
 	d.mu.Unlock()
 	return nil
+}
+
+// GuestConfig is what slot i's guest configures its network with: the
+// MTU its path carries (the tap's, less the tunnel's overhead with a VPC
+// when the uplink leaves no room for it), its DNS servers (its lease's,
+// else the pool's) and the kernel argument that sets both up with no
+// DHCP (the kernel's ip= takes no MTU: a guest sets it itself).
+func (d *Daemon) GuestConfig(l *slot.Lease) (mtu int, dns []netip.Addr, bootArgs string) {
+	mtu = slot.GuestMTU
+	if up := int(d.uplinkMTU.Load()); up > 0 {
+		if l != nil && l.VPC != nil {
+			up -= datapath.EncapOverhead
+		}
+		mtu = min(mtu, up)
+	}
+	dns = d.opts.DNS
+	if l != nil && len(l.DNS) > 0 {
+		dns = l.DNS
+	}
+	return mtu, dns, d.cfg.BootArgs(dns)
 }
 
 // Drain stops the daemon vending slots, for a daemon about to stop:

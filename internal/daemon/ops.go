@@ -29,6 +29,8 @@ type AcquireRequest struct {
 	// Wait: with the pool empty or still booting, wait for a slot until
 	// the context ends instead of failing at once.
 	Wait bool
+	// DNS are the guest's DNS servers (none: the pool's).
+	DNS []netip.Addr
 }
 
 // SlotInfo describes a slot to API clients.
@@ -86,7 +88,7 @@ func (d *Daemon) Acquire(ctx context.Context, req AcquireRequest) (SlotInfo, err
 		return SlotInfo{}, fmt.Errorf("%w: %w", ErrDeadline, err)
 	}
 	l := &slot.Lease{ID: slot.NewLeaseID(), Owner: req.Owner, Key: req.Key, AcquiredNs: time.Now().UnixNano(), VPC: req.VPC,
-		Egress: req.Egress, Inbound: req.Inbound}
+		Egress: req.Egress, Inbound: req.Inbound, DNS: req.DNS}
 	// Persist first: a crash after this point leaves the slot leased (never
 	// vended twice); the tenant finds it with its key or with list, and
 	// releases it.

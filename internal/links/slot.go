@@ -20,7 +20,7 @@ import (
 
 const (
 	defaultTxQLen = 1000
-	defaultMTU    = 1500
+	defaultMTU    = slot.GuestMTU
 	loIndex       = 1 // lo is always ifindex 1 in a new namespace
 )
 

@@ -88,3 +88,15 @@ func TestStatusCodesAndReasons(t *testing.T) {
 		}
 	}
 }
+
+func TestParseAcquireDNS(t *testing.T) {
+	ar, err := parseAcquire(&netslotv1.AcquireRequest{Dns: []string{"198.18.0.53", "198.18.1.53"}})
+	if err != nil || len(ar.DNS) != 2 || ar.DNS[1].String() != "198.18.1.53" {
+		t.Fatalf("dns: %+v, %v", ar.DNS, err)
+	}
+	for _, bad := range [][]string{{"dns.example"}, {"2001:db8::53"}, {"1.1.1.1", "1.1.1.2", "1.1.1.3", "1.1.1.4"}} {
+		if _, err := parseAcquire(&netslotv1.AcquireRequest{Dns: bad}); err == nil {
+			t.Errorf("dns %v accepted", bad)
+		}
+	}
+}

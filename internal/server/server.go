@@ -172,6 +172,9 @@ func parseAcquire(req *netslotv1.AcquireRequest) (daemon.AcquireRequest, error) 
 	if err := slot.ValidateKey(req.GetRequestKey()); err != nil {
 		return ar, err
 	}
+	if ar.DNS, err = slot.ParseDNS(req.GetDns()); err != nil {
+		return ar, err
+	}
 	ar.Owner, ar.Key, ar.Wait = req.GetOwner(), req.GetRequestKey(), req.GetWait()
 	return ar, nil
 }
@@ -260,8 +263,10 @@ func (s *Server) slotMsg(info daemon.SlotInfo) *netslotv1.Slot {
 		},
 		Damaged: info.Damaged,
 	}
+	mtu, dns, bootArgs := s.d.GuestConfig(info.Lease)
+	m.Mtu, m.Dns, m.BootArgs = uint32(mtu), addrStrings(dns), bootArgs
 	if l := info.Lease; l != nil {
-		m.Lease = &netslotv1.Lease{LeaseId: l.ID, Owner: l.Owner, RequestKey: l.Key, AcquiredUnixNano: l.AcquiredNs,
+		m.Lease = &netslotv1.Lease{LeaseId: l.ID, Owner: l.Owner, RequestKey: l.Key, AcquiredUnixNano: l.AcquiredNs, Dns: addrStrings(l.DNS),
 			EgressAllow: prefixStrings(l.Egress.Allow), EgressDenyAll: l.Egress.DenyAll}
 		for _, r := range l.Inbound {
 			m.Lease.Inbound = append(m.Lease.Inbound, inboundMsg(r))
@@ -306,6 +311,17 @@ func inboundMsg(r slot.InboundRule) *netslotv1.InboundRule {
 		m.SourceCidr = r.Src.String()
 	}
 	return m
+}
+
+func addrStrings(as []netip.Addr) []string {
+	if len(as) == 0 {
+		return nil
+	}
+	out := make([]string, len(as))
+	for i, a := range as {
+		out[i] = a.String()
+	}
+	return out
 }
 
 func addrString(a netip.Addr) string {

@@ -31,6 +31,8 @@ type Lease struct {
 	// Key is the acquire's idempotency key ("": none): while this lease
 	// lives, an acquire with the same key returns it.
 	Key string
+	// DNS are the guest's DNS servers for this lease (none: the pool's).
+	DNS []netip.Addr
 }
 
 // Egress is where a guest may send, within what the pool denies to every
@@ -163,6 +165,25 @@ func parseIPv4(what, s string) (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("invalid %s %q: want IPv4", what, s)
 	}
 	return a, nil
+}
+
+// MaxDNS bounds the DNS servers given to a guest.
+const MaxDNS = 3
+
+// ParseDNS parses DNS server addresses (IPv4, at most MaxDNS).
+func ParseDNS(ss []string) ([]netip.Addr, error) {
+	if len(ss) > MaxDNS {
+		return nil, fmt.Errorf("%d dns servers: at most %d", len(ss), MaxDNS)
+	}
+	var out []netip.Addr
+	for _, s := range ss {
+		a, err := parseIPv4("dns server", s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, nil
 }
 
 // maxKeyLen bounds an acquire's idempotency key.

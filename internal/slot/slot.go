@@ -182,6 +182,23 @@ func Capacity(p netip.Prefix) int {
 // GatewayIP is the address of tap0: the first host of the guest network.
 func (c Config) GatewayIP() netip.Addr { return c.GuestCIDR.Addr().Next() }
 
+// GuestMTU is the MTU of every slot's tap0 and eth0: what a guest may send
+// at most, before its path (the uplink, a tunnel) takes its share.
+const GuestMTU = 1500
+
+// BootArgs is the kernel's ip= argument that configures the guest's eth0
+// with no DHCP (Documentation/admin-guide/nfs/nfsroot.rst: client, server,
+// gateway, netmask, hostname, device, autoconf, dns0, dns1): the same in
+// every slot but for the DNS servers, of which the kernel takes two.
+func (c Config) BootArgs(dns []netip.Addr) string {
+	mask := net.IP(net.CIDRMask(c.GuestCIDR.Bits(), 32)).String()
+	s := fmt.Sprintf("ip=%s::%s:%s::eth0:off", c.GuestIP(), c.GatewayIP(), mask)
+	for _, a := range dns[:min(len(dns), 2)] {
+		s += ":" + a.String()
+	}
+	return s
+}
+
 // GuestIP is the guest's address: the second host of the guest network.
 func (c Config) GuestIP() netip.Addr { return c.GatewayIP().Next() }
 

@@ -220,3 +220,20 @@ func TestParseInboundSpec(t *testing.T) {
 		t.Error("17 inbound rules accepted")
 	}
 }
+
+func TestBootArgs(t *testing.T) {
+	c := DefaultConfig("ns", 4)
+	if got, want := c.BootArgs(nil), "ip=172.16.0.2::172.16.0.1:255.255.255.252::eth0:off"; got != want {
+		t.Errorf("BootArgs() = %q, want %q", got, want)
+	}
+	dns := []netip.Addr{netip.MustParseAddr("198.18.0.53"), netip.MustParseAddr("198.18.1.53"), netip.MustParseAddr("198.18.2.53")}
+	if got, want := c.BootArgs(dns), "ip=172.16.0.2::172.16.0.1:255.255.255.252::eth0:off:198.18.0.53:198.18.1.53"; got != want {
+		t.Errorf("BootArgs(dns) = %q, want %q (the kernel takes two)", got, want)
+	}
+	if _, err := ParseDNS([]string{"198.18.0.53", "2001:db8::53"}); err == nil {
+		t.Error("ParseDNS took an IPv6 address")
+	}
+	if _, err := ParseDNS([]string{"1.1.1.1", "1.1.1.2", "1.1.1.3", "1.1.1.4"}); err == nil {
+		t.Error("ParseDNS took 4 servers")
+	}
+}

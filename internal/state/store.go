@@ -375,6 +375,7 @@ type storedLease struct {
 	EgressDenyAll bool              `json:"egress_deny_all,omitempty"`
 	Inbound       []string          `json:"inbound,omitempty"` // slot.ParseInboundSpec's form
 	Key           string            `json:"key,omitempty"`
+	DNS           []string          `json:"dns,omitempty"`
 }
 
 func leaseKey(i int) []byte { return []byte(strconv.Itoa(i)) }
@@ -392,6 +393,9 @@ func encodeLease(l *slot.Lease) ([]byte, error) {
 		EgressAllow: prefixesToStrings(l.Egress.Allow), EgressDenyAll: l.Egress.DenyAll}
 	for _, r := range l.Inbound {
 		sl.Inbound = append(sl.Inbound, r.String())
+	}
+	for _, a := range l.DNS {
+		sl.DNS = append(sl.DNS, a.String())
 	}
 	if a := l.VPC; a != nil {
 		sl.VPC = &storedAttachment{VNI: a.VNI, RemoteVTEP: a.RemoteVTEP.String(), VPCIP: a.VPCIP.String(), VPCCIDRs: prefixesToStrings(a.VPCCIDRs)}
@@ -413,6 +417,9 @@ func decodeLease(b []byte) (*slot.Lease, error) {
 		return nil, err
 	}
 	if l.Inbound, err = slot.ParseInboundSpecs(sl.Inbound); err != nil {
+		return nil, err
+	}
+	if l.DNS, err = slot.ParseDNS(sl.DNS); err != nil {
 		return nil, err
 	}
 	if a := sl.VPC; a != nil {

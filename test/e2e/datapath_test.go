@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"maps"
 	"net"
 	"net/netip"
@@ -253,5 +254,54 @@ func TestUpgradeMigratesLiveLeases(t *testing.T) {
 	g2 := testutil.NewGuestNS(t, p.prefix[1:]+"b", s2.Netns, cfg)
 	if out, err := exec.Command("ip", "netns", "exec", g2.Name, "ping", "-c", "2", "-W", "1", fab.Outside.String()).CombinedOutput(); err != nil {
 		t.Errorf("a new lease after the upgrade: %v\n%s", err, out)
+	}
+}
+
+// A slot's answer carries what its guest configures itself with when no
+// DHCP runs: the MTU its path carries (less the tunnel's overhead with a
+// VPC once the uplink leaves no room for it), its DNS servers (the pool's,
+// or the lease's) and the kernel's ip= argument; -o firecracker prints
+// them as a Firecracker launcher uses them.
+func TestGuestConfigInTheAnswer(t *testing.T) {
+	p, fab, up := uplinkPool(t, 4)
+	p.start(append(up, "--dns", "198.18.0.53,198.18.1.53")...)
+	vpc := []string{"--vni", "4242", "--vtep", fab.VTEP.String(), "--vpc-ip", "10.9.0.5", "--vpc-cidr", "10.9.0.0/24"}
+	acquire := func(args ...string) (cfg struct {
+		NetworkInterface map[string]string `json:"network_interface"`
+		BootArgs         string            `json:"boot_args"`
+		MTU              int               `json:"mtu"`
+		DNS              []string          `json:"dns"`
+		JailerNetns      string            `json:"jailer_netns"`
+	}) {
+		t.Helper()
+		out, err := p.cli(append([]string{"acquire", "-o", "firecracker"}, args...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal([]byte(out), &cfg); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		return cfg
+	}
+	plain := acquire()
+	if plain.BootArgs != "ip=172.16.0.2::172.16.0.1:255.255.255.252::eth0:off:198.18.0.53:198.18.1.53" || plain.MTU != 1500 ||
+		plain.NetworkInterface["host_dev_name"] != "tap0" || !strings.HasPrefix(plain.JailerNetns, "/run/netns/"+p.prefix+"-") {
+		t.Errorf("a plain lease: %+v", plain)
+	}
+	own := acquire(append(vpc, "--dns", "198.18.5.53")...)
+	if own.MTU != 1500 || len(own.DNS) != 1 || own.BootArgs != "ip=172.16.0.2::172.16.0.1:255.255.255.252::eth0:off:198.18.5.53" {
+		t.Errorf("a VPC lease with its own DNS over a 9000-byte uplink: %+v", own)
+	}
+	// An uplink of 1500 bytes leaves no room for Geneve over 1500.
+	if out, err := exec.Command("ip", "link", "set", fab.Uplink, "mtu", "1500").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	testutil.Eventually(t, "a VPC lease's MTU after the uplink's went to 1500", func() bool {
+		out, err := p.cli("show", strings.TrimPrefix(own.JailerNetns, "/run/netns/"), "-o", "json")
+		var s struct{ MTU int }
+		return err == nil && json.Unmarshal([]byte(out), &s) == nil && s.MTU == 1500-50
+	})
+	if plain2 := acquire(); plain2.MTU != 1500 {
+		t.Errorf("a plain lease over a 1500-byte uplink: MTU %d", plain2.MTU)
 	}
 }

@@ -208,7 +208,10 @@ type AcquireRequest struct {
 	RequestKey string `protobuf:"bytes,6,opt,name=request_key,json=requestKey,proto3" json:"request_key,omitempty"`
 	// Optional: wait for a slot (the pool empty, or the daemon still
 	// booting) until the call's deadline instead of failing at once.
-	Wait          bool `protobuf:"varint,7,opt,name=wait,proto3" json:"wait,omitempty"`
+	Wait bool `protobuf:"varint,7,opt,name=wait,proto3" json:"wait,omitempty"`
+	// Optional: the guest's DNS servers (IPv4, at most 3) instead of the
+	// pool's (netslotd --dns).
+	Dns           []string `protobuf:"bytes,8,rep,name=dns,proto3" json:"dns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -292,6 +295,13 @@ func (x *AcquireRequest) GetWait() bool {
 	return false
 }
 
+func (x *AcquireRequest) GetDns() []string {
+	if x != nil {
+		return x.Dns
+	}
+	return nil
+}
+
 // FirecrackerInterface holds the fields of a Firecracker network-interface
 // (PUT /network-interfaces/{iface_id}).
 type FirecrackerInterface struct {
@@ -366,7 +376,9 @@ type Lease struct {
 	EgressDenyAll bool           `protobuf:"varint,6,opt,name=egress_deny_all,json=egressDenyAll,proto3" json:"egress_deny_all,omitempty"`
 	Inbound       []*InboundRule `protobuf:"bytes,7,rep,name=inbound,proto3" json:"inbound,omitempty"`
 	// The acquire's request_key, if it gave one.
-	RequestKey    string `protobuf:"bytes,8,opt,name=request_key,json=requestKey,proto3" json:"request_key,omitempty"`
+	RequestKey string `protobuf:"bytes,8,opt,name=request_key,json=requestKey,proto3" json:"request_key,omitempty"`
+	// The DNS servers the acquire asked for (empty: the pool's).
+	Dns           []string `protobuf:"bytes,9,rep,name=dns,proto3" json:"dns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -457,6 +469,13 @@ func (x *Lease) GetRequestKey() string {
 	return ""
 }
 
+func (x *Lease) GetDns() []string {
+	if x != nil {
+		return x.Dns
+	}
+	return nil
+}
+
 type Slot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -482,7 +501,17 @@ type Slot struct {
 	// Set when the slot was found broken (its host veth deleted, its
 	// namespace pin gone and not put back): what is wrong. A free slot is
 	// out of the pool until rebuilt; a leased one is rebuilt at its release.
-	Damaged       string `protobuf:"bytes,15,opt,name=damaged,proto3" json:"damaged,omitempty"`
+	Damaged string `protobuf:"bytes,15,opt,name=damaged,proto3" json:"damaged,omitempty"`
+	// The MTU the guest's eth0 should use: what the slot's path carries
+	// (the uplink's MTU, less the tunnel's overhead with a VPC; at most
+	// the tap's 1500).
+	Mtu uint32 `protobuf:"varint,16,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	// The guest's DNS servers: its lease's, else the pool's.
+	Dns []string `protobuf:"bytes,17,rep,name=dns,proto3" json:"dns,omitempty"`
+	// The kernel argument that configures the guest with no DHCP, for
+	// Firecracker's boot_args or QEMU's -append:
+	// ip=<guest>::<gateway>:<netmask>::eth0:off[:<dns0>[:<dns1>]].
+	BootArgs      string `protobuf:"bytes,18,opt,name=boot_args,json=bootArgs,proto3" json:"boot_args,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -618,6 +647,27 @@ func (x *Slot) GetDatapath() *Datapath {
 func (x *Slot) GetDamaged() string {
 	if x != nil {
 		return x.Damaged
+	}
+	return ""
+}
+
+func (x *Slot) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
+}
+
+func (x *Slot) GetDns() []string {
+	if x != nil {
+		return x.Dns
+	}
+	return nil
+}
+
+func (x *Slot) GetBootArgs() string {
+	if x != nil {
+		return x.BootArgs
 	}
 	return ""
 }
@@ -1443,7 +1493,7 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x19\n" +
 	"\bport_end\x18\x03 \x01(\rR\aportEnd\x12\x1f\n" +
 	"\vsource_cidr\x18\x04 \x01(\tR\n" +
-	"sourceCidr\"\x86\x02\n" +
+	"sourceCidr\"\x98\x02\n" +
 	"\x0eAcquireRequest\x12+\n" +
 	"\x03vpc\x18\x01 \x01(\v2\x19.netslot.v1.VpcAttachmentR\x03vpc\x12!\n" +
 	"\fegress_allow\x18\x02 \x03(\tR\vegressAllow\x12\x14\n" +
@@ -1452,11 +1502,12 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\ainbound\x18\x05 \x03(\v2\x17.netslot.v1.InboundRuleR\ainbound\x12\x1f\n" +
 	"\vrequest_key\x18\x06 \x01(\tR\n" +
 	"requestKey\x12\x12\n" +
-	"\x04wait\x18\a \x01(\bR\x04wait\"r\n" +
+	"\x04wait\x18\a \x01(\bR\x04wait\x12\x10\n" +
+	"\x03dns\x18\b \x03(\tR\x03dns\"r\n" +
 	"\x14FirecrackerInterface\x12\x19\n" +
 	"\biface_id\x18\x01 \x01(\tR\aifaceId\x12\"\n" +
 	"\rhost_dev_name\x18\x02 \x01(\tR\vhostDevName\x12\x1b\n" +
-	"\tguest_mac\x18\x03 \x01(\tR\bguestMac\"\xb2\x02\n" +
+	"\tguest_mac\x18\x03 \x01(\tR\bguestMac\"\xc4\x02\n" +
 	"\x05Lease\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\tR\x05owner\x12,\n" +
 	"\x12acquired_unix_nano\x18\x02 \x01(\x03R\x10acquiredUnixNano\x12+\n" +
@@ -1466,7 +1517,8 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\x0fegress_deny_all\x18\x06 \x01(\bR\regressDenyAll\x121\n" +
 	"\ainbound\x18\a \x03(\v2\x17.netslot.v1.InboundRuleR\ainbound\x12\x1f\n" +
 	"\vrequest_key\x18\b \x01(\tR\n" +
-	"requestKey\"\xda\x03\n" +
+	"requestKey\x12\x10\n" +
+	"\x03dns\x18\t \x03(\tR\x03dns\"\x9b\x04\n" +
 	"\x04Slot\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\rR\x05index\x12\x14\n" +
@@ -1484,7 +1536,10 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\vfirecracker\x18\f \x01(\v2 .netslot.v1.FirecrackerInterfaceR\vfirecracker\x12'\n" +
 	"\x05lease\x18\r \x01(\v2\x11.netslot.v1.LeaseR\x05lease\x120\n" +
 	"\bdatapath\x18\x0e \x01(\v2\x14.netslot.v1.DatapathR\bdatapath\x12\x18\n" +
-	"\adamaged\x18\x0f \x01(\tR\adamaged\"\xc5\x03\n" +
+	"\adamaged\x18\x0f \x01(\tR\adamaged\x12\x10\n" +
+	"\x03mtu\x18\x10 \x01(\rR\x03mtu\x12\x10\n" +
+	"\x03dns\x18\x11 \x03(\tR\x03dns\x12\x1b\n" +
+	"\tboot_args\x18\x12 \x01(\tR\bbootArgs\"\xc5\x03\n" +
 	"\bDatapath\x12\x10\n" +
 	"\x03vni\x18\x01 \x01(\rR\x03vni\x12\x1b\n" +
 	"\tdummy_vni\x18\x02 \x01(\bR\bdummyVni\x12\x17\n" +
