@@ -53,9 +53,12 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
   fi
 fi
 
+# The image is this script's output: it is current when it was built by
+# this very script (its hash, not its date: a checkout's dates say little).
+stamp=$(sha256sum "$script" | cut -d' ' -f1)
 fresh() {
   [ -s "$out/vmlinuz" ] && [ -s "$out/initramfs.cpio.gz" ] &&
-    [ "$out/vmlinuz" -nt "$script" ] && [ "$out/initramfs.cpio.gz" -nt "$script" ]
+    [ "$(cat "$out/stamp" 2>/dev/null)" = "$stamp" ]
 }
 fresh && exit 0
 
@@ -184,6 +187,30 @@ for m in $(cat /etc/netslot/modules); do
   insmod "$m" || echo "netslot-init: insmod $m failed"
 done
 /usr/sbin/ip link set lo up
+# ip=<client>:<server>:<gw>:<netmask>:<host>:<device>:<autoconf>:<dns0>:<dns1>
+# on the command line (a netslot slot's boot_args) configures the device
+# with no DHCP, as initramfs-tools' configure_networking does.
+apply_ip() {
+  IFS=:
+  set -f
+  set -- $1
+  set +f
+  IFS=' 	
+'
+  [ -n "$1" ] || return 0
+  dev=${6:-eth0}
+  /usr/sbin/ip link set "$dev" up
+  /usr/sbin/ip addr add "$1/$4" dev "$dev"
+  [ -z "$3" ] || /usr/sbin/ip route add default via "$3"
+  : >/etc/resolv.conf
+  for d in $8 $9; do echo "nameserver $d" >>/etc/resolv.conf; done
+  echo "netslot-init: $dev $1/$4 via ${3:-none} from ip="
+}
+for a in $(cat /proc/cmdline); do
+  case $a in
+  ip=*) apply_ip "${a#ip=}" ;;
+  esac
+done
 s=
 for a in $(cat /proc/cmdline); do
   case $a in
@@ -216,4 +243,5 @@ cp "$x/boot/vmlinuz-$kver" "$out/vmlinuz.tmp"
 cp "$r/etc/netslot/manifest" "$out/manifest"
 mv "$out/vmlinuz.tmp" "$out/vmlinuz"
 mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+echo "$stamp" >"$out/stamp"
 echo "guest-image: wrote $out/vmlinuz and $out/initramfs.cpio.gz" >&2

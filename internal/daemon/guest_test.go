@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"context"
+	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
@@ -12,16 +13,17 @@ import (
 	"github.com/netslot/netslot/internal/testutil"
 )
 
-// The slot's guest: a Debian kernel on the slot's tap. It takes the slot's
-// guest addressing, pings its gateway, reaches the outside host through the
+// The slot's guest: a Debian kernel on the slot's tap, configured by the
+// slot's boot_args alone (the kernel's ip=, which its init applies as
+// initramfs-tools does: no DHCP, no script of its own), with the lease's
+// DNS server. It pings its gateway, reaches the outside host through the
 // NAT (ICMP and a UDP echo), then exchanges a UDP datagram with the VPC host
 // through Geneve and pings it. UDP goes first on purpose: virtio leaves its
 // checksum to offload, and the slot's first packet to the VPC becomes the
 // ARP request through the tunnel.
 const slotGuestScript = `
-ip link set eth0 up
-ip addr add 172.16.0.2/30 dev eth0
-ip route add default via 172.16.0.1
+ip -4 addr show eth0 | grep -q "inet 172.16.0.2/30" || { echo NOT-CONFIGURED; ip addr; exit 9; }
+grep -q "nameserver 198.18.0.53" /etc/resolv.conf || { echo NO-DNS; exit 8; }
 ping -c 3 -W 2 172.16.0.1 || { echo GATEWAY-DOWN; exit 10; }
 ping -c 3 -W 2 198.19.1.1 || { echo OUTSIDE-DOWN; exit 11; }
 echo "OUTSIDE-UDP $(echo netslot-nat | nc.openbsd -u -w 2 198.19.1.1 7)"
@@ -81,7 +83,7 @@ func TestRealGuestsThroughNATAndKernelGeneve(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: a, Inbound: serve})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: a, Inbound: serve, DNS: []netip.Addr{netip.MustParseAddr("198.18.0.53")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,8 +93,9 @@ func TestRealGuestsThroughNATAndKernelGeneve(t *testing.T) {
 	if _, err := vpc.WaitLine(ctx, "VPC-READY"); err != nil {
 		t.Fatalf("vpc guest: %v\n%s", err, vpc.Output())
 	}
+	_, _, bootArgs := p.D.GuestConfig(info.Lease)
 	guest := testutil.StartVM(t, testutil.VMConfig{Netns: p.Config.NetnsPath(info.Index), Tap: slot.TapName,
-		MAC: p.Config.GuestMAC.String(), Script: slotGuestScript})
+		MAC: p.Config.GuestMAC.String(), Script: slotGuestScript, BootArgs: bootArgs})
 	out, status, err := guest.Wait(ctx)
 	if err != nil || status != 0 {
 		t.Fatalf("slot guest: status %d, %v\n%s\n--- vpc guest:\n%s", status, err, out, vpc.Output())

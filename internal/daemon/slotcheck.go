@@ -259,6 +259,14 @@ func (d *Daemon) watchMounts(stop <-chan struct{}, watching func()) {
 	}
 	drain()
 	watching()
+	sweep := func() {
+		for i := range d.cfg.Count {
+			d.checkPin(i)
+		}
+	}
+	// A second sweep a second after each: a change made while a sweep ran
+	// is caught even if its event was taken by the poll before it.
+	var again time.Time
 	for {
 		select {
 		case <-stop:
@@ -271,13 +279,16 @@ func (d *Daemon) watchMounts(stop <-chan struct{}, watching func()) {
 			return
 		}
 		if n == 0 || fds[0].Revents&(unix.POLLPRI|unix.POLLERR) == 0 {
+			if !again.IsZero() && time.Now().After(again) {
+				again = time.Time{}
+				sweep()
+			}
 			continue
 		}
 		drain()
 		time.Sleep(eventSettle)
 		drain()
-		for i := range d.cfg.Count {
-			d.checkPin(i)
-		}
+		sweep()
+		again = time.Now().Add(time.Second)
 	}
 }

@@ -53,6 +53,9 @@ type VMConfig struct {
 	Tap    string // persistent tap device in that namespace, already created
 	MAC    string // guest NIC MAC (qemu's default 52:54:00:12:34:56 if empty)
 	Script string // shell script the guest's init runs (busybox sh; `ip` is iproute2's)
+	// BootArgs are more kernel arguments, e.g. a slot's ip= (its init
+	// applies it to eth0 before the script runs, as initramfs-tools does).
+	BootArgs string
 }
 
 // VM is a qemu guest booted from the image of scripts/guest-image.sh.
@@ -147,8 +150,12 @@ func repoRoot() (string, error) {
 
 // kernelCmdline returns the guest's command line with script as base64, or
 // as base64 of its gzip when that alone fits.
-func kernelCmdline(script string) (string, error) {
-	line := guestCmdline + " netslot.script=" + base64.StdEncoding.EncodeToString([]byte(script))
+func kernelCmdline(script, bootArgs string) (string, error) {
+	base := guestCmdline
+	if bootArgs != "" {
+		base += " " + bootArgs
+	}
+	line := base + " netslot.script=" + base64.StdEncoding.EncodeToString([]byte(script))
 	if len(line) <= maxCmdline {
 		return line, nil
 	}
@@ -156,7 +163,7 @@ func kernelCmdline(script string) (string, error) {
 	w, _ := gzip.NewWriterLevel(&z, gzip.BestCompression)
 	w.Write([]byte(script))
 	w.Close()
-	line = guestCmdline + " netslot.scriptgz=" + base64.StdEncoding.EncodeToString(z.Bytes())
+	line = base + " netslot.scriptgz=" + base64.StdEncoding.EncodeToString(z.Bytes())
 	if len(line) > maxCmdline {
 		return "", fmt.Errorf("guest script too long: %d bytes of kernel command line even gzipped, at most %d", len(line), maxCmdline)
 	}
@@ -168,7 +175,7 @@ func kernelCmdline(script string) (string, error) {
 func StartVM(tb testing.TB, cfg VMConfig) *VM {
 	tb.Helper()
 	kernel, initrd := GuestImage(tb)
-	cmdline, err := kernelCmdline(cfg.Script)
+	cmdline, err := kernelCmdline(cfg.Script, cfg.BootArgs)
 	if err != nil {
 		tb.Fatal(err)
 	}
