@@ -51,6 +51,24 @@ func pingFlood(t *testing.T, ns string, dst netip.Addr, count int) func() (sent,
 	}
 }
 
+// vpcLeaseWithGuest has p's running daemon lease a slot attached to a VPC
+// (VNI 4242, a userspace VTEP in fab with the VPC host 10.9.0.1), puts a
+// guest on its tap and warms the path up (the first packet to the VPC goes
+// out as an ARP request).
+func vpcLeaseWithGuest(t *testing.T, p *pool, fab *testutil.Fabric) (*netslotv1.Slot, *testutil.GuestNS, netip.Addr) {
+	t.Helper()
+	vpcHost := netip.MustParseAddr("10.9.0.1")
+	testutil.StartVTEP(t, fab, 4242, vpcHost, net.HardwareAddr{0x02, 0x76, 0x70, 0x63, 0, 1})
+	s, err := p.client().Acquire(ctx(t), &netslotv1.AcquireRequest{Owner: "vm", Vpc: &netslotv1.VpcAttachment{
+		Vni: 4242, RemoteVtep: fab.VTEP.String(), VpcIp: "10.9.0.5", VpcCidrs: []string{"10.9.0.0/24"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := testutil.NewGuestNS(t, p.prefix[1:], s.Netns, slot.DefaultConfig(p.prefix, p.slots))
+	exec.Command("ip", "netns", "exec", g.Name, "ping", "-c", "2", "-W", "1", vpcHost.String()).Run()
+	return s, g, vpcHost
+}
+
 // TestDatapathKeepsForwardingThroughKill9 pings through a leased slot every
 // 10 ms, to the outside host (NAT) and to a VPC host (Geneve), while the
 // daemon is killed with -9 and restarted: the pinned datapath forwards
@@ -58,18 +76,7 @@ func pingFlood(t *testing.T, ns string, dst netip.Addr, count int) func() (sent,
 func TestDatapathKeepsForwardingThroughKill9(t *testing.T) {
 	p, fab, up := uplinkPool(t, 200)
 	p.start(up...)
-	vpcHost := netip.MustParseAddr("10.9.0.1")
-	testutil.StartVTEP(t, fab, 4242, vpcHost, net.HardwareAddr{0x02, 0x76, 0x70, 0x63, 0, 1})
-	c := p.client()
-	s, err := c.Acquire(ctx(t), &netslotv1.AcquireRequest{Vpc: &netslotv1.VpcAttachment{
-		Vni: 4242, RemoteVtep: fab.VTEP.String(), VpcIp: "10.9.0.5", VpcCidrs: []string{"10.9.0.0/24"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := slot.DefaultConfig(p.prefix, p.slots)
-	g := testutil.NewGuestNS(t, p.prefix[1:], s.Netns, cfg)
-	// Warm up: the first packet to the VPC goes out as an ARP request.
-	exec.Command("ip", "netns", "exec", g.Name, "ping", "-c", "2", "-W", "1", vpcHost.String()).Run()
+	s, g, vpcHost := vpcLeaseWithGuest(t, p, fab)
 
 	const count = 800 // 8 s at 10 ms
 	nat := pingFlood(t, g.Name, fab.Outside, count)
@@ -211,17 +218,9 @@ func TestUpgradeMigratesLiveLeases(t *testing.T) {
 	p, fab, up := uplinkPool(t, 50)
 	p.launchCmd(exec.Command(old, p.args(up...)...))
 	p.waitReady()
-	vpcHost := netip.MustParseAddr("10.9.0.1")
-	testutil.StartVTEP(t, fab, 4242, vpcHost, net.HardwareAddr{0x02, 0x76, 0x70, 0x63, 0, 1})
+	s, g, vpcHost := vpcLeaseWithGuest(t, p, fab)
 	c := p.client()
-	s, err := c.Acquire(ctx(t), &netslotv1.AcquireRequest{Owner: "vm", Vpc: &netslotv1.VpcAttachment{
-		Vni: 4242, RemoteVtep: fab.VTEP.String(), VpcIp: "10.9.0.5", VpcCidrs: []string{"10.9.0.0/24"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := slot.DefaultConfig(p.prefix, p.slots)
-	g := testutil.NewGuestNS(t, p.prefix[1:], s.Netns, cfg)
-	exec.Command("ip", "netns", "exec", g.Name, "ping", "-c", "2", "-W", "1", vpcHost.String()).Run()
 
 	const count = 600 // 6 s at 10 ms
 	nat := pingFlood(t, g.Name, fab.Outside, count)
