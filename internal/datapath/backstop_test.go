@@ -3,14 +3,12 @@ package datapath
 import (
 	"net"
 	"net/netip"
-	"runtime"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/netslot/netslot/internal/testenv"
 )
@@ -20,11 +18,7 @@ import (
 // is tested with packets in TestBackstopDrops and test/e2e
 // (TestFailsClosedWithTheDatapathDetached).
 func TestBackstopFilters(t *testing.T) {
-	testenv.RequireRoot(t)
-	runtime.LockOSThread() // never unlocked: the thread dies with the test
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		t.Fatal(err)
-	}
+	testenv.PrivateNetns(t)
 	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "up0"}, PeerName: "up1"}); err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -61,11 +60,7 @@ func newEnv(t testing.TB, slots int) *env { return newEnvAt(t, slots, pinRoot) }
 // need pin roots of their own, or each would find the others' pools on an
 // uplink of the same ifindex.
 func newEnvAt(t testing.TB, slots int, pins string) *env {
-	testenv.RequireRoot(t)
-	runtime.LockOSThread()
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		t.Fatalf("unshare: %v", err)
-	}
+	testenv.PrivateNetns(t)
 	must := func(err error, what string) {
 		t.Helper()
 		if err != nil {

@@ -53,11 +53,7 @@ func TestRetryDumpRetriesInterruptedDumps(t *testing.T) {
 // which makes the kernel mark dumps interrupted now and then: every dump
 // must come back whole, and no error reach the caller.
 func TestLinksWhileLinksChange(t *testing.T) {
-	testenv.RequireRoot(t)
-	runtime.LockOSThread() // never unlocked: the thread dies with the test
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		t.Fatal(err)
-	}
+	testenv.PrivateNetns(t)
 	self, err := os.Open("/proc/thread-self/ns/net")
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -20,11 +19,7 @@ import (
 // Check notices what is missing and Apply puts it back, and that
 // RemoveUplinkRoute leaves nothing.
 func TestUplinkRouteFailsClosed(t *testing.T) {
-	testenv.RequireRoot(t)
-	runtime.LockOSThread() // never unlocked: the thread dies with the test
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		t.Fatal(err)
-	}
+	testenv.PrivateNetns(t)
 	for _, v := range [][2]string{{"up0", "up1"}, {"h0", "h1"}} {
 		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: v[0]}, PeerName: v[1]}); err != nil {
 			t.Fatal(err)

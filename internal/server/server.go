@@ -238,7 +238,7 @@ func (s *Server) Status(ctx context.Context, req *netslotv1.StatusRequest) (*net
 		RootRules:         uint32(st.RootRules),
 		UnderlayIp:        addrString(st.UnderlayIP),
 		UnattributedDrops: st.UnattributedDrops,
-		EgressDeny:        prefixStrings(s.d.DenySet()),
+		EgressDeny:        strs(s.d.DenySet()),
 		UplinkState:       st.Health.Uplink,
 		Forwarding:        st.Health.Forwarding,
 		Problems:          st.Health.Problems,
@@ -264,16 +264,16 @@ func (s *Server) slotMsg(info daemon.SlotInfo) *netslotv1.Slot {
 		Damaged: info.Damaged,
 	}
 	mtu, dns, bootArgs := s.d.GuestConfig(info.Lease)
-	m.Mtu, m.Dns, m.BootArgs = uint32(mtu), addrStrings(dns), bootArgs
+	m.Mtu, m.Dns, m.BootArgs = uint32(mtu), strs(dns), bootArgs
 	if l := info.Lease; l != nil {
-		m.Lease = &netslotv1.Lease{LeaseId: l.ID, Owner: l.Owner, RequestKey: l.Key, AcquiredUnixNano: l.AcquiredNs, Dns: addrStrings(l.DNS),
-			EgressAllow: prefixStrings(l.Egress.Allow), EgressDenyAll: l.Egress.DenyAll}
+		m.Lease = &netslotv1.Lease{LeaseId: l.ID, Owner: l.Owner, RequestKey: l.Key, AcquiredUnixNano: l.AcquiredNs, Dns: strs(l.DNS),
+			EgressAllow: strs(l.Egress.Allow), EgressDenyAll: l.Egress.DenyAll}
 		for _, r := range l.Inbound {
 			m.Lease.Inbound = append(m.Lease.Inbound, inboundMsg(r))
 		}
 		if a := l.VPC; a != nil {
 			v := &netslotv1.VpcAttachment{Vni: a.VNI, RemoteVtep: a.RemoteVTEP.String(), VpcIp: a.VPCIP.String(),
-				VpcCidrs: prefixStrings(a.VPCCIDRs)}
+				VpcCidrs: strs(a.VPCCIDRs)}
 			if a.PeerMAC != nil {
 				v.PeerMac = a.PeerMAC.String()
 			}
@@ -291,13 +291,14 @@ func (s *Server) slotMsg(info daemon.SlotInfo) *netslotv1.Slot {
 	return m
 }
 
-func prefixStrings(ps []netip.Prefix) []string {
-	if len(ps) == 0 {
+// strs formats xs (nil for none).
+func strs[T fmt.Stringer](xs []T) []string {
+	if len(xs) == 0 {
 		return nil
 	}
-	out := make([]string, len(ps))
-	for i, p := range ps {
-		out[i] = p.String()
+	out := make([]string, len(xs))
+	for i, x := range xs {
+		out[i] = x.String()
 	}
 	return out
 }
@@ -311,17 +312,6 @@ func inboundMsg(r slot.InboundRule) *netslotv1.InboundRule {
 		m.SourceCidr = r.Src.String()
 	}
 	return m
-}
-
-func addrStrings(as []netip.Addr) []string {
-	if len(as) == 0 {
-		return nil
-	}
-	out := make([]string, len(as))
-	for i, a := range as {
-		out[i] = a.String()
-	}
-	return out
 }
 
 func addrString(a netip.Addr) string {

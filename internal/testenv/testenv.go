@@ -6,7 +6,10 @@ package testenv
 
 import (
 	"os"
+	"runtime"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // Privileged reports whether this process may run the privileged tests.
@@ -17,5 +20,18 @@ func RequireRoot(tb testing.TB) {
 	tb.Helper()
 	if !Privileged() {
 		tb.Skip("needs root: creates namespaces, devices, nftables tables or BPF objects")
+	}
+}
+
+// PrivateNetns skips tb unless privileged, then moves the calling
+// goroutine, locked to its thread for good, into a new network namespace:
+// the thread dies with the test, and the namespace with it, whatever the
+// test leaves there.
+func PrivateNetns(tb testing.TB) {
+	tb.Helper()
+	RequireRoot(tb)
+	runtime.LockOSThread() // never unlocked
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		tb.Fatalf("unshare: %v", err)
 	}
 }
