@@ -164,13 +164,14 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 		denyAll, wait       bool
 		key                 string
 		dns                 []string
+		hostname            string
 	)
 	cmd := &cobra.Command{
 		Use:   "acquire",
 		Short: "Lease a free slot (fails at once if none is free, unless --wait)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			req := &netslotv1.AcquireRequest{EgressAllow: allowList, EgressDenyAll: denyAll, Owner: owner, RequestKey: key, Wait: wait, Dns: dns}
+			req := &netslotv1.AcquireRequest{EgressAllow: allowList, EgressDenyAll: denyAll, Owner: owner, RequestKey: key, Wait: wait, Dns: dns, Hostname: hostname}
 			rules, err := slot.ParseInboundSpecs(inbound)
 			if err != nil {
 				return err
@@ -208,6 +209,7 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 	fl.StringVar(&key, "key", "", "idempotency key: while its lease lives, an acquire with the same key returns that lease")
 	fl.BoolVar(&wait, "wait", false, "wait for a slot (pool empty, or the daemon booting) until --timeout")
 	fl.StringSliceVar(&dns, "dns", nil, "the guest's DNS servers for this lease, IPv4 (comma-separated or repeated, at most 3; default: netslotd --dns)")
+	fl.StringVar(&hostname, "hostname", "", "the guest's hostname in its DHCP answers (letters, digits, '-' and '.', at most 63 bytes)")
 	return cmd
 }
 
@@ -367,6 +369,9 @@ func printSlot(w io.Writer, format string, s *netslotv1.Slot) error {
 	fmt.Fprintf(tw, "boot args\t%s\n", s.BootArgs)
 	if l := s.GetLease(); l != nil {
 		fmt.Fprintf(tw, "lease id\t%s\n", l.LeaseId)
+		if l.Hostname != "" {
+			fmt.Fprintf(tw, "hostname\t%s\n", l.Hostname)
+		}
 		if l.RequestKey != "" {
 			fmt.Fprintf(tw, "request key\t%s\n", l.RequestKey)
 		}

@@ -535,7 +535,7 @@ func (d *Daemon) checkSlot(i int) (func() error, error) {
 			return d.fwStep(i, conn, orphanLease, d.adoptFirewall(i)), errOrphaned
 		}
 	}
-	if err := links.Adopt(h, d.cfg, i); err != nil {
+	if err := links.Adopt(h, d.cfg, i, d.tapProgram()); err != nil {
 		return nil, err
 	}
 	conn, err := firewall.Dial() // the socket belongs to this namespace
@@ -638,7 +638,7 @@ func (d *Daemon) fillSlot(rootFD, i int) (*nftables.Conn, int, error) {
 		return nil, 0, fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
-	hostIndex, err := links.Build(h, rootFD, d.cfg, i)
+	hostIndex, err := links.Build(h, rootFD, d.cfg, i, d.tapProgram())
 	if err != nil {
 		return nil, 0, err
 	}

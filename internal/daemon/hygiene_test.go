@@ -70,7 +70,8 @@ func TestTenantLeavesNothingBehind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: a, Egress: slot.Egress{Allow: []netip.Prefix{netip.PrefixFrom(fab.Outside, 32)}}})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: a, Egress: slot.Egress{Allow: []netip.Prefix{netip.PrefixFrom(fab.Outside, 32)}},
+		DNS: []netip.Addr{fab.Outside}, Hostname: "tenant-vm"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,6 +31,8 @@ type AcquireRequest struct {
 	Wait bool
 	// DNS are the guest's DNS servers (none: the pool's).
 	DNS []netip.Addr
+	// Hostname names the guest in its DHCP answers ("": nothing).
+	Hostname string
 }
 
 // SlotInfo describes a slot to API clients.
@@ -67,7 +69,7 @@ func (d *Daemon) Acquire(ctx context.Context, req AcquireRequest) (SlotInfo, err
 			return SlotInfo{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
 	}
-	if err := errors.Join(slot.CheckInbound(req.Inbound), slot.ValidateKey(req.Key)); err != nil {
+	if err := errors.Join(slot.CheckInbound(req.Inbound), slot.ValidateKey(req.Key), slot.CheckHostname(req.Hostname)); err != nil {
 		d.Metrics.AcquireErrors.WithLabelValues("invalid").Inc()
 		return SlotInfo{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
@@ -88,7 +90,7 @@ func (d *Daemon) Acquire(ctx context.Context, req AcquireRequest) (SlotInfo, err
 		return SlotInfo{}, fmt.Errorf("%w: %w", ErrDeadline, err)
 	}
 	l := &slot.Lease{ID: slot.NewLeaseID(), Owner: req.Owner, Key: req.Key, AcquiredNs: time.Now().UnixNano(), VPC: req.VPC,
-		Egress: req.Egress, Inbound: req.Inbound, DNS: req.DNS}
+		Egress: req.Egress, Inbound: req.Inbound, DNS: req.DNS, Hostname: req.Hostname}
 	// Persist first: a crash after this point leaves the slot leased (never
 	// vended twice); the tenant finds it with its key or with list, and
 	// releases it.
@@ -125,7 +127,8 @@ func (d *Daemon) Acquire(ctx context.Context, req AcquireRequest) (SlotInfo, err
 		return SlotInfo{}, d.abortAcquire(i, l, "deadline", err, undo)
 	}
 	// Last, the slot opens: its traffic flows from here on, under the
-	// policy written above.
+	// policy written above, and its DHCP answers are the lease's.
+	d.writeDHCP(i, l)
 	d.dp.OpenLease(i, req.Inbound)
 	d.setLease(i, l)
 	d.pool.CommitTake(i)
@@ -341,7 +344,7 @@ func (d *Daemon) scrub(i int) error {
 			return err
 		}
 		d.dp.CloseLease(i)
-		return errors.Join(links.Scrub(h, d.cfg, i), tap.Close())
+		return errors.Join(links.Scrub(h, d.cfg, i, d.tapProgram()), tap.Close())
 	})
 	if err != nil {
 		return err

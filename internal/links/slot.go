@@ -34,8 +34,12 @@ func ipNet(a netip.Addr, bits int) *net.IPNet {
 // namespace: the veth's host end is created directly in the root namespace,
 // nothing is moved. FinishHost completes the host end.
 //
+// tapProg is the program tap0 runs at tc ingress (see AttachTapProgram),
+// attached before tap0 comes up (a qdisc added to a device that is up
+// waits for an RCU grace period); -1: none.
+//
 // It returns the ifindex of the host veth (in the root namespace).
-func Build(h *netlink.Handle, rootFD int, c slot.Config, i int) (hostIndex int, err error) {
+func Build(h *netlink.Handle, rootFD int, c slot.Config, i, tapProg int) (hostIndex int, err error) {
 	if err := h.LinkSetUp(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: loIndex}}); err != nil {
 		return 0, fmt.Errorf("set lo up: %w", err)
 	}
@@ -48,6 +52,11 @@ func Build(h *netlink.Handle, rootFD int, c slot.Config, i int) (hostIndex int, 
 	}
 	if err := setDevConf(tap.Attrs().Index); err != nil {
 		return 0, err
+	}
+	if tapProg >= 0 {
+		if err := AttachTapProgram(h, tap.Attrs().Index, tapProg); err != nil {
+			return 0, err
+		}
 	}
 	if err := configureTap(h, tap, c); err != nil {
 		return 0, err
@@ -192,13 +201,21 @@ func damaged(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", ErrDamaged, fmt.Sprintf(format, a...))
 }
 
-// Adopt verifies slot i (see verify) and rewrites its gateway neighbour.
-func Adopt(h *netlink.Handle, c slot.Config, i int) error {
+// Adopt verifies slot i (see verify), rewrites its gateway neighbour and
+// makes tap0 run tapProg (see AttachTapProgram; -1: nothing).
+func Adopt(h *netlink.Handle, c slot.Config, i, tapProg int) error {
 	eth0, err := verify(h, c, i)
 	if err != nil {
 		return err
 	}
-	return EnsureGateway(h, eth0, c, i)
+	if err := EnsureGateway(h, eth0, c, i); err != nil {
+		return err
+	}
+	tap, err := h.LinkByName(slot.TapName)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", slot.TapName, err)
+	}
+	return AttachTapProgram(h, tap.Attrs().Index, tapProg)
 }
 
 // verify checks the devices, addresses, device settings and routes of slot
@@ -287,7 +304,7 @@ func hasOnlyAddr(h *netlink.Handle, l netlink.Link, a netip.Addr, bits int) erro
 // rewrites its gateway neighbour (Adopt). The calling thread must be in the
 // slot's namespace, and should hold the tap (HoldTap), so that no VMM
 // attaches meanwhile.
-func Scrub(h *netlink.Handle, c slot.Config, i int) error {
+func Scrub(h *netlink.Handle, c slot.Config, i, tapProg int) error {
 	tap, err := h.LinkByName(slot.TapName)
 	if err != nil {
 		return fmt.Errorf("find %s: %w", slot.TapName, err)
@@ -311,7 +328,7 @@ func Scrub(h *netlink.Handle, c slot.Config, i int) error {
 	if err := configureTap(h, tap, c); err != nil {
 		return err
 	}
-	return Adopt(h, c, i)
+	return Adopt(h, c, i, tapProg)
 }
 
 // EnsureGateway (re)writes the permanent neighbour entry of the slot's next

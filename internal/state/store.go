@@ -376,6 +376,7 @@ type storedLease struct {
 	Inbound       []string          `json:"inbound,omitempty"` // slot.ParseInboundSpec's form
 	Key           string            `json:"key,omitempty"`
 	DNS           []string          `json:"dns,omitempty"`
+	Hostname      string            `json:"hostname,omitempty"`
 }
 
 func leaseKey(i int) []byte { return []byte(strconv.Itoa(i)) }
@@ -389,7 +390,7 @@ func prefixesToStrings(ps []netip.Prefix) []string {
 }
 
 func encodeLease(l *slot.Lease) ([]byte, error) {
-	sl := storedLease{ID: l.ID, Owner: l.Owner, Key: l.Key, AcquiredNs: l.AcquiredNs,
+	sl := storedLease{ID: l.ID, Owner: l.Owner, Key: l.Key, AcquiredNs: l.AcquiredNs, Hostname: l.Hostname,
 		EgressAllow: prefixesToStrings(l.Egress.Allow), EgressDenyAll: l.Egress.DenyAll}
 	for _, r := range l.Inbound {
 		sl.Inbound = append(sl.Inbound, r.String())
@@ -422,6 +423,10 @@ func decodeLease(b []byte) (*slot.Lease, error) {
 	if l.DNS, err = slot.ParseDNS(sl.DNS); err != nil {
 		return nil, err
 	}
+	if err := slot.CheckHostname(sl.Hostname); err != nil {
+		return nil, err
+	}
+	l.Hostname = sl.Hostname
 	if a := sl.VPC; a != nil {
 		if l.VPC, err = slot.ParseAttachment(a.VNI, a.RemoteVTEP, a.VPCIP, a.VPCCIDRs); err != nil {
 			return nil, err

@@ -211,7 +211,10 @@ type AcquireRequest struct {
 	Wait bool `protobuf:"varint,7,opt,name=wait,proto3" json:"wait,omitempty"`
 	// Optional: the guest's DNS servers (IPv4, at most 3) instead of the
 	// pool's (netslotd --dns).
-	Dns           []string `protobuf:"bytes,8,rep,name=dns,proto3" json:"dns,omitempty"`
+	Dns []string `protobuf:"bytes,8,rep,name=dns,proto3" json:"dns,omitempty"`
+	// The guest's hostname in its DHCP answers (option 12): letters, digits,
+	// '-' and '.', at most 63 bytes; empty: none.
+	Hostname      string `protobuf:"bytes,9,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -302,6 +305,13 @@ func (x *AcquireRequest) GetDns() []string {
 	return nil
 }
 
+func (x *AcquireRequest) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
 // FirecrackerInterface holds the fields of a Firecracker network-interface
 // (PUT /network-interfaces/{iface_id}).
 type FirecrackerInterface struct {
@@ -379,6 +389,7 @@ type Lease struct {
 	RequestKey string `protobuf:"bytes,8,opt,name=request_key,json=requestKey,proto3" json:"request_key,omitempty"`
 	// The DNS servers the acquire asked for (empty: the pool's).
 	Dns           []string `protobuf:"bytes,9,rep,name=dns,proto3" json:"dns,omitempty"`
+	Hostname      string   `protobuf:"bytes,10,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -474,6 +485,13 @@ func (x *Lease) GetDns() []string {
 		return x.Dns
 	}
 	return nil
+}
+
+func (x *Lease) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
 }
 
 type Slot struct {
@@ -1493,7 +1511,7 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x19\n" +
 	"\bport_end\x18\x03 \x01(\rR\aportEnd\x12\x1f\n" +
 	"\vsource_cidr\x18\x04 \x01(\tR\n" +
-	"sourceCidr\"\x98\x02\n" +
+	"sourceCidr\"\xb4\x02\n" +
 	"\x0eAcquireRequest\x12+\n" +
 	"\x03vpc\x18\x01 \x01(\v2\x19.netslot.v1.VpcAttachmentR\x03vpc\x12!\n" +
 	"\fegress_allow\x18\x02 \x03(\tR\vegressAllow\x12\x14\n" +
@@ -1503,11 +1521,12 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\vrequest_key\x18\x06 \x01(\tR\n" +
 	"requestKey\x12\x12\n" +
 	"\x04wait\x18\a \x01(\bR\x04wait\x12\x10\n" +
-	"\x03dns\x18\b \x03(\tR\x03dns\"r\n" +
+	"\x03dns\x18\b \x03(\tR\x03dns\x12\x1a\n" +
+	"\bhostname\x18\t \x01(\tR\bhostname\"r\n" +
 	"\x14FirecrackerInterface\x12\x19\n" +
 	"\biface_id\x18\x01 \x01(\tR\aifaceId\x12\"\n" +
 	"\rhost_dev_name\x18\x02 \x01(\tR\vhostDevName\x12\x1b\n" +
-	"\tguest_mac\x18\x03 \x01(\tR\bguestMac\"\xc4\x02\n" +
+	"\tguest_mac\x18\x03 \x01(\tR\bguestMac\"\xe0\x02\n" +
 	"\x05Lease\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\tR\x05owner\x12,\n" +
 	"\x12acquired_unix_nano\x18\x02 \x01(\x03R\x10acquiredUnixNano\x12+\n" +
@@ -1518,7 +1537,9 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\ainbound\x18\a \x03(\v2\x17.netslot.v1.InboundRuleR\ainbound\x12\x1f\n" +
 	"\vrequest_key\x18\b \x01(\tR\n" +
 	"requestKey\x12\x10\n" +
-	"\x03dns\x18\t \x03(\tR\x03dns\"\x9b\x04\n" +
+	"\x03dns\x18\t \x03(\tR\x03dns\x12\x1a\n" +
+	"\bhostname\x18\n" +
+	" \x01(\tR\bhostname\"\x9b\x04\n" +
 	"\x04Slot\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\rR\x05index\x12\x14\n" +
