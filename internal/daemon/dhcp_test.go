@@ -1,10 +1,15 @@
 package daemon_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -210,5 +215,86 @@ func TestNoDHCP(t *testing.T) {
 	noAnswer(t, c, lab.DHCPMessage{Type: layers.DHCPMsgTypeDiscover, Xid: 1})
 	if out := testutil.Exec(t, cfg.ID(0), "tc", "filter", "show", "dev", "tap0", "ingress"); out != "" {
 		t.Errorf("tap0 has filters with --dhcp=false:\n%s", out)
+	}
+}
+
+// dhclientScript applies a lease as dhclient-script would, without what
+// the host's own script would also touch (the host's resolv.conf and
+// hostname: `ip netns exec` shares both): it records the lease's
+// variables, then sets the address, MTU and default route.
+const dhclientScript = `#!/bin/sh
+env | grep -E '^(reason|interface|new_)' >"$NETSLOT_OUT.$reason"
+case $reason in
+PREINIT) ip link set "$interface" up ;;
+BOUND|RENEW|REBIND|REBOOT)
+  ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
+  [ -z "$new_interface_mtu" ] || ip link set "$interface" mtu "$new_interface_mtu"
+  ip route replace default via "${new_routers%% *}" dev "$interface"
+  ;;
+esac
+exit 0
+`
+
+// ISC dhclient, a real client with its own raw socket, gets its lease from
+// the tap's program in a guest namespace, and the guest then reaches the
+// outside host through the NAT and the VPC host through the tunnel.
+func TestDHClientGetsALeaseAndReachesOut(t *testing.T) {
+	if _, err := exec.LookPath("dhclient"); err != nil {
+		t.Skip("dhclient not installed (scripts/deps.sh installs it)")
+	}
+	p, fab, tag := datapathPool(t, 2)
+	serveOutside(t, fab)
+	testutil.StartVTEP(t, fab, testVNI, vpcHost, vpcMAC)
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: vpcAttachment(t, fab, testVNI, "10.9.0.5"),
+		DNS: []netip.Addr{netip.MustParseAddr("198.18.0.53")}, Hostname: "dhclient-guest"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := testutil.NewBareGuestNS(t, tag, p.Config.NetnsPath(info.Index), p.Config)
+	dir := t.TempDir()
+	script := filepath.Join(dir, "script")
+	if err := os.WriteFile(script, []byte(dhclientScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "lease")
+	cmd := exec.Command("ip", "netns", "exec", g.Name, "dhclient", "-4", "-1", "-d", "-v", "-cf", "/dev/null",
+		"-sf", script, "-lf", filepath.Join(dir, "leases"), "-pf", filepath.Join(dir, "pid"), "-e", "NETSLOT_OUT="+out, "g0")
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var bound []byte
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if bound, err = os.ReadFile(out + ".BOUND"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dhclient bound no lease:\n%s", log.String())
+		}
+	}
+	t.Logf("dhclient bound after %v", time.Since(start).Round(time.Millisecond))
+	vars := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(string(bound)), "\n") {
+		k, v, _ := strings.Cut(l, "=")
+		vars[k] = strings.Trim(v, "'")
+	}
+	for k, want := range map[string]string{
+		"new_ip_address": p.Config.GuestIP().String(), "new_subnet_mask": "255.255.255.252",
+		"new_routers": p.Config.GatewayIP().String(), "new_domain_name_servers": "198.18.0.53",
+		"new_host_name": "dhclient-guest", "new_interface_mtu": "1500",
+		"new_dhcp_server_identifier": p.Config.GatewayIP().String(), "new_dhcp_lease_time": "86400",
+	} {
+		if vars[k] != want {
+			t.Errorf("%s = %q, want %q (all: %v)", k, vars[k], want, vars)
+		}
+	}
+	if n := ping(t, g.Name, fab.Outside, 3); n == 0 {
+		t.Error("the guest configured by dhclient does not reach the outside host")
+	}
+	if got, err := udpRoundTrip(t, g, netip.AddrPortFrom(vpcHost, 9), "dhclient-guest"); err != nil || !strings.Contains(got, "dhclient-guest") {
+		t.Errorf("UDP to the VPC host: %q, %v", got, err)
 	}
 }
