@@ -176,6 +176,25 @@ cat >"$r/etc/netslot/profile" <<'EOF'
 ip() { /usr/sbin/ip "$@"; }
 EOF
 
+cat >"$r/etc/netslot/udhcpc" <<'EOF'
+#!/bin/sh
+# udhcpc's script: see the init's dhcp().
+case $1 in
+bound | renew)
+  /usr/sbin/ip addr flush dev "$interface"
+  /usr/sbin/ip addr add "$ip/${mask:-$subnet}" dev "$interface"
+  [ -z "$mtu" ] || /usr/sbin/ip link set "$interface" mtu "$mtu"
+  for r in $router; do /usr/sbin/ip route replace default via "$r" dev "$interface"; break; done
+  : >/etc/resolv.conf
+  for d in $dns; do echo "nameserver $d" >>/etc/resolv.conf; done
+  [ -z "$hostname" ] || hostname "$hostname"
+  echo "netslot-init: $interface $ip/$mask via ${router:-none} mtu ${mtu:-none} dns ${dns:-none} hostname ${hostname:-none} from dhcp"
+  ;;
+esac
+exit 0
+EOF
+chmod 755 "$r/etc/netslot/udhcpc"
+
 cat >"$r/init" <<'EOF'
 #!/bin/sh
 # netslot guest init: see scripts/guest-image.sh.
@@ -206,8 +225,17 @@ apply_ip() {
   for d in $8 $9; do echo "nameserver $d" >>/etc/resolv.conf; done
   echo "netslot-init: $dev $1/$4 via ${3:-none} from ip="
 }
+# ip=dhcp: the device asks DHCP with busybox's udhcpc, whose answer
+# /etc/netslot/udhcpc applies (address, router, MTU, DNS, hostname).
+dhcp() {
+  t0=$(cut -d' ' -f1 /proc/uptime)
+  /usr/sbin/ip link set "$1" up
+  udhcpc -i "$1" -s /etc/netslot/udhcpc -q -f -n -t 5 -T 2 || { echo "netslot-init: no dhcp lease on $1"; return 1; }
+  echo "netslot-init: dhcp from $t0 to $(cut -d' ' -f1 /proc/uptime)"
+}
 for a in $(cat /proc/cmdline); do
   case $a in
+  ip=dhcp | ip=on | ip=any) dhcp eth0 ;;
   ip=*) apply_ip "${a#ip=}" ;;
   esac
 done
