@@ -17,6 +17,9 @@ struct pool_config {
 	__u8 uplink_mac[6];
 	__u8 pad[2];
 	__u32 flow_ttl;       /* how long a flow stays open, in flow_now() units */
+	__u32 flat;           /* no uplink gateway: every next hop is the packet's
+			       * own destination (or VTEP), resolved here; the
+			       * pool table's next hop is a placeholder */
 };
 
 /* NETSLOT_TEST_LAYOUT builds the datapath with an older layout made for

@@ -2,15 +2,22 @@ package daemon_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/netslot/netslot/internal/daemon"
+	nslinks "github.com/netslot/netslot/internal/links"
+	"github.com/netslot/netslot/internal/slot"
 	"github.com/netslot/netslot/internal/testutil"
 )
 
@@ -22,11 +29,42 @@ func underlayPool(t *testing.T, n int, gateway bool) (*testutil.Pool, *testutil.
 	cfg := testutil.NewConfig(n)
 	tag := cfg.Prefix[1:]
 	fab := testutil.NewFabric(t, tag, cfg.SlotCIDR)
+	// Runs after the pool's teardown: nothing of the pool is left on the
+	// uplink, in any mode.
+	t.Cleanup(func() { checkNoUplinkObjects(t, cfg.Prefix, fab.Uplink) })
 	opts := daemon.Options{Config: cfg, StateDir: t.TempDir(), Uplink: fab.Uplink, UnderlayIP: fab.Underlay}
 	if gateway {
 		opts.UplinkGateway = fab.Gateway
 	}
 	return testutil.StartPoolOpts(t, opts), fab, tag
+}
+
+// checkNoUplinkObjects fails t if a rule or route of prefix's tables, or
+// the flat underlay's placeholder neighbour, is left.
+func checkNoUplinkObjects(t *testing.T, prefix, uplink string) {
+	t.Helper()
+	tables := []int{nslinks.RouteTable(prefix), nslinks.ResolveTable(prefix)}
+	rules, err := nslinks.Rules(nil, unix.AF_INET)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rules {
+		if slices.Contains(tables, r.Table) {
+			t.Errorf("rule left after teardown: %v", r)
+		}
+	}
+	for _, table := range tables {
+		routes, err := nslinks.Routes(nil, unix.AF_INET, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range routes {
+			t.Errorf("route left after teardown: %v", r)
+		}
+	}
+	if nb := uplinkNeighbours(uplink); strings.Contains(nb, nslinks.OnLinkNexthop.String()+" ") {
+		t.Errorf("placeholder neighbour left after teardown:\n%s", nb)
+	}
 }
 
 // underlays are the two topologies every VPC and NAT test runs on.
@@ -99,6 +137,24 @@ func TestVPCAndNATWithAndWithoutGateway(t *testing.T) {
 				if n != 0 && why != "peer_unknown" {
 					t.Errorf("%d drops %s", n, why)
 				}
+			}
+
+			// A VTEP off the uplink's link: reachable through a gateway,
+			// refused on a flat underlay, where nothing could reach it.
+			far, err := slot.ParseAttachment(testVNI+1, "198.19.7.9", "10.9.0.6", []string{"10.9.0.0/24"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			info2, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: far})
+			switch {
+			case u.gateway && err != nil:
+				t.Errorf("acquire with a VTEP behind the gateway: %v", err)
+			case u.gateway:
+				if err := p.D.Release(info2.ID, info2.Lease.ID); err != nil {
+					t.Error(err)
+				}
+			case !errors.Is(err, daemon.ErrInvalid) || !strings.Contains(err.Error(), "not on the uplink"):
+				t.Errorf("acquire with a VTEP off the flat underlay: %v, want it refused", err)
 			}
 		})
 	}

@@ -68,6 +68,7 @@ type datapathPoolConfig struct {
 	UplinkMac     [6]uint8
 	Pad           [2]uint8
 	FlowTtl       uint32
+	Flat          uint32
 }
 
 type datapathSlotFlows struct {
