@@ -12,6 +12,10 @@
  *                       rewritten to the slot's VPC address, Geneve
  *                       encapsulation with the slot's VNI toward its VTEP;
  *                     - anywhere else: source rewritten to the slot address.
+ *                   Without an uplink gateway (a flat underlay) the pool
+ *                   table's next hop is a placeholder that always resolves,
+ *                   and the program hands every packet to the neighbour
+ *                   subsystem for its real next hop (bpf_redirect_neigh).
  *   world -> slot   uplink_ingress takes
  *                     - IPv4 to a slot address: destination rewritten to the
  *                       guest address;
@@ -110,6 +114,12 @@ int uplink_egress(struct __sk_buff *skb)
 		skb->mark = 0;
 		return TCX_NEXT;
 	}
+	if (idxp && skb->mark == NEIGH_MARK) {
+		/* NATed above and resolved by the neighbour subsystem (a flat
+		 * underlay), on its second pass. */
+		skb->mark = 0;
+		return TCX_NEXT;
+	}
 	/* A slot that is not leased sends nothing, and what it tries counts
 	 * as the pool's, never as the next tenant's. */
 	if (idxp && !open_lease(idx))
@@ -178,6 +188,13 @@ int uplink_egress(struct __sk_buff *skb)
 	if (st) {
 		st->tx_packets++;
 		st->tx_bytes += skb->len;
+	}
+	if (cfg->flat) {
+		/* No gateway: the pool table sent the packet to a placeholder
+		 * next hop (so that a VPC packet is never resolved on the
+		 * uplink); its real next hop is its destination, on-link. */
+		skb->mark = NEIGH_MARK;
+		return redirect_resolve(cfg);
 	}
 	return TCX_NEXT;
 }

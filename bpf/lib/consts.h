@@ -16,6 +16,7 @@
 /* Exchanged with netslotd through maps and marks. */
 enum datapath_const {
 	ENCAP_MARK = 0x6e530001,
+	NEIGH_MARK = 0x6e530002,
 	LEASE_OPEN = 1,
 	FLOW_TIME_SHIFT = 6,
 };

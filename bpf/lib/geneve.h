@@ -252,6 +252,8 @@ static __always_inline int encap(struct __sk_buff *skb, const struct pool_config
 	 * while it does). The packet passes this program once more on its way
 	 * out; the mark lets it through. */
 	skb->mark = ENCAP_MARK;
+	if (cfg->flat)
+		return redirect_resolve(cfg);
 	struct bpf_redir_neigh nh = {.nh_family = AF_INET, .ipv4_nh = fib.ipv4_dst};
 	return bpf_redirect_neigh(cfg->uplink_ifindex, &nh, sizeof(nh), 0);
 }

@@ -17,6 +17,9 @@ struct pool_config {
 	__u8 uplink_mac[6];
 	__u8 pad[2];
 	__u32 flow_ttl;       /* how long a flow stays open, in flow_now() units */
+	__u32 flat;           /* no uplink gateway: every next hop is the packet's
+			       * own destination (or VTEP), resolved here; the
+			       * pool table's next hop is a placeholder */
 	/* The slot side's addressing, the same in every slot, for the DHCP
 	 * answers on tap0. */
 	__be32 gateway_ip;    /* tap0's address: the guest's router */

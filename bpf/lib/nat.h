@@ -127,6 +127,23 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 idx, const struc
 	return bpf_redirect_peer(s->host_ifindex, 0);
 }
 
+/*
+ * A flat underlay (no uplink gateway): the pool table routed the packet
+ * through a placeholder next hop, which always resolves, so that a VPC
+ * packet is never resolved on the uplink by its inner destination. Its
+ * real next hop (its destination, or its VTEP once encapsulated) is the
+ * kernel's to find: without a next hop, bpf_redirect_neigh routes the
+ * packet again, by its mark, in the pool's resolve table (default out of
+ * the uplink, on-link), and the route found replaces the placeholder's, so
+ * a packet that waits for its neighbour leaves to the right one. The mark
+ * (ENCAP_MARK or NEIGH_MARK) is set by the caller and lets the packet
+ * through on its second pass.
+ */
+static __always_inline int redirect_resolve(const struct pool_config *cfg)
+{
+	return bpf_redirect_neigh(cfg->uplink_ifindex, NULL, 0, 0);
+}
+
 static __always_inline __u32 slot_of_ip(const struct pool_config *cfg, __be32 ip)
 {
 	return bpf_ntohl(ip) - bpf_ntohl(cfg->slot_first);

@@ -88,6 +88,9 @@ type Daemon struct {
 	locks   []*os.File
 	rootSys links.SysctlDir // /proc/sys/net/ipv6/conf of the root namespace
 	deny    []netip.Prefix  // the pool's deny set (see denySet)
+	// onLink are the uplink's subnets on a flat underlay (no gateway),
+	// where a VTEP must be: nil with a gateway.
+	onLink []netip.Prefix
 	// newStore: the store held no pool when this daemon opened it; fresh:
 	// nor did the kernel (no pin, no host veth of the prefix), so that a
 	// start that fails has nothing of anyone's to keep (see Fresh).
@@ -195,6 +198,10 @@ func New(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	onLink, err := flatSubnets(opts)
+	if err != nil {
+		return nil, err
+	}
 	if err := checkSlotCIDRUnrouted(opts.Config.SlotCIDR); err != nil {
 		return nil, err
 	}
@@ -210,7 +217,7 @@ func New(opts Options) (*Daemon, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	d := &Daemon{cfg: opts.Config, opts: opts, log: opts.Logger, rootSys: links.NoSysctlDir, deny: deny, bootStart: time.Now()}
+	d := &Daemon{cfg: opts.Config, opts: opts, log: opts.Logger, rootSys: links.NoSysctlDir, deny: deny, onLink: onLink, bootStart: time.Now()}
 	if err := d.lock(); err != nil {
 		return nil, err
 	}

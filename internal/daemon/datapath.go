@@ -42,6 +42,15 @@ func checkUplink(opts Options) error {
 			return fmt.Errorf("uplink gateway: %w", err)
 		}
 	}
+	if !opts.UplinkGateway.IsValid() {
+		// A flat underlay routes through a placeholder next hop (see
+		// links.OnLinkNexthop), which must not be one of the host's.
+		if local, err := links.IsLocalAddr(links.OnLinkNexthop); err != nil {
+			return err
+		} else if local {
+			return fmt.Errorf("without --uplink-gateway the pool routes through the placeholder next hop %s, which is an address of this host: give --uplink-gateway", links.OnLinkNexthop)
+		}
+	}
 	rp, err := links.RPFilterAll()
 	if err != nil {
 		return err
@@ -50,6 +59,37 @@ func checkUplink(opts Options) error {
 		return fmt.Errorf("net.ipv4.conf.all.rp_filter is 1 (strict): slot traffic reaches the root namespace with the guest address as source and would be dropped; set it to 0 or 2")
 	}
 	return nil
+}
+
+// flatSubnets are the uplink's subnets when it has no gateway (a flat
+// underlay): where a VTEP can be reached. Nil with a gateway, or without
+// an uplink.
+func flatSubnets(opts Options) ([]netip.Prefix, error) {
+	if opts.Uplink == "" || opts.UplinkGateway.IsValid() {
+		return nil, nil
+	}
+	addrs, err := links.UplinkAddrs(opts.Uplink)
+	if err != nil {
+		return nil, fmt.Errorf("uplink: %w", err)
+	}
+	out := make([]netip.Prefix, 0, len(addrs))
+	for _, p := range addrs {
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// checkVTEP refuses a VTEP the pool cannot reach: on a flat underlay (no
+// gateway) every next hop is on the uplink's link, so the VTEP must be in
+// one of its subnets.
+func (d *Daemon) checkVTEP(vtep netip.Addr) error {
+	if d.opts.Uplink == "" || d.opts.UplinkGateway.IsValid() {
+		return nil
+	}
+	if slices.ContainsFunc(d.onLink, func(p netip.Prefix) bool { return p.Contains(vtep) }) {
+		return nil
+	}
+	return fmt.Errorf("invalid remote vtep %s: not on the uplink %s's link (its subnets: %v), and the pool has no --uplink-gateway to reach it through", vtep, d.opts.Uplink, d.onLink)
 }
 
 func (d *Daemon) uplinkRoute() links.UplinkRoute {
@@ -88,7 +128,7 @@ func (d *Daemon) setupDatapath() error {
 	}
 	dc := datapath.Config{
 		Slot: d.cfg, Uplink: d.opts.Uplink, UnderlayIP: d.opts.UnderlayIP,
-		RouteTable: links.RouteTable(d.cfg.Prefix), PinRoot: "", Deny: d.deny,
+		RouteTable: links.RouteTable(d.cfg.Prefix), Flat: !d.opts.UplinkGateway.IsValid(), PinRoot: "", Deny: d.deny,
 	}
 	dp, err := datapath.Open(dc)
 	if errors.Is(err, datapath.ErrIncompatible) && d.leaseCount() == 0 {

@@ -138,7 +138,7 @@ func (d *Daemon) subscribe(done <-chan struct{}, poke func()) {
 		poke()
 		d.sweepHostVeths()
 	})
-	table := nslinks.RouteTable(d.cfg.Prefix)
+	table, resolve := nslinks.RouteTable(d.cfg.Prefix), nslinks.ResolveTable(d.cfg.Prefix)
 	go d.follow(done, "route", started.Done, func(ready func()) error {
 		routes := make(chan netlink.RouteUpdate, 256)
 		subDone := until(done)
@@ -149,7 +149,7 @@ func (d *Daemon) subscribe(done <-chan struct{}, poke func()) {
 		}
 		ready()
 		for u := range routes {
-			if u.Table == table {
+			if u.Table == table || u.Table == resolve {
 				poke()
 			}
 		}

@@ -64,7 +64,7 @@ func (d *Daemon) Acquire(ctx context.Context, req AcquireRequest) (SlotInfo, err
 		return SlotInfo{}, fmt.Errorf("%w: this pool has no uplink, so no tunnel can reach a VPC (start netslotd with --uplink and --underlay-ip)", ErrNoUplink)
 	}
 	if req.VPC != nil {
-		if err := d.cfg.CheckAttachment(req.VPC, d.opts.UnderlayIP); err != nil {
+		if err := errors.Join(d.cfg.CheckAttachment(req.VPC, d.opts.UnderlayIP), d.checkVTEP(req.VPC.RemoteVTEP)); err != nil {
 			d.Metrics.AcquireErrors.WithLabelValues("invalid").Inc()
 			return SlotInfo{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 		}

@@ -2,7 +2,9 @@ package datapath
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/netslot/netslot/internal/dpconst"
 	"github.com/netslot/netslot/internal/slot"
 )
 
@@ -106,6 +109,15 @@ func BenchmarkPrograms(b *testing.B) {
 	tip := &layers.IPv4{Version: 4, IHL: 5, TTL: 60, Protocol: layers.IPProtocolTCP, SrcIP: outside.AsSlice(), DstIP: e.cfg.SlotIP(1).AsSlice()}
 	tcpIn := serialize(b, &layers.Ethernet{SrcMAC: fabricGWMAC, DstMAC: uplinkMAC, EthernetType: layers.EthernetTypeIPv4}, tip,
 		&layers.TCP{SrcPort: 80, DstPort: 40000, Seq: 1, ACK: true, Ack: 1, Window: 512}, gopacket.Payload("netslot"))
+	// Slot 0 is attached to a VPC (its peer known): its packets to the
+	// VPC are encapsulated.
+	e.attach(0, 4242, "10.9.0.5", "10.9.0.0/16", peerMAC, vtep)
+	vpcOut := guestFrame(b, e.cfg, netip.MustParseAddr("10.9.0.1"), &layers.UDP{SrcPort: 40000, DstPort: 53}, gopacket.Payload("netslot"))
+	natted := make([]byte, len(out)+512)
+	if _, err := e.dp.objs.UplinkEgress.Run(&ebpf.RunOptions{Data: out, DataOut: natted, Context: skbCtx{IngressIfindex: uint32(e.hosts[1])}}); err != nil {
+		b.Fatal(err)
+	}
+	natted = natted[:len(out)]
 	bs, err := Backstop{Prefix: "tbench", GuestCIDR: e.cfg.GuestCIDR, SlotCIDR: e.cfg.SlotCIDR}.load()
 	if err != nil {
 		b.Fatal(err)
@@ -124,13 +136,29 @@ func BenchmarkPrograms(b *testing.B) {
 		// The backstop's verdict on packets it lets by (the common case).
 		{"backstop-egress", bs.BackstopEgress, in, 0},
 		{"backstop-ingress", bs.BackstopIngress, out, 0},
+		{"egress-vpc-udp", e.dp.objs.UplinkEgress, vpcOut, e.hosts[0]},
+		// A flat underlay: every slot packet is redirected to the
+		// neighbour subsystem, and passes the program a second time.
+		{"egress-nat-udp-flat", e.dp.objs.UplinkEgress, out, e.hosts[1]},
+		{"egress-nat-udp-flat-second-pass", e.dp.objs.UplinkEgress, natted, e.hosts[1]},
+		{"egress-vpc-udp-flat", e.dp.objs.UplinkEgress, vpcOut, e.hosts[0]},
 	} {
+		var mark uint32
+		if strings.HasSuffix(c.name, "second-pass") {
+			mark = dpconst.NeighMark
+		}
+		// Here: sub-benchmarks run on goroutines outside the test's
+		// namespace, where writeConfig finds no uplink.
+		e.dp.cfg.Flat = strings.Contains(c.name, "-flat")
+		if err := e.dp.writeConfig(); err != nil {
+			b.Fatal(err)
+		}
 		b.Run(c.name, func(b *testing.B) {
 			before, err := c.prog.Stats()
 			if err != nil {
 				b.Fatal(err)
 			}
-			opts := &ebpf.RunOptions{Data: c.pkt, DataOut: make([]byte, len(c.pkt)+512), Context: skbCtx{IngressIfindex: uint32(c.iif)}}
+			opts := &ebpf.RunOptions{Data: c.pkt, DataOut: make([]byte, len(c.pkt)+512), Context: skbCtx{IngressIfindex: uint32(c.iif), Mark: mark}}
 			for b.Loop() {
 				if _, err := c.prog.Run(opts); err != nil {
 					b.Fatal(err)

@@ -69,6 +69,10 @@ type Config struct {
 	// Deny is the pool's deny set: destinations a guest's traffic may not
 	// be NATed to (traffic to its VPC is not NATed, and not subject to it).
 	Deny []netip.Prefix
+	// Flat: no uplink gateway. The route table's next hop is a
+	// placeholder (links.OnLinkNexthop) and the programs have every
+	// packet's real next hop resolved (see links.UplinkRoute).
+	Flat bool
 }
 
 // Errors callers may test for.
@@ -236,6 +240,9 @@ func (d *Datapath) writeConfig() error {
 		HostGateway: be32(slot.HostGateway),
 		TapMac:      mac6(c.Slot.TapMAC),
 		GuestMac:    mac6(c.Slot.GuestMAC),
+	}
+	if c.Flat {
+		pc.Flat = 1
 	}
 	if c.Uplink != "" {
 		l, err := netlink.LinkByName(c.Uplink)

@@ -82,6 +82,7 @@ type datapathPoolConfig struct {
 	UplinkMac     [6]uint8
 	Pad           [2]uint8
 	FlowTtl       uint32
+	Flat          uint32
 	GatewayIp     uint32
 	GuestMask     uint32
 	HostGateway   uint32

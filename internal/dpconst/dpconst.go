@@ -41,6 +41,11 @@ const (
 	// mark of every packet that crosses from a slot's namespace into the
 	// root namespace.
 	EncapMark = 0x6e530001
+	// NeighMark is the skb->mark of a NATed packet the datapath handed to
+	// the neighbour subsystem itself (a flat underlay: no gateway, so the
+	// next hop is the packet's own destination), on its second pass
+	// through the uplink's egress. Unforgeable, as EncapMark.
+	NeighMark = 0x6e530002
 	// LeaseOpen is lease_policy.flags of a leased slot: its traffic flows.
 	LeaseOpen = 1
 	// FlowTimeShift: the flow table's clock ticks every 2^FlowTimeShift

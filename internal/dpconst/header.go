@@ -39,6 +39,7 @@ func Header() string {
 /* Exchanged with netslotd through maps and marks. */
 enum datapath_const {
 	ENCAP_MARK = %#x,
+	NEIGH_MARK = %#x,
 	LEASE_OPEN = %d,
 	FLOW_TIME_SHIFT = %d,
 };
@@ -46,7 +47,7 @@ enum datapath_const {
 /* Why a packet was dropped: the index of its counter in slot_stats.drops.
  * Append only (see internal/dpconst). */
 enum drop_reason {
-`, EncapMark, LeaseOpen, FlowTimeShift)
+`, EncapMark, NeighMark, LeaseOpen, FlowTimeShift)
 	for i, r := range DropReasons {
 		fmt.Fprintf(&b, "\tDROP_%s = %d, /* %s */\n", strings.ToUpper(r.Name), i, r.Doc)
 	}

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -24,6 +26,10 @@ type VTEP struct {
 	IP   netip.Addr
 	MAC  net.HardwareAddr
 	conn *net.UDPConn
+
+	// arpDelay delays the VTEP's ARP replies (nanoseconds): a peer that
+	// answers slowly.
+	arpDelay atomic.Int64
 
 	mu    sync.Mutex
 	seen  []VTEPFrame
@@ -66,6 +72,9 @@ func (v *VTEP) Close() {
 	})
 }
 
+// SetARPDelay makes the VTEP answer ARP requests after d, not at once.
+func (v *VTEP) SetARPDelay(d time.Duration) { v.arpDelay.Store(int64(d)) }
+
 // Seen returns the Geneve packets received so far.
 func (v *VTEP) Seen() []VTEPFrame {
 	v.mu.Lock()
@@ -107,7 +116,13 @@ func (v *VTEP) serve() {
 			continue
 		}
 		if reply := v.answer(inner, eth); reply != nil {
-			v.conn.WriteToUDPAddrPort(testpacket.Geneve(vni, reply), netip.AddrPortFrom(from.Addr(), 6081))
+			to, pkt := netip.AddrPortFrom(from.Addr(), 6081), testpacket.Geneve(vni, reply)
+			if d := time.Duration(v.arpDelay.Load()); fr.ARP && d > 0 {
+				v.wg.Add(1)
+				time.AfterFunc(d, func() { defer v.wg.Done(); v.conn.WriteToUDPAddrPort(pkt, to) })
+				continue
+			}
+			v.conn.WriteToUDPAddrPort(pkt, to)
 		}
 	}
 }

@@ -76,6 +76,13 @@ func Rules(h *netlink.Handle, family int) ([]netlink.Rule, error) {
 		func(r netlink.Rule) string { return r.String() })
 }
 
+// Neighs lists the neighbours of family on the link of index linkIndex (0:
+// every link) in h's namespace (nil: the calling thread's).
+func Neighs(h *netlink.Handle, linkIndex, family int) ([]netlink.Neigh, error) {
+	return retryDump(func() ([]netlink.Neigh, error) { return handle(h).NeighList(linkIndex, family) },
+		func(n netlink.Neigh) string { return strconv.Itoa(n.LinkIndex) + " " + n.IP.String() })
+}
+
 // retryDump runs dump until it comes back whole, or returns the union of
 // dumpAttempts interrupted reads (by key; an object's latest copy).
 func retryDump[T any](dump func() ([]T, error), key func(T) string) ([]T, error) {

@@ -1,6 +1,7 @@
 package links
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/netslot/netslot/internal/dpconst"
 )
 
 // UplinkRoute is how slot traffic reaches the uplink: one policy rule sends
@@ -22,12 +25,40 @@ import (
 // kernel removes the uplink's route (the link went down, or the device was
 // deleted) slot traffic is dropped, never passed on to the host's main
 // table and its default route. Three objects whatever the pool size.
+//
+// Without a gateway (a flat underlay) the default route's next hop is
+// OnLinkNexthop, which a permanent neighbour on the uplink resolves at
+// once: a fourth object. A route with no next hop would make the host
+// resolve each packet's own destination on the uplink before the
+// datapath sees it, and a VPC address, which is behind the tunnel, never
+// resolves there: the packet would wait in the neighbour queue and die.
+// Through OnLinkNexthop every slot packet reaches the uplink's egress
+// program, which resolves the real next hop itself (the VTEP, or the
+// NATed packet's destination) with bpf_redirect_neigh. That lookup is the
+// kernel's, in the pool's resolve table (a default route straight out of
+// the uplink), which a second rule selects by the datapath's marks and the
+// uplink as output device: the route it finds becomes the packet's, so a
+// packet that waits for its neighbour is sent to the right one when it
+// resolves (with the next hop passed to bpf_redirect_neigh instead, the
+// packet would keep its route through the placeholder, and the neighbour
+// queue would send it there). Seven objects in all, whatever the pool size.
 type UplinkRoute struct {
 	Prefix    string // names the table (see RouteTable)
 	Uplink    string
 	Gateway   netip.Addr // next hop on the uplink; invalid: destinations are on-link
 	GuestCIDR netip.Prefix
 }
+
+// OnLinkNexthop is the next hop of a flat underlay's pool table, and
+// OnLinkNexthopMAC its permanent neighbour on the uplink. 192.0.0.8 is
+// the IPv4 dummy address (RFC 7600), which no host on a link answers for;
+// no frame is ever sent to the MAC (the datapath rewrites the Ethernet
+// header of every slot packet, and the backstop drops any it did not
+// translate).
+var (
+	OnLinkNexthop    = netip.MustParseAddr("192.0.0.8")
+	OnLinkNexthopMAC = net.HardwareAddr{0x02, 0x6e, 0x73, 0x00, 0x00, 0x08}
+)
 
 // RulePriority is the priority of the pool's policy rule: before the main
 // table (32766).
@@ -40,6 +71,46 @@ func RouteTable(prefix string) int {
 	h.Write([]byte(prefix))
 	// 30 bits of hash above the small ids people configure by hand.
 	return 0x40000000 | int(h.Sum32()&0x3fffffff)
+}
+
+// ResolveTable is the resolve table of prefix's pool on a flat underlay
+// (see UplinkRoute).
+func ResolveTable(prefix string) int { return RouteTable(prefix) ^ 0x20000000 }
+
+// resolveMark and resolveMask select the datapath's marks
+// (dpconst.EncapMark, dpconst.NeighMark) in the resolve rule.
+const (
+	resolveMark = dpconst.EncapMark &^ 3
+	resolveMask = ^uint32(3)
+)
+
+func init() {
+	for _, m := range []uint32{dpconst.EncapMark, dpconst.NeighMark} {
+		if m&resolveMask != resolveMark {
+			panic("dpconst marks outside the resolve rule's mask")
+		}
+	}
+}
+
+func (u UplinkRoute) resolveRule() *netlink.Rule {
+	r := netlink.NewRule()
+	r.Family = unix.AF_INET
+	r.Priority = RulePriority
+	r.Table = ResolveTable(u.Prefix)
+	r.Mark = resolveMark
+	mask := resolveMask
+	r.Mask = &mask
+	r.OifName = u.Uplink
+	return r
+}
+
+func (u UplinkRoute) resolveRoute(uplink int) *netlink.Route {
+	return &netlink.Route{
+		LinkIndex: uplink,
+		Table:     ResolveTable(u.Prefix),
+		Scope:     netlink.SCOPE_LINK,
+		Dst:       &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
+	}
 }
 
 func (u UplinkRoute) rule() *netlink.Rule {
@@ -72,9 +143,21 @@ func (u UplinkRoute) route(uplink int) *netlink.Route {
 	if u.Gateway.IsValid() {
 		r.Gw = u.Gateway.AsSlice()
 	} else {
-		r.Scope = netlink.SCOPE_LINK
+		r.Gw = OnLinkNexthop.AsSlice()
+		r.Flags = int(netlink.FLAG_ONLINK)
 	}
 	return r
+}
+
+// neigh is the flat underlay's permanent neighbour (see OnLinkNexthop).
+func (u UplinkRoute) neigh(uplink int) *netlink.Neigh {
+	return &netlink.Neigh{
+		LinkIndex:    uplink,
+		Family:       unix.AF_INET,
+		State:        netlink.NUD_PERMANENT,
+		IP:           OnLinkNexthop.AsSlice(),
+		HardwareAddr: OnLinkNexthopMAC,
+	}
 }
 
 // Apply writes the table's default route and the rule, in the calling
@@ -107,12 +190,70 @@ func (u UplinkRoute) Apply() error {
 			return fmt.Errorf("rule from %s: %w", u.GuestCIDR, err)
 		}
 	}
+	resolve := slices.ContainsFunc(rules, func(r netlink.Rule) bool { return r.Table == ResolveTable(u.Prefix) })
+	if u.Gateway.IsValid() {
+		// A gateway's pool needs none of a flat underlay's objects (a
+		// restart may have changed the pool's mode).
+		if err := u.removeFlat(rules); err != nil {
+			return err
+		}
+	} else if !resolve {
+		if err := netlink.RuleAdd(u.resolveRule()); err != nil {
+			return fmt.Errorf("resolve rule of table %d: %w", ResolveTable(u.Prefix), err)
+		}
+	}
 	l, err := netlink.LinkByName(u.Uplink)
 	if err != nil {
 		return fmt.Errorf("uplink %s: %w", u.Uplink, err)
 	}
+	if !u.Gateway.IsValid() {
+		// Before the route that needs them.
+		if err := netlink.NeighSet(u.neigh(l.Attrs().Index)); err != nil {
+			return fmt.Errorf("neighbour %s on %s: %w", OnLinkNexthop, u.Uplink, err)
+		}
+		if err := netlink.RouteReplace(u.resolveRoute(l.Attrs().Index)); err != nil {
+			return fmt.Errorf("default route of table %d via %s: %w", ResolveTable(u.Prefix), u.Uplink, err)
+		}
+	}
 	if err := netlink.RouteReplace(u.route(l.Attrs().Index)); err != nil {
 		return fmt.Errorf("default route of table %d via %s: %w", want.Table, u.Uplink, err)
+	}
+	return nil
+}
+
+// removeFlat removes the flat underlay's resolve rule, resolve table and
+// placeholder neighbour; what is missing is not an error.
+func (u UplinkRoute) removeFlat(rules []netlink.Rule) error {
+	var errs []error
+	for _, r := range rules {
+		if r.Table != ResolveTable(u.Prefix) {
+			continue
+		}
+		if err := netlink.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("delete resolve rule: %w", err))
+		}
+	}
+	routes, err := Routes(nil, unix.AF_INET, &netlink.Route{Table: ResolveTable(u.Prefix)}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("list table %d: %w", ResolveTable(u.Prefix), err))...)
+	}
+	for _, r := range routes {
+		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("delete route: %w", err))
+		}
+	}
+	if l, err := netlink.LinkByName(u.Uplink); err == nil {
+		errs = append(errs, delPlaceholder(l.Attrs().Index))
+	}
+	return errors.Join(errs...)
+}
+
+// delPlaceholder deletes the placeholder neighbour of a flat underlay on
+// the link of index ifindex, if it is there.
+func delPlaceholder(ifindex int) error {
+	err := netlink.NeighDel(UplinkRoute{}.neigh(ifindex))
+	if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete neighbour %s: %w", OnLinkNexthop, err)
 	}
 	return nil
 }
@@ -145,10 +286,37 @@ func (u UplinkRoute) Check() error {
 	if err != nil {
 		return fmt.Errorf("uplink %s: %w", u.Uplink, err)
 	}
+	wantGw := u.route(l.Attrs().Index).Gw
 	if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
-		return r.LinkIndex == l.Attrs().Index && r.Type == unix.RTN_UNICAST && isDefault(r)
+		return r.LinkIndex == l.Attrs().Index && r.Type == unix.RTN_UNICAST && isDefault(r) && r.Gw.Equal(wantGw)
 	}) {
 		return fmt.Errorf("default route of table %d via %s missing", want.Table, u.Uplink)
+	}
+	if u.Gateway.IsValid() {
+		return nil
+	}
+	if !slices.ContainsFunc(rules, func(r netlink.Rule) bool {
+		return r.Table == ResolveTable(u.Prefix) && r.Mark == resolveMark && r.OifName == u.Uplink
+	}) {
+		return fmt.Errorf("resolve rule of table %d missing", ResolveTable(u.Prefix))
+	}
+	resolve, err := Routes(nil, unix.AF_INET, &netlink.Route{Table: ResolveTable(u.Prefix)}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return fmt.Errorf("list table %d: %w", ResolveTable(u.Prefix), err)
+	}
+	if !slices.ContainsFunc(resolve, func(r netlink.Route) bool {
+		return r.LinkIndex == l.Attrs().Index && r.Type == unix.RTN_UNICAST && isDefault(r) && r.Gw == nil
+	}) {
+		return fmt.Errorf("default route of table %d via %s missing", ResolveTable(u.Prefix), u.Uplink)
+	}
+	neighs, err := Neighs(nil, l.Attrs().Index, unix.AF_INET)
+	if err != nil {
+		return fmt.Errorf("list neighbours of %s: %w", u.Uplink, err)
+	}
+	if !slices.ContainsFunc(neighs, func(n netlink.Neigh) bool {
+		return n.IP.Equal(OnLinkNexthop.AsSlice()) && n.State == netlink.NUD_PERMANENT && bytes.Equal(n.HardwareAddr, OnLinkNexthopMAC)
+	}) {
+		return fmt.Errorf("permanent neighbour %s on %s missing", OnLinkNexthop, u.Uplink)
 	}
 	return nil
 }
@@ -156,27 +324,35 @@ func (u UplinkRoute) Check() error {
 // RemoveUplinkRoute deletes prefix's rules and the routes of its table; what
 // is missing is not an error.
 func RemoveUplinkRoute(prefix string) error {
-	table := RouteTable(prefix)
+	tables := []int{RouteTable(prefix), ResolveTable(prefix)}
 	rules, err := Rules(nil, unix.AF_INET)
 	if err != nil {
 		return fmt.Errorf("list rules: %w", err)
 	}
 	var errs []error
 	for _, r := range rules {
-		if r.Table != table {
+		if !slices.Contains(tables, r.Table) {
 			continue
 		}
 		if err := netlink.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("delete rule: %w", err))
 		}
 	}
-	routes, err := Routes(nil, unix.AF_INET, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return errors.Join(append(errs, fmt.Errorf("list table %d: %w", table, err))...)
-	}
-	for _, r := range routes {
-		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("delete route: %w", err))
+	for _, table := range tables {
+		routes, err := Routes(nil, unix.AF_INET, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list table %d: %w", table, err))
+			continue
+		}
+		for _, r := range routes {
+			if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+				errs = append(errs, fmt.Errorf("delete route: %w", err))
+			}
+			// A flat underlay's placeholder neighbour goes with its
+			// routes.
+			if (r.Gw.Equal(OnLinkNexthop.AsSlice()) || table == ResolveTable(prefix)) && r.LinkIndex != 0 {
+				errs = append(errs, delPlaceholder(r.LinkIndex))
+			}
 		}
 	}
 	return errors.Join(errs...)
@@ -222,6 +398,19 @@ func CheckOnLink(name string, gw netip.Addr) error {
 		return fmt.Errorf("%s is not on %s's link (the kernel routes it via %v)", gw, name, r.Gw)
 	}
 	return nil
+}
+
+// IsLocalAddr reports whether a is an address of the calling thread's
+// namespace (the kernel routes it to itself).
+func IsLocalAddr(a netip.Addr) (bool, error) {
+	routes, err := netlink.RouteGet(a.AsSlice())
+	if err != nil {
+		if errors.Is(err, unix.ENETUNREACH) || errors.Is(err, unix.EHOSTUNREACH) {
+			return false, nil
+		}
+		return false, fmt.Errorf("route to %s: %w", a, err)
+	}
+	return len(routes) > 0 && routes[0].Type == unix.RTN_LOCAL, nil
 }
 
 // RPFilterAll is net.ipv4.conf.all.rp_filter of the root namespace.
