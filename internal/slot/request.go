@@ -33,6 +33,43 @@ type Lease struct {
 	Key string
 	// DNS are the guest's DNS servers for this lease (none: the pool's).
 	DNS []netip.Addr
+	// TapOwner is who tap0 belongs to while the lease lives (nil: nobody,
+	// only CAP_NET_ADMIN attaches, as in the pool).
+	TapOwner *TapOwner
+}
+
+// TapOwner is the user and group a leased slot's tap0 belongs to, those a
+// jailed VMM runs as (Firecracker's jailer: --uid, --gid): the kernel lets
+// a process without CAP_NET_ADMIN attach to a tap if its effective uid is
+// the tap's owner or the tap's group is one of its groups.
+type TapOwner struct {
+	UID, GID uint32
+}
+
+func (o TapOwner) String() string { return fmt.Sprintf("uid=%d gid=%d", o.UID, o.GID) }
+
+// NoID is the uid and gid -1 of the kernel's interfaces: none.
+const NoID = ^uint32(0)
+
+// ValidateTapOwner checks a tap owner asked for. Both ids are needed (the
+// jailer takes both), neither may be -1 (none) or 0: root is what a
+// jailed VMM drops, a root process attaches with its capabilities
+// anyway, gid 0 would open the tap to every process of group root, and
+// the kernel's netlink answer, as the netlink library reads it, shows an
+// id 0 as it shows none.
+func ValidateTapOwner(o TapOwner) error {
+	for _, x := range []struct {
+		what string
+		id   uint32
+	}{{"uid", o.UID}, {"gid", o.GID}} {
+		switch x.id {
+		case 0:
+			return fmt.Errorf("invalid tap %s 0: root needs no tap owner; give the unprivileged %s the VMM runs as", x.what, x.what)
+		case NoID:
+			return fmt.Errorf("invalid tap %s %d: that is -1, no %s; give the %s the VMM runs as", x.what, x.id, x.what, x.what)
+		}
+	}
+	return nil
 }
 
 // Egress is where a guest may send, within what the pool denies to every

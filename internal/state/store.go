@@ -376,6 +376,12 @@ type storedLease struct {
 	Inbound       []string          `json:"inbound,omitempty"` // slot.ParseInboundSpec's form
 	Key           string            `json:"key,omitempty"`
 	DNS           []string          `json:"dns,omitempty"`
+	TapOwner      *storedTapOwner   `json:"tap_owner,omitempty"`
+}
+
+type storedTapOwner struct {
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
 }
 
 func leaseKey(i int) []byte { return []byte(strconv.Itoa(i)) }
@@ -396,6 +402,9 @@ func encodeLease(l *slot.Lease) ([]byte, error) {
 	}
 	for _, a := range l.DNS {
 		sl.DNS = append(sl.DNS, a.String())
+	}
+	if o := l.TapOwner; o != nil {
+		sl.TapOwner = &storedTapOwner{UID: o.UID, GID: o.GID}
 	}
 	if a := l.VPC; a != nil {
 		sl.VPC = &storedAttachment{VNI: a.VNI, RemoteVTEP: a.RemoteVTEP.String(), VPCIP: a.VPCIP.String(), VPCCIDRs: prefixesToStrings(a.VPCCIDRs)}
@@ -421,6 +430,12 @@ func decodeLease(b []byte) (*slot.Lease, error) {
 	}
 	if l.DNS, err = slot.ParseDNS(sl.DNS); err != nil {
 		return nil, err
+	}
+	if o := sl.TapOwner; o != nil {
+		l.TapOwner = &slot.TapOwner{UID: o.UID, GID: o.GID}
+		if err := slot.ValidateTapOwner(*l.TapOwner); err != nil {
+			return nil, err
+		}
 	}
 	if a := sl.VPC; a != nil {
 		if l.VPC, err = slot.ParseAttachment(a.VNI, a.RemoteVTEP, a.VPCIP, a.VPCCIDRs); err != nil {
