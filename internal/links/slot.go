@@ -32,14 +32,15 @@ func ipNet(a netip.Addr, bits int) *net.IPNet {
 // new slot namespace, h must be a handle opened there and rootFD a
 // descriptor of the root namespace. Devices are created in their final
 // namespace: the veth's host end is created directly in the root namespace,
-// nothing is moved. FinishHost completes the host end.
+// nothing is moved. FinishHost completes the host end. tap0 belongs to
+// owner (nil: nobody, a pooled slot).
 //
 // It returns the ifindex of the host veth (in the root namespace).
-func Build(h *netlink.Handle, rootFD int, c slot.Config, i int) (hostIndex int, err error) {
+func Build(h *netlink.Handle, rootFD int, c slot.Config, i int, owner *slot.TapOwner) (hostIndex int, err error) {
 	if err := h.LinkSetUp(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: loIndex}}); err != nil {
 		return 0, fmt.Errorf("set lo up: %w", err)
 	}
-	if err := createTap(slot.TapName); err != nil {
+	if err := createTap(slot.TapName, owner); err != nil {
 		return 0, err
 	}
 	tap, err := h.LinkByName(slot.TapName)
@@ -192,9 +193,10 @@ func damaged(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", ErrDamaged, fmt.Sprintf(format, a...))
 }
 
-// Adopt verifies slot i (see verify) and rewrites its gateway neighbour.
-func Adopt(h *netlink.Handle, c slot.Config, i int) error {
-	eth0, err := verify(h, c, i)
+// Adopt verifies slot i (see verify), its tap0 belonging to owner (nil:
+// nobody), and rewrites its gateway neighbour.
+func Adopt(h *netlink.Handle, c slot.Config, i int, owner *slot.TapOwner) error {
+	eth0, err := verify(h, c, i, owner)
 	if err != nil {
 		return err
 	}
@@ -202,9 +204,10 @@ func Adopt(h *netlink.Handle, c slot.Config, i int) error {
 }
 
 // verify checks the devices, addresses, device settings and routes of slot
-// i in the namespace of h. The gateway neighbour is not listed (see
-// EnsureGateway): callers rewrite it instead.
-func verify(h *netlink.Handle, c slot.Config, i int) (eth0Index int, err error) {
+// i in the namespace of h, and that tap0 belongs to owner (nil: nobody; a
+// difference is ErrTapOwner, which an owner set anew repairs). The gateway
+// neighbour is not listed (see EnsureGateway): callers rewrite it instead.
+func verify(h *netlink.Handle, c slot.Config, i int, owner *slot.TapOwner) (eth0Index int, err error) {
 	tap, err := h.LinkByName(slot.TapName)
 	if err != nil {
 		return 0, damaged("%s missing", slot.TapName)
@@ -217,6 +220,9 @@ func verify(h *netlink.Handle, c slot.Config, i int) (eth0Index int, err error) 
 	}
 	if tap.Attrs().Flags&net.FlagUp == 0 {
 		return 0, damaged("%s down", slot.TapName)
+	}
+	if err := checkTapOwner(tap, owner); err != nil {
+		return 0, err
 	}
 	if err := hasOnlyAddr(h, tap, c.GatewayIP(), c.GuestCIDR.Bits()); err != nil {
 		return 0, err
@@ -283,10 +289,11 @@ func hasOnlyAddr(h *netlink.Handle, l netlink.Link, a netip.Addr, bits int) erro
 
 // Scrub removes what a tenant may have left on the slot's devices: learned
 // neighbours, a changed MAC, MTU or queue length, and anything queued on the
-// tap (a down/up cycle flushes the qdisc), then verifies the slot and
-// rewrites its gateway neighbour (Adopt). The calling thread must be in the
-// slot's namespace, and should hold the tap (HoldTap), so that no VMM
-// attaches meanwhile.
+// tap (a down/up cycle flushes the qdisc), then verifies the slot, with
+// tap0 back to no owner, and rewrites its gateway neighbour (Adopt). The
+// calling thread must be in the slot's namespace, and should hold the tap
+// (HoldTap), so that no VMM attaches meanwhile; the holder puts tap0's
+// owner back (HeldTap.SetOwner).
 func Scrub(h *netlink.Handle, c slot.Config, i int) error {
 	tap, err := h.LinkByName(slot.TapName)
 	if err != nil {
@@ -311,7 +318,7 @@ func Scrub(h *netlink.Handle, c slot.Config, i int) error {
 	if err := configureTap(h, tap, c); err != nil {
 		return err
 	}
-	return Adopt(h, c, i)
+	return Adopt(h, c, i, nil)
 }
 
 // EnsureGateway (re)writes the permanent neighbour entry of the slot's next
