@@ -215,8 +215,8 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 	fl.StringVar(&key, "key", "", "idempotency key: while its lease lives, an acquire with the same key returns that lease")
 	fl.BoolVar(&wait, "wait", false, "wait for a slot (pool empty, or the daemon booting) until --timeout")
 	fl.StringSliceVar(&dns, "dns", nil, "the guest's DNS servers for this lease, IPv4 (comma-separated or repeated, at most 3; default: netslotd --dns)")
-	fl.Uint32Var(&tapUID, "tap-uid", 0, "give the slot's tap to this user, the one the VMM runs as (the jailer's --uid; with --tap-gid; not 0): it attaches without CAP_NET_ADMIN")
-	fl.Uint32Var(&tapGID, "tap-gid", 0, "give the slot's tap to this group (the jailer's --gid; with --tap-uid; not 0): its members attach without CAP_NET_ADMIN")
+	fl.Uint32Var(&tapUID, "tap-uid", 0, "give the slot's tap to this user, the one the VMM runs as (the jailer's --uid; with --tap-gid; not 0): it attaches without CAP_NET_ADMIN (default: the tap is root's)")
+	fl.Uint32Var(&tapGID, "tap-gid", 0, "give the slot's tap to this group (the jailer's --gid; with --tap-uid; not 0): the --tap-uid user attaches only with this group among its groups")
 	return cmd
 }
 

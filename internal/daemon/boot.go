@@ -548,7 +548,7 @@ func (d *Daemon) checkSlot(i int) (func() error, error) {
 // adoptDevices verifies slot i's devices (links.Adopt) from inside its
 // namespace, on the calling locked thread. A tap0 that belongs to another
 // user or group than slot i's lease gave it (a pooled slot's belongs to
-// nobody) is given back in place, as a firewall that differs is rewritten:
+// root) is given back in place, as a firewall that differs is rewritten:
 // a crash between recording a lease and giving its tap leaves that, and
 // nothing else. A tap that cannot be given back, because a process holds
 // it, is damage: the slot is rebuilt.
@@ -561,7 +561,7 @@ func (d *Daemon) adoptDevices(h *netlink.Handle, i int) error {
 	if serr := links.SetTapOwner(slot.TapName, owner); serr != nil {
 		return fmt.Errorf("%w; giving it back: %w", err, serr)
 	}
-	who := "nobody"
+	who := "root"
 	if owner != nil {
 		who = owner.String()
 	}
@@ -570,7 +570,7 @@ func (d *Daemon) adoptDevices(h *netlink.Handle, i int) error {
 	return links.Adopt(h, d.cfg, i, owner)
 }
 
-// tapOwnerOf is who l gives tap0 to (nil: nobody; l nil: no lease).
+// tapOwnerOf is who l gives tap0 to (nil: root; l nil: no lease).
 func tapOwnerOf(l *slot.Lease) *slot.TapOwner {
 	if l == nil {
 		return nil

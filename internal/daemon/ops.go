@@ -32,7 +32,8 @@ type AcquireRequest struct {
 	// DNS are the guest's DNS servers (none: the pool's).
 	DNS []netip.Addr
 	// TapOwner gives tap0 to the user and group a jailed VMM runs as
-	// (nil: nobody, only CAP_NET_ADMIN attaches).
+	// (nil: it stays root's, as in the pool: only root and CAP_NET_ADMIN
+	// attach).
 	TapOwner *slot.TapOwner
 }
 
@@ -216,9 +217,9 @@ func (d *Daemon) abortAcquire(i int, l *slot.Lease, what string, err, undo error
 	return fmt.Errorf("slot %s: %w", id, err)
 }
 
-// setTapOwner gives slot i's tap0 to o (nil: to nobody). A tap that a
-// process holds is an error: a free slot's tap is nobody's, and a VMM that
-// got there before its lease was made has no business there.
+// setTapOwner gives slot i's tap0 to o (nil: back to root). A tap that a
+// process holds is an error: a free slot's tap is nobody's to hold, and a
+// VMM that got there before its lease was made has no business there.
 func (d *Daemon) setTapOwner(i int, o *slot.TapOwner) error {
 	return d.inSlot(i, func() error { return links.SetTapOwner(slot.TapName, o) })
 }
@@ -360,7 +361,7 @@ func (d *Daemon) awaitRelease(i int, leaseID string) error {
 // that fails and nothing has changed (links.ErrTapInUse); else no VMM can
 // attach until the scrub is done. Then the slot's traffic stops both ways
 // (the datapath closes its lease), and what the tenant may have changed
-// is reset: tap0's owner and group (none), devices, neighbours, the datapath's entries and flows, the
+// is reset: tap0's owner and group (root's), devices, neighbours, the datapath's entries and flows, the
 // egress policy; the slot's firewall is verified and rewritten if it
 // differs.
 func (d *Daemon) scrub(i int) error {
@@ -375,7 +376,7 @@ func (d *Daemon) scrub(i int) error {
 			return err
 		}
 		d.dp.CloseLease(i)
-		// Back to nobody's, whatever the lease gave: on the descriptor
+		// Back to root's, whatever the lease gave: on the descriptor
 		// held anyway, two ioctls.
 		if err := tap.SetOwner(nil); err != nil {
 			return errors.Join(err, tap.Close())

@@ -33,7 +33,7 @@ func ipNet(a netip.Addr, bits int) *net.IPNet {
 // descriptor of the root namespace. Devices are created in their final
 // namespace: the veth's host end is created directly in the root namespace,
 // nothing is moved. FinishHost completes the host end. tap0 belongs to
-// owner (nil: nobody, a pooled slot).
+// owner (nil: root, a pooled slot).
 //
 // It returns the ifindex of the host veth (in the root namespace).
 func Build(h *netlink.Handle, rootFD int, c slot.Config, i int, owner *slot.TapOwner) (hostIndex int, err error) {
@@ -194,7 +194,7 @@ func damaged(format string, a ...any) error {
 }
 
 // Adopt verifies slot i (see verify), its tap0 belonging to owner (nil:
-// nobody), and rewrites its gateway neighbour.
+// root), and rewrites its gateway neighbour.
 func Adopt(h *netlink.Handle, c slot.Config, i int, owner *slot.TapOwner) error {
 	eth0, err := verify(h, c, i, owner)
 	if err != nil {
@@ -204,7 +204,7 @@ func Adopt(h *netlink.Handle, c slot.Config, i int, owner *slot.TapOwner) error 
 }
 
 // verify checks the devices, addresses, device settings and routes of slot
-// i in the namespace of h, and that tap0 belongs to owner (nil: nobody; a
+// i in the namespace of h, and that tap0 belongs to owner (nil: root; a
 // difference is ErrTapOwner, which an owner set anew repairs). The gateway
 // neighbour is not listed (see EnsureGateway): callers rewrite it instead.
 func verify(h *netlink.Handle, c slot.Config, i int, owner *slot.TapOwner) (eth0Index int, err error) {
@@ -290,7 +290,7 @@ func hasOnlyAddr(h *netlink.Handle, l netlink.Link, a netip.Addr, bits int) erro
 // Scrub removes what a tenant may have left on the slot's devices: learned
 // neighbours, a changed MAC, MTU or queue length, and anything queued on the
 // tap (a down/up cycle flushes the qdisc), then verifies the slot, with
-// tap0 back to no owner, and rewrites its gateway neighbour (Adopt). The
+// tap0 back to root's, and rewrites its gateway neighbour (Adopt). The
 // calling thread must be in the slot's namespace, and should hold the tap
 // (HoldTap), so that no VMM attaches meanwhile; the holder puts tap0's
 // owner back (HeldTap.SetOwner).

@@ -25,9 +25,10 @@ type ifreq struct {
 // entered the slot's namespace.
 //
 // Flags are those Firecracker attaches with (IFF_TAP|IFF_NO_PI; it adds
-// IFF_VNET_HDR per open), and no owner is set unless owner says (a slot
-// rebuilt under its lease): only CAP_NET_ADMIN may attach (a lease gives
-// the tap to its VMM's user: SetTapOwner).
+// IFF_VNET_HDR per open). The tap belongs to owner (a slot rebuilt under
+// its lease), nil: to root, uid 0 and gid 0, so that only root and
+// CAP_NET_ADMIN attach (a tap with no owner lets any process of its
+// namespace attach, whatever its uid).
 func createTap(name string, owner *slot.TapOwner) error {
 	fd, err := AttachTap(name)
 	if err != nil {
@@ -37,10 +38,7 @@ func createTap(name string, owner *slot.TapOwner) error {
 	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETPERSIST, 1); errno != 0 {
 		return fmt.Errorf("persist tap %s: %w", name, errno)
 	}
-	if owner != nil {
-		return setOwner(fd, name, owner)
-	}
-	return nil
+	return setOwner(fd, name, owner)
 }
 
 // AttachTap opens /dev/net/tun and attaches to tap name of the calling
@@ -63,8 +61,8 @@ func AttachTap(name string) (int, error) {
 }
 
 // SetTapOwner gives tap name of the calling thread's namespace to the
-// user and group of o (nil: to nobody, the pooled state): from then on a
-// process of that uid, or with that gid among its groups, attaches without
+// user and group of o (nil: to root, the pooled state): from then on a
+// process of that uid with that gid among its groups attaches without
 // CAP_NET_ADMIN. The kernel takes the owner only from a descriptor
 // attached to the tap, so SetTapOwner attaches, sets it and lets go; the
 // tap is detached when it returns (the detach waits for an RCU grace
@@ -92,17 +90,18 @@ func SetTapOwner(name string, o *slot.TapOwner) error {
 }
 
 // setOwner sets the owner and group of the tap attached to fd to o's
-// (nil: none, -1).
+// (nil: root's, uid 0 and gid 0). There is no going back to no owner: the
+// kernel refuses -1 (EINVAL).
 func setOwner(fd int, name string, o *slot.TapOwner) error {
-	uid, gid := slot.NoID, slot.NoID
+	var uid, gid uint32
 	if o != nil {
 		uid, gid = o.UID, o.GID
 	}
 	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETOWNER, uintptr(uid)); errno != 0 {
-		return fmt.Errorf("set owner of %s to %d: %w", name, int32(uid), errno)
+		return fmt.Errorf("set owner of %s to %d: %w", name, uid, errno)
 	}
 	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETGROUP, uintptr(gid)); errno != 0 {
-		return fmt.Errorf("set group of %s to %d: %w", name, int32(gid), errno)
+		return fmt.Errorf("set group of %s to %d: %w", name, gid, errno)
 	}
 	return nil
 }
@@ -112,10 +111,10 @@ func setOwner(fd int, name string, o *slot.TapOwner) error {
 var ErrTapOwner = errors.New("tap owner differs")
 
 // checkTapOwner compares the owner and group tap reads with (netlink's
-// IFLA_TUN_OWNER and IFLA_TUN_GROUP) with want's (nil: none). The kernel
-// leaves out an id that is none, which the netlink library reads as 0:
-// 0 stands for none here (leases never give the tap to 0, see
-// slot.ValidateTapOwner).
+// IFLA_TUN_OWNER and IFLA_TUN_GROUP) with want's (nil: root's, 0). The
+// kernel leaves out an id that is none, which the netlink library reads
+// as 0 too: a tap with no owner (made by an older netslotd, or by hand)
+// passes for root's. It gets root's at its next release.
 func checkTapOwner(tap netlink.Link, want *slot.TapOwner) error {
 	t, ok := tap.(*netlink.Tuntap)
 	if !ok {
@@ -131,15 +130,7 @@ func checkTapOwner(tap netlink.Link, want *slot.TapOwner) error {
 	return nil
 }
 
-func ownerString(uid, gid uint32) string {
-	id := func(x uint32) string {
-		if x == 0 {
-			return "none"
-		}
-		return fmt.Sprint(x)
-	}
-	return "uid=" + id(uid) + " gid=" + id(gid)
-}
+func ownerString(uid, gid uint32) string { return fmt.Sprintf("uid=%d gid=%d", uid, gid) }
 
 // TapHeld reports whether a process holds tap name of h's namespace (the
 // calling thread's) open, a VMM, whatever its carrier: it tries to attach
@@ -191,7 +182,7 @@ type HeldTap struct {
 	name string
 }
 
-// SetOwner sets the tap's owner and group to o's (nil: none, the pooled
+// SetOwner sets the tap's owner and group to o's (nil: root's, the pooled
 // state), with the descriptor already attached: no further attach.
 func (t *HeldTap) SetOwner(o *slot.TapOwner) error {
 	return setOwner(int(t.f.Fd()), t.name, o)

@@ -33,30 +33,31 @@ type Lease struct {
 	Key string
 	// DNS are the guest's DNS servers for this lease (none: the pool's).
 	DNS []netip.Addr
-	// TapOwner is who tap0 belongs to while the lease lives (nil: nobody,
-	// only CAP_NET_ADMIN attaches, as in the pool).
+	// TapOwner is who tap0 belongs to while the lease lives (nil: root,
+	// as in the pool).
 	TapOwner *TapOwner
 }
 
 // TapOwner is the user and group a leased slot's tap0 belongs to, those a
-// jailed VMM runs as (Firecracker's jailer: --uid, --gid): the kernel lets
-// a process without CAP_NET_ADMIN attach to a tap if its effective uid is
-// the tap's owner or the tap's group is one of its groups.
+// jailed VMM runs as (Firecracker's jailer: --uid, --gid). The kernel lets
+// a process attach to a tap that has an owner and a group if it has
+// CAP_NET_ADMIN, or if its effective uid is the owner and the group is
+// among its groups; either alone is refused. A pooled slot's tap belongs
+// to root (uid 0, gid 0): see docs/design.md, "Who may attach to tap0".
 type TapOwner struct {
 	UID, GID uint32
 }
 
 func (o TapOwner) String() string { return fmt.Sprintf("uid=%d gid=%d", o.UID, o.GID) }
 
-// NoID is the uid and gid -1 of the kernel's interfaces: none.
+// NoID is the uid and gid -1 of the kernel's interfaces: none. The kernel
+// refuses it as a tap's owner or group.
 const NoID = ^uint32(0)
 
 // ValidateTapOwner checks a tap owner asked for. Both ids are needed (the
-// jailer takes both), neither may be -1 (none) or 0: root is what a
-// jailed VMM drops, a root process attaches with its capabilities
-// anyway, gid 0 would open the tap to every process of group root, and
-// the kernel's netlink answer, as the netlink library reads it, shows an
-// id 0 as it shows none.
+// jailer takes both), neither may be -1 (the kernel has no such owner) or
+// 0: root's is the pooled state, which a lease without a tap owner keeps,
+// and root is what a jailed VMM drops.
 func ValidateTapOwner(o TapOwner) error {
 	for _, x := range []struct {
 		what string
@@ -64,7 +65,7 @@ func ValidateTapOwner(o TapOwner) error {
 	}{{"uid", o.UID}, {"gid", o.GID}} {
 		switch x.id {
 		case 0:
-			return fmt.Errorf("invalid tap %s 0: root needs no tap owner; give the unprivileged %s the VMM runs as", x.what, x.what)
+			return fmt.Errorf("invalid tap %s 0: tap0 is root's already; give the unprivileged %s the VMM runs as", x.what, x.what)
 		case NoID:
 			return fmt.Errorf("invalid tap %s %d: that is -1, no %s; give the %s the VMM runs as", x.what, x.id, x.what, x.what)
 		}

@@ -214,9 +214,10 @@ type AcquireRequest struct {
 	Dns []string `protobuf:"bytes,8,rep,name=dns,proto3" json:"dns,omitempty"`
 	// Optional: give the slot's tap to the user and group the VMM runs as
 	// (Firecracker's jailer --uid and --gid), so that the VMM attaches to it
-	// without CAP_NET_ADMIN; without it, only CAP_NET_ADMIN attaches. The
-	// tap is given, and not attached, when Acquire returns. Release gives it
-	// back to nobody.
+	// without CAP_NET_ADMIN. Without it the tap stays root's (uid 0, gid 0),
+	// as pooled slots' are: only root and CAP_NET_ADMIN attach. The tap is
+	// given, and not attached, when Acquire returns; release gives it back
+	// to root.
 	TapOwner      *TapOwner `protobuf:"bytes,10,opt,name=tap_owner,json=tapOwner,proto3" json:"tap_owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -316,9 +317,9 @@ func (x *AcquireRequest) GetTapOwner() *TapOwner {
 }
 
 // TapOwner is who may attach to a leased slot's tap without
-// CAP_NET_ADMIN: a process whose effective uid is uid, or that has gid
-// among its groups (the kernel's rule). Both are required; 0 (root) and
-// 4294967295 (-1, none) are refused (INVALID_ARGUMENT).
+// CAP_NET_ADMIN: a process whose effective uid is uid and that has gid
+// among its groups (the kernel's rule). Both are required; 0 (root's, the
+// pooled state) and 4294967295 (-1, no id) are refused (INVALID_ARGUMENT).
 type TapOwner struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Uid           uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
@@ -448,7 +449,7 @@ type Lease struct {
 	RequestKey string `protobuf:"bytes,8,opt,name=request_key,json=requestKey,proto3" json:"request_key,omitempty"`
 	// The DNS servers the acquire asked for (empty: the pool's).
 	Dns []string `protobuf:"bytes,9,rep,name=dns,proto3" json:"dns,omitempty"`
-	// Who the slot's tap belongs to while the lease lives (unset: nobody).
+	// Who the slot's tap belongs to while the lease lives (unset: root).
 	TapOwner      *TapOwner `protobuf:"bytes,11,opt,name=tap_owner,json=tapOwner,proto3" json:"tap_owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
