@@ -34,6 +34,7 @@
 #include "lib/policy.h"
 #include "lib/arp.h"
 #include "lib/geneve.h"
+#include "lib/dhcp.h"
 
 SEC("tcx/ingress")
 int uplink_ingress(struct __sk_buff *skb)
@@ -179,6 +180,13 @@ int uplink_egress(struct __sk_buff *skb)
 		st->tx_bytes += skb->len;
 	}
 	return TCX_NEXT;
+}
+
+/* Every slot's tap0, tc ingress: DHCP for the guest (lib/dhcp.h). */
+SEC("tc")
+int tap_dhcp(struct __sk_buff *skb)
+{
+	return tap_dhcp_answer(skb);
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -3,7 +3,8 @@
 # tools its tests and demo call (iproute2 for `ip netns exec`, nftables to
 # show rules, clang/llvm to check the eBPF objects are current (the headers
 # they compile against are vendored in bpf/include),
-# tshark to decode Geneve independently). Safe to run again.
+# tshark to decode Geneve independently, ISC dhclient as a second real DHCP
+# client, dnsmasq to compare DHCP with). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +17,7 @@ command -v go >/dev/null || { echo "Go is not installed (expected /usr/local/go)
 
 need=()
 for pair in ip:iproute2 nft:nftables iptables-legacy-save:iptables conntrack:conntrack ping:iputils-ping \
-  clang:clang llvm-strip:llvm tshark:tshark; do
+  clang:clang llvm-strip:llvm tshark:tshark dhclient:isc-dhcp-client dnsmasq:dnsmasq-base; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

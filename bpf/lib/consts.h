@@ -9,6 +9,9 @@
 #define GENEVE_PORT 6081
 #define GENEVE_HLEN 8
 #define ENCAP_LEN 50
+#define DHCP_DNS_MAX 3
+#define DHCP_HOSTNAME_MAX 63
+#define DHCP_LEASE_SECONDS 86400
 
 /* Exchanged with netslotd through maps and marks. */
 enum datapath_const {
@@ -48,7 +51,10 @@ enum drop_reason {
 	DROP_INBOUND_UNSOLICITED = 25, /* to a guest: no reply to its flows, no inbound rule */
 	DROP_NOT_LEASED = 26, /* to or from a slot that is pooled or being released */
 	DROP_EGRESS_DENIED = 27, /* NATed to a destination in the pool's deny set */
-	DROP_REASONS = 28,
+	DROP_DHCP_MALFORMED = 28, /* to port 67: not a well-formed DHCP request */
+	DROP_DHCP_NOT_GUEST = 29, /* to port 67 from a MAC or address not the guest's */
+	DROP_DHCP_IGNORED = 30, /* DHCP RELEASE, DECLINE, for another server, or a type no server answers */
+	DROP_REASONS = 31,
 };
 
 #endif /* NETSLOT_CONSTS_H */

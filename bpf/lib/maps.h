@@ -17,6 +17,13 @@ struct pool_config {
 	__u8 uplink_mac[6];
 	__u8 pad[2];
 	__u32 flow_ttl;       /* how long a flow stays open, in flow_now() units */
+	/* The slot side's addressing, the same in every slot, for the DHCP
+	 * answers on tap0. */
+	__be32 gateway_ip;    /* tap0's address: the guest's router */
+	__be32 guest_mask;
+	__be32 host_gateway;  /* the slot's next hop on eth0 (169.254.1.1) */
+	__u8 tap_mac[6];
+	__u8 guest_mac[6];
 };
 
 /* NETSLOT_TEST_LAYOUT builds the datapath with an older layout made for
@@ -149,6 +156,7 @@ struct slot_stats {
 	__u64 decap_packets;  /* of rx, received through the tunnel */
 	__u64 arp_replies;    /* answered for the VPC address */
 	__u64 arp_requests;   /* sent for an unknown VPC peer */
+	__u64 dhcp_replies;   /* DHCP answers sent to the guest on tap0 */
 	__u64 drops[DROP_REASONS];
 };
 
@@ -247,6 +255,26 @@ struct {
 	__type(value, struct slot_flows);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } flows SEC(".maps");
+
+/* What a lease's DHCP answers carry beyond the pool's addressing, written
+ * by acquire before it opens the lease and cleared by release after it
+ * closes it (an mmapped array, like leases: no syscall either way). */
+struct dhcp_lease {
+	__be32 dns[DHCP_DNS_MAX];
+	__u16 mtu;            /* option 26; 0: none */
+	__u8 ndns;
+	__u8 hostname_len;    /* option 12; 0: none */
+	char hostname[DHCP_HOSTNAME_MAX + 1];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct dhcp_lease);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dhcp SEC(".maps");
 
 /* Entry slot_count (the last) counts what belongs to no slot. */
 struct {

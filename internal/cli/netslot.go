@@ -164,6 +164,7 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 		denyAll, wait       bool
 		key                 string
 		dns                 []string
+		hostname            string
 		tapUID, tapGID      uint32
 	)
 	cmd := &cobra.Command{
@@ -171,7 +172,7 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 		Short: "Lease a free slot (fails at once if none is free, unless --wait)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			req := &netslotv1.AcquireRequest{EgressAllow: allowList, EgressDenyAll: denyAll, Owner: owner, RequestKey: key, Wait: wait, Dns: dns}
+			req := &netslotv1.AcquireRequest{EgressAllow: allowList, EgressDenyAll: denyAll, Owner: owner, RequestKey: key, Wait: wait, Dns: dns, Hostname: hostname}
 			switch uid, gid := cmd.Flags().Changed("tap-uid"), cmd.Flags().Changed("tap-gid"); {
 			case uid && gid:
 				req.TapOwner = &netslotv1.TapOwner{Uid: tapUID, Gid: tapGID}
@@ -215,6 +216,7 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 	fl.StringVar(&key, "key", "", "idempotency key: while its lease lives, an acquire with the same key returns that lease")
 	fl.BoolVar(&wait, "wait", false, "wait for a slot (pool empty, or the daemon booting) until --timeout")
 	fl.StringSliceVar(&dns, "dns", nil, "the guest's DNS servers for this lease, IPv4 (comma-separated or repeated, at most 3; default: netslotd --dns)")
+	fl.StringVar(&hostname, "hostname", "", "the guest's hostname in its DHCP answers (letters, digits, '-' and '.', at most 63 bytes)")
 	fl.Uint32Var(&tapUID, "tap-uid", 0, "give the slot's tap to this user, the one the VMM runs as (the jailer's --uid; with --tap-gid; not 0): it attaches without CAP_NET_ADMIN (default: the tap is root's)")
 	fl.Uint32Var(&tapGID, "tap-gid", 0, "give the slot's tap to this group (the jailer's --gid; with --tap-uid; not 0): the --tap-uid user attaches only with this group among its groups")
 	return cmd
@@ -384,6 +386,9 @@ func printSlot(w io.Writer, format string, s *netslotv1.Slot) error {
 	fmt.Fprintf(tw, "boot args\t%s\n", s.BootArgs)
 	if l := s.GetLease(); l != nil {
 		fmt.Fprintf(tw, "lease id\t%s\n", l.LeaseId)
+		if l.Hostname != "" {
+			fmt.Fprintf(tw, "hostname\t%s\n", l.Hostname)
+		}
 		if l.RequestKey != "" {
 			fmt.Fprintf(tw, "request key\t%s\n", l.RequestKey)
 		}

@@ -40,7 +40,7 @@ type daemonFlags struct {
 	workers             int
 	logJSON             bool
 	deny, dns           []string
-	adopt               bool
+	adopt, dhcp         bool
 	drainGrace          time.Duration
 }
 
@@ -75,6 +75,7 @@ socket, and keeps the slots when it stops: a restarted daemon adopts them.
 	fl.DurationVar(&f.drainGrace, "drain-grace", 2*time.Second, "on SIGTERM or SIGINT, how long netslotd drains before it stops: it refuses acquires (UNAVAILABLE, DRAINING), health says NOT_SERVING, releases are served; a second signal stops it at once")
 	fl.BoolVar(&f.adopt, "adopt", false, "take over the slots of the prefix when the state dir holds no pool (a lost store): their leases are unknown, and a slot whose tap a VM still holds stays out of the pool until it lets go")
 	fl.StringSliceVar(&f.dns, "dns", nil, "the guests' DNS servers, IPv4 (comma-separated or repeated, at most 3): in each slot's answer, its boot arguments and its DHCP; acquire --dns overrides them per lease")
+	fl.BoolVar(&f.dhcp, "dhcp", true, "answer the guests' DHCP on every slot's tap0, in eBPF (--dhcp=false: guests are configured by their boot arguments or another DHCP server)")
 	fl.StringArrayVar(&f.deny, "deny", nil, "an IPv4 CIDR no guest may send to, whatever its lease allows (repeatable; on top of link-local, multicast, reserved ranges and the uplink's subnets)")
 	fl.BoolVar(&f.logJSON, "log-json", false, "log JSON instead of text")
 	root.AddCommand(teardownCmd())
@@ -126,7 +127,7 @@ func runDaemon(parent context.Context, f *daemonFlags) error {
 	if err := server.CheckSocketFree(f.socket); err != nil {
 		return err
 	}
-	opts := daemon.Options{Config: cfg, StateDir: f.stateDir, Uplink: f.uplink, Workers: f.workers, Adopt: f.adopt, Logger: log}
+	opts := daemon.Options{Config: cfg, StateDir: f.stateDir, Uplink: f.uplink, Workers: f.workers, Adopt: f.adopt, NoDHCP: !f.dhcp, Logger: log}
 	if opts.UnderlayIP, err = parseOptionalAddr("--underlay-ip", f.underlayIP); err != nil {
 		return err
 	}

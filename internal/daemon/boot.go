@@ -554,7 +554,7 @@ func (d *Daemon) checkSlot(i int) (func() error, error) {
 // it, is damage: the slot is rebuilt.
 func (d *Daemon) adoptDevices(h *netlink.Handle, i int) error {
 	owner := tapOwnerOf(d.lease(i))
-	err := links.Adopt(h, d.cfg, i, owner)
+	err := links.Adopt(h, d.cfg, i, d.tapProgram(), owner)
 	if !errors.Is(err, links.ErrTapOwner) {
 		return err
 	}
@@ -567,7 +567,7 @@ func (d *Daemon) adoptDevices(h *netlink.Handle, i int) error {
 	}
 	d.log.Warn("repaired: slot's tap0 given back to its lease's owner", "slot", d.cfg.ID(i), "reason", err, "owner", who)
 	d.Metrics.ReconcileAction.WithLabelValues("tap_owner").Inc()
-	return links.Adopt(h, d.cfg, i, owner)
+	return links.Adopt(h, d.cfg, i, d.tapProgram(), owner)
 }
 
 // tapOwnerOf is who l gives tap0 to (nil: root; l nil: no lease).
@@ -672,7 +672,7 @@ func (d *Daemon) fillSlot(rootFD, i int, owner *slot.TapOwner) (*nftables.Conn, 
 		return nil, 0, fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
-	hostIndex, err := links.Build(h, rootFD, d.cfg, i, owner)
+	hostIndex, err := links.Build(h, rootFD, d.cfg, i, d.tapProgram(), owner)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -61,6 +61,9 @@ type Options struct {
 	// DNS are the DNS servers the pool's guests are given (acquire can
 	// give a lease others; at most slot.MaxDNS).
 	DNS []netip.Addr
+	// NoDHCP: no DHCP answers on the slots' tap0 (guests configured by
+	// their boot arguments, or by the operator's own DHCP server).
+	NoDHCP bool
 	// EventBuffer is the receive buffer, in bytes, of the sockets the
 	// daemon hears the kernel's events on (0: DefaultEventBuffer).
 	EventBuffer int

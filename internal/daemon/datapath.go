@@ -144,6 +144,7 @@ func (d *Daemon) registerDatapath(i int, l *slot.Lease) error {
 		// left, flows and all.
 		d.dp.CloseLease(i)
 		d.dp.ClearFlows(i)
+		d.dp.ClearDHCP(i)
 		return d.dp.Detach(i, nil)
 	}
 	if l.VPC != nil {
@@ -153,8 +154,38 @@ func (d *Daemon) registerDatapath(i int, l *slot.Lease) error {
 	} else if err := d.dp.Detach(i, nil); err != nil {
 		return err
 	}
+	d.writeDHCP(i, l)
 	d.dp.OpenLease(i, l.Inbound)
 	return nil
+}
+
+// writeDHCP writes what slot i's DHCP answers carry under lease l: its
+// GuestConfig and hostname. Every value was checked on the way in.
+func (d *Daemon) writeDHCP(i int, l *slot.Lease) {
+	mtu, dns, _ := d.GuestConfig(l)
+	if err := d.dp.SetDHCP(i, datapath.DHCP{MTU: mtu, DNS: dns, Hostname: l.Hostname}); err != nil {
+		d.log.Error("dhcp settings refused", "slot", d.cfg.ID(i), "err", err)
+	}
+}
+
+// refreshDHCPMTU rewrites the MTU the DHCP answers of every leased slot
+// give, after the uplink's changed.
+func (d *Daemon) refreshDHCPMTU() {
+	for i := range d.cfg.Count {
+		if l := d.lease(i); l != nil {
+			mtu, _, _ := d.GuestConfig(l)
+			d.dp.SetDHCPMTU(i, mtu)
+		}
+	}
+}
+
+// tapProgram is the descriptor of the program every slot's tap0 runs (the
+// DHCP answerer), or -1 with Options.NoDHCP.
+func (d *Daemon) tapProgram() int {
+	if d.opts.NoDHCP || d.dp == nil {
+		return -1
+	}
+	return d.dp.TapProgram().FD()
 }
 
 func (d *Daemon) setHostIndex(i, ifindex int) {
@@ -174,6 +205,7 @@ func (d *Daemon) scrubDatapath(i int, a *slot.Attachment) error {
 	// a flow after this; the next OpenLease starts from an empty table
 	// anyway.
 	d.dp.ClearFlows(i)
+	d.dp.ClearDHCP(i)
 	return d.dp.ResetStats(i)
 }
 

@@ -71,7 +71,7 @@ func TestTenantLeavesNothingBehind(t *testing.T) {
 		t.Fatal(err)
 	}
 	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: a, Egress: slot.Egress{Allow: []netip.Prefix{netip.PrefixFrom(fab.Outside, 32)}},
-		TapOwner: &slot.TapOwner{UID: 4242, GID: 4243}})
+		DNS: []netip.Addr{fab.Outside}, Hostname: "tenant-vm", TapOwner: &slot.TapOwner{UID: 4242, GID: 4243}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -361,7 +361,9 @@ func (d *Daemon) checkUplink(full bool, problems *[]string, repaired func(kind, 
 	state := "missing"
 	l, err := netlink.LinkByName(d.opts.Uplink)
 	if err == nil {
-		d.uplinkMTU.Store(int64(l.Attrs().MTU))
+		if old := d.uplinkMTU.Swap(int64(l.Attrs().MTU)); old != int64(l.Attrs().MTU) && d.dp != nil {
+			d.refreshDHCPMTU()
+		}
 		state = "down"
 		if l.Attrs().Flags&net.FlagUp != 0 && l.Attrs().RawFlags&unix.IFF_LOWER_UP != 0 {
 			state = "up"

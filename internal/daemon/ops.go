@@ -31,6 +31,8 @@ type AcquireRequest struct {
 	Wait bool
 	// DNS are the guest's DNS servers (none: the pool's).
 	DNS []netip.Addr
+	// Hostname names the guest in its DHCP answers ("": nothing).
+	Hostname string
 	// TapOwner gives tap0 to the user and group a jailed VMM runs as
 	// (nil: it stays root's, as in the pool: only root and CAP_NET_ADMIN
 	// attach).
@@ -74,7 +76,7 @@ func (d *Daemon) Acquire(ctx context.Context, req AcquireRequest) (SlotInfo, err
 			return SlotInfo{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
 	}
-	err := errors.Join(slot.CheckInbound(req.Inbound), slot.ValidateKey(req.Key))
+	err := errors.Join(slot.CheckInbound(req.Inbound), slot.ValidateKey(req.Key), slot.CheckHostname(req.Hostname))
 	if req.TapOwner != nil {
 		err = errors.Join(err, slot.ValidateTapOwner(*req.TapOwner))
 	}
@@ -99,7 +101,7 @@ func (d *Daemon) Acquire(ctx context.Context, req AcquireRequest) (SlotInfo, err
 		return SlotInfo{}, fmt.Errorf("%w: %w", ErrDeadline, err)
 	}
 	l := &slot.Lease{ID: slot.NewLeaseID(), Owner: req.Owner, Key: req.Key, AcquiredNs: time.Now().UnixNano(), VPC: req.VPC,
-		Egress: req.Egress, Inbound: req.Inbound, DNS: req.DNS, TapOwner: req.TapOwner}
+		Egress: req.Egress, Inbound: req.Inbound, DNS: req.DNS, Hostname: req.Hostname, TapOwner: req.TapOwner}
 	// Persist first: a crash after this point leaves the slot leased (never
 	// vended twice); the tenant finds it with its key or with list, and
 	// releases it.
@@ -153,7 +155,8 @@ func (d *Daemon) Acquire(ctx context.Context, req AcquireRequest) (SlotInfo, err
 		return SlotInfo{}, d.abortAcquire(i, l, "deadline", err, undo())
 	}
 	// Last, the slot opens: its traffic flows from here on, under the
-	// policy written above.
+	// policy written above, and its DHCP answers are the lease's.
+	d.writeDHCP(i, l)
 	d.dp.OpenLease(i, req.Inbound)
 	d.setLease(i, l)
 	d.pool.CommitTake(i)
@@ -381,7 +384,7 @@ func (d *Daemon) scrub(i int) error {
 		if err := tap.SetOwner(nil); err != nil {
 			return errors.Join(err, tap.Close())
 		}
-		return errors.Join(links.Scrub(h, d.cfg, i), tap.Close())
+		return errors.Join(links.Scrub(h, d.cfg, i, d.tapProgram()), tap.Close())
 	})
 	if err != nil {
 		return err

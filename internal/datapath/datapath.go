@@ -84,11 +84,12 @@ type Datapath struct {
 	Migrated []string
 
 	layout map[string]mapLayout // of the pinned maps (see migrate)
+	pinned map[string]bool      // the maps that are pinned (not scratch space)
 	cfg    Config
 	dir    string
 	objs   datapathObjects
-	// The leases and flows maps, mapped into memory.
-	leases, flows *mmapArray
+	// The leases, flows and dhcp maps, mapped into memory.
+	leases, flows, dhcp *mmapArray
 	// The two uplink links, held open as long as the daemon runs: their
 	// pins are not their only reference, so removing the pins detaches
 	// nothing (Repair pins them again).
@@ -139,11 +140,14 @@ func Open(c Config) (*Datapath, error) {
 	n := uint32(c.Slot.Count)
 	for name, size := range map[string]uint32{
 		"slots": n, "by_ifindex": 2 * n, "tunnels": n, "peers": n, "vni_dst": n, "vnis": n,
-		"vpc_routes": n * vpcRoutesPerSlot, "stats": n + 1, "leases": n, "flows": n, "deny": MaxDeny,
+		"vpc_routes": n * vpcRoutesPerSlot, "stats": n + 1, "leases": n, "flows": n, "dhcp": n, "deny": MaxDeny,
 	} {
 		spec.Maps[name].MaxEntries = size
 	}
-	d := &Datapath{cfg: c, dir: dir}
+	d := &Datapath{cfg: c, dir: dir, pinned: map[string]bool{}}
+	for name, m := range spec.Maps {
+		d.pinned[name] = m.Pinning == ebpf.PinByName
+	}
 	if d.Migrated, err = migrate(spec, dir); err != nil {
 		return nil, fmt.Errorf("%w: migrating the pinned maps to this version's layout: %w", ErrIncompatible, err)
 	}
@@ -155,7 +159,9 @@ func Open(c Config) (*Datapath, error) {
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
 	if d.leases, err = mapArray(d.objs.Leases); err == nil {
-		d.flows, err = mapArray(d.objs.Flows)
+		if d.flows, err = mapArray(d.objs.Flows); err == nil {
+			d.dhcp, err = mapArray(d.objs.Dhcp)
+		}
 	}
 	if err != nil {
 		d.Close()
@@ -189,7 +195,7 @@ func Open(c Config) (*Datapath, error) {
 // Close releases the loaded objects and memory mappings; pinned maps and
 // links stay in the kernel and keep forwarding.
 func (d *Datapath) Close() error {
-	errs := []error{d.leases.close(), d.flows.close(), d.objs.Close()}
+	errs := []error{d.leases.close(), d.flows.close(), d.dhcp.close(), d.objs.Close()}
 	for k, l := range d.links {
 		if l != nil {
 			errs = append(errs, l.Close())
@@ -219,12 +225,17 @@ func (d *Datapath) writeConfig() error {
 		return err
 	}
 	pc := datapathPoolConfig{
-		GuestIp:    be32(c.Slot.GuestIP()),
-		SlotFirst:  be32(c.Slot.SlotIP(0)),
-		SlotCount:  uint32(c.Slot.Count),
-		UnderlayIp: be32(c.UnderlayIP),
-		RouteTable: uint32(c.RouteTable),
-		FlowTtl:    ttl,
+		GuestIp:     be32(c.Slot.GuestIP()),
+		SlotFirst:   be32(c.Slot.SlotIP(0)),
+		SlotCount:   uint32(c.Slot.Count),
+		UnderlayIp:  be32(c.UnderlayIP),
+		RouteTable:  uint32(c.RouteTable),
+		FlowTtl:     ttl,
+		GatewayIp:   be32(c.Slot.GatewayIP()),
+		GuestMask:   be32(maskOf(c.Slot.GuestCIDR)),
+		HostGateway: be32(slot.HostGateway),
+		TapMac:      mac6(c.Slot.TapMAC),
+		GuestMac:    mac6(c.Slot.GuestMAC),
 	}
 	if c.Uplink != "" {
 		l, err := netlink.LinkByName(c.Uplink)
@@ -370,7 +381,7 @@ func (d *Datapath) Repair(full bool) (done []string, err error) {
 	}
 	maps := reflect.ValueOf(d.objs.datapathMaps)
 	for i := range maps.NumField() {
-		if name := maps.Type().Field(i).Tag.Get("ebpf"); name != "" {
+		if name := maps.Type().Field(i).Tag.Get("ebpf"); name != "" && d.pinned[name] {
 			m := maps.Field(i).Interface().(*ebpf.Map)
 			repin("map "+name, filepath.Join(d.dir, name), m.Unpin, m.Pin)
 		}

@@ -19,6 +19,20 @@ type datapathDenyKey struct {
 	Ip        uint32
 }
 
+type datapathDhcpLease struct {
+	_           structs.HostLayout
+	Dns         [3]uint32
+	Mtu         uint16
+	Ndns        uint8
+	HostnameLen uint8
+	Hostname    [64]int8
+}
+
+type datapathDhcpScratchBytes struct {
+	_ structs.HostLayout
+	B [658]uint8
+}
+
 type datapathFlow struct {
 	_      structs.HostLayout
 	Remote uint32
@@ -68,6 +82,11 @@ type datapathPoolConfig struct {
 	UplinkMac     [6]uint8
 	Pad           [2]uint8
 	FlowTtl       uint32
+	GatewayIp     uint32
+	GuestMask     uint32
+	HostGateway   uint32
+	TapMac        [6]uint8
+	GuestMac      [6]uint8
 }
 
 type datapathSlotFlows struct {
@@ -94,7 +113,8 @@ type datapathSlotStats struct {
 	DecapPackets uint64
 	ArpReplies   uint64
 	ArpRequests  uint64
-	Drops        [28]uint64
+	DhcpReplies  uint64
+	Drops        [31]uint64
 }
 
 type datapathTunnelInfo struct {
@@ -135,6 +155,8 @@ const (
 	datapathMapByIfindex      = "by_ifindex"
 	datapathMapConfig         = "config"
 	datapathMapDeny           = "deny"
+	datapathMapDhcp           = "dhcp"
+	datapathMapDhcpScratch    = "dhcp_scratch"
 	datapathMapFlows          = "flows"
 	datapathMapLeases         = "leases"
 	datapathMapPeers          = "peers"
@@ -144,6 +166,7 @@ const (
 	datapathMapVniDst         = "vni_dst"
 	datapathMapVnis           = "vnis"
 	datapathMapVpcRoutes      = "vpc_routes"
+	datapathProgTapDhcp       = "tap_dhcp"
 	datapathProgUplinkEgress  = "uplink_egress"
 	datapathProgUplinkIngress = "uplink_ingress"
 )
@@ -190,6 +213,7 @@ type datapathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathProgramSpecs struct {
+	TapDhcp       *ebpf.ProgramSpec `ebpf:"tap_dhcp"`
 	UplinkEgress  *ebpf.ProgramSpec `ebpf:"uplink_egress"`
 	UplinkIngress *ebpf.ProgramSpec `ebpf:"uplink_ingress"`
 }
@@ -198,18 +222,20 @@ type datapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	ByIfindex *ebpf.MapSpec `ebpf:"by_ifindex"`
-	Config    *ebpf.MapSpec `ebpf:"config"`
-	Deny      *ebpf.MapSpec `ebpf:"deny"`
-	Flows     *ebpf.MapSpec `ebpf:"flows"`
-	Leases    *ebpf.MapSpec `ebpf:"leases"`
-	Peers     *ebpf.MapSpec `ebpf:"peers"`
-	Slots     *ebpf.MapSpec `ebpf:"slots"`
-	Stats     *ebpf.MapSpec `ebpf:"stats"`
-	Tunnels   *ebpf.MapSpec `ebpf:"tunnels"`
-	VniDst    *ebpf.MapSpec `ebpf:"vni_dst"`
-	Vnis      *ebpf.MapSpec `ebpf:"vnis"`
-	VpcRoutes *ebpf.MapSpec `ebpf:"vpc_routes"`
+	ByIfindex   *ebpf.MapSpec `ebpf:"by_ifindex"`
+	Config      *ebpf.MapSpec `ebpf:"config"`
+	Deny        *ebpf.MapSpec `ebpf:"deny"`
+	Dhcp        *ebpf.MapSpec `ebpf:"dhcp"`
+	DhcpScratch *ebpf.MapSpec `ebpf:"dhcp_scratch"`
+	Flows       *ebpf.MapSpec `ebpf:"flows"`
+	Leases      *ebpf.MapSpec `ebpf:"leases"`
+	Peers       *ebpf.MapSpec `ebpf:"peers"`
+	Slots       *ebpf.MapSpec `ebpf:"slots"`
+	Stats       *ebpf.MapSpec `ebpf:"stats"`
+	Tunnels     *ebpf.MapSpec `ebpf:"tunnels"`
+	VniDst      *ebpf.MapSpec `ebpf:"vni_dst"`
+	Vnis        *ebpf.MapSpec `ebpf:"vnis"`
+	VpcRoutes   *ebpf.MapSpec `ebpf:"vpc_routes"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -238,18 +264,20 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	ByIfindex *ebpf.Map `ebpf:"by_ifindex"`
-	Config    *ebpf.Map `ebpf:"config"`
-	Deny      *ebpf.Map `ebpf:"deny"`
-	Flows     *ebpf.Map `ebpf:"flows"`
-	Leases    *ebpf.Map `ebpf:"leases"`
-	Peers     *ebpf.Map `ebpf:"peers"`
-	Slots     *ebpf.Map `ebpf:"slots"`
-	Stats     *ebpf.Map `ebpf:"stats"`
-	Tunnels   *ebpf.Map `ebpf:"tunnels"`
-	VniDst    *ebpf.Map `ebpf:"vni_dst"`
-	Vnis      *ebpf.Map `ebpf:"vnis"`
-	VpcRoutes *ebpf.Map `ebpf:"vpc_routes"`
+	ByIfindex   *ebpf.Map `ebpf:"by_ifindex"`
+	Config      *ebpf.Map `ebpf:"config"`
+	Deny        *ebpf.Map `ebpf:"deny"`
+	Dhcp        *ebpf.Map `ebpf:"dhcp"`
+	DhcpScratch *ebpf.Map `ebpf:"dhcp_scratch"`
+	Flows       *ebpf.Map `ebpf:"flows"`
+	Leases      *ebpf.Map `ebpf:"leases"`
+	Peers       *ebpf.Map `ebpf:"peers"`
+	Slots       *ebpf.Map `ebpf:"slots"`
+	Stats       *ebpf.Map `ebpf:"stats"`
+	Tunnels     *ebpf.Map `ebpf:"tunnels"`
+	VniDst      *ebpf.Map `ebpf:"vni_dst"`
+	Vnis        *ebpf.Map `ebpf:"vnis"`
+	VpcRoutes   *ebpf.Map `ebpf:"vpc_routes"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -257,6 +285,8 @@ func (m *datapathMaps) Close() error {
 		m.ByIfindex,
 		m.Config,
 		m.Deny,
+		m.Dhcp,
+		m.DhcpScratch,
 		m.Flows,
 		m.Leases,
 		m.Peers,
@@ -279,12 +309,14 @@ type datapathVariables struct {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathPrograms struct {
+	TapDhcp       *ebpf.Program `ebpf:"tap_dhcp"`
 	UplinkEgress  *ebpf.Program `ebpf:"uplink_egress"`
 	UplinkIngress *ebpf.Program `ebpf:"uplink_ingress"`
 }
 
 func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
+		p.TapDhcp,
 		p.UplinkEgress,
 		p.UplinkIngress,
 	)

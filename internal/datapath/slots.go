@@ -77,6 +77,7 @@ type Stats struct {
 	TxPackets, TxBytes, RxPackets, RxBytes uint64
 	EncapPackets, DecapPackets             uint64
 	ARPReplies, ARPRequests                uint64
+	DHCPReplies                            uint64
 	Drops                                  map[string]uint64 // only reasons with drops
 }
 
@@ -401,6 +402,7 @@ func (d *Datapath) Stats(i int) (Stats, error) {
 		s.DecapPackets += p.DecapPackets
 		s.ARPReplies += p.ArpReplies
 		s.ARPRequests += p.ArpRequests
+		s.DHCPReplies += p.DhcpReplies
 		for r := range drops {
 			drops[r] += p.Drops[r]
 		}
@@ -478,6 +480,11 @@ func (d *Datapath) SlotState(i int) (string, error) {
 		}
 	}
 	add("flows %d", used)
+	var dl datapathDhcpLease
+	if err := d.objs.Dhcp.Lookup(uint32(i), &dl); err != nil {
+		return "", fmt.Errorf("dhcp: %w", err)
+	}
+	add("dhcp %+v", dl)
 	st, err := d.Stats(i)
 	if err != nil {
 		return "", err

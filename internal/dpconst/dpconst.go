@@ -21,6 +21,15 @@ const (
 	// inner Ethernet header (the C side asserts it against the kernel's
 	// structures).
 	EncapOverhead = 20 + 8 + GeneveHeaderLen + 14
+	// DHCPDNSMax bounds the DNS servers a DHCP answer carries.
+	DHCPDNSMax = 3
+	// DHCPHostnameMax bounds the hostname a DHCP answer carries (one
+	// label's worth: what every client takes).
+	DHCPHostnameMax = 63
+	// DHCPLeaseSeconds is the lease time DHCP answers give. The address is
+	// the slot's for as long as the VM runs, in every slot alike: a long
+	// lease only saves renewals.
+	DHCPLeaseSeconds = 86400
 )
 
 // Values the programs and netslotd exchange through maps and marks, in the
@@ -80,6 +89,9 @@ var DropReasons = []DropReason{
 	{"inbound_unsolicited", "to a guest: no reply to its flows, no inbound rule"},
 	{"not_leased", "to or from a slot that is pooled or being released"},
 	{"egress_denied", "NATed to a destination in the pool's deny set"},
+	{"dhcp_malformed", "to port 67: not a well-formed DHCP request"},
+	{"dhcp_not_guest", "to port 67 from a MAC or address not the guest's"},
+	{"dhcp_ignored", "DHCP RELEASE, DECLINE, for another server, or a type no server answers"},
 }
 
 // DropReasonNames returns the reasons' names by number.

@@ -25,6 +25,9 @@ func Header() string {
 		{"GENEVE_PORT", GenevePort, false},
 		{"GENEVE_HLEN", GeneveHeaderLen, false},
 		{"ENCAP_LEN", EncapOverhead, false},
+		{"DHCP_DNS_MAX", DHCPDNSMax, false},
+		{"DHCP_HOSTNAME_MAX", DHCPHostnameMax, false},
+		{"DHCP_LEASE_SECONDS", DHCPLeaseSeconds, false},
 	} {
 		if d.hex {
 			fmt.Fprintf(&b, "#define %s %#x\n", d.name, d.v)

@@ -35,6 +35,16 @@ func (g *GuestNS) NetnsPath() string { return "/run/netns/" + g.Name }
 // namespace at slotNS, with the slot's guest addressing (cfg). The caller
 // closes it.
 func NewGuestNS(tag, slotNS string, cfg slot.Config) (*GuestNS, error) {
+	return newGuestNS(tag, slotNS, cfg, true)
+}
+
+// NewBareGuestNS is NewGuestNS for a guest that configures itself (a DHCP
+// client): g0 has the guest's MAC and is up, with no address and no route.
+func NewBareGuestNS(tag, slotNS string, cfg slot.Config) (*GuestNS, error) {
+	return newGuestNS(tag, slotNS, cfg, false)
+}
+
+func newGuestNS(tag, slotNS string, cfg slot.Config, configure bool) (*GuestNS, error) {
 	g := &GuestNS{Name: "g" + tag}
 	var gfd int
 	err := InNewNS(g.NetnsPath(), func() error {
@@ -55,11 +65,16 @@ func NewGuestNS(tag, slotNS string, cfg slot.Config) (*GuestNS, error) {
 		if err := netlink.LinkSetHardwareAddr(l, cfg.GuestMAC); err != nil {
 			return err
 		}
-		if err := netlink.AddrAdd(l, addr(cfg.GuestIP(), cfg.GuestCIDR.Bits())); err != nil {
-			return err
+		if configure {
+			if err := netlink.AddrAdd(l, addr(cfg.GuestIP(), cfg.GuestCIDR.Bits())); err != nil {
+				return err
+			}
 		}
 		if err := netlink.LinkSetUp(l); err != nil {
 			return err
+		}
+		if !configure {
+			return nil
 		}
 		return netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: cfg.GatewayIP().AsSlice()})
 	})

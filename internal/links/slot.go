@@ -35,8 +35,12 @@ func ipNet(a netip.Addr, bits int) *net.IPNet {
 // nothing is moved. FinishHost completes the host end. tap0 belongs to
 // owner (nil: root, a pooled slot).
 //
+// tapProg is the program tap0 runs at tc ingress (see AttachTapProgram),
+// attached before tap0 comes up (a qdisc added to a device that is up
+// waits for an RCU grace period); -1: none.
+//
 // It returns the ifindex of the host veth (in the root namespace).
-func Build(h *netlink.Handle, rootFD int, c slot.Config, i int, owner *slot.TapOwner) (hostIndex int, err error) {
+func Build(h *netlink.Handle, rootFD int, c slot.Config, i, tapProg int, owner *slot.TapOwner) (hostIndex int, err error) {
 	if err := h.LinkSetUp(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: loIndex}}); err != nil {
 		return 0, fmt.Errorf("set lo up: %w", err)
 	}
@@ -49,6 +53,11 @@ func Build(h *netlink.Handle, rootFD int, c slot.Config, i int, owner *slot.TapO
 	}
 	if err := setDevConf(tap.Attrs().Index); err != nil {
 		return 0, err
+	}
+	if tapProg >= 0 {
+		if err := AttachTapProgram(h, tap.Attrs().Index, tapProg); err != nil {
+			return 0, err
+		}
 	}
 	if err := configureTap(h, tap, c); err != nil {
 		return 0, err
@@ -194,13 +203,21 @@ func damaged(format string, a ...any) error {
 }
 
 // Adopt verifies slot i (see verify), its tap0 belonging to owner (nil:
-// root), and rewrites its gateway neighbour.
-func Adopt(h *netlink.Handle, c slot.Config, i int, owner *slot.TapOwner) error {
+// root), rewrites its gateway neighbour and makes tap0 run tapProg (see
+// AttachTapProgram; -1: nothing).
+func Adopt(h *netlink.Handle, c slot.Config, i, tapProg int, owner *slot.TapOwner) error {
 	eth0, err := verify(h, c, i, owner)
 	if err != nil {
 		return err
 	}
-	return EnsureGateway(h, eth0, c, i)
+	if err := EnsureGateway(h, eth0, c, i); err != nil {
+		return err
+	}
+	tap, err := h.LinkByName(slot.TapName)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", slot.TapName, err)
+	}
+	return AttachTapProgram(h, tap.Attrs().Index, tapProg)
 }
 
 // verify checks the devices, addresses, device settings and routes of slot
@@ -294,7 +311,7 @@ func hasOnlyAddr(h *netlink.Handle, l netlink.Link, a netip.Addr, bits int) erro
 // calling thread must be in the slot's namespace, and should hold the tap
 // (HoldTap), so that no VMM attaches meanwhile; the holder puts tap0's
 // owner back (HeldTap.SetOwner).
-func Scrub(h *netlink.Handle, c slot.Config, i int) error {
+func Scrub(h *netlink.Handle, c slot.Config, i, tapProg int) error {
 	tap, err := h.LinkByName(slot.TapName)
 	if err != nil {
 		return fmt.Errorf("find %s: %w", slot.TapName, err)
@@ -318,7 +335,7 @@ func Scrub(h *netlink.Handle, c slot.Config, i int) error {
 	if err := configureTap(h, tap, c); err != nil {
 		return err
 	}
-	return Adopt(h, c, i, nil)
+	return Adopt(h, c, i, tapProg, nil)
 }
 
 // EnsureGateway (re)writes the permanent neighbour entry of the slot's next

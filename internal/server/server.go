@@ -175,13 +175,16 @@ func parseAcquire(req *netslotv1.AcquireRequest) (daemon.AcquireRequest, error) 
 	if ar.DNS, err = slot.ParseDNS(req.GetDns()); err != nil {
 		return ar, err
 	}
+	if err := slot.CheckHostname(req.GetHostname()); err != nil {
+		return ar, err
+	}
 	if o := req.GetTapOwner(); o != nil {
 		ar.TapOwner = &slot.TapOwner{UID: o.GetUid(), GID: o.GetGid()}
 		if err := slot.ValidateTapOwner(*ar.TapOwner); err != nil {
 			return ar, err
 		}
 	}
-	ar.Owner, ar.Key, ar.Wait = req.GetOwner(), req.GetRequestKey(), req.GetWait()
+	ar.Owner, ar.Key, ar.Wait, ar.Hostname = req.GetOwner(), req.GetRequestKey(), req.GetWait(), req.GetHostname()
 	return ar, nil
 }
 
@@ -272,7 +275,7 @@ func (s *Server) slotMsg(info daemon.SlotInfo) *netslotv1.Slot {
 	mtu, dns, bootArgs := s.d.GuestConfig(info.Lease)
 	m.Mtu, m.Dns, m.BootArgs = uint32(mtu), strs(dns), bootArgs
 	if l := info.Lease; l != nil {
-		m.Lease = &netslotv1.Lease{LeaseId: l.ID, Owner: l.Owner, RequestKey: l.Key, AcquiredUnixNano: l.AcquiredNs, Dns: strs(l.DNS),
+		m.Lease = &netslotv1.Lease{LeaseId: l.ID, Owner: l.Owner, RequestKey: l.Key, AcquiredUnixNano: l.AcquiredNs, Dns: strs(l.DNS), Hostname: l.Hostname,
 			EgressAllow: strs(l.Egress.Allow), EgressDenyAll: l.Egress.DenyAll}
 		for _, r := range l.Inbound {
 			m.Lease.Inbound = append(m.Lease.Inbound, inboundMsg(r))

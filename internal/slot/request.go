@@ -7,6 +7,9 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
+
+	"github.com/netslot/netslot/internal/dpconst"
 )
 
 // Attachment is a slot's connection to a customer VPC through Geneve.
@@ -33,6 +36,8 @@ type Lease struct {
 	Key string
 	// DNS are the guest's DNS servers for this lease (none: the pool's).
 	DNS []netip.Addr
+	// Hostname is what the guest's DHCP answers name it ("": nothing).
+	Hostname string
 	// TapOwner is who tap0 belongs to while the lease lives (nil: root,
 	// as in the pool).
 	TapOwner *TapOwner
@@ -205,8 +210,36 @@ func parseIPv4(what, s string) (netip.Addr, error) {
 	return a, nil
 }
 
-// MaxDNS bounds the DNS servers given to a guest.
-const MaxDNS = 3
+// MaxDNS bounds the DNS servers given to a guest (what a DHCP answer
+// carries).
+const MaxDNS = dpconst.DHCPDNSMax
+
+// MaxHostname bounds a lease's hostname.
+const MaxHostname = dpconst.DHCPHostnameMax
+
+// CheckHostname checks a guest's hostname (option 12 of its DHCP
+// answers): empty (none), or dot-separated labels of letters, digits and
+// hyphens, none starting or ending with a hyphen (RFC 1123), MaxHostname
+// bytes at most in all.
+func CheckHostname(name string) error {
+	if name == "" {
+		return nil
+	}
+	if len(name) > MaxHostname {
+		return fmt.Errorf("hostname of %d bytes: at most %d", len(name), MaxHostname)
+	}
+	for _, label := range strings.Split(name, ".") {
+		if label == "" || label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("hostname %q: empty label, or one that starts or ends with '-'", name)
+		}
+		for _, c := range []byte(label) {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return fmt.Errorf("hostname %q: only letters, digits, '-' and '.'", name)
+			}
+		}
+	}
+	return nil
+}
 
 // ParseDNS parses DNS server addresses (IPv4, at most MaxDNS).
 func ParseDNS(ss []string) ([]netip.Addr, error) {

@@ -376,6 +376,7 @@ type storedLease struct {
 	Inbound       []string          `json:"inbound,omitempty"` // slot.ParseInboundSpec's form
 	Key           string            `json:"key,omitempty"`
 	DNS           []string          `json:"dns,omitempty"`
+	Hostname      string            `json:"hostname,omitempty"`
 	TapOwner      *storedTapOwner   `json:"tap_owner,omitempty"`
 }
 
@@ -395,7 +396,7 @@ func prefixesToStrings(ps []netip.Prefix) []string {
 }
 
 func encodeLease(l *slot.Lease) ([]byte, error) {
-	sl := storedLease{ID: l.ID, Owner: l.Owner, Key: l.Key, AcquiredNs: l.AcquiredNs,
+	sl := storedLease{ID: l.ID, Owner: l.Owner, Key: l.Key, AcquiredNs: l.AcquiredNs, Hostname: l.Hostname,
 		EgressAllow: prefixesToStrings(l.Egress.Allow), EgressDenyAll: l.Egress.DenyAll}
 	for _, r := range l.Inbound {
 		sl.Inbound = append(sl.Inbound, r.String())
@@ -431,6 +432,10 @@ func decodeLease(b []byte) (*slot.Lease, error) {
 	if l.DNS, err = slot.ParseDNS(sl.DNS); err != nil {
 		return nil, err
 	}
+	if err := slot.CheckHostname(sl.Hostname); err != nil {
+		return nil, err
+	}
+	l.Hostname = sl.Hostname
 	if o := sl.TapOwner; o != nil {
 		l.TapOwner = &slot.TapOwner{UID: o.UID, GID: o.GID}
 		if err := slot.ValidateTapOwner(*l.TapOwner); err != nil {

@@ -54,6 +54,18 @@ func NewGuestNS(tb testing.TB, tag, slotNS string, cfg slot.Config) *GuestNS {
 	return g
 }
 
+// NewBareGuestNS is NewGuestNS for a guest that configures itself (see
+// lab.NewBareGuestNS).
+func NewBareGuestNS(tb testing.TB, tag, slotNS string, cfg slot.Config) *GuestNS {
+	tb.Helper()
+	g, err := lab.NewBareGuestNS(tag, slotNS, cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(g.Close)
+	return g
+}
+
 // StartVTEP starts a userspace VPC host in the fabric (see lab.StartVTEP)
 // and stops it when tb ends.
 func StartVTEP(tb testing.TB, f *Fabric, vni uint32, ip netip.Addr, mac net.HardwareAddr) *VTEP {

@@ -212,6 +212,9 @@ type AcquireRequest struct {
 	// Optional: the guest's DNS servers (IPv4, at most 3) instead of the
 	// pool's (netslotd --dns).
 	Dns []string `protobuf:"bytes,8,rep,name=dns,proto3" json:"dns,omitempty"`
+	// The guest's hostname in its DHCP answers (option 12): letters, digits,
+	// '-' and '.', at most 63 bytes; empty: none.
+	Hostname string `protobuf:"bytes,9,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	// Optional: give the slot's tap to the user and group the VMM runs as
 	// (Firecracker's jailer --uid and --gid), so that the VMM attaches to it
 	// without CAP_NET_ADMIN. Without it the tap stays root's (uid 0, gid 0),
@@ -307,6 +310,13 @@ func (x *AcquireRequest) GetDns() []string {
 		return x.Dns
 	}
 	return nil
+}
+
+func (x *AcquireRequest) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
 }
 
 func (x *AcquireRequest) GetTapOwner() *TapOwner {
@@ -448,7 +458,8 @@ type Lease struct {
 	// The acquire's request_key, if it gave one.
 	RequestKey string `protobuf:"bytes,8,opt,name=request_key,json=requestKey,proto3" json:"request_key,omitempty"`
 	// The DNS servers the acquire asked for (empty: the pool's).
-	Dns []string `protobuf:"bytes,9,rep,name=dns,proto3" json:"dns,omitempty"`
+	Dns      []string `protobuf:"bytes,9,rep,name=dns,proto3" json:"dns,omitempty"`
+	Hostname string   `protobuf:"bytes,10,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	// Who the slot's tap belongs to while the lease lives (unset: root).
 	TapOwner      *TapOwner `protobuf:"bytes,11,opt,name=tap_owner,json=tapOwner,proto3" json:"tap_owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -546,6 +557,13 @@ func (x *Lease) GetDns() []string {
 		return x.Dns
 	}
 	return nil
+}
+
+func (x *Lease) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
 }
 
 func (x *Lease) GetTapOwner() *TapOwner {
@@ -1572,7 +1590,7 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x19\n" +
 	"\bport_end\x18\x03 \x01(\rR\aportEnd\x12\x1f\n" +
 	"\vsource_cidr\x18\x04 \x01(\tR\n" +
-	"sourceCidr\"\xcb\x02\n" +
+	"sourceCidr\"\xe7\x02\n" +
 	"\x0eAcquireRequest\x12+\n" +
 	"\x03vpc\x18\x01 \x01(\v2\x19.netslot.v1.VpcAttachmentR\x03vpc\x12!\n" +
 	"\fegress_allow\x18\x02 \x03(\tR\vegressAllow\x12\x14\n" +
@@ -1582,7 +1600,8 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\vrequest_key\x18\x06 \x01(\tR\n" +
 	"requestKey\x12\x12\n" +
 	"\x04wait\x18\a \x01(\bR\x04wait\x12\x10\n" +
-	"\x03dns\x18\b \x03(\tR\x03dns\x121\n" +
+	"\x03dns\x18\b \x03(\tR\x03dns\x12\x1a\n" +
+	"\bhostname\x18\t \x01(\tR\bhostname\x121\n" +
 	"\ttap_owner\x18\n" +
 	" \x01(\v2\x14.netslot.v1.TapOwnerR\btapOwner\".\n" +
 	"\bTapOwner\x12\x10\n" +
@@ -1591,7 +1610,7 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\x14FirecrackerInterface\x12\x19\n" +
 	"\biface_id\x18\x01 \x01(\tR\aifaceId\x12\"\n" +
 	"\rhost_dev_name\x18\x02 \x01(\tR\vhostDevName\x12\x1b\n" +
-	"\tguest_mac\x18\x03 \x01(\tR\bguestMac\"\xf7\x02\n" +
+	"\tguest_mac\x18\x03 \x01(\tR\bguestMac\"\x93\x03\n" +
 	"\x05Lease\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\tR\x05owner\x12,\n" +
 	"\x12acquired_unix_nano\x18\x02 \x01(\x03R\x10acquiredUnixNano\x12+\n" +
@@ -1602,7 +1621,9 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\ainbound\x18\a \x03(\v2\x17.netslot.v1.InboundRuleR\ainbound\x12\x1f\n" +
 	"\vrequest_key\x18\b \x01(\tR\n" +
 	"requestKey\x12\x10\n" +
-	"\x03dns\x18\t \x03(\tR\x03dns\x121\n" +
+	"\x03dns\x18\t \x03(\tR\x03dns\x12\x1a\n" +
+	"\bhostname\x18\n" +
+	" \x01(\tR\bhostname\x121\n" +
 	"\ttap_owner\x18\v \x01(\v2\x14.netslot.v1.TapOwnerR\btapOwner\"\x9b\x04\n" +
 	"\x04Slot\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +

@@ -1,0 +1,300 @@
+package daemon_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/lab"
+	"github.com/netslot/netslot/internal/testutil"
+)
+
+const dhcpWait = 2 * time.Second
+
+func dhcpClient(t *testing.T, p *testutil.Pool, i int) *lab.DHCPClient {
+	t.Helper()
+	c, err := lab.NewDHCPClient(p.Config.NetnsPath(i), "tap0", p.Config.GuestMAC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func ip4(a netip.Addr) []byte { return a.AsSlice() }
+
+// answer sends m and returns the answer, failing t without one.
+func answer(t *testing.T, c *lab.DHCPClient, m lab.DHCPMessage) *lab.DHCPAnswer {
+	t.Helper()
+	a, _, err := c.Exchange(c.Frame(m), m.Xid, dhcpWait)
+	if err != nil {
+		t.Fatalf("%s (xid %d): %v", m.Type, m.Xid, err)
+	}
+	return a
+}
+
+// noAnswer sends m and fails t if anything answers it.
+func noAnswer(t *testing.T, c *lab.DHCPClient, m lab.DHCPMessage) {
+	t.Helper()
+	if a, _, err := c.Exchange(c.Frame(m), m.Xid, 300*time.Millisecond); err == nil {
+		t.Fatalf("%s (xid %d) answered with %s", m.Type, m.Xid, a.Type())
+	}
+}
+
+func wantOption(t *testing.T, a *lab.DHCPAnswer, o layers.DHCPOpt, want []byte) {
+	t.Helper()
+	got, ok := a.Option(o)
+	if !ok {
+		t.Errorf("%s: no option %s", a.Type(), o)
+		return
+	}
+	if string(got) != string(want) {
+		t.Errorf("%s: option %s = %v, want %v", a.Type(), o, got, want)
+	}
+}
+
+func noOption(t *testing.T, a *lab.DHCPAnswer, o layers.DHCPOpt) {
+	t.Helper()
+	if got, ok := a.Option(o); ok {
+		t.Errorf("%s: option %s = %v, want none", a.Type(), o, got)
+	}
+}
+
+func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
+func be16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
+
+// A stock DHCP exchange on a leased slot's tap0, parsed by gopacket: the
+// guest address, mask, router, the lease's DNS servers and hostname, the
+// MTU, a lease time and the server identifier; then what is not answered,
+// and counted.
+func TestDHCPOnTheTap(t *testing.T) {
+	cfg := testutil.NewConfig(2)
+	p := testutil.StartPoolOpts(t, daemon.Options{Config: cfg, StateDir: t.TempDir(),
+		DNS: []netip.Addr{netip.MustParseAddr("198.18.0.53")}})
+	gw, guest := cfg.GatewayIP(), cfg.GuestIP()
+	dns := []netip.Addr{netip.MustParseAddr("198.18.7.1"), netip.MustParseAddr("198.18.7.2")}
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{DNS: dns, Hostname: "vm-42.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dhcpClient(t, p, info.Index)
+
+	offer := answer(t, c, lab.DHCPMessage{Type: layers.DHCPMsgTypeDiscover, Xid: 1})
+	if offer.Type() != layers.DHCPMsgTypeOffer {
+		t.Fatalf("answer to DISCOVER is a %s", offer.Type())
+	}
+	if got := offer.DHCP.YourClientIP.String(); got != guest.String() {
+		t.Errorf("offered %s, want %s", got, guest)
+	}
+	// Unicast to the guest's MAC and address (no broadcast flag), from tap0.
+	if offer.Eth.DstMAC.String() != cfg.GuestMAC.String() || offer.Eth.SrcMAC.String() != cfg.TapMAC.String() ||
+		offer.IP.DstIP.String() != guest.String() || offer.IP.SrcIP.String() != gw.String() {
+		t.Errorf("offer %s -> %s, %s -> %s", offer.Eth.SrcMAC, offer.Eth.DstMAC, offer.IP.SrcIP, offer.IP.DstIP)
+	}
+	wantOption(t, offer, layers.DHCPOptServerID, ip4(gw))
+	wantOption(t, offer, layers.DHCPOptSubnetMask, net.CIDRMask(cfg.GuestCIDR.Bits(), 32))
+	wantOption(t, offer, layers.DHCPOptRouter, ip4(gw))
+	wantOption(t, offer, layers.DHCPOptDNS, append(ip4(dns[0]), ip4(dns[1])...))
+	wantOption(t, offer, layers.DHCPOptHostname, []byte("vm-42.example"))
+	wantOption(t, offer, layers.DHCPOptInterfaceMTU, be16(1500))
+	wantOption(t, offer, layers.DHCPOptLeaseTime, be32(86400))
+
+	// SELECTING: the offer taken.
+	ack := answer(t, c, lab.DHCPMessage{Type: layers.DHCPMsgTypeRequest, Xid: 2, Options: []layers.DHCPOption{
+		layers.NewDHCPOption(layers.DHCPOptServerID, ip4(gw)), layers.NewDHCPOption(layers.DHCPOptRequestIP, ip4(guest))}})
+	if ack.Type() != layers.DHCPMsgTypeAck || ack.DHCP.YourClientIP.String() != guest.String() {
+		t.Fatalf("answer to REQUEST: %s of %s", ack.Type(), ack.DHCP.YourClientIP)
+	}
+	wantOption(t, ack, layers.DHCPOptLeaseTime, be32(86400))
+	// RENEWING: unicast from the guest address, ciaddr set.
+	renew := answer(t, c, lab.DHCPMessage{Type: layers.DHCPMsgTypeRequest, Xid: 3, Src: guest, Dst: gw, CIAddr: guest})
+	if renew.Type() != layers.DHCPMsgTypeAck || renew.IP.DstIP.String() != guest.String() {
+		t.Errorf("renewal: %s to %s", renew.Type(), renew.IP.DstIP)
+	}
+	// The broadcast flag gets a broadcast answer.
+	bcast := answer(t, c, lab.DHCPMessage{Type: layers.DHCPMsgTypeDiscover, Xid: 4, Broadcast: true})
+	if bcast.Eth.DstMAC.String() != "ff:ff:ff:ff:ff:ff" || bcast.IP.DstIP.String() != "255.255.255.255" {
+		t.Errorf("broadcast flag: answer to %s, %s", bcast.Eth.DstMAC, bcast.IP.DstIP)
+	}
+	// INIT-REBOOT for another address: NAK, broadcast.
+	nak := answer(t, c, lab.DHCPMessage{Type: layers.DHCPMsgTypeRequest, Xid: 5, Options: []layers.DHCPOption{
+		layers.NewDHCPOption(layers.DHCPOptRequestIP, []byte{172, 16, 9, 9})}})
+	if nak.Type() != layers.DHCPMsgTypeNak || nak.DHCP.YourClientIP.String() != "0.0.0.0" || nak.IP.DstIP.String() != "255.255.255.255" {
+		t.Errorf("request for another address: %s of %s to %s", nak.Type(), nak.DHCP.YourClientIP, nak.IP.DstIP)
+	}
+	noOption(t, nak, layers.DHCPOptLeaseTime)
+	// INFORM: configuration without an address or lease time.
+	inform := answer(t, c, lab.DHCPMessage{Type: layers.DHCPMsgTypeInform, Xid: 6, Src: guest, Dst: gw, CIAddr: guest})
+	if inform.Type() != layers.DHCPMsgTypeAck || inform.DHCP.YourClientIP.String() != "0.0.0.0" || inform.IP.DstIP.String() != guest.String() {
+		t.Errorf("inform: %s of %s to %s", inform.Type(), inform.DHCP.YourClientIP, inform.IP.DstIP)
+	}
+	noOption(t, inform, layers.DHCPOptLeaseTime)
+	wantOption(t, inform, layers.DHCPOptRouter, ip4(gw))
+
+	before, _ := p.D.Get(info.ID)
+	if before.Datapath.DHCPReplies != 6 {
+		t.Errorf("dhcp replies counted: %d, want 6", before.Datapath.DHCPReplies)
+	}
+	// Not answered: RELEASE and DECLINE, a REQUEST for another server, an
+	// OFFER from the guest; a request from another MAC or source address;
+	// a malformed one.
+	noAnswer(t, c, lab.DHCPMessage{Type: layers.DHCPMsgTypeRelease, Xid: 7, Src: guest, Dst: gw, CIAddr: guest})
+	noAnswer(t, c, lab.DHCPMessage{Type: layers.DHCPMsgTypeDecline, Xid: 8})
+	noAnswer(t, c, lab.DHCPMessage{Type: layers.DHCPMsgTypeRequest, Xid: 9, Options: []layers.DHCPOption{
+		layers.NewDHCPOption(layers.DHCPOptServerID, []byte{198, 18, 0, 1}), layers.NewDHCPOption(layers.DHCPOptRequestIP, ip4(guest))}})
+	noAnswer(t, c, lab.DHCPMessage{Type: layers.DHCPMsgTypeOffer, Xid: 10})
+	noAnswer(t, c, lab.DHCPMessage{Type: layers.DHCPMsgTypeDiscover, Xid: 11, SrcMAC: net.HardwareAddr{0x06, 0, 0, 0, 0, 0x66}})
+	noAnswer(t, c, lab.DHCPMessage{Type: layers.DHCPMsgTypeDiscover, Xid: 12, Src: netip.MustParseAddr("172.16.0.3")})
+	bad := c.Frame(lab.DHCPMessage{Type: layers.DHCPMsgTypeDiscover, Xid: 13})
+	bad[14+20+8+236] ^= 0xff // the magic cookie
+	if a, _, err := c.Exchange(bad, 13, 300*time.Millisecond); err == nil {
+		t.Errorf("a bad magic cookie answered with %s", a.Type())
+	}
+	after, _ := p.D.Get(info.ID)
+	for reason, want := range map[string]uint64{"dhcp_ignored": 4, "dhcp_not_guest": 2, "dhcp_malformed": 1} {
+		if got := after.Datapath.Drops[reason] - before.Datapath.Drops[reason]; got != want {
+			t.Errorf("%s: %d counted, want %d (drops %v)", reason, got, want, after.Datapath.Drops)
+		}
+	}
+	if after.Datapath.DHCPReplies != before.Datapath.DHCPReplies {
+		t.Errorf("%d more replies counted", after.Datapath.DHCPReplies-before.Datapath.DHCPReplies)
+	}
+
+	// A pooled slot answers nothing; its drop is the pool's.
+	other := 1 - info.Index
+	pooled := dhcpClient(t, p, other)
+	pre := p.D.UnattributedDrops()["not_leased"]
+	noAnswer(t, pooled, lab.DHCPMessage{Type: layers.DHCPMsgTypeDiscover, Xid: 20})
+	if got := p.D.UnattributedDrops()["not_leased"]; got != pre+1 {
+		t.Errorf("pooled slot's DISCOVER: not_leased %d -> %d, want +1", pre, got)
+	}
+	pooled.Close()
+
+	// The next tenant gets nothing of the last one's: released, leased
+	// again with no hostname and the pool's DNS.
+	c.Close()
+	if err := p.D.Release(info.ID, info.Lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		next, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if next.Index != info.Index {
+			continue // the other slot first; keep it
+		}
+		c2 := dhcpClient(t, p, next.Index)
+		o := answer(t, c2, lab.DHCPMessage{Type: layers.DHCPMsgTypeDiscover, Xid: 30})
+		noOption(t, o, layers.DHCPOptHostname)
+		wantOption(t, o, layers.DHCPOptDNS, ip4(netip.MustParseAddr("198.18.0.53")))
+		break
+	}
+}
+
+// With --dhcp=false, tap0 runs nothing: a DISCOVER goes to the slot's
+// firewall, which drops its 0.0.0.0 source.
+func TestNoDHCP(t *testing.T) {
+	cfg := testutil.NewConfig(1)
+	p := testutil.StartPoolOpts(t, daemon.Options{Config: cfg, StateDir: t.TempDir(), NoDHCP: true})
+	if _, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	c := dhcpClient(t, p, 0)
+	noAnswer(t, c, lab.DHCPMessage{Type: layers.DHCPMsgTypeDiscover, Xid: 1})
+	if out := testutil.Exec(t, cfg.ID(0), "tc", "filter", "show", "dev", "tap0", "ingress"); out != "" {
+		t.Errorf("tap0 has filters with --dhcp=false:\n%s", out)
+	}
+}
+
+// dhclientScript applies a lease as dhclient-script would, without what
+// the host's own script would also touch (the host's resolv.conf and
+// hostname: `ip netns exec` shares both): it records the lease's
+// variables, then sets the address, MTU and default route.
+const dhclientScript = `#!/bin/sh
+env | grep -E '^(reason|interface|new_)' >"$NETSLOT_OUT.$reason"
+case $reason in
+PREINIT) ip link set "$interface" up ;;
+BOUND|RENEW|REBIND|REBOOT)
+  ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
+  [ -z "$new_interface_mtu" ] || ip link set "$interface" mtu "$new_interface_mtu"
+  ip route replace default via "${new_routers%% *}" dev "$interface"
+  ;;
+esac
+exit 0
+`
+
+// ISC dhclient, a real client with its own raw socket, gets its lease from
+// the tap's program in a guest namespace, and the guest then reaches the
+// outside host through the NAT and the VPC host through the tunnel.
+func TestDHClientGetsALeaseAndReachesOut(t *testing.T) {
+	if _, err := exec.LookPath("dhclient"); err != nil {
+		t.Skip("dhclient not installed (scripts/deps.sh installs it)")
+	}
+	p, fab, tag := datapathPool(t, 2)
+	serveOutside(t, fab)
+	testutil.StartVTEP(t, fab, testVNI, vpcHost, vpcMAC)
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: vpcAttachment(t, fab, testVNI, "10.9.0.5"),
+		DNS: []netip.Addr{netip.MustParseAddr("198.18.0.53")}, Hostname: "dhclient-guest"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := testutil.NewBareGuestNS(t, tag, p.Config.NetnsPath(info.Index), p.Config)
+	dir := t.TempDir()
+	script := filepath.Join(dir, "script")
+	if err := os.WriteFile(script, []byte(dhclientScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "lease")
+	cmd := exec.Command("ip", "netns", "exec", g.Name, "dhclient", "-4", "-1", "-d", "-v", "-cf", "/dev/null",
+		"-sf", script, "-lf", filepath.Join(dir, "leases"), "-pf", filepath.Join(dir, "pid"), "-e", "NETSLOT_OUT="+out, "g0")
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var bound []byte
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if bound, err = os.ReadFile(out + ".BOUND"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dhclient bound no lease:\n%s", log.String())
+		}
+	}
+	t.Logf("dhclient bound after %v", time.Since(start).Round(time.Millisecond))
+	vars := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(string(bound)), "\n") {
+		k, v, _ := strings.Cut(l, "=")
+		vars[k] = strings.Trim(v, "'")
+	}
+	for k, want := range map[string]string{
+		"new_ip_address": p.Config.GuestIP().String(), "new_subnet_mask": "255.255.255.252",
+		"new_routers": p.Config.GatewayIP().String(), "new_domain_name_servers": "198.18.0.53",
+		"new_host_name": "dhclient-guest", "new_interface_mtu": "1500",
+		"new_dhcp_server_identifier": p.Config.GatewayIP().String(), "new_dhcp_lease_time": "86400",
+	} {
+		if vars[k] != want {
+			t.Errorf("%s = %q, want %q (all: %v)", k, vars[k], want, vars)
+		}
+	}
+	if n := ping(t, g.Name, fab.Outside, 3); n == 0 {
+		t.Error("the guest configured by dhclient does not reach the outside host")
+	}
+	if got, err := udpRoundTrip(t, g, netip.AddrPortFrom(vpcHost, 9), "dhclient-guest"); err != nil || !strings.Contains(got, "dhclient-guest") {
+		t.Errorf("UDP to the VPC host: %q, %v", got, err)
+	}
+}
