@@ -146,6 +146,36 @@ func ExampleClient_List() {
 	// leased launcher-7 vm-7
 }
 
+// A launcher whose VMM runs jailed (Firecracker's jailer --uid 4242 --gid
+// 4242, no capabilities) has the slot's tap given to that user and group:
+// the VMM attaches to it as soon as Acquire returns. Release gives it back
+// to root.
+func ExampleClient_Acquire_jailer() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(socket)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	s, err := c.Acquire(ctx, &netslotv1.AcquireRequest{RequestKey: "vm-9", TapOwner: &netslotv1.TapOwner{Uid: 4242, Gid: 4242}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	o := s.Lease.TapOwner
+	fmt.Printf("jailer --netns %s --uid %d --gid %d\n", filepath.Dir(s.Netns), o.Uid, o.Gid)
+	// ... the jailed VMM attaches to s.Tap, runs, exits ...
+	if err := c.Release(ctx, s.Id, s.Lease.LeaseId); err != nil {
+		log.Fatal(err)
+	}
+	// A tap owner of uid or gid 0 (root's already) or -1 is refused.
+	_, err = c.Acquire(ctx, &netslotv1.AcquireRequest{TapOwner: &netslotv1.TapOwner{Uid: 4242}})
+	fmt.Println(errors.Is(err, client.ErrInvalid))
+	// Output:
+	// jailer --netns /run/netns --uid 4242 --gid 4242
+	// true
+}
+
 // Errors carry a reason a program acts on with errors.Is.
 func ExampleError() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -42,7 +42,7 @@ func Netslot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&f.socket, "socket", client.DefaultSocket, "netslotd's unix socket")
-	root.PersistentFlags().StringVarP(&f.output, "output", "o", "table", "output format: table or json; acquire and show also take firecracker (the PUT /network-interfaces body, the boot arguments and the jailer's --netns)")
+	root.PersistentFlags().StringVarP(&f.output, "output", "o", "table", "output format: table or json; acquire and show also take firecracker (the PUT /network-interfaces body, the boot arguments and the jailer's --netns, --uid and --gid)")
 	root.PersistentFlags().DurationVar(&f.timeout, "timeout", 10*time.Second, "deadline of each request")
 	root.AddCommand(statusCmd(f), acquireCmd(f), releaseCmd(f), listCmd(f), showCmd(f), benchCmd(f))
 	return root
@@ -165,6 +165,7 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 		key                 string
 		dns                 []string
 		hostname            string
+		tapUID, tapGID      uint32
 	)
 	cmd := &cobra.Command{
 		Use:   "acquire",
@@ -172,6 +173,12 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			req := &netslotv1.AcquireRequest{EgressAllow: allowList, EgressDenyAll: denyAll, Owner: owner, RequestKey: key, Wait: wait, Dns: dns, Hostname: hostname}
+			switch uid, gid := cmd.Flags().Changed("tap-uid"), cmd.Flags().Changed("tap-gid"); {
+			case uid && gid:
+				req.TapOwner = &netslotv1.TapOwner{Uid: tapUID, Gid: tapGID}
+			case uid || gid:
+				return fmt.Errorf("--tap-uid and --tap-gid go together: give both (the jailer's --uid and --gid)")
+			}
 			rules, err := slot.ParseInboundSpecs(inbound)
 			if err != nil {
 				return err
@@ -210,6 +217,8 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 	fl.BoolVar(&wait, "wait", false, "wait for a slot (pool empty, or the daemon booting) until --timeout")
 	fl.StringSliceVar(&dns, "dns", nil, "the guest's DNS servers for this lease, IPv4 (comma-separated or repeated, at most 3; default: netslotd --dns)")
 	fl.StringVar(&hostname, "hostname", "", "the guest's hostname in its DHCP answers (letters, digits, '-' and '.', at most 63 bytes)")
+	fl.Uint32Var(&tapUID, "tap-uid", 0, "give the slot's tap to this user, the one the VMM runs as (the jailer's --uid; with --tap-gid; not 0): it attaches without CAP_NET_ADMIN (default: the tap is root's)")
+	fl.Uint32Var(&tapGID, "tap-gid", 0, "give the slot's tap to this group (the jailer's --gid; with --tap-uid; not 0): the --tap-uid user attaches only with this group among its groups")
 	return cmd
 }
 
@@ -313,7 +322,8 @@ func listCmd(f *clientFlags) *cobra.Command {
 // firecrackerConfig is what a Firecracker launcher needs from a slot, ready
 // to use unchanged: the body of PUT /network-interfaces/{iface_id}, the
 // kernel arguments that configure the guest with no DHCP (appended to its
-// boot_args), and the jailer's --netns.
+// boot_args), and the jailer's --netns (and --uid and --gid when the lease
+// gave the tap to them).
 type firecrackerConfig struct {
 	NetworkInterface struct {
 		IfaceID     string `json:"iface_id"`
@@ -324,8 +334,12 @@ type firecrackerConfig struct {
 	MTU      uint32   `json:"mtu"`
 	DNS      []string `json:"dns"`
 	Netns    string   `json:"jailer_netns"`
-	SlotID   string   `json:"slot_id"`
-	LeaseID  string   `json:"lease_id,omitempty"`
+	// The jailer's --uid and --gid: the tap's owner, when the lease gave
+	// it one (acquire --tap-uid, --tap-gid).
+	UID     *uint32 `json:"jailer_uid,omitempty"`
+	GID     *uint32 `json:"jailer_gid,omitempty"`
+	SlotID  string  `json:"slot_id"`
+	LeaseID string  `json:"lease_id,omitempty"`
 }
 
 func printFirecracker(w io.Writer, s *netslotv1.Slot) error {
@@ -335,6 +349,9 @@ func printFirecracker(w io.Writer, s *netslotv1.Slot) error {
 	c.BootArgs, c.MTU, c.DNS, c.Netns, c.SlotID, c.LeaseID = s.BootArgs, s.Mtu, s.Dns, s.Netns, s.Id, s.GetLease().GetLeaseId()
 	if c.DNS == nil {
 		c.DNS = []string{}
+	}
+	if o := s.GetLease().GetTapOwner(); o != nil {
+		c.UID, c.GID = &o.Uid, &o.Gid
 	}
 	b, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {
@@ -377,6 +394,9 @@ func printSlot(w io.Writer, format string, s *netslotv1.Slot) error {
 		}
 		if l.Owner != "" {
 			fmt.Fprintf(tw, "owner\t%s\n", l.Owner)
+		}
+		if o := l.GetTapOwner(); o != nil {
+			fmt.Fprintf(tw, "tap owner\tuid=%d gid=%d\n", o.Uid, o.Gid)
 		}
 		fmt.Fprintf(tw, "acquired\t%s\n", time.Unix(0, l.AcquiredUnixNano).UTC().Format(time.RFC3339Nano))
 		switch {

@@ -535,7 +535,7 @@ func (d *Daemon) checkSlot(i int) (func() error, error) {
 			return d.fwStep(i, conn, orphanLease, d.adoptFirewall(i)), errOrphaned
 		}
 	}
-	if err := links.Adopt(h, d.cfg, i, d.tapProgram()); err != nil {
+	if err := d.adoptDevices(h, i); err != nil {
 		return nil, err
 	}
 	conn, err := firewall.Dial() // the socket belongs to this namespace
@@ -543,6 +543,39 @@ func (d *Daemon) checkSlot(i int) (func() error, error) {
 		return nil, err
 	}
 	return d.fwStep(i, conn, d.lease(i), d.adoptFirewall(i)), nil
+}
+
+// adoptDevices verifies slot i's devices (links.Adopt) from inside its
+// namespace, on the calling locked thread. A tap0 that belongs to another
+// user or group than slot i's lease gave it (a pooled slot's belongs to
+// root) is given back in place, as a firewall that differs is rewritten:
+// a crash between recording a lease and giving its tap leaves that, and
+// nothing else. A tap that cannot be given back, because a process holds
+// it, is damage: the slot is rebuilt.
+func (d *Daemon) adoptDevices(h *netlink.Handle, i int) error {
+	owner := tapOwnerOf(d.lease(i))
+	err := links.Adopt(h, d.cfg, i, d.tapProgram(), owner)
+	if !errors.Is(err, links.ErrTapOwner) {
+		return err
+	}
+	if serr := links.SetTapOwner(slot.TapName, owner); serr != nil {
+		return fmt.Errorf("%w; giving it back: %w", err, serr)
+	}
+	who := "root"
+	if owner != nil {
+		who = owner.String()
+	}
+	d.log.Warn("repaired: slot's tap0 given back to its lease's owner", "slot", d.cfg.ID(i), "reason", err, "owner", who)
+	d.Metrics.ReconcileAction.WithLabelValues("tap_owner").Inc()
+	return links.Adopt(h, d.cfg, i, d.tapProgram(), owner)
+}
+
+// tapOwnerOf is who l gives tap0 to (nil: root; l nil: no lease).
+func tapOwnerOf(l *slot.Lease) *slot.TapOwner {
+	if l == nil {
+		return nil
+	}
+	return l.TapOwner
 }
 
 // errOrphaned: a slot with no lease whose tap a VMM holds.
@@ -610,7 +643,7 @@ func (d *Daemon) buildSlot(root *netlink.Handle, rootFD, i int, l *slot.Lease) (
 	var conn *nftables.Conn
 	var hostIndex int
 	if err == nil {
-		conn, hostIndex, err = d.fillSlot(rootFD, i)
+		conn, hostIndex, err = d.fillSlot(rootFD, i, tapOwnerOf(l))
 	}
 	if rerr := netns.Enter(rootFD); rerr != nil {
 		return nil, errors.Join(err, rerr)
@@ -630,15 +663,16 @@ func (d *Daemon) buildSlot(root *netlink.Handle, rootFD, i int, l *slot.Lease) (
 	return d.fwStep(i, conn, l, firewall.Slot.Create), nil
 }
 
-// fillSlot builds slot i's devices from inside its new namespace and opens
-// an nftables connection there. It returns the host veth's ifindex.
-func (d *Daemon) fillSlot(rootFD, i int) (*nftables.Conn, int, error) {
+// fillSlot builds slot i's devices from inside its new namespace, tap0
+// given to owner, and opens an nftables connection there. It returns the
+// host veth's ifindex.
+func (d *Daemon) fillSlot(rootFD, i int, owner *slot.TapOwner) (*nftables.Conn, int, error) {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, 0, fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
-	hostIndex, err := links.Build(h, rootFD, d.cfg, i, d.tapProgram())
+	hostIndex, err := links.Build(h, rootFD, d.cfg, i, d.tapProgram(), owner)
 	if err != nil {
 		return nil, 0, err
 	}

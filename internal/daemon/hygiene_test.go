@@ -14,7 +14,7 @@ import (
 )
 
 // slotState is a full dump of the kernel state a tenant could leave in
-// slot i (links, addresses, routes, rules, neighbours, multicast
+// slot i (links with tap0's owner and group, addresses, routes, rules, neighbours, multicast
 // memberships, qdiscs, nftables, the devices' sysctls) and the datapath's
 // entries for it, with the slot's own identity (address, MACs, peer
 // ifindex) written as names.
@@ -71,7 +71,7 @@ func TestTenantLeavesNothingBehind(t *testing.T) {
 		t.Fatal(err)
 	}
 	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: a, Egress: slot.Egress{Allow: []netip.Prefix{netip.PrefixFrom(fab.Outside, 32)}},
-		DNS: []netip.Addr{fab.Outside}, Hostname: "tenant-vm"})
+		DNS: []netip.Addr{fab.Outside}, Hostname: "tenant-vm", TapOwner: &slot.TapOwner{UID: 4242, GID: 4243}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,6 +114,8 @@ func TestTenantLeavesNothingBehind(t *testing.T) {
 
 	if used := slotState(t, p, i); used == want {
 		t.Fatal("using the slot changed nothing: the comparison cannot fail")
+	} else if !strings.Contains(used, "user 4242 group 4243") || !strings.Contains(want, "user root group root") {
+		t.Fatalf("the dump does not show tap0's owner and group:\n%s", used)
 	}
 	if err := p.D.Release(info.ID, info.Lease.ID); err != nil {
 		t.Fatal(err)

@@ -61,7 +61,8 @@ func (d *Daemon) claimKey(ctx context.Context, req AcquireRequest) (info SlotInf
 // aside).
 func (req AcquireRequest) matches(l *slot.Lease) bool {
 	if l == nil || req.Owner != l.Owner || req.Egress.DenyAll != l.Egress.DenyAll ||
-		!slices.Equal(req.Egress.Allow, l.Egress.Allow) || !slices.Equal(req.Inbound, l.Inbound) || !slices.Equal(req.DNS, l.DNS) || req.Hostname != l.Hostname {
+		!slices.Equal(req.Egress.Allow, l.Egress.Allow) || !slices.Equal(req.Inbound, l.Inbound) || !slices.Equal(req.DNS, l.DNS) || req.Hostname != l.Hostname ||
+		(req.TapOwner == nil) != (l.TapOwner == nil) || req.TapOwner != nil && *req.TapOwner != *l.TapOwner {
 		return false
 	}
 	a, b := req.VPC, l.VPC

@@ -33,6 +33,10 @@ type AcquireRequest struct {
 	DNS []netip.Addr
 	// Hostname names the guest in its DHCP answers ("": nothing).
 	Hostname string
+	// TapOwner gives tap0 to the user and group a jailed VMM runs as
+	// (nil: it stays root's, as in the pool: only root and CAP_NET_ADMIN
+	// attach).
+	TapOwner *slot.TapOwner
 }
 
 // SlotInfo describes a slot to API clients.
@@ -59,6 +63,9 @@ func (d *Daemon) Acquire(ctx context.Context, req AcquireRequest) (SlotInfo, err
 	if req.VPC != nil {
 		kind += "+vpc"
 	}
+	if req.TapOwner != nil {
+		kind += "+tap_owner"
+	}
 	if req.VPC != nil && d.opts.Uplink == "" {
 		d.Metrics.AcquireErrors.WithLabelValues("no_uplink").Inc()
 		return SlotInfo{}, fmt.Errorf("%w: this pool has no uplink, so no tunnel can reach a VPC (start netslotd with --uplink and --underlay-ip)", ErrNoUplink)
@@ -69,7 +76,11 @@ func (d *Daemon) Acquire(ctx context.Context, req AcquireRequest) (SlotInfo, err
 			return SlotInfo{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
 	}
-	if err := errors.Join(slot.CheckInbound(req.Inbound), slot.ValidateKey(req.Key), slot.CheckHostname(req.Hostname)); err != nil {
+	err := errors.Join(slot.CheckInbound(req.Inbound), slot.ValidateKey(req.Key), slot.CheckHostname(req.Hostname))
+	if req.TapOwner != nil {
+		err = errors.Join(err, slot.ValidateTapOwner(*req.TapOwner))
+	}
+	if err != nil {
 		d.Metrics.AcquireErrors.WithLabelValues("invalid").Inc()
 		return SlotInfo{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
@@ -90,7 +101,7 @@ func (d *Daemon) Acquire(ctx context.Context, req AcquireRequest) (SlotInfo, err
 		return SlotInfo{}, fmt.Errorf("%w: %w", ErrDeadline, err)
 	}
 	l := &slot.Lease{ID: slot.NewLeaseID(), Owner: req.Owner, Key: req.Key, AcquiredNs: time.Now().UnixNano(), VPC: req.VPC,
-		Egress: req.Egress, Inbound: req.Inbound, DNS: req.DNS, Hostname: req.Hostname}
+		Egress: req.Egress, Inbound: req.Inbound, DNS: req.DNS, Hostname: req.Hostname, TapOwner: req.TapOwner}
 	// Persist first: a crash after this point leaves the slot leased (never
 	// vended twice); the tenant finds it with its key or with list, and
 	// releases it.
@@ -114,17 +125,34 @@ func (d *Daemon) Acquire(ctx context.Context, req AcquireRequest) (SlotInfo, err
 			return SlotInfo{}, d.abortAcquire(i, l, "datapath", err, undo)
 		}
 	}
+	// undo puts back what the acquire changed so far: the attachment and
+	// the egress policy, and the tap's owner once owned.
+	owned := false
+	undo := func() error {
+		var err error
+		if req.VPC != nil {
+			err = d.dp.Detach(i, req.VPC)
+		}
+		if req.Egress.Restricted() {
+			err = errors.Join(err, d.setEgress(i, slot.Egress{}))
+		}
+		if owned {
+			err = errors.Join(err, d.setTapOwner(i, nil))
+		}
+		return err
+	}
+	// The tap is the VMM's user's: attached, given, detached (see
+	// links.SetTapOwner), so that the VMM attaches as soon as this returns.
+	if req.TapOwner != nil {
+		owned = true // a failure may have set the owner and not the group
+		if err := d.setTapOwner(i, req.TapOwner); err != nil {
+			return SlotInfo{}, d.abortAcquire(i, l, "tap_owner", err, undo())
+		}
+	}
 	// The caller gave up meanwhile: the lease is undone, never committed.
 	if err := ctx.Err(); err != nil {
 		err = fmt.Errorf("%w: %w", ErrDeadline, err)
-		var undo error
-		if req.VPC != nil {
-			undo = d.dp.Detach(i, req.VPC)
-		}
-		if req.Egress.Restricted() {
-			undo = errors.Join(undo, d.setEgress(i, slot.Egress{}))
-		}
-		return SlotInfo{}, d.abortAcquire(i, l, "deadline", err, undo)
+		return SlotInfo{}, d.abortAcquire(i, l, "deadline", err, undo())
 	}
 	// Last, the slot opens: its traffic flows from here on, under the
 	// policy written above, and its DHCP answers are the lease's.
@@ -190,6 +218,13 @@ func (d *Daemon) abortAcquire(i int, l *slot.Lease, what string, err, undo error
 	}
 	d.pool.Untake(i)
 	return fmt.Errorf("slot %s: %w", id, err)
+}
+
+// setTapOwner gives slot i's tap0 to o (nil: back to root). A tap that a
+// process holds is an error: a free slot's tap is nobody's to hold, and a
+// VMM that got there before its lease was made has no business there.
+func (d *Daemon) setTapOwner(i int, o *slot.TapOwner) error {
+	return d.inSlot(i, func() error { return links.SetTapOwner(slot.TapName, o) })
 }
 
 func (d *Daemon) setEgress(i int, e slot.Egress) error {
@@ -329,7 +364,7 @@ func (d *Daemon) awaitRelease(i int, leaseID string) error {
 // that fails and nothing has changed (links.ErrTapInUse); else no VMM can
 // attach until the scrub is done. Then the slot's traffic stops both ways
 // (the datapath closes its lease), and what the tenant may have changed
-// is reset: devices, neighbours, the datapath's entries and flows, the
+// is reset: tap0's owner and group (root's), devices, neighbours, the datapath's entries and flows, the
 // egress policy; the slot's firewall is verified and rewritten if it
 // differs.
 func (d *Daemon) scrub(i int) error {
@@ -344,6 +379,11 @@ func (d *Daemon) scrub(i int) error {
 			return err
 		}
 		d.dp.CloseLease(i)
+		// Back to root's, whatever the lease gave: on the descriptor
+		// held anyway, two ioctls.
+		if err := tap.SetOwner(nil); err != nil {
+			return errors.Join(err, tap.Close())
+		}
 		return errors.Join(links.Scrub(h, d.cfg, i, d.tapProgram()), tap.Close())
 	})
 	if err != nil {

@@ -31,7 +31,8 @@ var peerIndex = regexp.MustCompile(`@if[0-9]+`)
 
 func TestReleaseScrubsWhatTheTenantLeft(t *testing.T) {
 	p := testutil.StartPool(t, 3)
-	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{Egress: slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}}})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{Egress: slot.Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}},
+		TapOwner: &slot.TapOwner{UID: 4242, GID: 4243}})
 	if err != nil {
 		t.Fatal(err)
 	}

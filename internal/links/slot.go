@@ -32,18 +32,19 @@ func ipNet(a netip.Addr, bits int) *net.IPNet {
 // new slot namespace, h must be a handle opened there and rootFD a
 // descriptor of the root namespace. Devices are created in their final
 // namespace: the veth's host end is created directly in the root namespace,
-// nothing is moved. FinishHost completes the host end.
+// nothing is moved. FinishHost completes the host end. tap0 belongs to
+// owner (nil: root, a pooled slot).
 //
 // tapProg is the program tap0 runs at tc ingress (see AttachTapProgram),
 // attached before tap0 comes up (a qdisc added to a device that is up
 // waits for an RCU grace period); -1: none.
 //
 // It returns the ifindex of the host veth (in the root namespace).
-func Build(h *netlink.Handle, rootFD int, c slot.Config, i, tapProg int) (hostIndex int, err error) {
+func Build(h *netlink.Handle, rootFD int, c slot.Config, i, tapProg int, owner *slot.TapOwner) (hostIndex int, err error) {
 	if err := h.LinkSetUp(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: loIndex}}); err != nil {
 		return 0, fmt.Errorf("set lo up: %w", err)
 	}
-	if err := createTap(slot.TapName); err != nil {
+	if err := createTap(slot.TapName, owner); err != nil {
 		return 0, err
 	}
 	tap, err := h.LinkByName(slot.TapName)
@@ -201,10 +202,11 @@ func damaged(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", ErrDamaged, fmt.Sprintf(format, a...))
 }
 
-// Adopt verifies slot i (see verify), rewrites its gateway neighbour and
-// makes tap0 run tapProg (see AttachTapProgram; -1: nothing).
-func Adopt(h *netlink.Handle, c slot.Config, i, tapProg int) error {
-	eth0, err := verify(h, c, i)
+// Adopt verifies slot i (see verify), its tap0 belonging to owner (nil:
+// root), rewrites its gateway neighbour and makes tap0 run tapProg (see
+// AttachTapProgram; -1: nothing).
+func Adopt(h *netlink.Handle, c slot.Config, i, tapProg int, owner *slot.TapOwner) error {
+	eth0, err := verify(h, c, i, owner)
 	if err != nil {
 		return err
 	}
@@ -219,9 +221,10 @@ func Adopt(h *netlink.Handle, c slot.Config, i, tapProg int) error {
 }
 
 // verify checks the devices, addresses, device settings and routes of slot
-// i in the namespace of h. The gateway neighbour is not listed (see
-// EnsureGateway): callers rewrite it instead.
-func verify(h *netlink.Handle, c slot.Config, i int) (eth0Index int, err error) {
+// i in the namespace of h, and that tap0 belongs to owner (nil: root; a
+// difference is ErrTapOwner, which an owner set anew repairs). The gateway
+// neighbour is not listed (see EnsureGateway): callers rewrite it instead.
+func verify(h *netlink.Handle, c slot.Config, i int, owner *slot.TapOwner) (eth0Index int, err error) {
 	tap, err := h.LinkByName(slot.TapName)
 	if err != nil {
 		return 0, damaged("%s missing", slot.TapName)
@@ -234,6 +237,9 @@ func verify(h *netlink.Handle, c slot.Config, i int) (eth0Index int, err error) 
 	}
 	if tap.Attrs().Flags&net.FlagUp == 0 {
 		return 0, damaged("%s down", slot.TapName)
+	}
+	if err := checkTapOwner(tap, owner); err != nil {
+		return 0, err
 	}
 	if err := hasOnlyAddr(h, tap, c.GatewayIP(), c.GuestCIDR.Bits()); err != nil {
 		return 0, err
@@ -300,10 +306,11 @@ func hasOnlyAddr(h *netlink.Handle, l netlink.Link, a netip.Addr, bits int) erro
 
 // Scrub removes what a tenant may have left on the slot's devices: learned
 // neighbours, a changed MAC, MTU or queue length, and anything queued on the
-// tap (a down/up cycle flushes the qdisc), then verifies the slot and
-// rewrites its gateway neighbour (Adopt). The calling thread must be in the
-// slot's namespace, and should hold the tap (HoldTap), so that no VMM
-// attaches meanwhile.
+// tap (a down/up cycle flushes the qdisc), then verifies the slot, with
+// tap0 back to root's, and rewrites its gateway neighbour (Adopt). The
+// calling thread must be in the slot's namespace, and should hold the tap
+// (HoldTap), so that no VMM attaches meanwhile; the holder puts tap0's
+// owner back (HeldTap.SetOwner).
 func Scrub(h *netlink.Handle, c slot.Config, i, tapProg int) error {
 	tap, err := h.LinkByName(slot.TapName)
 	if err != nil {
@@ -328,7 +335,7 @@ func Scrub(h *netlink.Handle, c slot.Config, i, tapProg int) error {
 	if err := configureTap(h, tap, c); err != nil {
 		return err
 	}
-	return Adopt(h, c, i, tapProg)
+	return Adopt(h, c, i, tapProg, nil)
 }
 
 // EnsureGateway (re)writes the permanent neighbour entry of the slot's next

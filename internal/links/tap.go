@@ -3,12 +3,13 @@ package links
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/netslot/netslot/internal/slot"
 )
 
 // ifreq for TUNSETIFF: a name and a flags word, padded to the kernel's size.
@@ -24,8 +25,11 @@ type ifreq struct {
 // entered the slot's namespace.
 //
 // Flags are those Firecracker attaches with (IFF_TAP|IFF_NO_PI; it adds
-// IFF_VNET_HDR per open), and no owner is set: only CAP_NET_ADMIN may attach.
-func createTap(name string) error {
+// IFF_VNET_HDR per open). The tap belongs to owner (a slot rebuilt under
+// its lease), nil: to root, uid 0 and gid 0, so that only root and
+// CAP_NET_ADMIN attach (a tap with no owner lets any process of its
+// namespace attach, whatever its uid).
+func createTap(name string, owner *slot.TapOwner) error {
 	fd, err := AttachTap(name)
 	if err != nil {
 		return fmt.Errorf("create tap %s: %w", name, err)
@@ -34,7 +38,7 @@ func createTap(name string) error {
 	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETPERSIST, 1); errno != 0 {
 		return fmt.Errorf("persist tap %s: %w", name, errno)
 	}
-	return nil
+	return setOwner(fd, name, owner)
 }
 
 // AttachTap opens /dev/net/tun and attaches to tap name of the calling
@@ -55,6 +59,78 @@ func AttachTap(name string) (int, error) {
 	}
 	return fd, nil
 }
+
+// SetTapOwner gives tap name of the calling thread's namespace to the
+// user and group of o (nil: to root, the pooled state): from then on a
+// process of that uid with that gid among its groups attaches without
+// CAP_NET_ADMIN. The kernel takes the owner only from a descriptor
+// attached to the tap, so SetTapOwner attaches, sets it and lets go; the
+// tap is detached when it returns (the detach waits for an RCU grace
+// period), and a VMM can attach at once. A tap a process holds is
+// ErrTapInUse; a tap that does not exist is damage (the attach made a
+// passing one, gone with the descriptor).
+func SetTapOwner(name string, o *slot.TapOwner) error {
+	fd, err := AttachTap(name)
+	if errors.Is(err, unix.EBUSY) {
+		return ErrTapInUse
+	}
+	if err != nil {
+		return fmt.Errorf("attach to %s: %w", name, err)
+	}
+	defer unix.Close(fd)
+	// An existing tap0 is persistent; one TUNSETIFF just made is not.
+	var req ifreq
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNGETIFF, uintptr(unsafe.Pointer(&req))); errno != 0 {
+		return fmt.Errorf("read flags of %s: %w", name, errno)
+	}
+	if req.flags&unix.IFF_PERSIST == 0 {
+		return damaged("%s missing", name)
+	}
+	return setOwner(fd, name, o)
+}
+
+// setOwner sets the owner and group of the tap attached to fd to o's
+// (nil: root's, uid 0 and gid 0). There is no going back to no owner: the
+// kernel refuses -1 (EINVAL).
+func setOwner(fd int, name string, o *slot.TapOwner) error {
+	var uid, gid uint32
+	if o != nil {
+		uid, gid = o.UID, o.GID
+	}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETOWNER, uintptr(uid)); errno != 0 {
+		return fmt.Errorf("set owner of %s to %d: %w", name, uid, errno)
+	}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETGROUP, uintptr(gid)); errno != 0 {
+		return fmt.Errorf("set group of %s to %d: %w", name, gid, errno)
+	}
+	return nil
+}
+
+// ErrTapOwner marks a tap whose owner or group is not the expected one
+// (with ErrDamaged).
+var ErrTapOwner = errors.New("tap owner differs")
+
+// checkTapOwner compares the owner and group tap reads with (netlink's
+// IFLA_TUN_OWNER and IFLA_TUN_GROUP) with want's (nil: root's, 0). The
+// kernel leaves out an id that is none, which the netlink library reads
+// as 0 too: a tap with no owner (made by an older netslotd, or by hand)
+// passes for root's. It gets root's at its next release.
+func checkTapOwner(tap netlink.Link, want *slot.TapOwner) error {
+	t, ok := tap.(*netlink.Tuntap)
+	if !ok {
+		return damaged("%s is a %s", tap.Attrs().Name, tap.Type())
+	}
+	var w slot.TapOwner
+	if want != nil {
+		w = *want
+	}
+	if t.Owner != w.UID || t.Group != w.GID {
+		return fmt.Errorf("%w: %w: %s owner %s, want %s", ErrDamaged, ErrTapOwner, tap.Attrs().Name, ownerString(t.Owner, t.Group), ownerString(w.UID, w.GID))
+	}
+	return nil
+}
+
+func ownerString(uid, gid uint32) string { return fmt.Sprintf("uid=%d gid=%d", uid, gid) }
 
 // TapHeld reports whether a process holds tap name of h's namespace (the
 // calling thread's) open, a VMM, whatever its carrier: it tries to attach
@@ -78,7 +154,7 @@ func TapHeld(h *netlink.Handle, name string) (bool, error) {
 // meanwhile no VMM can attach. A tap a process still holds (a VMM that
 // has not exited, even one that turned the carrier off with
 // TUNSETCARRIER) cannot be attached to twice: that is ErrTapInUse.
-func HoldTap(h *netlink.Handle, name string) (io.Closer, error) {
+func HoldTap(h *netlink.Handle, name string) (*HeldTap, error) {
 	// TUNSETIFF would create a tap that does not exist.
 	if _, err := h.LinkByName(name); err != nil {
 		return nil, fmt.Errorf("find %s: %w", name, err)
@@ -96,20 +172,27 @@ func HoldTap(h *netlink.Handle, name string) (io.Closer, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("carrier off on %s: %w", name, err)
 	}
-	return heldTap{f: os.NewFile(uintptr(fd), "/dev/net/tun"), h: h, name: name}, nil
+	return &HeldTap{f: os.NewFile(uintptr(fd), "/dev/net/tun"), h: h, name: name}, nil
 }
 
-type heldTap struct {
+// HeldTap is a tap the daemon holds attached (see HoldTap).
+type HeldTap struct {
 	f    *os.File
 	h    *netlink.Handle
 	name string
+}
+
+// SetOwner sets the tap's owner and group to o's (nil: root's, the pooled
+// state), with the descriptor already attached: no further attach.
+func (t *HeldTap) SetOwner(o *slot.TapOwner) error {
+	return setOwner(int(t.f.Fd()), t.name, o)
 }
 
 // Close detaches from the tap, then asks for it by name: the kernel runs
 // its pending link-watch work for the device first (rtnl_getlink), so its
 // operstate, and the "linkdown" mark of its routes, are final when Close
 // returns rather than up to a second later.
-func (t heldTap) Close() error {
+func (t *HeldTap) Close() error {
 	err := t.f.Close()
 	if _, lerr := t.h.LinkByName(t.name); lerr != nil {
 		err = errors.Join(err, fmt.Errorf("find %s: %w", t.name, lerr))

@@ -127,10 +127,10 @@ func New(g Gauges) *Metrics {
 	// before the first event.
 	for _, a := range []string{"adopt", "repair", "remove_netns", "remove_link", "firewall_rewrite", "drop_stale_leases", "drop_bad_lease", "replace_datapath",
 		"orphan", "orphan_reclaimed", "store", "root_table", "uplink_route", "backstop", "datapath", "socket",
-		"netns_pin", "slot_damaged", "events_lost", "migrate_datapath"} {
+		"netns_pin", "slot_damaged", "events_lost", "migrate_datapath", "tap_owner"} {
 		m.ReconcileAction.WithLabelValues(a)
 	}
-	for _, r := range []string{"exhausted", "store", "firewall", "datapath", "no_uplink", "invalid", "deadline", "draining", "not_ready"} {
+	for _, r := range []string{"exhausted", "store", "firewall", "datapath", "no_uplink", "invalid", "deadline", "draining", "not_ready", "tap_owner"} {
 		m.AcquireErrors.WithLabelValues(r)
 	}
 	r.MustRegister(m.BootSeconds, m.SlotsReady, m.AcquireSeconds, m.ReleaseSeconds, m.AcquireErrors,

@@ -100,3 +100,24 @@ func TestParseAcquireDNS(t *testing.T) {
 		}
 	}
 }
+
+// A tap owner is a uid and a gid, both given, neither root nor -1; a bad
+// one is INVALID_ARGUMENT, as Acquire maps parseAcquire's errors.
+func TestParseAcquireTapOwner(t *testing.T) {
+	ar, err := parseAcquire(&netslotv1.AcquireRequest{TapOwner: &netslotv1.TapOwner{Uid: 4242, Gid: 4243}})
+	if err != nil || ar.TapOwner == nil || ar.TapOwner.UID != 4242 || ar.TapOwner.GID != 4243 {
+		t.Fatalf("tap owner: %+v, %v", ar.TapOwner, err)
+	}
+	if ar, err := parseAcquire(&netslotv1.AcquireRequest{}); err != nil || ar.TapOwner != nil {
+		t.Fatalf("no tap owner: %+v, %v", ar.TapOwner, err)
+	}
+	for _, bad := range []*netslotv1.TapOwner{
+		{Uid: 4294967295, Gid: 4242}, {Uid: 4242, Gid: 4294967295}, {Uid: 0, Gid: 4242}, {Uid: 4242, Gid: 0}, {},
+	} {
+		// Refused before the daemon is asked (the server has none here).
+		_, err := (&Server{}).Acquire(context.Background(), &netslotv1.AcquireRequest{TapOwner: bad})
+		if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "invalid tap") {
+			t.Errorf("tap owner %v: %v, want INVALID_ARGUMENT", bad, err)
+		}
+	}
+}

@@ -178,6 +178,12 @@ func parseAcquire(req *netslotv1.AcquireRequest) (daemon.AcquireRequest, error) 
 	if err := slot.CheckHostname(req.GetHostname()); err != nil {
 		return ar, err
 	}
+	if o := req.GetTapOwner(); o != nil {
+		ar.TapOwner = &slot.TapOwner{UID: o.GetUid(), GID: o.GetGid()}
+		if err := slot.ValidateTapOwner(*ar.TapOwner); err != nil {
+			return ar, err
+		}
+	}
 	ar.Owner, ar.Key, ar.Wait, ar.Hostname = req.GetOwner(), req.GetRequestKey(), req.GetWait(), req.GetHostname()
 	return ar, nil
 }
@@ -273,6 +279,9 @@ func (s *Server) slotMsg(info daemon.SlotInfo) *netslotv1.Slot {
 			EgressAllow: strs(l.Egress.Allow), EgressDenyAll: l.Egress.DenyAll}
 		for _, r := range l.Inbound {
 			m.Lease.Inbound = append(m.Lease.Inbound, inboundMsg(r))
+		}
+		if o := l.TapOwner; o != nil {
+			m.Lease.TapOwner = &netslotv1.TapOwner{Uid: o.UID, Gid: o.GID}
 		}
 		if a := l.VPC; a != nil {
 			v := &netslotv1.VpcAttachment{Vni: a.VNI, RemoteVtep: a.RemoteVTEP.String(), VpcIp: a.VPCIP.String(),

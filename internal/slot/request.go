@@ -38,6 +38,44 @@ type Lease struct {
 	DNS []netip.Addr
 	// Hostname is what the guest's DHCP answers name it ("": nothing).
 	Hostname string
+	// TapOwner is who tap0 belongs to while the lease lives (nil: root,
+	// as in the pool).
+	TapOwner *TapOwner
+}
+
+// TapOwner is the user and group a leased slot's tap0 belongs to, those a
+// jailed VMM runs as (Firecracker's jailer: --uid, --gid). The kernel lets
+// a process attach to a tap that has an owner and a group if it has
+// CAP_NET_ADMIN, or if its effective uid is the owner and the group is
+// among its groups; either alone is refused. A pooled slot's tap belongs
+// to root (uid 0, gid 0): see docs/design.md, "Who may attach to tap0".
+type TapOwner struct {
+	UID, GID uint32
+}
+
+func (o TapOwner) String() string { return fmt.Sprintf("uid=%d gid=%d", o.UID, o.GID) }
+
+// NoID is the uid and gid -1 of the kernel's interfaces: none. The kernel
+// refuses it as a tap's owner or group.
+const NoID = ^uint32(0)
+
+// ValidateTapOwner checks a tap owner asked for. Both ids are needed (the
+// jailer takes both), neither may be -1 (the kernel has no such owner) or
+// 0: root's is the pooled state, which a lease without a tap owner keeps,
+// and root is what a jailed VMM drops.
+func ValidateTapOwner(o TapOwner) error {
+	for _, x := range []struct {
+		what string
+		id   uint32
+	}{{"uid", o.UID}, {"gid", o.GID}} {
+		switch x.id {
+		case 0:
+			return fmt.Errorf("invalid tap %s 0: tap0 is root's already; give the unprivileged %s the VMM runs as", x.what, x.what)
+		case NoID:
+			return fmt.Errorf("invalid tap %s %d: that is -1, no %s; give the %s the VMM runs as", x.what, x.id, x.what, x.what)
+		}
+	}
+	return nil
 }
 
 // Egress is where a guest may send, within what the pool denies to every

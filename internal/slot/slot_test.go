@@ -237,3 +237,22 @@ func TestBootArgs(t *testing.T) {
 		t.Error("ParseDNS took 4 servers")
 	}
 }
+
+func TestValidateTapOwner(t *testing.T) {
+	for _, tc := range []struct {
+		o  TapOwner
+		ok bool
+	}{
+		{TapOwner{UID: 4242, GID: 4242}, true},
+		{TapOwner{UID: 1, GID: 65534}, true},
+		{TapOwner{UID: 4294967294, GID: 4294967294}, true},
+		{TapOwner{UID: 4294967295, GID: 4242}, false}, // -1: none
+		{TapOwner{UID: 4242, GID: 4294967295}, false},
+		{TapOwner{UID: 0, GID: 4242}, false}, // root
+		{TapOwner{UID: 4242, GID: 0}, false},
+	} {
+		if err := ValidateTapOwner(tc.o); (err == nil) != tc.ok {
+			t.Errorf("ValidateTapOwner(%v): %v, want ok %t", tc.o, err, tc.ok)
+		}
+	}
+}

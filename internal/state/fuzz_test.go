@@ -13,6 +13,7 @@ func FuzzDecodeLease(f *testing.F) {
 		`{"id":"l1","owner":"vm","acquired_ns":1}`,
 		`{"id":"l2","vpc":{"vni":9,"remote_vtep":"198.18.0.9","vpc_ip":"10.1.0.5","vpc_cidrs":["10.1.0.0/16"],"peer_mac":"02:00:00:00:00:09"},"egress_allow":["198.18.5.0/24"]}`,
 		`{"id":"l3","vpc":{"vni":15728640,"remote_vtep":"198.18.0.9","vpc_ip":"10.1.0.5","vpc_cidrs":[]}}`,
+		`{"id":"l4","tap_owner":{"uid":4242,"gid":4243}}`, `{"id":"l5","tap_owner":{"uid":4294967295,"gid":0}}`,
 		`{"egress_allow":["garbage"]}`, `null`, `[]`, ``,
 	} {
 		f.Add([]byte(s))

@@ -377,6 +377,12 @@ type storedLease struct {
 	Key           string            `json:"key,omitempty"`
 	DNS           []string          `json:"dns,omitempty"`
 	Hostname      string            `json:"hostname,omitempty"`
+	TapOwner      *storedTapOwner   `json:"tap_owner,omitempty"`
+}
+
+type storedTapOwner struct {
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
 }
 
 func leaseKey(i int) []byte { return []byte(strconv.Itoa(i)) }
@@ -397,6 +403,9 @@ func encodeLease(l *slot.Lease) ([]byte, error) {
 	}
 	for _, a := range l.DNS {
 		sl.DNS = append(sl.DNS, a.String())
+	}
+	if o := l.TapOwner; o != nil {
+		sl.TapOwner = &storedTapOwner{UID: o.UID, GID: o.GID}
 	}
 	if a := l.VPC; a != nil {
 		sl.VPC = &storedAttachment{VNI: a.VNI, RemoteVTEP: a.RemoteVTEP.String(), VPCIP: a.VPCIP.String(), VPCCIDRs: prefixesToStrings(a.VPCCIDRs)}
@@ -427,6 +436,12 @@ func decodeLease(b []byte) (*slot.Lease, error) {
 		return nil, err
 	}
 	l.Hostname = sl.Hostname
+	if o := sl.TapOwner; o != nil {
+		l.TapOwner = &slot.TapOwner{UID: o.UID, GID: o.GID}
+		if err := slot.ValidateTapOwner(*l.TapOwner); err != nil {
+			return nil, err
+		}
+	}
 	if a := sl.VPC; a != nil {
 		if l.VPC, err = slot.ParseAttachment(a.VNI, a.RemoteVTEP, a.VPCIP, a.VPCCIDRs); err != nil {
 			return nil, err

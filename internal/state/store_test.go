@@ -37,7 +37,7 @@ func TestStoreRoundTrip(t *testing.T) {
 	if err := s.PutLease(3, l); !errors.Is(err, ErrLeaseExists) {
 		t.Fatalf("second lease on one slot: %v", err)
 	}
-	if err := s.PutLease(4, &slot.Lease{Egress: slot.Egress{DenyAll: true}}); err != nil {
+	if err := s.PutLease(4, &slot.Lease{Egress: slot.Egress{DenyAll: true}, TapOwner: &slot.TapOwner{UID: 4242, GID: 4243}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.PutLease(5, &slot.Lease{ID: "ended-5"}); err != nil {
@@ -67,7 +67,10 @@ func TestStoreRoundTrip(t *testing.T) {
 		!reflect.DeepEqual(g.Inbound, l.Inbound) {
 		t.Fatalf("lease 3 after reopen: %+v", g)
 	}
-	if g := leases[4]; !g.Egress.DenyAll || len(g.Egress.Allow) != 0 {
+	if g.TapOwner != nil {
+		t.Fatalf("lease 3 has a tap owner after reopen: %v", g.TapOwner)
+	}
+	if g := leases[4]; !g.Egress.DenyAll || len(g.Egress.Allow) != 0 || g.TapOwner == nil || *g.TapOwner != (slot.TapOwner{UID: 4242, GID: 4243}) {
 		t.Fatalf("lease 4 after reopen: %+v", g)
 	}
 	if ended, err := s.EndedLeases(); err != nil || len(ended) != 1 || ended[5] != "ended-5" {

@@ -214,7 +214,14 @@ type AcquireRequest struct {
 	Dns []string `protobuf:"bytes,8,rep,name=dns,proto3" json:"dns,omitempty"`
 	// The guest's hostname in its DHCP answers (option 12): letters, digits,
 	// '-' and '.', at most 63 bytes; empty: none.
-	Hostname      string `protobuf:"bytes,9,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Hostname string `protobuf:"bytes,9,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// Optional: give the slot's tap to the user and group the VMM runs as
+	// (Firecracker's jailer --uid and --gid), so that the VMM attaches to it
+	// without CAP_NET_ADMIN. Without it the tap stays root's (uid 0, gid 0),
+	// as pooled slots' are: only root and CAP_NET_ADMIN attach. The tap is
+	// given, and not attached, when Acquire returns; release gives it back
+	// to root.
+	TapOwner      *TapOwner `protobuf:"bytes,10,opt,name=tap_owner,json=tapOwner,proto3" json:"tap_owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -312,6 +319,69 @@ func (x *AcquireRequest) GetHostname() string {
 	return ""
 }
 
+func (x *AcquireRequest) GetTapOwner() *TapOwner {
+	if x != nil {
+		return x.TapOwner
+	}
+	return nil
+}
+
+// TapOwner is who may attach to a leased slot's tap without
+// CAP_NET_ADMIN: a process whose effective uid is uid and that has gid
+// among its groups (the kernel's rule). Both are required; 0 (root's, the
+// pooled state) and 4294967295 (-1, no id) are refused (INVALID_ARGUMENT).
+type TapOwner struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Uid           uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           uint32                 `protobuf:"varint,2,opt,name=gid,proto3" json:"gid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TapOwner) Reset() {
+	*x = TapOwner{}
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TapOwner) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TapOwner) ProtoMessage() {}
+
+func (x *TapOwner) ProtoReflect() protoreflect.Message {
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TapOwner.ProtoReflect.Descriptor instead.
+func (*TapOwner) Descriptor() ([]byte, []int) {
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TapOwner) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *TapOwner) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
 // FirecrackerInterface holds the fields of a Firecracker network-interface
 // (PUT /network-interfaces/{iface_id}).
 type FirecrackerInterface struct {
@@ -325,7 +395,7 @@ type FirecrackerInterface struct {
 
 func (x *FirecrackerInterface) Reset() {
 	*x = FirecrackerInterface{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[3]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -337,7 +407,7 @@ func (x *FirecrackerInterface) String() string {
 func (*FirecrackerInterface) ProtoMessage() {}
 
 func (x *FirecrackerInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[3]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -350,7 +420,7 @@ func (x *FirecrackerInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirecrackerInterface.ProtoReflect.Descriptor instead.
 func (*FirecrackerInterface) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{3}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *FirecrackerInterface) GetIfaceId() string {
@@ -388,15 +458,17 @@ type Lease struct {
 	// The acquire's request_key, if it gave one.
 	RequestKey string `protobuf:"bytes,8,opt,name=request_key,json=requestKey,proto3" json:"request_key,omitempty"`
 	// The DNS servers the acquire asked for (empty: the pool's).
-	Dns           []string `protobuf:"bytes,9,rep,name=dns,proto3" json:"dns,omitempty"`
-	Hostname      string   `protobuf:"bytes,10,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Dns      []string `protobuf:"bytes,9,rep,name=dns,proto3" json:"dns,omitempty"`
+	Hostname string   `protobuf:"bytes,10,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// Who the slot's tap belongs to while the lease lives (unset: root).
+	TapOwner      *TapOwner `protobuf:"bytes,11,opt,name=tap_owner,json=tapOwner,proto3" json:"tap_owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[4]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -408,7 +480,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[4]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -421,7 +493,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{4}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Lease) GetOwner() string {
@@ -494,6 +566,13 @@ func (x *Lease) GetHostname() string {
 	return ""
 }
 
+func (x *Lease) GetTapOwner() *TapOwner {
+	if x != nil {
+		return x.TapOwner
+	}
+	return nil
+}
+
 type Slot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -536,7 +615,7 @@ type Slot struct {
 
 func (x *Slot) Reset() {
 	*x = Slot{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[5]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -548,7 +627,7 @@ func (x *Slot) String() string {
 func (*Slot) ProtoMessage() {}
 
 func (x *Slot) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[5]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -561,7 +640,7 @@ func (x *Slot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Slot.ProtoReflect.Descriptor instead.
 func (*Slot) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{5}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Slot) GetId() string {
@@ -716,7 +795,7 @@ type Datapath struct {
 
 func (x *Datapath) Reset() {
 	*x = Datapath{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[6]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +807,7 @@ func (x *Datapath) String() string {
 func (*Datapath) ProtoMessage() {}
 
 func (x *Datapath) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[6]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +820,7 @@ func (x *Datapath) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Datapath.ProtoReflect.Descriptor instead.
 func (*Datapath) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{6}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Datapath) GetVni() uint32 {
@@ -837,7 +916,7 @@ type AcquireResponse struct {
 
 func (x *AcquireResponse) Reset() {
 	*x = AcquireResponse{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[7]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -849,7 +928,7 @@ func (x *AcquireResponse) String() string {
 func (*AcquireResponse) ProtoMessage() {}
 
 func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[7]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -862,7 +941,7 @@ func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireResponse.ProtoReflect.Descriptor instead.
 func (*AcquireResponse) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{7}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AcquireResponse) GetSlot() *Slot {
@@ -889,7 +968,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[8]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -901,7 +980,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[8]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -914,7 +993,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{8}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReleaseRequest) GetId() string {
@@ -946,7 +1025,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[9]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -958,7 +1037,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[9]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -971,7 +1050,7 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{9}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{10}
 }
 
 type GetRequest struct {
@@ -983,7 +1062,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[10]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -995,7 +1074,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[10]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1008,7 +1087,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{10}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetRequest) GetId() string {
@@ -1032,7 +1111,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[11]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1123,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[11]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1136,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{11}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListRequest) GetOwner() string {
@@ -1090,7 +1169,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[12]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1102,7 +1181,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[12]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1115,7 +1194,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{12}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListResponse) GetSlots() []*Slot {
@@ -1133,7 +1212,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[13]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1145,7 +1224,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[13]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1158,7 +1237,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{13}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{14}
 }
 
 type BootProgress struct {
@@ -1180,7 +1259,7 @@ type BootProgress struct {
 
 func (x *BootProgress) Reset() {
 	*x = BootProgress{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[14]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1192,7 +1271,7 @@ func (x *BootProgress) String() string {
 func (*BootProgress) ProtoMessage() {}
 
 func (x *BootProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[14]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1205,7 +1284,7 @@ func (x *BootProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootProgress.ProtoReflect.Descriptor instead.
 func (*BootProgress) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{14}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *BootProgress) GetReady() uint32 {
@@ -1318,7 +1397,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[15]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1330,7 +1409,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_netslot_v1_netslot_proto_msgTypes[15]
+	mi := &file_api_netslot_v1_netslot_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1343,7 +1422,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{15}
+	return file_api_netslot_v1_netslot_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StatusResponse) GetTotal() uint32 {
@@ -1511,7 +1590,7 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x19\n" +
 	"\bport_end\x18\x03 \x01(\rR\aportEnd\x12\x1f\n" +
 	"\vsource_cidr\x18\x04 \x01(\tR\n" +
-	"sourceCidr\"\xb4\x02\n" +
+	"sourceCidr\"\xe7\x02\n" +
 	"\x0eAcquireRequest\x12+\n" +
 	"\x03vpc\x18\x01 \x01(\v2\x19.netslot.v1.VpcAttachmentR\x03vpc\x12!\n" +
 	"\fegress_allow\x18\x02 \x03(\tR\vegressAllow\x12\x14\n" +
@@ -1522,11 +1601,16 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"requestKey\x12\x12\n" +
 	"\x04wait\x18\a \x01(\bR\x04wait\x12\x10\n" +
 	"\x03dns\x18\b \x03(\tR\x03dns\x12\x1a\n" +
-	"\bhostname\x18\t \x01(\tR\bhostname\"r\n" +
+	"\bhostname\x18\t \x01(\tR\bhostname\x121\n" +
+	"\ttap_owner\x18\n" +
+	" \x01(\v2\x14.netslot.v1.TapOwnerR\btapOwner\".\n" +
+	"\bTapOwner\x12\x10\n" +
+	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x02 \x01(\rR\x03gid\"r\n" +
 	"\x14FirecrackerInterface\x12\x19\n" +
 	"\biface_id\x18\x01 \x01(\tR\aifaceId\x12\"\n" +
 	"\rhost_dev_name\x18\x02 \x01(\tR\vhostDevName\x12\x1b\n" +
-	"\tguest_mac\x18\x03 \x01(\tR\bguestMac\"\xe0\x02\n" +
+	"\tguest_mac\x18\x03 \x01(\tR\bguestMac\"\x93\x03\n" +
 	"\x05Lease\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\tR\x05owner\x12,\n" +
 	"\x12acquired_unix_nano\x18\x02 \x01(\x03R\x10acquiredUnixNano\x12+\n" +
@@ -1539,7 +1623,8 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"requestKey\x12\x10\n" +
 	"\x03dns\x18\t \x03(\tR\x03dns\x12\x1a\n" +
 	"\bhostname\x18\n" +
-	" \x01(\tR\bhostname\"\x9b\x04\n" +
+	" \x01(\tR\bhostname\x121\n" +
+	"\ttap_owner\x18\v \x01(\v2\x14.netslot.v1.TapOwnerR\btapOwner\"\x9b\x04\n" +
 	"\x04Slot\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\rR\x05index\x12\x14\n" +
@@ -1661,55 +1746,58 @@ func file_api_netslot_v1_netslot_proto_rawDescGZIP() []byte {
 	return file_api_netslot_v1_netslot_proto_rawDescData
 }
 
-var file_api_netslot_v1_netslot_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_api_netslot_v1_netslot_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_api_netslot_v1_netslot_proto_goTypes = []any{
 	(*VpcAttachment)(nil),        // 0: netslot.v1.VpcAttachment
 	(*InboundRule)(nil),          // 1: netslot.v1.InboundRule
 	(*AcquireRequest)(nil),       // 2: netslot.v1.AcquireRequest
-	(*FirecrackerInterface)(nil), // 3: netslot.v1.FirecrackerInterface
-	(*Lease)(nil),                // 4: netslot.v1.Lease
-	(*Slot)(nil),                 // 5: netslot.v1.Slot
-	(*Datapath)(nil),             // 6: netslot.v1.Datapath
-	(*AcquireResponse)(nil),      // 7: netslot.v1.AcquireResponse
-	(*ReleaseRequest)(nil),       // 8: netslot.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),      // 9: netslot.v1.ReleaseResponse
-	(*GetRequest)(nil),           // 10: netslot.v1.GetRequest
-	(*ListRequest)(nil),          // 11: netslot.v1.ListRequest
-	(*ListResponse)(nil),         // 12: netslot.v1.ListResponse
-	(*StatusRequest)(nil),        // 13: netslot.v1.StatusRequest
-	(*BootProgress)(nil),         // 14: netslot.v1.BootProgress
-	(*StatusResponse)(nil),       // 15: netslot.v1.StatusResponse
-	nil,                          // 16: netslot.v1.Datapath.DropsEntry
-	nil,                          // 17: netslot.v1.StatusResponse.UnattributedDropsEntry
+	(*TapOwner)(nil),             // 3: netslot.v1.TapOwner
+	(*FirecrackerInterface)(nil), // 4: netslot.v1.FirecrackerInterface
+	(*Lease)(nil),                // 5: netslot.v1.Lease
+	(*Slot)(nil),                 // 6: netslot.v1.Slot
+	(*Datapath)(nil),             // 7: netslot.v1.Datapath
+	(*AcquireResponse)(nil),      // 8: netslot.v1.AcquireResponse
+	(*ReleaseRequest)(nil),       // 9: netslot.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),      // 10: netslot.v1.ReleaseResponse
+	(*GetRequest)(nil),           // 11: netslot.v1.GetRequest
+	(*ListRequest)(nil),          // 12: netslot.v1.ListRequest
+	(*ListResponse)(nil),         // 13: netslot.v1.ListResponse
+	(*StatusRequest)(nil),        // 14: netslot.v1.StatusRequest
+	(*BootProgress)(nil),         // 15: netslot.v1.BootProgress
+	(*StatusResponse)(nil),       // 16: netslot.v1.StatusResponse
+	nil,                          // 17: netslot.v1.Datapath.DropsEntry
+	nil,                          // 18: netslot.v1.StatusResponse.UnattributedDropsEntry
 }
 var file_api_netslot_v1_netslot_proto_depIdxs = []int32{
 	0,  // 0: netslot.v1.AcquireRequest.vpc:type_name -> netslot.v1.VpcAttachment
 	1,  // 1: netslot.v1.AcquireRequest.inbound:type_name -> netslot.v1.InboundRule
-	0,  // 2: netslot.v1.Lease.vpc:type_name -> netslot.v1.VpcAttachment
-	1,  // 3: netslot.v1.Lease.inbound:type_name -> netslot.v1.InboundRule
-	3,  // 4: netslot.v1.Slot.firecracker:type_name -> netslot.v1.FirecrackerInterface
-	4,  // 5: netslot.v1.Slot.lease:type_name -> netslot.v1.Lease
-	6,  // 6: netslot.v1.Slot.datapath:type_name -> netslot.v1.Datapath
-	16, // 7: netslot.v1.Datapath.drops:type_name -> netslot.v1.Datapath.DropsEntry
-	5,  // 8: netslot.v1.AcquireResponse.slot:type_name -> netslot.v1.Slot
-	5,  // 9: netslot.v1.ListResponse.slots:type_name -> netslot.v1.Slot
-	14, // 10: netslot.v1.StatusResponse.boot:type_name -> netslot.v1.BootProgress
-	17, // 11: netslot.v1.StatusResponse.unattributed_drops:type_name -> netslot.v1.StatusResponse.UnattributedDropsEntry
-	2,  // 12: netslot.v1.SlotService.Acquire:input_type -> netslot.v1.AcquireRequest
-	8,  // 13: netslot.v1.SlotService.Release:input_type -> netslot.v1.ReleaseRequest
-	10, // 14: netslot.v1.SlotService.Get:input_type -> netslot.v1.GetRequest
-	11, // 15: netslot.v1.SlotService.List:input_type -> netslot.v1.ListRequest
-	13, // 16: netslot.v1.SlotService.Status:input_type -> netslot.v1.StatusRequest
-	7,  // 17: netslot.v1.SlotService.Acquire:output_type -> netslot.v1.AcquireResponse
-	9,  // 18: netslot.v1.SlotService.Release:output_type -> netslot.v1.ReleaseResponse
-	5,  // 19: netslot.v1.SlotService.Get:output_type -> netslot.v1.Slot
-	12, // 20: netslot.v1.SlotService.List:output_type -> netslot.v1.ListResponse
-	15, // 21: netslot.v1.SlotService.Status:output_type -> netslot.v1.StatusResponse
-	17, // [17:22] is the sub-list for method output_type
-	12, // [12:17] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	3,  // 2: netslot.v1.AcquireRequest.tap_owner:type_name -> netslot.v1.TapOwner
+	0,  // 3: netslot.v1.Lease.vpc:type_name -> netslot.v1.VpcAttachment
+	1,  // 4: netslot.v1.Lease.inbound:type_name -> netslot.v1.InboundRule
+	3,  // 5: netslot.v1.Lease.tap_owner:type_name -> netslot.v1.TapOwner
+	4,  // 6: netslot.v1.Slot.firecracker:type_name -> netslot.v1.FirecrackerInterface
+	5,  // 7: netslot.v1.Slot.lease:type_name -> netslot.v1.Lease
+	7,  // 8: netslot.v1.Slot.datapath:type_name -> netslot.v1.Datapath
+	17, // 9: netslot.v1.Datapath.drops:type_name -> netslot.v1.Datapath.DropsEntry
+	6,  // 10: netslot.v1.AcquireResponse.slot:type_name -> netslot.v1.Slot
+	6,  // 11: netslot.v1.ListResponse.slots:type_name -> netslot.v1.Slot
+	15, // 12: netslot.v1.StatusResponse.boot:type_name -> netslot.v1.BootProgress
+	18, // 13: netslot.v1.StatusResponse.unattributed_drops:type_name -> netslot.v1.StatusResponse.UnattributedDropsEntry
+	2,  // 14: netslot.v1.SlotService.Acquire:input_type -> netslot.v1.AcquireRequest
+	9,  // 15: netslot.v1.SlotService.Release:input_type -> netslot.v1.ReleaseRequest
+	11, // 16: netslot.v1.SlotService.Get:input_type -> netslot.v1.GetRequest
+	12, // 17: netslot.v1.SlotService.List:input_type -> netslot.v1.ListRequest
+	14, // 18: netslot.v1.SlotService.Status:input_type -> netslot.v1.StatusRequest
+	8,  // 19: netslot.v1.SlotService.Acquire:output_type -> netslot.v1.AcquireResponse
+	10, // 20: netslot.v1.SlotService.Release:output_type -> netslot.v1.ReleaseResponse
+	6,  // 21: netslot.v1.SlotService.Get:output_type -> netslot.v1.Slot
+	13, // 22: netslot.v1.SlotService.List:output_type -> netslot.v1.ListResponse
+	16, // 23: netslot.v1.SlotService.Status:output_type -> netslot.v1.StatusResponse
+	19, // [19:24] is the sub-list for method output_type
+	14, // [14:19] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_api_netslot_v1_netslot_proto_init() }
@@ -1723,7 +1811,7 @@ func file_api_netslot_v1_netslot_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_netslot_v1_netslot_proto_rawDesc), len(file_api_netslot_v1_netslot_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
