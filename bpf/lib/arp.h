@@ -66,6 +66,54 @@ static __always_inline void learn_peer(__u32 idx, const struct tunnel_info *t, c
 	p->vni = t->vni;
 	p->remote = t->remote_ip;
 	p->known = 1;
+	/* netslotd sends what it holds for the slot (see hold). */
+	struct lease_policy *lp = bpf_map_lookup_elem(&leases, &idx);
+	struct {
+		__u32 kind, slot, lease, len;
+		__u64 time_ns;
+	} note = {HOLD_LEARNED, idx, lp ? lp->flags : 0, 0, bpf_ktime_get_ns()};
+	_Static_assert(sizeof(note) == HOLD_HEADER, "a note is a hold_event without data");
+	bpf_ringbuf_output(&held, &note, sizeof(note), 0);
+}
+
+/*
+ * The peer's MAC is not known yet: a copy of the guest's frame goes to
+ * netslotd, which sends it again into the slot once the ARP answer taught
+ * the peer (a HOLD_LEARNED event), so that a VM's first packet to its VPC,
+ * a TCP SYN included, is not lost to the resolution (a lost SYN costs a
+ * 1 s retransmit). The copy is of the frame as the guest sent it (its
+ * checksum possibly left to offload: netslotd completes it). No copy for
+ * GSO packets (never a flow's first) or when the ring is full: the frame
+ * is lost then, as before, and counted as peer_unknown.
+ */
+static __always_inline bool hold(struct __sk_buff *skb, __u32 idx)
+{
+	struct lease_policy *lp = bpf_map_lookup_elem(&leases, &idx);
+	struct hold_event *e;
+	__u64 len = skb->len;
+
+	if (!lp || skb->gso_size || len > HOLD_MAX)
+		return false;
+	/* Masked in the register the call gets (the compiler would drop a
+	 * C mask it can prove redundant; the verifier needs it). */
+	asm volatile("%0 &= 0x7ff" : "+r"(len));
+	_Static_assert(HOLD_MAX == 2048, "hold masks with 0x7ff");
+	if (len < ETH_HLEN)
+		return false;
+	e = bpf_ringbuf_reserve(&held, sizeof(*e), 0);
+	if (!e)
+		return false;
+	if (bpf_skb_load_bytes(skb, 0, e->data, len)) {
+		bpf_ringbuf_discard(e, 0);
+		return false;
+	}
+	e->kind = HOLD_FRAME;
+	e->slot = idx;
+	e->lease = lp->flags;
+	e->len = len;
+	e->time_ns = bpf_ktime_get_ns();
+	bpf_ringbuf_submit(e, 0);
+	return true;
 }
 
 static __always_inline bool peer_known(const struct peer_info *p, const struct tunnel_info *t)
@@ -77,9 +125,9 @@ static __always_inline bool peer_known(const struct peer_info *p, const struct t
 
 /*
  * The peer's MAC is not known yet: turn the packet into an ARP request for
- * its destination, to go through the tunnel in its place (the packet is
- * lost, as when a neighbour queue is full; the answer teaches the peer's
- * MAC). At most one request per slot every ARP_INTERVAL_NS.
+ * its destination, to go through the tunnel in its place (the packet
+ * itself was held, see hold; the answer teaches the peer's MAC). At most
+ * one request per slot every ARP_INTERVAL_NS.
  *
  * The request is inserted in front of the IP header and what follows is
  * cut down to the transport header, never below: a guest that left its

@@ -18,7 +18,11 @@ enum datapath_const {
 	ENCAP_MARK = 0x6e530001,
 	NEIGH_MARK = 0x6e530002,
 	LEASE_OPEN = 1,
+	LEASE_GEN_SHIFT = 1,
 	FLOW_TIME_SHIFT = 6,
+	HOLD_FRAME = 1,
+	HOLD_LEARNED = 2,
+	HOLD_MAX = 2048,
 };
 
 /* Why a packet was dropped: the index of its counter in slot_stats.drops.

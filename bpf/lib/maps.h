@@ -279,6 +279,29 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dhcp SEC(".maps");
 
+/*
+ * Events for netslotd (kinds HOLD_FRAME, HOLD_LEARNED): a copy of a guest's
+ * frame to its VPC sent while the peer's MAC is unknown, which netslotd
+ * sends again once the peer is learned, and the peer learned. `lease` is
+ * the slot's lease_policy.flags when the frame left: its lease's
+ * generation, so that nothing of one lease is sent under the next.
+ */
+struct hold_event {
+	__u32 kind;
+	__u32 slot;
+	__u32 lease;
+	__u32 len;            /* of data */
+	__u64 time_ns;        /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u8 data[HOLD_MAX];  /* HOLD_FRAME: the frame, as the uplink saw it */
+};
+
+#define HOLD_HEADER offsetof(struct hold_event, data)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} held SEC(".maps");
+
 /* Entry slot_count (the last) counts what belongs to no slot. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -115,6 +115,7 @@ func (d *Daemon) Boot(ctx context.Context) error {
 	d.bg.Go(func() { d.watchPins(stop, watching.Done) })
 	d.bg.Go(func() { d.watchMounts(stop, watching.Done) })
 	d.bg.Go(func() { d.rebuildDamaged(stop) })
+	d.bg.Go(func() { d.runHolder(stop) })
 	watching.Wait()
 	d.sweepHostVeths()
 	for i := range d.cfg.Count {

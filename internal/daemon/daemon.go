@@ -120,6 +120,7 @@ type Daemon struct {
 	// pool (pending), their traffic stopped, until the VMM lets go.
 	orphans   map[int]bool
 	stop      chan struct{} // closed by Close: background work ends
+	held      holder        // frames to VPC peers not yet known (hold.go)
 	closeOnce sync.Once
 	bg        sync.WaitGroup // the background work, which Close waits for
 	lost      lossReports    // losses of kernel events not yet logged

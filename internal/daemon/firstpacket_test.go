@@ -15,7 +15,6 @@ import (
 // peer that answers ARP at once and with one that takes 150 ms, with and
 // without an uplink gateway. (Issue 15, item 4.)
 func TestFirstVPCPacketIsDelivered(t *testing.T) {
-	t.Skip("issue 15 item 4 is not fixed yet: the first packet to an unknown VPC peer is turned into an ARP request and lost")
 	for _, u := range underlays {
 		for _, delay := range []time.Duration{0, 150 * time.Millisecond} {
 			t.Run(u.name+"/arp-delay-"+delay.String(), func(t *testing.T) {

@@ -379,6 +379,7 @@ func (d *Daemon) scrub(i int) error {
 			return err
 		}
 		d.dp.CloseLease(i)
+		d.dropHeld(i)
 		// Back to root's, whatever the lease gave: on the descriptor
 		// held anyway, two ioctls.
 		if err := tap.SetOwner(nil); err != nil {

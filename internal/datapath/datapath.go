@@ -104,6 +104,7 @@ type Datapath struct {
 	// counts without reading the kernel's maps (the vnis map is written
 	// only when a VNI gains its first slot or loses its last).
 	mu    sync.Mutex
+	gen   []uint32 // the generation of each slot's last lease (see OpenLease)
 	owner map[datapathVniKey]int
 	vnis  map[uint32]int
 }
@@ -170,6 +171,10 @@ func Open(c Config) (*Datapath, error) {
 	if err != nil {
 		d.Close()
 		return nil, err
+	}
+	d.gen = make([]uint32, c.Slot.Count)
+	for i := range d.gen {
+		d.gen[i] = d.LeaseWord(i) >> leaseGenShift
 	}
 	if err := d.writeConfig(); err != nil {
 		d.Close()

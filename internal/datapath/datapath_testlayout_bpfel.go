@@ -159,6 +159,7 @@ const (
 	datapathMapDhcp           = "dhcp"
 	datapathMapDhcpScratch    = "dhcp_scratch"
 	datapathMapFlows          = "flows"
+	datapathMapHeld           = "held"
 	datapathMapLeases         = "leases"
 	datapathMapPeers          = "peers"
 	datapathMapSlots          = "slots"
@@ -229,6 +230,7 @@ type datapathMapSpecs struct {
 	Dhcp        *ebpf.MapSpec `ebpf:"dhcp"`
 	DhcpScratch *ebpf.MapSpec `ebpf:"dhcp_scratch"`
 	Flows       *ebpf.MapSpec `ebpf:"flows"`
+	Held        *ebpf.MapSpec `ebpf:"held"`
 	Leases      *ebpf.MapSpec `ebpf:"leases"`
 	Peers       *ebpf.MapSpec `ebpf:"peers"`
 	Slots       *ebpf.MapSpec `ebpf:"slots"`
@@ -271,6 +273,7 @@ type datapathMaps struct {
 	Dhcp        *ebpf.Map `ebpf:"dhcp"`
 	DhcpScratch *ebpf.Map `ebpf:"dhcp_scratch"`
 	Flows       *ebpf.Map `ebpf:"flows"`
+	Held        *ebpf.Map `ebpf:"held"`
 	Leases      *ebpf.Map `ebpf:"leases"`
 	Peers       *ebpf.Map `ebpf:"peers"`
 	Slots       *ebpf.Map `ebpf:"slots"`
@@ -289,6 +292,7 @@ func (m *datapathMaps) Close() error {
 		m.Dhcp,
 		m.DhcpScratch,
 		m.Flows,
+		m.Held,
 		m.Leases,
 		m.Peers,
 		m.Slots,

@@ -31,8 +31,9 @@ func init() {
 
 // Constants shared with bpf/ (see dpconst).
 const (
-	leaseOpen = uint32(dpconst.LeaseOpen)
-	encapMark = uint32(dpconst.EncapMark)
+	leaseOpen     = uint32(dpconst.LeaseOpen)
+	leaseGenShift = dpconst.LeaseGenShift
+	encapMark     = uint32(dpconst.EncapMark)
 )
 
 // OpenLease lets slot i's traffic flow, both ways, under its lease: from
@@ -43,20 +44,38 @@ const (
 // Opening a closed lease starts from an empty flow table (no program
 // writes it while the lease is closed). The flags word is written last,
 // in one atomic store (a release: no program sees the lease open before
-// its rules): no syscall.
+// its rules): no syscall. Each opening starts a new generation of the
+// slot's lease (LeaseWord), unless the lease is open already (a restart).
 func (d *Datapath) OpenLease(i int, inbound []slot.InboundRule) {
 	p := at[datapathLeasePolicy](d.leases, i)
-	if atomic.LoadUint32(&p.Flags)&leaseOpen == 0 {
-		*at[datapathSlotFlows](d.flows, i) = datapathSlotFlows{}
-		var rules [len(p.Inbound)]datapathInboundRule
-		for n, r := range inbound { // panics past len(rules): unchecked input
-			rules[n] = datapathInboundRule{Proto: r.Proto, PortLo: r.PortLo, PortHi: r.PortHi,
-				Src: be32(r.Src.Addr()), Mask: be32(maskOf(r.Src))}
-		}
-		p.Inbound, p.Ninbound = rules, uint32(len(inbound))
+	if atomic.LoadUint32(&p.Flags)&leaseOpen != 0 {
+		return
 	}
-	atomic.StoreUint32(&p.Flags, leaseOpen)
+	*at[datapathSlotFlows](d.flows, i) = datapathSlotFlows{}
+	var rules [len(p.Inbound)]datapathInboundRule
+	for n, r := range inbound { // panics past len(rules): unchecked input
+		rules[n] = datapathInboundRule{Proto: r.Proto, PortLo: r.PortLo, PortHi: r.PortHi,
+			Src: be32(r.Src.Addr()), Mask: be32(maskOf(r.Src))}
+	}
+	p.Inbound, p.Ninbound = rules, uint32(len(inbound))
+	d.mu.Lock()
+	d.gen[i]++
+	gen := d.gen[i]
+	d.mu.Unlock()
+	atomic.StoreUint32(&p.Flags, leaseOpen|gen<<leaseGenShift)
 }
+
+// LeaseWord is slot i's lease flags word as the programs see it: 0 while
+// closed, else open with the lease's generation. What the datapath hands
+// netslotd (a held frame) carries the word it saw, so that it is only
+// ever acted on under the same lease.
+func (d *Datapath) LeaseWord(i int) uint32 {
+	return atomic.LoadUint32(&at[datapathLeasePolicy](d.leases, i).Flags)
+}
+
+// HeldEvents is the ring buffer of the programs' events for netslotd
+// (see bpf/lib/arp.h, hold).
+func (d *Datapath) HeldEvents() *ebpf.Map { return d.objs.Held }
 
 // CloseLease stops slot i's traffic both ways (the flags word first, in
 // one atomic store), then forgets its inbound rules.
@@ -491,4 +510,15 @@ func (d *Datapath) SlotState(i int) (string, error) {
 	}
 	add("counters %+v", st)
 	return strings.Join(b, "\n"), nil
+}
+
+// PeerKnown reports whether the datapath knows the MAC of slot i's VPC
+// peer, for its current attachment.
+func (d *Datapath) PeerKnown(i int) bool {
+	var p datapathPeerInfo
+	var t datapathTunnelInfo
+	if d.objs.Peers.Lookup(uint32(i), &p) != nil || d.objs.Tunnels.Lookup(uint32(i), &t) != nil {
+		return false
+	}
+	return p.Known != 0 && p.Vni == t.Vni && p.Remote == t.RemoteIp
 }

@@ -47,10 +47,23 @@ const (
 	// through the uplink's egress. Unforgeable, as EncapMark.
 	NeighMark = 0x6e530002
 	// LeaseOpen is lease_policy.flags of a leased slot: its traffic flows.
+	// The bits above it carry the lease's generation (LeaseGenShift): what
+	// the datapath holds for netslotd names the lease it belongs to.
 	LeaseOpen = 1
+	// LeaseGenShift: lease_policy.flags >> LeaseGenShift is the lease's
+	// generation, a count of the slot's leases.
+	LeaseGenShift = 1
 	// FlowTimeShift: the flow table's clock ticks every 2^FlowTimeShift
 	// jiffies.
 	FlowTimeShift = 6
+	// HoldFrame and HoldLearned are the kinds of the datapath's events
+	// for netslotd (the held ring buffer): a guest's frame held while its
+	// VPC peer's MAC is unknown, and a VPC peer's MAC learned.
+	HoldFrame   = 1
+	HoldLearned = 2
+	// HoldMax bounds a held frame (a guest's frame: its MTU is at most
+	// 1500).
+	HoldMax = 2048
 )
 
 // A DropReason is why the datapath dropped a packet. Its number is its

@@ -41,13 +41,17 @@ enum datapath_const {
 	ENCAP_MARK = %#x,
 	NEIGH_MARK = %#x,
 	LEASE_OPEN = %d,
+	LEASE_GEN_SHIFT = %d,
 	FLOW_TIME_SHIFT = %d,
+	HOLD_FRAME = %d,
+	HOLD_LEARNED = %d,
+	HOLD_MAX = %d,
 };
 
 /* Why a packet was dropped: the index of its counter in slot_stats.drops.
  * Append only (see internal/dpconst). */
 enum drop_reason {
-`, EncapMark, NeighMark, LeaseOpen, FlowTimeShift)
+`, EncapMark, NeighMark, LeaseOpen, LeaseGenShift, FlowTimeShift, HoldFrame, HoldLearned, HoldMax)
 	for i, r := range DropReasons {
 		fmt.Fprintf(&b, "\tDROP_%s = %d, /* %s */\n", strings.ToUpper(r.Name), i, r.Doc)
 	}

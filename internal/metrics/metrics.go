@@ -97,6 +97,9 @@ type Metrics struct {
 	AcquireErrors   *prometheus.CounterVec
 	ScrubFailures   prometheus.Counter
 	ReconcileAction *prometheus.CounterVec
+	// HeldFrames counts guests' frames to a VPC peer whose MAC was not
+	// known yet, by what became of them.
+	HeldFrames *prometheus.CounterVec
 }
 
 // latencyBuckets span 10 us to 1 s.
@@ -122,6 +125,11 @@ func New(g Gauges) *Metrics {
 			Name: "netslot_scrub_failures_total", Help: "Releases whose scrub failed (the slot is rebuilt; if that fails too it stays leased)."}),
 		ReconcileAction: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netslot_reconcile_actions_total", Help: "What reconciliation and repair did, at start-up and since, by action."}, []string{"action"}),
+		HeldFrames: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "netslot_vpc_held_frames_total", Help: "Guest frames to a VPC peer whose MAC was unknown, held until it was learned: by outcome (held, sent, expired, dropped: queue full or lease over)."}, []string{"outcome"}),
+	}
+	for _, o := range []string{"held", "sent", "expired", "dropped"} {
+		m.HeldFrames.WithLabelValues(o)
 	}
 	// Export every known label at zero, so that dashboards see the series
 	// before the first event.
@@ -134,7 +142,7 @@ func New(g Gauges) *Metrics {
 		m.AcquireErrors.WithLabelValues(r)
 	}
 	r.MustRegister(m.BootSeconds, m.SlotsReady, m.AcquireSeconds, m.ReleaseSeconds, m.AcquireErrors,
-		m.ScrubFailures, m.ReconcileAction,
+		m.ScrubFailures, m.ReconcileAction, m.HeldFrames,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	r.MustRegister(newDatapathCollector(g))
 	gauge := func(name, help string, f func(total, free, leased int) int) {
