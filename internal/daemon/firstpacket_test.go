@@ -2,11 +2,18 @@ package daemon_test
 
 import (
 	"context"
+	"io"
+	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
+
 	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/slot"
 	"github.com/netslot/netslot/internal/testutil"
 )
 
@@ -47,4 +54,77 @@ func TestFirstVPCPacketIsDelivered(t *testing.T) {
 			})
 		}
 	}
+}
+
+// The VPC side of the first-connect test: a Debian kernel with the kernel's
+// geneve driver and no static neighbour, serving one TCP connection.
+const vpcTCPGuestScript = `
+ip link set eth0 up
+ip addr add 198.18.1.2/24 dev eth0
+ip route add default via 198.18.1.1
+ip link add gnv0 type geneve id 4242 remote 198.18.0.2
+ip addr add 10.9.0.1/24 dev gnv0
+ip link set gnv0 up
+echo hello-from-the-vpc | timeout 120 nc.openbsd -l -N 5000 >/tmp/served 2>&1 &
+until netstat -ltn | grep -q ':5000 '; do sleep 0.1; done
+echo VPC-READY
+wait $! || exit 20
+echo TCP-SERVED
+`
+
+// A guest's first TCP connect to a VPC host, sent right after acquire, to
+// a real Linux TCP stack behind the kernel's geneve driver that knows no
+// neighbour: its SYN is held while the peer's MAC is learned and sent
+// then, so the connection completes with no retransmit (a lost SYN costs
+// one: 1 s).
+func TestFirstTCPConnectToAVPCPeer(t *testing.T) {
+	testutil.GuestImage(t) // builds the image first, or skips without qemu
+	p, fab, tag := datapathPool(t, 1)
+	vpcGuestTap(t, fab)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	vpc := testutil.StartVM(t, testutil.VMConfig{Netns: fab.NetnsPath(), Tap: "vt0", MAC: "52:54:00:09:00:01", Script: vpcTCPGuestScript})
+	if _, err := vpc.WaitLine(ctx, "VPC-READY"); err != nil {
+		t.Fatalf("vpc guest: %v\n%s", err, vpc.Output())
+	}
+	g := testutil.NewGuestNS(t, tag, p.Config.NetnsPath(0), p.Config)
+	a, err := slot.ParseAttachment(4242, "198.18.1.2", "10.9.0.5", []string{"10.9.0.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: a}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	c, err := g.Dial("tcp4", netip.MustParseAddrPort("10.9.0.1:5000"))
+	if err != nil {
+		t.Fatalf("connect: %v\n--- vpc guest:\n%s", err, vpc.Output())
+	}
+	defer c.Close()
+	took := time.Since(start)
+	var info *unix.TCPInfo
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err == nil {
+		raw.Control(func(fd uintptr) { info, err = unix.GetsockoptTCPInfo(int(fd), unix.SOL_TCP, unix.TCP_INFO) })
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	greeting, _ := io.ReadAll(c)
+	if !strings.Contains(string(greeting), "hello-from-the-vpc") {
+		t.Errorf("read %q from the VPC host", greeting)
+	}
+	if info.Total_retrans != 0 {
+		t.Errorf("the first connect retransmitted %d times (connected after %v)", info.Total_retrans, took)
+	}
+	// Counted once netslotd is back from the slot's namespace, which may
+	// be after the handshake ended.
+	var held, sent float64
+	testutil.Eventually(t, "the SYN held and sent", func() bool {
+		held = promtest.ToFloat64(p.D.Metrics.HeldFrames.WithLabelValues("held"))
+		sent = promtest.ToFloat64(p.D.Metrics.HeldFrames.WithLabelValues("sent"))
+		return held >= 1 && sent >= 1
+	})
+	t.Logf("connected after %v, %d retransmits; %v frames held, %v sent", took.Round(time.Microsecond), info.Total_retrans, held, sent)
 }

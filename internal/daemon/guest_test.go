@@ -83,18 +83,7 @@ func TestRealGuestsThroughNATAndKernelGeneve(t *testing.T) {
 	testutil.GuestImage(t) // builds the image first, or skips without qemu
 	p, fab, _ := datapathPool(t, 2)
 	serveOutside(t, fab)
-	// The VPC guest sits on a tap in the fabric, one routed hop from the
-	// uplink: the tunnel's next hop is the fabric's gateway.
-	for _, args := range [][]string{
-		{"ip", "tuntap", "add", "vt0", "mode", "tap"},
-		{"ip", "addr", "add", "198.18.1.1/24", "dev", "vt0"},
-		{"ip", "link", "set", "vt0", "up"},
-		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
-	} {
-		if out, err := fab.Exec(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v: %s", args, err, out)
-		}
-	}
+	vpcGuestTap(t, fab)
 	// The VPC guest answers from a socket of its own, to port 5001: new
 	// traffic, which the leases let in from the VPC.
 	serve, err := slot.ParseInboundSpecs([]string{"udp/5001,10.9.0.0/24"})
@@ -176,7 +165,26 @@ func TestRealGuestsThroughNATAndKernelGeneve(t *testing.T) {
 		t.Errorf("no inner IPv6 dropped; drops %v", drops)
 	}
 	t.Logf("slot counters %+v; drops outside any slot %v", got.Datapath, drops)
-	if out, err := exec.Command("ip", "netns", "exec", fab.Name, "ip", "link", "del", "vt0").CombinedOutput(); err != nil {
-		t.Logf("delete vt0: %v: %s", err, out)
+}
+
+// vpcGuestTap makes the tap a VPC guest sits on (vt0, 198.18.1.1/24) in the
+// fabric, one routed hop from the uplink: the tunnel's next hop is the
+// fabric's gateway. The VPC guest is at 198.18.1.2.
+func vpcGuestTap(t *testing.T, fab *testutil.Fabric) {
+	t.Helper()
+	for _, args := range [][]string{
+		{"ip", "tuntap", "add", "vt0", "mode", "tap"},
+		{"ip", "addr", "add", "198.18.1.1/24", "dev", "vt0"},
+		{"ip", "link", "set", "vt0", "up"},
+		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
+	} {
+		if out, err := fab.Exec(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
 	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "exec", fab.Name, "ip", "link", "del", "vt0").CombinedOutput(); err != nil {
+			t.Logf("delete vt0: %v: %s", err, out)
+		}
+	})
 }
