@@ -76,6 +76,9 @@ static __always_inline void learn_peer(__u32 idx, const struct tunnel_info *t, c
 	bpf_ringbuf_output(&held, &note, sizeof(note), 0);
 }
 
+#define ARP_INTERVAL_NS (100 * 1000 * 1000)
+#define HOLD_BURST 32 /* frames held per slot per ARP_INTERVAL_NS */
+
 /*
  * The peer's MAC is not known yet: a copy of the guest's frame goes to
  * netslotd, which sends it again into the slot once the ARP answer taught
@@ -86,14 +89,21 @@ static __always_inline void learn_peer(__u32 idx, const struct tunnel_info *t, c
  * GSO packets (never a flow's first) or when the ring is full: the frame
  * is lost then, as before, and counted as peer_unknown.
  */
-static __always_inline bool hold(struct __sk_buff *skb, __u32 idx)
+static __always_inline bool hold(struct __sk_buff *skb, __u32 idx, struct peer_info *p)
 {
 	struct lease_policy *lp = bpf_map_lookup_elem(&leases, &idx);
 	struct hold_event *e;
 	__u64 len = skb->len;
 
-	if (!lp || skb->gso_size || len > HOLD_MAX)
+	if (!lp || !p || skb->gso_size || len > HOLD_MAX)
 		return false;
+	/* A guest that floods an unknown peer is not copied for more than
+	 * HOLD_BURST frames between two ARP requests. */
+	if (bpf_ktime_get_ns() - p->asked_ns >= ARP_INTERVAL_NS)
+		p->held = 0;
+	if (p->held >= HOLD_BURST)
+		return false;
+	p->held++;
 	/* Masked in the register the call gets (the compiler would drop a
 	 * C mask it can prove redundant; the verifier needs it). */
 	asm volatile("%0 &= 0x7ff" : "+r"(len));
@@ -120,8 +130,6 @@ static __always_inline bool peer_known(const struct peer_info *p, const struct t
 {
 	return p && p->known && p->vni == t->vni && p->remote == t->remote_ip;
 }
-
-#define ARP_INTERVAL_NS (100 * 1000 * 1000)
 
 /*
  * The peer's MAC is not known yet: turn the packet into an ARP request for

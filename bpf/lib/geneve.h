@@ -191,7 +191,7 @@ static __always_inline int encap(struct __sk_buff *skb, const struct pool_config
 		__builtin_memcpy(g.inner.h_dest, p->mac, ETH_ALEN);
 		g.inner.h_proto = bpf_htons(ETH_P_IP);
 	} else {
-		bool held = hold(skb, idx);
+		bool held = hold(skb, idx, p);
 		if (to_arp_request(skb, idx, t, ip, ihl, p))
 			return held ? TCX_DROP : drop(idx, DROP_PEER_UNKNOWN);
 		__builtin_memcpy(g.inner.h_dest, bcast, ETH_ALEN);

@@ -79,6 +79,8 @@ struct peer_info {
 	__u32 vni;
 	__be32 remote;
 	__u64 asked_ns;       /* last ARP request sent for this slot */
+	__u32 held;           /* frames held for netslotd since then (see hold) */
+	__u32 pad;
 };
 
 struct vni_key {

@@ -69,6 +69,8 @@ type datapathPeerInfo struct {
 	Vni     uint32
 	Remote  uint32
 	AskedNs uint64
+	Held    uint32
+	Pad     uint32
 }
 
 type datapathPoolConfig struct {

@@ -126,11 +126,18 @@ func TestDropReasons(t *testing.T) {
 		}},
 		{"peer_unknown", func() uint32 {
 			// Slot 1 learned nothing: the first packet becomes an ARP
-			// request, the next one within the interval is dropped.
+			// request, and it and the next ones within the interval are
+			// held for netslotd, up to HOLD_BURST (32) of them; the one
+			// after is dropped.
 			if err := e.dp.Attach(1, e.attachment(1)); err != nil { // undo egress_dummy_vni's damage
 				t.Fatal(err)
 			}
-			e.egress(guestFrame(t, e.cfg, netip.MustParseAddr("10.9.0.1"), udp()...), 1)
+			for range 32 {
+				e.egress(guestFrame(t, e.cfg, netip.MustParseAddr("10.9.0.1"), udp()...), 1)
+			}
+			if n := e.total("peer_unknown"); n != 0 {
+				t.Errorf("peer_unknown: %d frames of the first 32 dropped, want them held", n)
+			}
 			v, _ := e.egress(guestFrame(t, e.cfg, netip.MustParseAddr("10.9.0.1"), udp()...), 1)
 			return v
 		}},
