@@ -2,8 +2,10 @@
 # Starts netslotd with its default pool (4,000 slots) and its uplink on a
 # demo fabric (a namespace behind a veth, with an outside host and a VPC
 # host behind a Geneve VTEP), then acquires a slot attached to the VPC,
-# puts a guest on its tap, sends traffic through the NAT and the tunnel,
-# shows the slot's counters, and releases it. The daemon keeps running; the
+# puts a guest on its tap that configures itself by DHCP (ISC dhclient;
+# netslot answers in eBPF on the tap), sends its first packet to the VPC
+# host (answered: held while the peer's MAC is learned, not lost) and
+# traffic through the NAT, shows the slot's counters, and releases it. The daemon keeps running; the
 # last lines say how to stop it and remove everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,11 +59,16 @@ guest=
 $lab vtep --tag demo --vni 4242 --ip 10.9.0.1 &
 vtep=$!
 # From here on a failed step stops the background helpers too.
-cleanup() { kill $guest "$vtep" 2>/dev/null || true; wait $guest "$vtep" 2>/dev/null || true; }
+cleanup() {
+  [ ! -e /run/netns/gdemo ] || ip netns exec gdemo dhclient -x -pf /run/netslot-demo-dhclient.pid 2>/dev/null || true
+  kill $guest "$vtep" 2>/dev/null || true
+  wait $guest "$vtep" 2>/dev/null || true
+}
 trap cleanup EXIT
 echo
 echo "== acquire, attached to the VPC (what a VM launcher gets)"
-slot=$($ns --socket "$SOCK" acquire --owner demo-vm --vni 4242 --vtep 198.18.0.9 --vpc-ip 10.9.0.5 --vpc-cidr 10.9.0.0/24 -o json)
+slot=$($ns --socket "$SOCK" acquire --owner demo-vm --hostname demo-vm --dns 198.18.0.53 \
+  --vni 4242 --vtep 198.18.0.9 --vpc-ip 10.9.0.5 --vpc-cidr 10.9.0.0/24 -o json)
 echo "$slot"
 id=$(echo "$slot" | sed -E 's/.*"id":"([^"]+)".*/\1/')
 lease=$(echo "$slot" | sed -E 's/.*"lease_id":"([^"]+)".*/\1/')
@@ -71,15 +78,21 @@ echo "== inside $id"
 ip netns exec "$id" ip -br addr
 ip netns exec "$id" ip route
 echo
-echo "== a guest on $id's tap0 (a namespace with a kernel network stack, like a VM's)"
-$lab guest --netns "$netns" --tag demo &
+echo "== a guest on $id's tap0 (a namespace with a kernel network stack, like a VM's), unconfigured"
+$lab guest --netns "$netns" --tag demo --bare &
 guest=$!
 for _ in $(seq 50); do [ -e /run/netns/gdemo ] && break; sleep 0.1; done
 sleep 0.3
-echo "-- ping the outside host 198.19.1.1 (stateless NAT to the slot address)"
+echo "-- the guest asks DHCP (ISC dhclient); netslot answers on tap0 in eBPF: no process, no socket per slot"
+ip netns exec gdemo dhclient -4 -1 -v -cf /dev/null -sf ./scripts/dhclient-script \
+  -lf /run/netslot-demo-dhclient.leases -pf /run/netslot-demo-dhclient.pid g0 2>&1 |
+  grep -E "^(DHCP|bound|dhclient:)" || true
+ip netns exec gdemo ip -br addr show g0
+echo "-- its first packet to the VPC host 10.9.0.1 (Geneve, vni 4242): held while the peer's MAC is learned, then sent"
+ip netns exec gdemo ping -c 1 -W 2 10.9.0.1 | sed -n 2p
+echo "-- more to the VPC host, and to the outside host 198.19.1.1 (stateless NAT to the slot address)"
+ip netns exec gdemo ping -c 3 -i 0.2 10.9.0.1 | tail -2
 ip netns exec gdemo ping -c 3 -i 0.2 198.19.1.1 | tail -2
-echo "-- ping the VPC host 10.9.0.1 (Geneve, vni 4242; the first echo may go to ARP through the tunnel)"
-ip netns exec gdemo ping -c 4 -i 0.2 10.9.0.1 | tail -2
 echo
 $ns --socket "$SOCK" show "$id"
 echo

@@ -68,6 +68,7 @@ func waitSignal() {
 
 func labGuestCmd() *cobra.Command {
 	var tag, netnsPath string
+	var bare bool
 	cmd := &cobra.Command{
 		Use:   "guest",
 		Short: "Wire a guest namespace g<tag> (a real network stack) to tap0 of a slot until interrupted",
@@ -76,7 +77,11 @@ func labGuestCmd() *cobra.Command {
 			if netnsPath == "" {
 				return errors.New("--netns is required (the slot's netns path)")
 			}
-			g, err := lab.NewGuestNS(tag, netnsPath, slot.DefaultConfig("x", 1))
+			newGuest := lab.NewGuestNS
+			if bare {
+				newGuest = lab.NewBareGuestNS
+			}
+			g, err := newGuest(tag, netnsPath, slot.DefaultConfig("x", 1))
 			if err != nil {
 				return err
 			}
@@ -88,6 +93,7 @@ func labGuestCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&tag, "tag", "demo", "names the guest namespace (g<tag>)")
 	cmd.Flags().StringVar(&netnsPath, "netns", "", "the slot's namespace (netns of acquire)")
+	cmd.Flags().BoolVar(&bare, "bare", false, "no address and no route: the guest configures itself (a DHCP client)")
 	return cmd
 }
 
