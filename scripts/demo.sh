@@ -108,6 +108,7 @@ echo
 $ns --socket "$SOCK" status
 echo
 pid=$(cat /run/netslot/nslot.lock 2>/dev/null || true)
-echo "netslotd keeps running (pid ${pid:-?}). Stop it with: kill ${pid:-<pid>}"
+echo "netslotd keeps running (pid ${pid:-?}). Stop it (it drains for 2 s) with:"
+echo "  kill ${pid:-<pid>}; while kill -0 ${pid:-<pid>} 2>/dev/null; do sleep 0.2; done"
 echo "Then remove every slot with: ./bin/netslotd teardown"
 echo "and the demo fabric with: ./bin/netslot-bench lab fabric --tag demo --remove"
