@@ -44,6 +44,12 @@ type datapathFlow struct {
 	Seen   uint32
 }
 
+type datapathIcmpLimit struct {
+	_        structs.HostLayout
+	StampNs  uint64
+	CreditNs uint64
+}
+
 type datapathInboundRule struct {
 	_      structs.HostLayout
 	Proto  uint8
@@ -104,17 +110,18 @@ type datapathSlotInfo struct {
 }
 
 type datapathSlotStats struct {
-	_            structs.HostLayout
-	TxPackets    uint64
-	TxBytes      uint64
-	RxPackets    uint64
-	RxBytes      uint64
-	EncapPackets uint64
-	DecapPackets uint64
-	ArpReplies   uint64
-	ArpRequests  uint64
-	DhcpReplies  uint64
-	Drops        [31]uint64
+	_              structs.HostLayout
+	TxPackets      uint64
+	TxBytes        uint64
+	RxPackets      uint64
+	RxBytes        uint64
+	EncapPackets   uint64
+	DecapPackets   uint64
+	ArpReplies     uint64
+	ArpRequests    uint64
+	DhcpReplies    uint64
+	IcmpFragNeeded uint64
+	Drops          [31]uint64
 }
 
 type datapathTunnelInfo struct {
@@ -157,6 +164,7 @@ const (
 	datapathMapDhcp           = "dhcp"
 	datapathMapDhcpScratch    = "dhcp_scratch"
 	datapathMapFlows          = "flows"
+	datapathMapIcmpLimits     = "icmp_limits"
 	datapathMapLeases         = "leases"
 	datapathMapPeers          = "peers"
 	datapathMapSlots          = "slots"
@@ -227,6 +235,7 @@ type datapathMapSpecs struct {
 	Dhcp        *ebpf.MapSpec `ebpf:"dhcp"`
 	DhcpScratch *ebpf.MapSpec `ebpf:"dhcp_scratch"`
 	Flows       *ebpf.MapSpec `ebpf:"flows"`
+	IcmpLimits  *ebpf.MapSpec `ebpf:"icmp_limits"`
 	Leases      *ebpf.MapSpec `ebpf:"leases"`
 	Peers       *ebpf.MapSpec `ebpf:"peers"`
 	Slots       *ebpf.MapSpec `ebpf:"slots"`
@@ -269,6 +278,7 @@ type datapathMaps struct {
 	Dhcp        *ebpf.Map `ebpf:"dhcp"`
 	DhcpScratch *ebpf.Map `ebpf:"dhcp_scratch"`
 	Flows       *ebpf.Map `ebpf:"flows"`
+	IcmpLimits  *ebpf.Map `ebpf:"icmp_limits"`
 	Leases      *ebpf.Map `ebpf:"leases"`
 	Peers       *ebpf.Map `ebpf:"peers"`
 	Slots       *ebpf.Map `ebpf:"slots"`
@@ -287,6 +297,7 @@ func (m *datapathMaps) Close() error {
 		m.Dhcp,
 		m.DhcpScratch,
 		m.Flows,
+		m.IcmpLimits,
 		m.Leases,
 		m.Peers,
 		m.Slots,
