@@ -12,6 +12,8 @@
 #define DHCP_DNS_MAX 3
 #define DHCP_HOSTNAME_MAX 63
 #define DHCP_LEASE_SECONDS 86400
+#define ICMP_FRAG_INTERVAL_NS 10000000
+#define ICMP_FRAG_BURST 10
 
 /* Exchanged with netslotd through maps and marks. */
 enum datapath_const {

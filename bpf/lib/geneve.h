@@ -6,6 +6,7 @@
 
 #include "policy.h"
 #include "arp.h"
+#include "icmp.h"
 
 /* Geneve to the underlay address: everything below either delivers into a
  * slot, answers ARP, or drops with a reason. */
@@ -177,10 +178,39 @@ static __always_inline int encap(struct __sk_buff *skb, const struct pool_config
 	fib.ipv4_src = cfg->underlay_ip;
 	fib.ipv4_dst = t->remote_ip;
 	fib.tbid = cfg->route_table;
+	/* And what the route carries (the uplink's MTU, or a locked route
+	 * MTU or a path MTU learned for the VTEP): the lookup answers
+	 * FRAG_NEEDED for a packet longer than that once encapsulated. A GSO
+	 * packet is not (its length is its segments'): given no length, the
+	 * lookup checks its segments as they are against the uplink's MTU,
+	 * returns that MTU, and the segments are checked below with the
+	 * tunnel's headers. */
+	if (!skb->gso_size)
+		fib.tot_len = bpf_ntohs(ip->tot_len) + ENCAP_LEN;
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib),
 			    BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_TBID | BPF_FIB_LOOKUP_SKIP_NEIGH);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && fib.mtu_result > ENCAP_LEN)
+		return frag_needed(skb, idx, ip, ihl, fib.mtu_result - ENCAP_LEN);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex != cfg->uplink_ifindex)
 		return drop(idx, DROP_NO_ROUTE);
+	/* Each segment of a GSO packet keeps its size through the tunnel
+	 * (BPF_F_ADJ_ROOM_FIXED_GSO below) and must fit with the tunnel's
+	 * headers: IPv4 header, transport header and gso_size. */
+	if (skb->gso_size && fib.mtu_result > ENCAP_LEN) {
+		__u32 l4hdr = 0;
+
+		if (ip->protocol == IPPROTO_UDP) {
+			l4hdr = sizeof(struct udphdr);
+		} else if (ip->protocol == IPPROTO_TCP) {
+			__u8 doff;
+
+			if (load(skb, ETH_HLEN + ihl + 12, &doff, sizeof(doff)))
+				return drop(idx, DROP_REWRITE);
+			l4hdr = (doff >> 4) * 4;
+		}
+		if (ihl + l4hdr + skb->gso_size + ENCAP_LEN > fib.mtu_result)
+			return frag_needed(skb, idx, ip, ihl, fib.mtu_result - ENCAP_LEN);
+	}
 
 	sport = flow_port(skb);
 	p = bpf_map_lookup_elem(&peers, &idx);
@@ -200,7 +230,15 @@ static __always_inline int encap(struct __sk_buff *skb, const struct pool_config
 	}
 	__builtin_memcpy(g.inner.h_source, t->vpc_mac, ETH_ALEN);
 
+	/* FIXED_GSO: a GSO packet's segments keep their size (checked above
+	 * to fit with the headers) and each gets the tunnel's headers. Without
+	 * it the kernel shrinks a TCP packet's gso_size by the headers, so
+	 * that the tunnel silently resegments what the guest's TCP sent (while
+	 * a full-sized packet that is not GSO is dropped: the guest never
+	 * learns its path MTU), and refuses UDP GSO, whose gso_size delimits
+	 * datagrams. */
 	if (bpf_skb_adjust_room(skb, ENCAP_LEN, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_FIXED_GSO |
 				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
 				BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN)))
 		return drop(idx, DROP_REWRITE);
@@ -237,12 +275,6 @@ static __always_inline int encap(struct __sk_buff *skb, const struct pool_config
 	if (bpf_skb_store_bytes(skb, 0, &outer, sizeof(outer), 0) ||
 	    bpf_skb_store_bytes(skb, ETH_HLEN, &g, sizeof(g), 0))
 		return drop(idx, DROP_REWRITE);
-	/* The uplink's MTU must hold the guest's packet plus the tunnel's
-	 * headers (GSO packets: each segment). */
-	__u32 mtu = 0;
-	if (bpf_check_mtu(skb, cfg->uplink_ifindex, &mtu, 0, 0))
-		return drop(idx, DROP_TOO_BIG);
-
 	struct slot_stats *st = get_stats(idx);
 	if (st) {
 		st->tx_packets++;

@@ -162,6 +162,8 @@ struct slot_stats {
 	__u64 arp_replies;    /* answered for the VPC address */
 	__u64 arp_requests;   /* sent for an unknown VPC peer */
 	__u64 dhcp_replies;   /* DHCP answers sent to the guest on tap0 */
+	__u64 icmp_frag_needed; /* "fragmentation needed" sent to the guest for
+				 * a packet too big for the tunnel */
 	__u64 drops[DROP_REASONS];
 };
 
@@ -303,6 +305,21 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
 } held SEC(".maps");
+
+/* The token bucket of a slot's ICMP "fragmentation needed" answers
+ * (lib/icmp.h): credit in nanoseconds, as the kernel's xrlim_allow. */
+struct icmp_limit {
+	__u64 stamp_ns;       /* last refill */
+	__u64 credit_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct icmp_limit);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} icmp_limits SEC(".maps");
 
 /* Entry slot_count (the last) counts what belongs to no slot. */
 struct {

@@ -44,6 +44,12 @@ type datapathFlow struct {
 	Seen   uint32
 }
 
+type datapathIcmpLimit struct {
+	_        structs.HostLayout
+	StampNs  uint64
+	CreditNs uint64
+}
+
 type datapathInboundRule struct {
 	_      structs.HostLayout
 	Proto  uint8
@@ -107,17 +113,18 @@ type datapathSlotInfo struct {
 }
 
 type datapathSlotStats struct {
-	_            structs.HostLayout
-	TxPackets    uint64
-	TxBytes      uint64
-	RxPackets    uint64
-	RxBytes      uint64
-	EncapPackets uint64
-	DecapPackets uint64
-	ArpReplies   uint64
-	ArpRequests  uint64
-	DhcpReplies  uint64
-	Drops        [31]uint64
+	_              structs.HostLayout
+	TxPackets      uint64
+	TxBytes        uint64
+	RxPackets      uint64
+	RxBytes        uint64
+	EncapPackets   uint64
+	DecapPackets   uint64
+	ArpReplies     uint64
+	ArpRequests    uint64
+	DhcpReplies    uint64
+	IcmpFragNeeded uint64
+	Drops          [31]uint64
 }
 
 type datapathTunnelInfo struct {
@@ -162,6 +169,7 @@ const (
 	datapathMapDhcpScratch    = "dhcp_scratch"
 	datapathMapFlows          = "flows"
 	datapathMapHeld           = "held"
+	datapathMapIcmpLimits     = "icmp_limits"
 	datapathMapLeases         = "leases"
 	datapathMapPeers          = "peers"
 	datapathMapSlots          = "slots"
@@ -233,6 +241,7 @@ type datapathMapSpecs struct {
 	DhcpScratch *ebpf.MapSpec `ebpf:"dhcp_scratch"`
 	Flows       *ebpf.MapSpec `ebpf:"flows"`
 	Held        *ebpf.MapSpec `ebpf:"held"`
+	IcmpLimits  *ebpf.MapSpec `ebpf:"icmp_limits"`
 	Leases      *ebpf.MapSpec `ebpf:"leases"`
 	Peers       *ebpf.MapSpec `ebpf:"peers"`
 	Slots       *ebpf.MapSpec `ebpf:"slots"`
@@ -276,6 +285,7 @@ type datapathMaps struct {
 	DhcpScratch *ebpf.Map `ebpf:"dhcp_scratch"`
 	Flows       *ebpf.Map `ebpf:"flows"`
 	Held        *ebpf.Map `ebpf:"held"`
+	IcmpLimits  *ebpf.Map `ebpf:"icmp_limits"`
 	Leases      *ebpf.Map `ebpf:"leases"`
 	Peers       *ebpf.Map `ebpf:"peers"`
 	Slots       *ebpf.Map `ebpf:"slots"`
@@ -295,6 +305,7 @@ func (m *datapathMaps) Close() error {
 		m.DhcpScratch,
 		m.Flows,
 		m.Held,
+		m.IcmpLimits,
 		m.Leases,
 		m.Peers,
 		m.Slots,

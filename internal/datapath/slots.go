@@ -97,6 +97,7 @@ type Stats struct {
 	EncapPackets, DecapPackets             uint64
 	ARPReplies, ARPRequests                uint64
 	DHCPReplies                            uint64
+	ICMPFragNeeded                         uint64            // answers to packets too big for the tunnel
 	Drops                                  map[string]uint64 // only reasons with drops
 }
 
@@ -422,6 +423,7 @@ func (d *Datapath) Stats(i int) (Stats, error) {
 		s.ARPReplies += p.ArpReplies
 		s.ARPRequests += p.ArpRequests
 		s.DHCPReplies += p.DhcpReplies
+		s.ICMPFragNeeded += p.IcmpFragNeeded
 		for r := range drops {
 			drops[r] += p.Drops[r]
 		}

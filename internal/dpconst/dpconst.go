@@ -30,6 +30,15 @@ const (
 	// the slot's for as long as the VM runs, in every slot alike: a long
 	// lease only saves renewals.
 	DHCPLeaseSeconds = 86400
+	// ICMPFragIntervalNs and ICMPFragBurst bound the ICMP "fragmentation
+	// needed" answers the datapath sends one slot's guest (for packets too
+	// big for the tunnel): a token bucket, one answer per interval on
+	// average, at most a burst in a row, as the kernel's icmp_ratelimit
+	// (xrlim_allow) does per destination. A guest cannot turn the datapath
+	// into an ICMP generator: at most 100 a second, each smaller than the
+	// packet that caused it, and only ever back to itself.
+	ICMPFragIntervalNs = 10_000_000
+	ICMPFragBurst      = 10
 )
 
 // Values the programs and netslotd exchange through maps and marks, in the

@@ -28,6 +28,8 @@ func Header() string {
 		{"DHCP_DNS_MAX", DHCPDNSMax, false},
 		{"DHCP_HOSTNAME_MAX", DHCPHostnameMax, false},
 		{"DHCP_LEASE_SECONDS", DHCPLeaseSeconds, false},
+		{"ICMP_FRAG_INTERVAL_NS", ICMPFragIntervalNs, false},
+		{"ICMP_FRAG_BURST", ICMPFragBurst, false},
 	} {
 		if d.hex {
 			fmt.Fprintf(&b, "#define %s %#x\n", d.name, d.v)

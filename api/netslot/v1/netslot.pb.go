@@ -788,9 +788,12 @@ type Datapath struct {
 	ArpReplies   uint64 `protobuf:"varint,10,opt,name=arp_replies,json=arpReplies,proto3" json:"arp_replies,omitempty"`
 	ArpRequests  uint64 `protobuf:"varint,11,opt,name=arp_requests,json=arpRequests,proto3" json:"arp_requests,omitempty"`
 	// Drops by reason (only reasons with drops).
-	Drops         map[string]uint64 `protobuf:"bytes,12,rep,name=drops,proto3" json:"drops,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Drops map[string]uint64 `protobuf:"bytes,12,rep,name=drops,proto3" json:"drops,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// ICMP "fragmentation needed" answers to the guest's packets too big for
+	// the tunnel (path MTU discovery).
+	IcmpFragNeeded uint64 `protobuf:"varint,13,opt,name=icmp_frag_needed,json=icmpFragNeeded,proto3" json:"icmp_frag_needed,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Datapath) Reset() {
@@ -905,6 +908,13 @@ func (x *Datapath) GetDrops() map[string]uint64 {
 		return x.Drops
 	}
 	return nil
+}
+
+func (x *Datapath) GetIcmpFragNeeded() uint64 {
+	if x != nil {
+		return x.IcmpFragNeeded
+	}
+	return 0
 }
 
 type AcquireResponse struct {
@@ -1645,7 +1655,7 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\adamaged\x18\x0f \x01(\tR\adamaged\x12\x10\n" +
 	"\x03mtu\x18\x10 \x01(\rR\x03mtu\x12\x10\n" +
 	"\x03dns\x18\x11 \x03(\tR\x03dns\x12\x1b\n" +
-	"\tboot_args\x18\x12 \x01(\tR\bbootArgs\"\xc5\x03\n" +
+	"\tboot_args\x18\x12 \x01(\tR\bbootArgs\"\xef\x03\n" +
 	"\bDatapath\x12\x10\n" +
 	"\x03vni\x18\x01 \x01(\rR\x03vni\x12\x1b\n" +
 	"\tdummy_vni\x18\x02 \x01(\bR\bdummyVni\x12\x17\n" +
@@ -1662,7 +1672,8 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	" \x01(\x04R\n" +
 	"arpReplies\x12!\n" +
 	"\farp_requests\x18\v \x01(\x04R\varpRequests\x125\n" +
-	"\x05drops\x18\f \x03(\v2\x1f.netslot.v1.Datapath.DropsEntryR\x05drops\x1a8\n" +
+	"\x05drops\x18\f \x03(\v2\x1f.netslot.v1.Datapath.DropsEntryR\x05drops\x12(\n" +
+	"\x10icmp_frag_needed\x18\r \x01(\x04R\x0eicmpFragNeeded\x1a8\n" +
 	"\n" +
 	"DropsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
