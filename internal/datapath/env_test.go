@@ -1,10 +1,15 @@
 package datapath
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -41,6 +46,22 @@ const testTable = 100
 // sharing a pin root would refuse each other.
 var pinRoot = fmt.Sprintf("/sys/fs/bpf/netslot-test-%d", os.Getpid())
 
+// sweepPinRoots removes the pin roots of test processes that are gone
+// (killed by a timeout before their cleanups ran): their pins would hold
+// their maps and programs for as long as the host runs.
+var sweepPinRoots = sync.OnceFunc(func() {
+	roots, _ := filepath.Glob("/sys/fs/bpf/netslot-test-*")
+	for _, r := range roots {
+		pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(r), "netslot-test-"))
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
+			os.RemoveAll(r)
+		}
+	}
+})
+
 type env struct {
 	atts  map[int]*slot.Attachment
 	t     testing.TB
@@ -61,6 +82,7 @@ func newEnv(t testing.TB, slots int) *env { return newEnvAt(t, slots, pinRoot) }
 // uplink of the same ifindex.
 func newEnvAt(t testing.TB, slots int, pins string) *env {
 	testenv.PrivateNetns(t)
+	sweepPinRoots()
 	must := func(err error, what string) {
 		t.Helper()
 		if err != nil {
