@@ -428,6 +428,9 @@ func printSlot(w io.Writer, format string, s *netslotv1.Slot) error {
 		fmt.Fprintf(tw, "tx (guest to uplink)\t%d packets, %d bytes, %d encapsulated\n", dp.TxPackets, dp.TxBytes, dp.EncapPackets)
 		fmt.Fprintf(tw, "rx (uplink to guest)\t%d packets, %d bytes, %d decapsulated\n", dp.RxPackets, dp.RxBytes, dp.DecapPackets)
 		fmt.Fprintf(tw, "arp through tunnel\t%d replies sent, %d requests sent\n", dp.ArpReplies, dp.ArpRequests)
+		if dp.DhcpReplies > 0 {
+			fmt.Fprintf(tw, "dhcp\t%d answers sent\n", dp.DhcpReplies)
+		}
 		if dp.IcmpFragNeeded > 0 {
 			fmt.Fprintf(tw, "path mtu\t%d ICMP fragmentation needed sent\n", dp.IcmpFragNeeded)
 		}

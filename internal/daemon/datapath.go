@@ -292,7 +292,7 @@ func (d *Daemon) DatapathCounters(emit func(slot string, c metrics.Counters)) {
 	conv := func(s datapath.Stats) metrics.Counters {
 		return metrics.Counters{TxPackets: s.TxPackets, TxBytes: s.TxBytes, RxPackets: s.RxPackets, RxBytes: s.RxBytes,
 			EncapPackets: s.EncapPackets, DecapPackets: s.DecapPackets, ARPReplies: s.ARPReplies, ARPRequests: s.ARPRequests,
-			Drops: s.Drops}
+			DHCPReplies: s.DHCPReplies, ICMPFragNeeded: s.ICMPFragNeeded, Drops: s.Drops}
 	}
 	for i := 0; i < d.cfg.Count; i++ {
 		if d.lease(i) == nil {

@@ -35,14 +35,16 @@ type Counters struct {
 	TxPackets, TxBytes, RxPackets, RxBytes uint64
 	EncapPackets, DecapPackets             uint64
 	ARPReplies, ARPRequests                uint64 // sent through the tunnel
+	DHCPReplies                            uint64 // sent to the guest on tap0
+	ICMPFragNeeded                         uint64 // sent to the guest: too big for the tunnel
 	Drops                                  map[string]uint64
 }
 
 // datapathCollector reads the datapath's per-CPU maps at scrape time:
 // nothing is counted in the daemon itself.
 type datapathCollector struct {
-	g                                Gauges
-	packets, bytes, tunnel, arp, drp *prometheus.Desc
+	g                                         Gauges
+	packets, bytes, tunnel, arp, answers, drp *prometheus.Desc
 }
 
 func newDatapathCollector(g Gauges) *datapathCollector {
@@ -56,6 +58,8 @@ func newDatapathCollector(g Gauges) *datapathCollector {
 			"Of those, packets encapsulated in or decapsulated from Geneve.", []string{"slot", "op"}, nil),
 		arp: prometheus.NewDesc("netslot_slot_tunnel_arp_total",
 			"ARP packets a leased slot's datapath sent through its Geneve tunnel: replies for its VPC address, requests for the VPC side's MAC.", []string{"slot", "op"}, nil),
+		answers: prometheus.NewDesc("netslot_slot_answers_total",
+			"What a leased slot's datapath answered its guest itself: DHCP on tap0, ICMP fragmentation needed for packets too big for the tunnel.", []string{"slot", "kind"}, nil),
 		drp: prometheus.NewDesc("netslot_datapath_drops_total",
 			"Packets the datapath dropped, by slot (\"none\": no slot, e.g. unknown VNI) and reason.", []string{"slot", "reason"}, nil),
 	}
@@ -66,6 +70,7 @@ func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.bytes
 	ch <- c.tunnel
 	ch <- c.arp
+	ch <- c.answers
 	ch <- c.drp
 }
 
@@ -80,6 +85,8 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.tunnel, prometheus.CounterValue, float64(n.DecapPackets), slot, "decap")
 			ch <- prometheus.MustNewConstMetric(c.arp, prometheus.CounterValue, float64(n.ARPReplies), slot, "reply")
 			ch <- prometheus.MustNewConstMetric(c.arp, prometheus.CounterValue, float64(n.ARPRequests), slot, "request")
+			ch <- prometheus.MustNewConstMetric(c.answers, prometheus.CounterValue, float64(n.DHCPReplies), slot, "dhcp")
+			ch <- prometheus.MustNewConstMetric(c.answers, prometheus.CounterValue, float64(n.ICMPFragNeeded), slot, "icmp_frag_needed")
 		}
 		for reason, v := range n.Drops {
 			ch <- prometheus.MustNewConstMetric(c.drp, prometheus.CounterValue, float64(v), slot, reason)

@@ -792,8 +792,10 @@ type Datapath struct {
 	// ICMP "fragmentation needed" answers to the guest's packets too big for
 	// the tunnel (path MTU discovery).
 	IcmpFragNeeded uint64 `protobuf:"varint,13,opt,name=icmp_frag_needed,json=icmpFragNeeded,proto3" json:"icmp_frag_needed,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// DHCP answers sent to the guest on tap0.
+	DhcpReplies   uint64 `protobuf:"varint,14,opt,name=dhcp_replies,json=dhcpReplies,proto3" json:"dhcp_replies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Datapath) Reset() {
@@ -913,6 +915,13 @@ func (x *Datapath) GetDrops() map[string]uint64 {
 func (x *Datapath) GetIcmpFragNeeded() uint64 {
 	if x != nil {
 		return x.IcmpFragNeeded
+	}
+	return 0
+}
+
+func (x *Datapath) GetDhcpReplies() uint64 {
+	if x != nil {
+		return x.DhcpReplies
 	}
 	return 0
 }
@@ -1655,7 +1664,7 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\adamaged\x18\x0f \x01(\tR\adamaged\x12\x10\n" +
 	"\x03mtu\x18\x10 \x01(\rR\x03mtu\x12\x10\n" +
 	"\x03dns\x18\x11 \x03(\tR\x03dns\x12\x1b\n" +
-	"\tboot_args\x18\x12 \x01(\tR\bbootArgs\"\xef\x03\n" +
+	"\tboot_args\x18\x12 \x01(\tR\bbootArgs\"\x92\x04\n" +
 	"\bDatapath\x12\x10\n" +
 	"\x03vni\x18\x01 \x01(\rR\x03vni\x12\x1b\n" +
 	"\tdummy_vni\x18\x02 \x01(\bR\bdummyVni\x12\x17\n" +
@@ -1673,7 +1682,8 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"arpReplies\x12!\n" +
 	"\farp_requests\x18\v \x01(\x04R\varpRequests\x125\n" +
 	"\x05drops\x18\f \x03(\v2\x1f.netslot.v1.Datapath.DropsEntryR\x05drops\x12(\n" +
-	"\x10icmp_frag_needed\x18\r \x01(\x04R\x0eicmpFragNeeded\x1a8\n" +
+	"\x10icmp_frag_needed\x18\r \x01(\x04R\x0eicmpFragNeeded\x12!\n" +
+	"\fdhcp_replies\x18\x0e \x01(\x04R\vdhcpReplies\x1a8\n" +
 	"\n" +
 	"DropsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
