@@ -77,12 +77,23 @@ func FuzzPrograms(f *testing.F) {
 	// replies among the seeds are let in and reach the rewrites.
 	e.sendVariants(0, outside)
 	e.sendVariants(1, netip.MustParseAddr("10.9.0.1"))
+	// And a guest's frames into slot 0's tap0, to its DHCP program.
+	tap := e.slotSide(0)
+	if err := e.dp.SetDHCP(0, DHCP{MTU: 1500, DNS: []netip.Addr{outside}, Hostname: "fuzz"}); err != nil {
+		f.Fatal(err)
+	}
 	const (
 		egress0 = iota
 		egress1
 		ingress
+		tapIn
 		directions
 	)
+	for _, typ := range []layers.DHCPMsgType{layers.DHCPMsgTypeDiscover, layers.DHCPMsgTypeRequest, layers.DHCPMsgTypeInform, layers.DHCPMsgTypeRelease} {
+		f.Add(dhcpFrame(f, e.cfg.GuestMAC, typ), uint8(tapIn))
+		f.Add(dhcpFrame(f, e.cfg.GuestMAC, typ, layers.NewDHCPOption(layers.DHCPOptServerID, e.cfg.GatewayIP().AsSlice()),
+			layers.NewDHCPOption(layers.DHCPOptRequestIP, e.cfg.GuestIP().AsSlice())), uint8(tapIn))
+	}
 	for _, l4 := range l4Variants() {
 		f.Add(guestFrame(f, e.cfg, outside, l4...), uint8(egress0))
 		f.Add(guestFrame(f, e.cfg, netip.MustParseAddr("10.9.0.1"), l4...), uint8(egress1))
@@ -128,6 +139,8 @@ func FuzzPrograms(f *testing.F) {
 			iif = e.hosts[1]
 		case ingress:
 			prog, iif = e.dp.objs.UplinkIngress, up.Attrs().Index
+		case tapIn:
+			prog, iif = e.dp.objs.TapDhcp, tap
 		}
 		verdict, out, err := run(prog, frame, iif)
 		if errors.Is(err, unix.EINVAL) && len(frame) < 14+40 {

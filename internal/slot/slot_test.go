@@ -256,3 +256,16 @@ func TestValidateTapOwner(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckHostname(t *testing.T) {
+	for _, ok := range []string{"", "vm", "vm-42", "vm-42.example", "a.b.c", strings.Repeat("a", 63), "A1-b2"} {
+		if err := CheckHostname(ok); err != nil {
+			t.Errorf("%q refused: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{strings.Repeat("a", 64), "-vm", "vm-", "vm..x", ".vm", "vm.", "vm_42", "vm 42", "vé", "vm\x00"} {
+		if err := CheckHostname(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
