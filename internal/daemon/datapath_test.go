@@ -109,6 +109,30 @@ func serveOutside(t *testing.T, fab *testutil.Fabric) {
 	}()
 }
 
+// throughNAT checks ICMP, UDP and TCP from guest g to the fabric's
+// outside host, which must see the slot address slotIP; more adds to a
+// failure's message.
+func throughNAT(t *testing.T, g *testutil.GuestNS, fab *testutil.Fabric, slotIP netip.Addr, more func() string) {
+	t.Helper()
+	if n := ping(t, g.Name, fab.Outside, 3); n != 3 {
+		t.Errorf("guest pinged the outside host: %d of 3 replies%s", n, more())
+	}
+	if got, err := udpRoundTrip(t, g, netip.AddrPortFrom(fab.Outside, 7), "hello outside"); err != nil || got != "hello outside" {
+		t.Errorf("UDP to the outside host: %q, %v", got, err)
+	}
+	c, err := g.Dial("tcp4", netip.AddrPortFrom(fab.Outside, 80))
+	if err != nil {
+		t.Fatalf("TCP connect to the outside host: %v", err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "ping\n")
+	resp, _ := io.ReadAll(c)
+	c.Close()
+	if !strings.HasPrefix(string(resp), "pong ping") || !strings.Contains(string(resp), slotIP.String()) {
+		t.Errorf("TCP response %q, want a pong seen from the slot address %s", resp, slotIP)
+	}
+}
+
 // ping runs ping in namespace ns and returns how many replies came back.
 func ping(t *testing.T, ns string, dst netip.Addr, count int) int {
 	t.Helper()
@@ -171,26 +195,7 @@ func TestDatapathNATAndGeneveThroughFabric(t *testing.T) {
 	if n := ping(t, g.Name, p.Config.GatewayIP(), 3); n != 3 {
 		t.Errorf("guest pinged its gateway: %d of 3 replies", n)
 	}
-	// NAT: ICMP, UDP and TCP to the outside host, which sees the slot's
-	// address.
-	if n := ping(t, g.Name, fab.Outside, 3); n != 3 {
-		t.Errorf("guest pinged the outside host: %d of 3 replies", n)
-	}
-	if got, err := udpRoundTrip(t, g, netip.AddrPortFrom(fab.Outside, 7), "hello outside"); err != nil || got != "hello outside" {
-		t.Errorf("UDP to the outside host: %q, %v", got, err)
-	}
-	c, err := g.Dial("tcp4", netip.AddrPortFrom(fab.Outside, 80))
-	if err != nil {
-		t.Fatalf("TCP connect to the outside host: %v", err)
-	}
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintf(c, "ping\n")
-	resp, _ := io.ReadAll(c)
-	c.Close()
-	wantFrom := p.Config.SlotIP(info.Index).String()
-	if !strings.HasPrefix(string(resp), "pong ping") || !strings.Contains(string(resp), wantFrom) {
-		t.Errorf("TCP response %q, want a pong seen from the slot address %s", resp, wantFrom)
-	}
+	throughNAT(t, g, fab, p.Config.SlotIP(info.Index), func() string { return "" })
 
 	// Geneve: ICMP and UDP to the VPC host. The first packet goes out as
 	// an ARP request through the tunnel (the peer's MAC is learned from

@@ -58,13 +58,7 @@ func TestFirstVPCPacketIsDelivered(t *testing.T) {
 
 // The VPC side of the first-connect test: a Debian kernel with the kernel's
 // geneve driver and no static neighbour, serving one TCP connection.
-const vpcTCPGuestScript = `
-ip link set eth0 up
-ip addr add 198.18.1.2/24 dev eth0
-ip route add default via 198.18.1.1
-ip link add gnv0 type geneve id 4242 remote 198.18.0.2
-ip addr add 10.9.0.1/24 dev gnv0
-ip link set gnv0 up
+const vpcTCPGuestScript = vpcGeneveSetup + `
 echo hello-from-the-vpc | timeout 120 nc.openbsd -l -N 5000 >/tmp/served 2>&1 &
 until netstat -ltn | grep -q ':5000 '; do sleep 0.1; done
 echo VPC-READY

@@ -49,18 +49,24 @@ ping -c 3 -W 2 10.9.0.1 || { echo TUNNEL-LOSSY; exit 13; }
 const dhcpCheck = `ip link show eth0 | grep -q "mtu %d " || { echo NO-DHCP-MTU; ip link show eth0; exit 7; }
 [ "$(hostname)" = dhcp-guest ] || { echo NO-DHCP-HOSTNAME; hostname; exit 6; }`
 
-// The VPC side: a third Debian kernel in the fabric running the kernel's
-// own geneve driver, tunnelling 10.9.0.0/24 to the host's underlay address.
-// It answers each slot guest's UDP datagram (to the address it names) and
-// keeps IPv6 on, so that its neighbour discovery and MLD reach netslot's
-// datapath through the tunnel.
-const vpcGuestScript = `
+// vpcGeneveSetup puts a VPC guest on the fabric (198.18.1.2, on vt0's
+// link: see vpcGuestTap) with the kernel's geneve driver tunnelling
+// 10.9.0.0/24 (its address 10.9.0.1, vni 4242) to the host's underlay
+// address, and no static neighbour.
+const vpcGeneveSetup = `
 ip link set eth0 up
 ip addr add 198.18.1.2/24 dev eth0
 ip route add default via 198.18.1.1
 ip link add gnv0 type geneve id 4242 remote 198.18.0.2
 ip addr add 10.9.0.1/24 dev gnv0
-ip link set gnv0 up
+ip link set gnv0 up`
+
+// The VPC side: a third Debian kernel in the fabric running the kernel's
+// own geneve driver, tunnelling 10.9.0.0/24 to the host's underlay address.
+// It answers each slot guest's UDP datagram (to the address it names) and
+// keeps IPv6 on, so that its neighbour discovery and MLD reach netslot's
+// datapath through the tunnel.
+const vpcGuestScript = vpcGeneveSetup + `
 echo VPC-READY
 answered=""
 n=0

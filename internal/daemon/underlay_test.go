@@ -3,14 +3,11 @@ package daemon_test
 import (
 	"context"
 	"errors"
-	"fmt"
-	"io"
 	"net/netip"
 	"os/exec"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -111,23 +108,9 @@ func TestVPCAndNATWithAndWithoutGateway(t *testing.T) {
 			}
 
 			// Through the NAT: ICMP, UDP and TCP.
-			if n := ping(t, g.Name, fab.Outside, 3); n != 3 {
-				t.Errorf("guest pinged the outside host: %d of 3 replies; uplink neighbours:\n%s", n, uplinkNeighbours(fab.Uplink))
-			}
-			if got, err := udpRoundTrip(t, g, netip.AddrPortFrom(fab.Outside, 7), "hello outside"); err != nil || got != "hello outside" {
-				t.Errorf("UDP to the outside host: %q, %v", got, err)
-			}
-			c, err := g.Dial("tcp4", netip.AddrPortFrom(fab.Outside, 80))
-			if err != nil {
-				t.Fatalf("TCP connect to the outside host: %v", err)
-			}
-			c.SetDeadline(time.Now().Add(5 * time.Second))
-			fmt.Fprintf(c, "ping\n")
-			resp, _ := io.ReadAll(c)
-			c.Close()
-			if want := p.Config.SlotIP(info.Index).String(); !strings.Contains(string(resp), want) {
-				t.Errorf("TCP response %q, want a pong seen from the slot address %s", resp, want)
-			}
+			throughNAT(t, g, fab, p.Config.SlotIP(info.Index), func() string {
+				return "; uplink neighbours:\n" + uplinkNeighbours(fab.Uplink)
+			})
 
 			dp := countersExported(t, p, info.ID)
 			if dp.EncapPackets == 0 || dp.DecapPackets == 0 || dp.TxPackets <= dp.EncapPackets {
