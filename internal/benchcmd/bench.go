@@ -38,7 +38,9 @@ one after the other, with progress and an estimate of the time left:
     netslot replaced) vs a CNI ADD and DEL of the reference plugins;
   - datapath: the eBPF NAT vs the replaced design's double NAT with
     conntrack: connections and requests per second through one slot and
-    through 64 slots at once, round trips at slot 0 and slot N-1.
+    through 64 slots at once, round trips at slot 0 and slot N-1;
+  - dhcp: DHCP answered by the slots' tap program against dnsmasq, one
+    instance per slot namespace (see netslot-bench dhcp --help).
 Boot and attach run --rounds times; the report gives medians and ranges.
 It writes --out/report.md (opening with the before/after table), SVG plots
 and the raw samples as CSV, and removes everything it made. --quick runs
