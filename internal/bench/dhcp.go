@@ -9,7 +9,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -504,15 +506,18 @@ func (r *DHCPResult) Write(w io.Writer) {
 	if len(r.Runs) > 0 {
 		ns := r.Runs[0]
 		var worst time.Duration
-		for ex := range exchangeNames {
+		var overs []string
+		for ex, name := range exchangeNames {
 			worst = max(worst, percentile(sortedCopy(ns.First[ex]), 0.99), percentile(sortedCopy(ns.Steady[ex]), 0.99))
+			overs = append(overs, fmt.Sprintf("%s %d of %d first, %d of %d steady", name,
+				over(ns.First[ex], dhcpTarget), len(ns.First[ex]), over(ns.Steady[ex], dhcpTarget), len(ns.Steady[ex])))
 		}
 		verdict := "met"
 		if worst > dhcpTarget || ns.Unanswered > 0 {
 			verdict = "NOT met"
 		}
-		fmt.Fprintf(w, "\nTarget, netslot p99 <= %s per exchange, the first exchange included: worst p99 above %s: %s.\n",
-			fmtDur(dhcpTarget), fmtDur(worst), verdict)
+		fmt.Fprintf(w, "\nTarget, netslot p99 <= %s per exchange, the first exchange included: worst p99 above %s: %s. Exchanges over %s: %s.\n",
+			fmtDur(dhcpTarget), fmtDur(worst), verdict, fmtDur(dhcpTarget), strings.Join(overs, "; "))
 	}
 
 	fmt.Fprintf(w, "\nMemory per slot (%d slots; the last column multiplies by %d, extrapolated):\n\n", n, extrapolatedSlots)
@@ -529,9 +534,9 @@ func (r *DHCPResult) Write(w io.Writer) {
 		}
 	}
 	if len(r.KernelWith) > 0 {
-		d := median(r.KernelWith) - median(r.KernelWithout)
+		d := medianOf(r.KernelWith) - medianOf(r.KernelWithout)
 		fmt.Fprintf(w, "| %s: tap0's clsact qdisc and cls_bpf filter | %.1f KiB (estimate: with %.1f, without %.1f KiB/slot) | %s | not directly measurable: kernel memory (/proc/meminfo Slab + KernelStack + PageTables) added per slot by a %d-slot boot with DHCP less one without, medians of %d rounds; other jobs on the host move it |\n",
-			sysNetslot, d, median(r.KernelWith), median(r.KernelWithout), kib(d*extrapolatedSlots), r.Opts.BootSlots, len(r.KernelWith))
+			sysNetslot, d, medianOf(r.KernelWith), medianOf(r.KernelWithout), kib(d*extrapolatedSlots), r.Opts.BootSlots, len(r.KernelWith))
 	}
 	fmt.Fprintf(w, "| %s: process | none | none | the answers are made in the kernel, by the program already loaded for the pool |\n", sysNetslot)
 	for _, run := range r.Runs[min(1, len(r.Runs)):] {
@@ -553,8 +558,8 @@ func (r *DHCPResult) Write(w io.Writer) {
 		if r.Opts.BootSlots == extrapolatedSlots {
 			at = fmt.Sprintf("%s (measured)", fmtSec(d))
 		}
-		fmt.Fprintf(w, "| %s | a %d-slot pool boots in %s with DHCP, %s without (medians of %d rounds each, alternating): %s | %s | %s |\n",
-			sysNetslot, r.Opts.BootSlots, fmtSec(with), fmtSec(without), len(r.BootWith), fmtSigned(d), fmtSigned(per), at)
+		fmt.Fprintf(w, "| %s | a %d-slot pool boots in %s with DHCP, %s without (medians of %d rounds each, alternating; with: %s s, without: %s s): %s | %s | %s |\n",
+			sysNetslot, r.Opts.BootSlots, fmtSec(with), fmtSec(without), len(r.BootWith), secs(r.BootWith), secs(r.BootWithout), fmtSigned(d), fmtSigned(per), at)
 	}
 	for _, run := range r.Runs[min(1, len(r.Runs)):] {
 		per := run.Listening / time.Duration(n)
@@ -563,7 +568,49 @@ func (r *DHCPResult) Write(w io.Writer) {
 	}
 }
 
-func medianDur(xs []time.Duration) time.Duration { return percentile(sortedCopy(xs), 0.5) }
+// medianDur is the median of xs (of an even count, the mean of the middle
+// two).
+func medianDur(xs []time.Duration) time.Duration {
+	f := make([]float64, len(xs))
+	for k, x := range xs {
+		f[k] = float64(x)
+	}
+	return time.Duration(medianOf(f))
+}
+
+// medianOf is the median of xs (of an even count, the mean of the middle
+// two).
+func medianOf(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// secs lists durations in seconds.
+func secs(xs []time.Duration) string {
+	out := make([]string, len(xs))
+	for k, x := range xs {
+		out[k] = fmt.Sprintf("%.2f", x.Seconds())
+	}
+	return strings.Join(out, ", ")
+}
+
+// over counts the samples above limit.
+func over(xs []time.Duration, limit time.Duration) int {
+	n := 0
+	for _, x := range xs {
+		if x > limit {
+			n++
+		}
+	}
+	return n
+}
 
 func fmtSec(d time.Duration) string {
 	if d < time.Second && d > -time.Second {
