@@ -26,7 +26,7 @@ func TestDHCPWrite(t *testing.T) {
 			{System: sysNetslot, First: [2][]time.Duration{micros(10, 20, 30, 40), micros(5, 6, 7, 60)},
 				Steady: [2][]time.Duration{micros(1, 2, 3, 4, 5, 6, 7, 8), micros(1, 2, 3, 4, 5, 6, 7, 8)}},
 			{System: sysDnsmasq, First: [2][]time.Duration{micros(3e6, 3e6, 3e6, 3e6), micros(700, 700, 700, 700)},
-				Steady: [2][]time.Duration{micros(100, 100, 100, 100, 100, 100, 100, 100), micros(100, 100, 100, 100, 100, 100, 100, 100)},
+				Steady:     [2][]time.Duration{micros(100, 100, 100, 100, 100, 100, 100, 100), micros(100, 100, 100, 100, 100, 100, 100, 100)},
 				PrivateKiB: 500, PSSKiB: 600, RSSKiB: 4800, KernelKiBPerSlot: 120,
 				Listening: 12 * time.Millisecond, Answered: 3012 * time.Millisecond},
 		},
