@@ -360,11 +360,17 @@ func (l *dnsmasqLab) remove() {
 	l.nss = nil
 }
 
-// newDnsmasqLab makes n namespaces named "<name>-<k>".
-func newDnsmasqLab(name string, n int, cfg slot.Config) (*dnsmasqLab, error) {
+// newDnsmasqLab makes n namespaces named "<name>-<k>", each marked in dir
+// first (see lab.SweepDnsmasq).
+func newDnsmasqLab(name string, n int, cfg slot.Config, dir string) (*dnsmasqLab, error) {
 	l := &dnsmasqLab{}
 	for k := range n {
-		ns, err := lab.NewTapNS(fmt.Sprintf("%s-%d", name, k), cfg.TapMAC, cfg.GatewayIP(), cfg.GuestCIDR.Bits())
+		nsName := fmt.Sprintf("%s-%d", name, k)
+		if err := os.WriteFile(filepath.Join(dir, nsName+lab.DnsmasqNetnsSuffix), nil, 0o644); err != nil {
+			l.remove()
+			return nil, err
+		}
+		ns, err := lab.NewTapNS(nsName, cfg.TapMAC, cfg.GatewayIP(), cfg.GuestCIDR.Bits())
 		if err != nil {
 			l.remove()
 			return nil, err
@@ -394,7 +400,7 @@ func runDnsmasqDHCP(ctx context.Context, o DHCPOptions, prefix string, noPing bo
 	defer os.RemoveAll(dir)
 
 	o.Log.Info("dhcp: dnsmasq start", "system", run.System, "instances", o.Slots)
-	l, err := newDnsmasqLab(bootName, o.Slots, cfg)
+	l, err := newDnsmasqLab(bootName, o.Slots, cfg, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -442,7 +448,7 @@ func runDnsmasqDHCP(ctx context.Context, o DHCPOptions, prefix string, noPing bo
 	}
 
 	o.Log.Info("dhcp: dnsmasq latency", "system", run.System, "instances", o.Slots)
-	if l, err = newDnsmasqLab(latName, o.Slots, cfg); err != nil {
+	if l, err = newDnsmasqLab(latName, o.Slots, cfg, dir); err != nil {
 		return nil, err
 	}
 	defer l.remove()

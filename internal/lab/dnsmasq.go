@@ -222,10 +222,16 @@ func DnsmasqVersion() (string, error) {
 	return f[2], nil
 }
 
+// DnsmasqNetnsSuffix marks, in a dnsmasq directory, a namespace made for
+// its instances ("<name>.netns", written before the namespace is made):
+// SweepDnsmasq removes the namespace with the directory.
+const DnsmasqNetnsSuffix = ".netns"
+
 // SweepDnsmasq kills the lab's dnsmasq processes whose harness is gone
 // (killed before it could stop them: dnsmasq drops its privileges, which
 // clears the death signal StartDnsmasq asks for) and removes their
-// directories under dir. It returns how many it killed.
+// directories under dir, with the namespaces they mark. It returns how
+// many processes it killed.
 func SweepDnsmasq(dir string) int {
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	killed := 0
@@ -253,6 +259,10 @@ func SweepDnsmasq(dir string) int {
 	dirs, _ := filepath.Glob(filepath.Join(dir, DnsmasqDirPrefix+"*"))
 	for _, d := range dirs {
 		if owner, ok := dnsmasqOwner("--pid-file="+d+"/", dir); ok && !processAlive(owner) {
+			marks, _ := filepath.Glob(filepath.Join(d, "*"+DnsmasqNetnsSuffix))
+			for _, m := range marks {
+				netns.Remove("/run/netns/" + strings.TrimSuffix(filepath.Base(m), DnsmasqNetnsSuffix))
+			}
 			os.RemoveAll(d)
 		}
 	}
