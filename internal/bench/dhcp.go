@@ -541,15 +541,15 @@ func (r *DHCPResult) Write(w io.Writer) {
 	}
 	if len(r.KernelWith) > 0 {
 		d := medianOf(r.KernelWith) - medianOf(r.KernelWithout)
-		fmt.Fprintf(w, "| %s: tap0's clsact qdisc and cls_bpf filter | %.1f KiB (estimate: with %.1f, without %.1f KiB/slot) | %s | not directly measurable: kernel memory (/proc/meminfo Slab + KernelStack + PageTables) added per slot by a %d-slot boot with DHCP less one without, medians of %d rounds; other jobs on the host move it |\n",
-			sysNetslot, d, medianOf(r.KernelWith), medianOf(r.KernelWithout), kib(d*extrapolatedSlots), r.Opts.BootSlots, len(r.KernelWith))
+		fmt.Fprintf(w, "| %s: tap0's clsact qdisc and cls_bpf filter | %s (estimate: with %.1f, without %.1f KiB/slot) | %s | not directly measurable: kernel memory (/proc/meminfo Slab + KernelStack + PageTables) added per slot by a %d-slot boot with DHCP less one without, medians of %d rounds; other jobs on the host move it |\n",
+			sysNetslot, kernelKiB(d), medianOf(r.KernelWith), medianOf(r.KernelWithout), kernelAt(d), r.Opts.BootSlots, len(r.KernelWith))
 	}
 	fmt.Fprintf(w, "| %s: process | none | none | the answers are made in the kernel, by the program already loaded for the pool |\n", sysNetslot)
 	for _, run := range r.Runs[min(1, len(r.Runs)):] {
 		fmt.Fprintf(w, "| %s: process | private %.0f KiB; PSS %.0f KiB; RSS %.0f KiB | private %s | /proc/PID/smaps_rollup of each instance after the steady state, mean (private: Private_Clean + Private_Dirty, what one more instance adds; PSS shares the binary's and libraries' pages among the %d) |\n",
 			run.System, run.PrivateKiB, run.PSSKiB, run.RSSKiB, kib(run.PrivateKiB*extrapolatedSlots), n)
-		fmt.Fprintf(w, "| %s: kernel | %.1f KiB | %s | kernel memory (as above) from before the instances' start to after the steady state, per instance; noisy |\n",
-			run.System, run.KernelKiBPerSlot, kib(run.KernelKiBPerSlot*extrapolatedSlots))
+		fmt.Fprintf(w, "| %s: kernel | %s | %s | kernel memory (as above) from before the instances' start to after the steady state, per instance; noisy |\n",
+			run.System, kernelKiB(run.KernelKiBPerSlot), kernelAt(run.KernelKiBPerSlot))
 	}
 
 	fmt.Fprintln(w, "\nWhat DHCP adds to boot:")
@@ -631,6 +631,22 @@ func fmtSigned(d time.Duration) string {
 		return "-" + fmtSec(-d)
 	}
 	return "+" + fmtSec(d)
+}
+
+// kernelKiB prints a kernel memory delta per slot: one that is not above
+// 0 is lost in what else the kernel did meanwhile (small runs).
+func kernelKiB(k float64) string {
+	if k <= 0 {
+		return fmt.Sprintf("below the noise (%.1f KiB)", k)
+	}
+	return fmt.Sprintf("%.1f KiB", k)
+}
+
+func kernelAt(k float64) string {
+	if k <= 0 {
+		return ""
+	}
+	return kib(k * extrapolatedSlots)
 }
 
 // kib prints a size given in KiB.
