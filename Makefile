@@ -1,7 +1,7 @@
 GO ?= /usr/local/go/bin/go
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build demo test unit generate bench bench-pool bench-datapath clean
+.PHONY: all build demo test unit generate bench bench-pool bench-datapath bench-dhcp clean
 
 all: build
 
@@ -28,7 +28,8 @@ generate:
 
 # The bench report (root; builds its own lab): boot at 100 to 10,000 slots,
 # device-creation orderings, attach latency against building on demand and
-# the CNI plugins, the datapath against the replaced design; written to
+# the CNI plugins, the datapath against the replaced design, DHCP against
+# dnsmasq; written to
 # bench-report/ (report.md, SVG plots, CSV samples). QUICK=1 for small sizes.
 bench:
 	./scripts/deps.sh
@@ -46,6 +47,14 @@ bench-datapath:
 	./scripts/deps.sh
 	$(GO) build -o bin/ ./cmd/netslotd ./cmd/netslot ./cmd/netslot-bench
 	./bin/netslot-bench datapath --slots 4000 --rounds 5
+
+# DHCP answered by the tap's program against dnsmasq per slot namespace
+# (defaults and --no-ping), side by side; 4,000-slot boots with and without
+# DHCP (root).
+bench-dhcp:
+	./scripts/deps.sh
+	$(GO) build -o bin/ ./cmd/netslotd ./cmd/netslot ./cmd/netslot-bench
+	./bin/netslot-bench dhcp --slots 50 --rounds 200 --boot-slots 4000 --boot-rounds 3
 
 clean:
 	rm -rf bin

@@ -33,6 +33,7 @@ type ReportOptions struct {
 	Attach    AttachOptions
 	Boot      BootOptions
 	Orderings OrderingOptions
+	DHCP      DHCPOptions
 }
 
 // defaults sets the scenarios' sizes: quick or full.
@@ -42,17 +43,19 @@ func (o *ReportOptions) defaults() {
 		o.Attach = AttachOptions{Slots: 16, Samples: 20}
 		o.Boot = BootOptions{Sizes: []int{100, 400}, Idle: 2 * time.Second}
 		o.Orderings = OrderingOptions{Slots: 50}
+		o.DHCP = DHCPOptions{Slots: 5, Rounds: 20, BootRounds: 1}
 		o.Rounds = max(o.Rounds, 1)
 	} else {
 		o.Datapath = DatapathOptions{Slots: 4000, Rounds: 5, Duration: 5 * time.Second, RTTSamples: 2000, Workers: 16, FanOut: 64}
 		o.Attach = AttachOptions{Slots: 64, Samples: 200}
 		o.Boot = BootOptions{Sizes: []int{100, 1000, 4000, 10000}, Idle: 10 * time.Second}
 		o.Orderings = OrderingOptions{Slots: 500}
+		o.DHCP = DHCPOptions{Slots: 50, Rounds: 200, BootRounds: 3, BootSlots: 1000}
 		if o.Rounds <= 0 {
 			o.Rounds = 3
 		}
 	}
-	o.Boot.Log, o.Orderings.Log = o.Log, o.Log
+	o.Boot.Log, o.Orderings.Log, o.DHCP.Log = o.Log, o.Log, o.Log
 	o.Datapath.Loadgen, o.Datapath.Log = o.Loadgen, o.Log
 	o.Attach.CNIDir, o.Attach.Log = o.CNIDir, o.Log
 }
@@ -94,11 +97,13 @@ func RunReport(ctx context.Context, o ReportOptions) error {
 	bootEst := func(n int) float64 { return 3 + 0.006*float64(n) }
 	attachEst := 2 + 0.25*float64(o.Attach.Samples)
 	dpEst := 20 + 0.004*float64(o.Datapath.Slots) + float64(o.Datapath.Rounds)*(10*o.Datapath.Duration.Seconds()+3)
-	p := &progress{log: o.Log, start: time.Now(), n: o.Rounds*(len(o.Boot.Sizes)+1) + 2}
+	// dnsmasq's address probe holds each fresh guest's first OFFER for 3 s.
+	dhcpEst := 3*float64(o.DHCP.Slots) + 0.0005*float64(o.DHCP.Slots*o.DHCP.Rounds) + 2*float64(o.DHCP.BootRounds)*bootEst(max(o.DHCP.BootSlots, o.DHCP.Slots))
+	p := &progress{log: o.Log, start: time.Now(), n: o.Rounds*(len(o.Boot.Sizes)+1) + 3}
 	for _, n := range o.Boot.Sizes {
 		p.total += float64(o.Rounds) * bootEst(n)
 	}
-	p.total += float64(o.Rounds)*attachEst + 0.01*float64(o.Orderings.Slots) + dpEst
+	p.total += float64(o.Rounds)*attachEst + 0.01*float64(o.Orderings.Slots) + dpEst + dhcpEst
 
 	var boots []BootRun
 	var atts []*AttachResult
@@ -140,6 +145,14 @@ func RunReport(ctx context.Context, o ReportOptions) error {
 		dp, err = RunDatapath(ctx, o.Datapath)
 		return err
 	}, "slots", o.Datapath.Slots, "rounds", o.Datapath.Rounds, "fan_out", o.Datapath.FanOut)
+	if err != nil {
+		return err
+	}
+	var dhcp *DHCPResult
+	err = p.run("dhcp", dhcpEst, func() (err error) {
+		dhcp, err = RunDHCP(ctx, o.DHCP)
+		return err
+	}, "slots", o.DHCP.Slots, "rounds", o.DHCP.Rounds)
 	if err != nil {
 		return err
 	}
@@ -189,6 +202,8 @@ func RunReport(ctx context.Context, o ReportOptions) error {
 	writeAttachRounds(f, atts)
 	fmt.Fprint(f, "\n## Datapath\n\n![CDF](datapath_rtt_cdf.svg)\n\n")
 	dp.Write(f)
+	fmt.Fprint(f, "\n## DHCP\n\n")
+	dhcp.Write(f)
 	fmt.Fprintln(f, "\nRaw samples: `boot_timeline.csv`, `attach_samples.csv`, `datapath_rtt.csv` (nanoseconds).")
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("report: %w", err)
