@@ -34,6 +34,7 @@ type ReportOptions struct {
 	Boot      BootOptions
 	Orderings OrderingOptions
 	DHCP      DHCPOptions
+	First     FirstPacketOptions
 }
 
 // defaults sets the scenarios' sizes: quick or full.
@@ -44,6 +45,7 @@ func (o *ReportOptions) defaults() {
 		o.Boot = BootOptions{Sizes: []int{100, 400}, Idle: 2 * time.Second}
 		o.Orderings = OrderingOptions{Slots: 50}
 		o.DHCP = DHCPOptions{Slots: 5, Rounds: 20, BootRounds: 1}
+		o.First = FirstPacketOptions{Rounds: 5, SlowARP: 100 * time.Millisecond}
 		o.Rounds = max(o.Rounds, 1)
 	} else {
 		o.Datapath = DatapathOptions{Slots: 4000, Rounds: 5, Duration: 5 * time.Second, RTTSamples: 2000, Workers: 16, FanOut: 64}
@@ -51,11 +53,12 @@ func (o *ReportOptions) defaults() {
 		o.Boot = BootOptions{Sizes: []int{100, 1000, 4000, 10000}, Idle: 10 * time.Second}
 		o.Orderings = OrderingOptions{Slots: 500}
 		o.DHCP = DHCPOptions{Slots: 50, Rounds: 200, BootRounds: 3, BootSlots: 1000}
+		o.First = FirstPacketOptions{Rounds: 100, SlowARP: 100 * time.Millisecond}
 		if o.Rounds <= 0 {
 			o.Rounds = 3
 		}
 	}
-	o.Boot.Log, o.Orderings.Log, o.DHCP.Log = o.Log, o.Log, o.Log
+	o.Boot.Log, o.Orderings.Log, o.DHCP.Log, o.First.Log = o.Log, o.Log, o.Log, o.Log
 	o.Datapath.Loadgen, o.Datapath.Log = o.Loadgen, o.Log
 	o.Attach.CNIDir, o.Attach.Log = o.CNIDir, o.Log
 }
@@ -99,11 +102,12 @@ func RunReport(ctx context.Context, o ReportOptions) error {
 	dpEst := 20 + 0.004*float64(o.Datapath.Slots) + float64(o.Datapath.Rounds)*(10*o.Datapath.Duration.Seconds()+3)
 	// dnsmasq's address probe holds each fresh guest's first OFFER for 3 s.
 	dhcpEst := 3*float64(o.DHCP.Slots) + 0.0005*float64(o.DHCP.Slots*o.DHCP.Rounds) + 2*float64(o.DHCP.BootRounds)*bootEst(max(o.DHCP.BootSlots, o.DHCP.Slots))
-	p := &progress{log: o.Log, start: time.Now(), n: o.Rounds*(len(o.Boot.Sizes)+1) + 3}
+	firstEst := 2 + float64(o.First.Rounds)*(0.01+o.First.SlowARP.Seconds()/3)
+	p := &progress{log: o.Log, start: time.Now(), n: o.Rounds*(len(o.Boot.Sizes)+1) + 4}
 	for _, n := range o.Boot.Sizes {
 		p.total += float64(o.Rounds) * bootEst(n)
 	}
-	p.total += float64(o.Rounds)*attachEst + 0.01*float64(o.Orderings.Slots) + dpEst + dhcpEst
+	p.total += float64(o.Rounds)*attachEst + 0.01*float64(o.Orderings.Slots) + dpEst + dhcpEst + firstEst
 
 	var boots []BootRun
 	var atts []*AttachResult
@@ -156,6 +160,14 @@ func RunReport(ctx context.Context, o ReportOptions) error {
 	if err != nil {
 		return err
 	}
+	var first *FirstPacketResult
+	err = p.run("firstpacket", firstEst, func() (err error) {
+		first, err = RunFirstPacket(ctx, o.First)
+		return err
+	}, "rounds", o.First.Rounds)
+	if err != nil {
+		return err
+	}
 	att := pooled(atts)
 
 	if err := writeAttachCSV(filepath.Join(o.Dir, "attach_samples.csv"), atts); err != nil {
@@ -204,6 +216,8 @@ func RunReport(ctx context.Context, o ReportOptions) error {
 	dp.Write(f)
 	fmt.Fprint(f, "\n## DHCP\n\n")
 	dhcp.Write(f)
+	fmt.Fprint(f, "\n## The first packet to a VPC peer\n\n")
+	first.Write(f)
 	fmt.Fprintln(f, "\nRaw samples: `boot_timeline.csv`, `attach_samples.csv`, `datapath_rtt.csv` (nanoseconds).")
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("report: %w", err)

@@ -63,7 +63,7 @@ harness; no timing is asserted). Its subcommands run one scenario each.`,
 	fl.BoolVar(&o.Quick, "quick", false, "every scenario at small sizes")
 	fl.IntVar(&o.Rounds, "rounds", 0, "repeats of the boot and attach scenarios (0: 3, or 1 with --quick)")
 	cniDirFlag(fl, &o.CNIDir)
-	cmd.AddCommand(benchDatapathCmd(), benchAttachCmd(), benchOrderingsCmd(), benchDHCPCmd(), loadgenCmd(), labCmd())
+	cmd.AddCommand(benchDatapathCmd(), benchAttachCmd(), benchOrderingsCmd(), benchDHCPCmd(), benchFirstPacketCmd(), loadgenCmd(), labCmd())
 	return cmd
 }
 
@@ -118,6 +118,31 @@ asserted anywhere: it reports against the target (netslot p99 <= 50 us).`,
 	fl.IntVar(&o.Rounds, "rounds", 200, "steady-state exchanges per slot")
 	fl.IntVar(&o.BootRounds, "boot-rounds", 3, "boots of the pool with DHCP and without, each")
 	fl.IntVar(&o.BootSlots, "boot-slots", 0, "size of those pools (0: --slots)")
+	return cmd
+}
+
+func benchFirstPacketCmd() *cobra.Command {
+	o := bench.FirstPacketOptions{}
+	cmd := &cobra.Command{
+		Use:   "firstpacket",
+		Short: "Measure a guest's first datagram to its VPC right after acquire: peer MAC given, unknown with a fast ARP answer, unknown with a slow one",
+		Long: `firstpacket builds its own lab (run as root; no daemon needed): a one-slot
+pool on a test fabric, a userspace VPC host behind a VTEP, and a guest
+namespace on the slot's tap. Each round acquires the slot attached to the
+VPC, sends one UDP datagram from the guest at once and times its echo, then
+releases the slot (the peer is forgotten): with the peer's MAC given at
+acquire, and unknown with a peer that answers ARP at once or after
+--slow-arp. It prints p50, p99, max and the datagrams never answered.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.Log = benchLog(cmd)
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return printResult(cmd, func() (*bench.FirstPacketResult, error) { return bench.RunFirstPacket(ctx, o) })
+		},
+	}
+	cmd.Flags().IntVar(&o.Rounds, "rounds", 100, "acquires per case")
+	cmd.Flags().DurationVar(&o.SlowARP, "slow-arp", 100*time.Millisecond, "the slow peer's ARP answer delay")
 	return cmd
 }
 

@@ -35,16 +35,38 @@ func (g *GuestNS) NetnsPath() string { return "/run/netns/" + g.Name }
 // namespace at slotNS, with the slot's guest addressing (cfg). The caller
 // closes it.
 func NewGuestNS(tag, slotNS string, cfg slot.Config) (*GuestNS, error) {
-	return newGuestNS(tag, slotNS, cfg, true)
+	return NewGuestNSWith(tag, slotNS, cfg, GuestOptions{})
 }
 
 // NewBareGuestNS is NewGuestNS for a guest that configures itself (a DHCP
 // client): g0 has the guest's MAC and is up, with no address and no route.
 func NewBareGuestNS(tag, slotNS string, cfg slot.Config) (*GuestNS, error) {
-	return newGuestNS(tag, slotNS, cfg, false)
+	return NewGuestNSWith(tag, slotNS, cfg, GuestOptions{Bare: true})
 }
 
-func newGuestNS(tag, slotNS string, cfg slot.Config, configure bool) (*GuestNS, error) {
+// GuestOptions vary the guest a GuestNS stands in for.
+type GuestOptions struct {
+	// Bare: g0 gets no address and no route (the guest configures
+	// itself).
+	Bare bool
+	// Offload makes the wire a virtio-net device's, with its offloads:
+	// both taps carry a virtio-net header, and the guest's kernel hands
+	// the slot's tap0 what a virtio guest does (checksums left to the
+	// host, TCP and UDP segmentation offload packets of up to 64 KiB).
+	// Toward the guest, the slot's kernel segments and checksums.
+	Offload bool
+}
+
+// tunOffloads are a virtio-net guest's: checksum, TSO and USO (TUNSETOFFLOAD).
+const tunOffloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6 | unix.TUN_F_USO4 | unix.TUN_F_USO6
+
+// NewGuestNSWith is NewGuestNS with options.
+func NewGuestNSWith(tag, slotNS string, cfg slot.Config, o GuestOptions) (*GuestNS, error) {
+	var flags uint16
+	if o.Offload {
+		flags = unix.IFF_VNET_HDR
+	}
+	configure := !o.Bare
 	g := &GuestNS{Name: "g" + tag}
 	var gfd int
 	err := InNewNS(g.NetnsPath(), func() error {
@@ -53,11 +75,16 @@ func newGuestNS(tag, slotNS string, cfg slot.Config, configure bool) (*GuestNS, 
 			return err
 		}
 		// Not persistent: the tap goes away when the wire closes it.
-		fd, err := links.AttachTap("g0")
+		fd, err := links.AttachTapFlags("g0", flags)
 		if err != nil {
 			return err
 		}
 		gfd = fd
+		if o.Offload {
+			if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, tunOffloads); err != nil {
+				return fmt.Errorf("offloads on g0: %w", err)
+			}
+		}
 		l, err := netlink.LinkByName("g0")
 		if err != nil {
 			return err
@@ -86,7 +113,7 @@ func newGuestNS(tag, slotNS string, cfg slot.Config, configure bool) (*GuestNS, 
 	// interrupts the copy loops.
 	unix.SetNonblock(gfd, true)
 	g.guestTap = os.NewFile(uintptr(gfd), "g0")
-	if g.slotTap, err = OpenTap(slotNS, slot.TapName); err != nil {
+	if g.slotTap, err = openTapFlags(slotNS, slot.TapName, flags); err != nil {
 		g.Close()
 		return nil, fmt.Errorf("attach to %s: %w", slot.TapName, err)
 	}
@@ -194,11 +221,13 @@ func (g *GuestNS) Listen(port int) (net.Listener, error) {
 
 // OpenTap attaches to tap name of the namespace pinned at path the way a
 // VMM does, non-blocking (Close interrupts a pending read).
-func OpenTap(path, name string) (*os.File, error) {
+func OpenTap(path, name string) (*os.File, error) { return openTapFlags(path, name, 0) }
+
+func openTapFlags(path, name string, flags uint16) (*os.File, error) {
 	var fd int
 	err := InNS(path, func() error {
 		var err error
-		fd, err = links.AttachTap(name)
+		fd, err = links.AttachTapFlags(name, flags)
 		return err
 	})
 	if err != nil {

@@ -45,14 +45,19 @@ func createTap(name string, owner *slot.TapOwner) error {
 // thread's namespace (creating it if there is none) with the flags the
 // slot's tap is made with, as a VMM does. An existing tap takes them back,
 // whatever flags its last user attached with (IFF_VNET_HDR...).
-func AttachTap(name string) (int, error) {
+func AttachTap(name string) (int, error) { return AttachTapFlags(name, 0) }
+
+// AttachTapFlags is AttachTap with more of TUNSETIFF's flags, as a VMM
+// may give (IFF_VNET_HDR: frames carry a virtio-net header, the way to
+// offloads).
+func AttachTapFlags(name string, extra uint16) (int, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("open /dev/net/tun: %w", err)
 	}
 	var req ifreq
 	copy(req.name[:unix.IFNAMSIZ-1], name)
-	req.flags = unix.IFF_TAP | unix.IFF_NO_PI
+	req.flags = unix.IFF_TAP | unix.IFF_NO_PI | extra
 	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req))); errno != 0 {
 		unix.Close(fd)
 		return -1, errno

@@ -58,7 +58,13 @@ func NewGuestNS(tb testing.TB, tag, slotNS string, cfg slot.Config) *GuestNS {
 // lab.NewBareGuestNS).
 func NewBareGuestNS(tb testing.TB, tag, slotNS string, cfg slot.Config) *GuestNS {
 	tb.Helper()
-	g, err := lab.NewBareGuestNS(tag, slotNS, cfg)
+	return NewGuestNSWith(tb, tag, slotNS, cfg, lab.GuestOptions{Bare: true})
+}
+
+// NewGuestNSWith is NewGuestNS with options (see lab.GuestOptions).
+func NewGuestNSWith(tb testing.TB, tag, slotNS string, cfg slot.Config, o lab.GuestOptions) *GuestNS {
+	tb.Helper()
+	g, err := lab.NewGuestNSWith(tag, slotNS, cfg, o)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -128,7 +128,8 @@ func TestDatapathKeepsForwardingThroughKill9(t *testing.T) {
 func TestBenchReportQuick(t *testing.T) {
 	testenv.RequireRoot(t)
 	dir := t.TempDir()
-	// The tables the bench may make: its pools' (prefixes na, nb, nx) and
+	// The tables the bench may make: its pools' (prefixes na, nb, nx, nd,
+	// nf) and
 	// the replaced design's iptables tables. Other jobs' tables may come
 	// and go meanwhile.
 	benchTables := func() map[string]bool {
@@ -142,7 +143,7 @@ func TestBenchReportQuick(t *testing.T) {
 			if len(f) != 3 || f[0] != "table" {
 				continue
 			}
-			if name := f[2]; strings.HasPrefix(name, "na") || strings.HasPrefix(name, "nb") || strings.HasPrefix(name, "nx") ||
+			if name := f[2]; benchPrefix(name) ||
 				((f[1] == "ip" || f[1] == "ip6") && (name == "filter" || name == "nat")) {
 				m[l] = true
 			}
@@ -170,6 +171,8 @@ func TestBenchReportQuick(t *testing.T) {
 		"| TCP connections/s, slot 0", "| UDP round trip, slot 49", "| root-namespace rules | 1503 | 5 |",
 		"| 400 |", "| 5 / 12003 |",
 		"## Summary: Lambda's before/after table, on this machine", "| root-namespace rules at 50 slots | > 125,000 | 144 | 5 | 1503 |",
+		"## DHCP", "| netslot (eBPF on tap0) | DISCOVER -> OFFER |", "| dnsmasq --no-ping | REQUEST -> ACK |",
+		"## The first packet to a VPC peer", "| peer unknown, ARP answered at once |",
 	} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q", want)
@@ -185,10 +188,21 @@ func TestBenchReportQuick(t *testing.T) {
 	}
 	ents, _ := os.ReadDir("/run/netns")
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), "nb") || strings.HasPrefix(e.Name(), "bq") || strings.HasPrefix(e.Name(), "na") || strings.HasPrefix(e.Name(), "nx") {
+		if benchPrefix(e.Name()) || strings.HasPrefix(e.Name(), "bq") || strings.HasPrefix(e.Name(), "ff") || strings.HasPrefix(e.Name(), "gf") {
 			t.Errorf("bench left namespace %s", e.Name())
 		}
 	}
+}
+
+// benchPrefix reports whether name is one of the bench's pools' (prefixes
+// na, nb, nx, nd and nf).
+func benchPrefix(name string) bool {
+	for _, p := range []string{"na", "nb", "nx", "nd", "nf"} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // oldLayoutNetslotd builds netslotd with the datapath layout made for the
