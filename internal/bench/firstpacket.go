@@ -79,12 +79,6 @@ func RunFirstPacket(ctx context.Context, o FirstPacketOptions) (*FirstPacketResu
 		return nil, err
 	}
 	cleanup = append(cleanup, vtep.Close)
-	g, err := lab.NewGuestNS("f"+tag, cfg.NetnsPath(0), cfg)
-	if err != nil {
-		return nil, err
-	}
-	cleanup = append(cleanup, g.Close)
-
 	res := &FirstPacketResult{Opts: o}
 	cases := []struct {
 		name  string
@@ -109,7 +103,7 @@ func RunFirstPacket(ctx context.Context, o FirstPacketOptions) (*FirstPacketResu
 			if c.known {
 				a.PeerMAC = peerMAC
 			}
-			took, answered, err := firstDatagram(d, g, a, netip.AddrPortFrom(vpcHost, 9), o.AnswerFor)
+			took, answered, err := firstDatagram(d, "f"+tag, a, netip.AddrPortFrom(vpcHost, 9), o.AnswerFor)
 			if err != nil {
 				return nil, err
 			}
@@ -123,10 +117,17 @@ func RunFirstPacket(ctx context.Context, o FirstPacketOptions) (*FirstPacketResu
 	return res, ctx.Err()
 }
 
-// firstDatagram acquires the pool's slot attached by a, sends one datagram
-// from guest g to dst at once, and waits up to wait for its echo; then it
-// releases the slot.
-func firstDatagram(d *daemon.Daemon, g *lab.GuestNS, a *slot.Attachment, dst netip.AddrPort, wait time.Duration) (time.Duration, bool, error) {
+// firstDatagram puts a guest (namespace g<tag>) on the pool's only slot,
+// acquires it attached by a, sends one datagram from the guest to dst at
+// once and waits up to wait for its echo; then the guest goes (its VMM
+// exits) and the slot is released.
+func firstDatagram(d *daemon.Daemon, tag string, a *slot.Attachment, dst netip.AddrPort, wait time.Duration) (took time.Duration, answered bool, err error) {
+	cfg := d.Config()
+	g, err := lab.NewGuestNS(tag, cfg.NetnsPath(0), cfg)
+	if err != nil {
+		return 0, false, err
+	}
+	defer g.Close()
 	c, err := g.Dial("udp4", dst)
 	if err != nil {
 		return 0, false, err
@@ -136,7 +137,13 @@ func firstDatagram(d *daemon.Daemon, g *lab.GuestNS, a *slot.Attachment, dst net
 	if err != nil {
 		return 0, false, err
 	}
-	defer d.Release(info.ID, info.Lease.ID)
+	defer func() {
+		c.Close()
+		g.Close()
+		if rerr := d.Release(info.ID, info.Lease.ID); rerr != nil && err == nil {
+			err = fmt.Errorf("release: %w", rerr)
+		}
+	}()
 	start := time.Now()
 	if _, err := c.Write([]byte("first")); err != nil {
 		return 0, false, err
@@ -144,7 +151,7 @@ func firstDatagram(d *daemon.Daemon, g *lab.GuestNS, a *slot.Attachment, dst net
 	c.SetReadDeadline(start.Add(wait))
 	buf := make([]byte, 64)
 	n, err := c.Read(buf)
-	took := time.Since(start)
+	took = time.Since(start)
 	if err != nil || string(buf[:n]) != "first" {
 		return 0, false, nil
 	}
