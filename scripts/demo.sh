@@ -84,6 +84,7 @@ guest=$!
 for _ in $(seq 50); do [ -e /run/netns/gdemo ] && break; sleep 0.1; done
 sleep 0.3
 echo "-- the guest asks DHCP (ISC dhclient); netslot answers on tap0 in eBPF: no process, no socket per slot"
+rm -f /run/netslot-demo-dhclient.leases # a fresh guest: DISCOVER, not a remembered lease
 ip netns exec gdemo dhclient -4 -1 -v -cf /dev/null -sf ./scripts/dhclient-script \
   -lf /run/netslot-demo-dhclient.leases -pf /run/netslot-demo-dhclient.pid g0 2>&1 |
   grep -E "^(DHCP|bound|dhclient:)" || true
