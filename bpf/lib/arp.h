@@ -77,7 +77,8 @@ static __always_inline void learn_peer(__u32 idx, const struct tunnel_info *t, c
 }
 
 #define ARP_INTERVAL_NS (100 * 1000 * 1000)
-#define HOLD_BURST 32 /* frames held per slot per ARP_INTERVAL_NS */
+#define HOLD_BURST 32         /* frames held per slot per window */
+#define HOLD_WINDOW_TICKS 96  /* of 2^20 ns: about 100 ms */
 
 /*
  * The peer's MAC is not known yet: a copy of the guest's frame goes to
@@ -92,38 +93,37 @@ static __always_inline void learn_peer(__u32 idx, const struct tunnel_info *t, c
 static __always_inline bool hold(struct __sk_buff *skb, __u32 idx, struct peer_info *p)
 {
 	struct lease_policy *lp = bpf_map_lookup_elem(&leases, &idx);
+	__u32 zero = 0, tick = bpf_ktime_get_ns() >> 20;
 	struct hold_event *e;
 	__u64 len = skb->len;
 
 	if (!lp || !p || skb->gso_size || len > HOLD_MAX)
 		return false;
 	/* A guest that floods an unknown peer is not copied for more than
-	 * HOLD_BURST frames between two ARP requests. */
-	if (bpf_ktime_get_ns() - p->asked_ns >= ARP_INTERVAL_NS)
+	 * HOLD_BURST frames a window, whatever becomes of its ARP requests
+	 * (one that cannot be made, say, moves no ARP clock). */
+	if (tick - p->hold_window >= HOLD_WINDOW_TICKS) {
+		p->hold_window = tick;
 		p->held = 0;
+	}
 	if (p->held >= HOLD_BURST)
 		return false;
 	p->held++;
-	/* Masked in the register the call gets (the compiler would drop a
+	/* Masked in the register the calls get (the compiler would drop a
 	 * C mask it can prove redundant; the verifier needs it). */
 	asm volatile("%0 &= 0x7ff" : "+r"(len));
 	_Static_assert(HOLD_MAX == 2048, "hold masks with 0x7ff");
 	if (len < ETH_HLEN)
 		return false;
-	e = bpf_ringbuf_reserve(&held, sizeof(*e), 0);
-	if (!e)
+	e = bpf_map_lookup_elem(&hold_scratch, &zero);
+	if (!e || bpf_skb_load_bytes(skb, 0, e->data, len))
 		return false;
-	if (bpf_skb_load_bytes(skb, 0, e->data, len)) {
-		bpf_ringbuf_discard(e, 0);
-		return false;
-	}
 	e->kind = HOLD_FRAME;
 	e->slot = idx;
 	e->lease = lp->flags;
 	e->len = len;
 	e->time_ns = bpf_ktime_get_ns();
-	bpf_ringbuf_submit(e, 0);
-	return true;
+	return bpf_ringbuf_output(&held, e, HOLD_HEADER + len, 0) == 0;
 }
 
 static __always_inline bool peer_known(const struct peer_info *p, const struct tunnel_info *t)

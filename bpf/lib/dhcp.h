@@ -72,7 +72,11 @@ enum {
 	AT_DNS = AT_MTU + 4,              /* 6, 4 per server */
 	AT_HOSTNAME = AT_DNS + 2 + 4 * DHCP_DNS_MAX, /* 12, up to DHCP_HOSTNAME_MAX */
 	AT_END = AT_HOSTNAME + 2 + DHCP_HOSTNAME_MAX,
-	REPLY_OPTS = (AT_END + 1 + 3) & ~3, /* UDP's length, a multiple of 4 */
+	/* Past the end option (where a client reads nothing): the word that
+	 * makes the UDP checksum right whether or not the kernel completes it
+	 * (see the checksum below). At an even offset of the UDP header. */
+	AT_FIX = (AT_END + 2) & ~1,
+	REPLY_OPTS = (AT_FIX + 2 + 3) & ~3, /* UDP's length, a multiple of 4 */
 };
 
 struct dhcp_reply {
@@ -228,6 +232,14 @@ static __always_inline int parse_options(struct __sk_buff *skb, __u32 off, __u8 
 	return w.err || !q->type ? -1 : 0;
 }
 
+/* fold16 folds a one's complement sum to 16 bits (not complemented). */
+static __always_inline __u16 fold16(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return sum;
+}
+
 /* Sums len bytes at p into the one's complement sum seed. */
 static __always_inline __u32 csum_add_bytes(void *p, __u32 len, __u32 seed)
 {
@@ -260,6 +272,9 @@ static __always_inline int tap_dhcp_answer(struct __sk_buff *skb)
 	ihl = ip->ihl * 4;
 	if (ihl < sizeof(*ip) || ihl > 60)
 		return TC_ACT_OK; /* the stack drops it */
+	/* A later fragment has no UDP header: its bytes are payload. */
+	if (ip_later_fragment(ip))
+		return TC_ACT_OK;
 	if (load(skb, ETH_HLEN + ihl, &udp, sizeof(udp)) || udp.dest != bpf_htons(DHCP_SERVER_PORT))
 		return TC_ACT_OK;
 
@@ -273,7 +288,9 @@ static __always_inline int tap_dhcp_answer(struct __sk_buff *skb)
 		return drop(cfg->slot_count, DROP_NOT_LEASED);
 	if (!mac_eq(eth->h_source, cfg->guest_mac) || (ip->saddr && ip->saddr != cfg->guest_ip))
 		return drop(idx, DROP_DHCP_NOT_GUEST);
-	if (ip_later_fragment(ip) || ip_more_fragments(ip) || udp.source != bpf_htons(DHCP_CLIENT_PORT))
+	/* No client sends IP options or fragments; the answer's headers are
+	 * where the request's were (see the checksum below). */
+	if (ihl != sizeof(*ip) || ip_more_fragments(ip) || udp.source != bpf_htons(DHCP_CLIENT_PORT))
 		return drop(idx, DROP_DHCP_MALFORMED);
 
 	sc = (struct dhcp_scratch *)bpf_map_lookup_elem(&dhcp_scratch, &zero);
@@ -385,15 +402,33 @@ static __always_inline int tap_dhcp_answer(struct __sk_buff *skb)
 	r->udp.source = bpf_htons(DHCP_SERVER_PORT);
 	r->udp.dest = bpf_htons(DHCP_CLIENT_PORT);
 	r->udp.len = bpf_htons(udp_len);
-	r->udp.check = 0;
+	/*
+	 * The UDP checksum. The answer is the request's skb, which keeps the
+	 * request's checksum state: a guest that left its checksum to offload
+	 * (a virtio NIC with a UDP socket, as a renewing systemd-networkd)
+	 * made it CHECKSUM_PARTIAL at the UDP header, and then the kernel
+	 * completes the answer's checksum on its way to a tap without
+	 * checksum offload: it sums the segment, check field included, and
+	 * writes the result there. So the check field holds the
+	 * pseudo-header's sum P (what completion expects) and the word at
+	 * AT_FIX makes P the right checksum of the whole as well: the answer
+	 * is right whether or not it is completed. Sums are in the buffer's
+	 * byte order throughout (one's complement sums do not care which).
+	 */
 	struct {
 		__be32 saddr, daddr;
 		__u8 zero, proto;
 		__be16 len;
 	} pseudo = {r->ip.saddr, r->ip.daddr, 0, IPPROTO_UDP, r->udp.len};
-	__u32 sum = csum_add_bytes(&pseudo, sizeof(pseudo), 0);
-	__u16 check = csum_fold(csum_add_bytes(&r->udp, udp_len, sum));
-	r->udp.check = check ? check : 0xffff;
+	__u16 p = fold16(csum_add_bytes(&pseudo, sizeof(pseudo), 0));
+	if (p == 0)
+		p = 0xffff; /* a UDP checksum is never 0, which means none */
+	r->udp.check = 0;
+	__u16 s0 = fold16(csum_add_bytes(&r->udp, udp_len, 0)); /* fix word 0 */
+	/* fold(P + S0 + fix) must be ~P: the checksum is then ~~P = P. */
+	__u16 fix = fold16((__u32)(__u16)~p + (__u16)~fold16((__u32)p + s0));
+	__builtin_memcpy(o + AT_FIX, &fix, sizeof(fix));
+	r->udp.check = p;
 
 	if (bpf_skb_change_tail(skb, sizeof(*r), 0) || bpf_skb_store_bytes(skb, 0, r, sizeof(*r), 0))
 		return drop(idx, DROP_REWRITE);

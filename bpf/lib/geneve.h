@@ -178,8 +178,9 @@ static __always_inline int encap(struct __sk_buff *skb, const struct pool_config
 	fib.ipv4_src = cfg->underlay_ip;
 	fib.ipv4_dst = t->remote_ip;
 	fib.tbid = cfg->route_table;
-	/* And what the route carries (the uplink's MTU, or a locked route
-	 * MTU or a path MTU learned for the VTEP): the lookup answers
+	/* And what the route carries (the uplink's MTU, or an MTU set on the
+	 * pool table's route; no path MTU is learned here: the tunnel's
+	 * packets have no socket for an ICMP error to reach): the lookup answers
 	 * FRAG_NEEDED for a packet longer than that once encapsulated. A GSO
 	 * packet is not (its length is its segments'): given no length, the
 	 * lookup checks its segments as they are against the uplink's MTU,

@@ -79,8 +79,8 @@ struct peer_info {
 	__u32 vni;
 	__be32 remote;
 	__u64 asked_ns;       /* last ARP request sent for this slot */
-	__u32 held;           /* frames held for netslotd since then (see hold) */
-	__u32 pad;
+	__u32 held;           /* frames held for netslotd in this window (see hold) */
+	__u32 hold_window;    /* when the window began, in 2^20 ns ticks */
 };
 
 struct vni_key {
@@ -301,10 +301,21 @@ struct hold_event {
 
 #define HOLD_HEADER offsetof(struct hold_event, data)
 
+/* Records are as long as their frame (a SYN takes 24 + 74 bytes): the
+ * ring holds thousands of first packets for the whole pool. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
+	__uint(max_entries, 1024 * 1024);
 } held SEC(".maps");
+
+/* Per CPU: a hold_event is built here, then copied into the ring at its
+ * frame's length. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hold_event);
+} hold_scratch SEC(".maps");
 
 /* The token bucket of a slot's ICMP "fragmentation needed" answers
  * (lib/icmp.h): credit in nanoseconds, as the kernel's xrlim_allow. */

@@ -121,6 +121,7 @@ type Daemon struct {
 	orphans   map[int]bool
 	stop      chan struct{} // closed by Close: background work ends
 	held      holder        // frames to VPC peers not yet known (hold.go)
+	dhcpMu    sync.Mutex    // orders the writes of the slots' DHCP settings
 	closeOnce sync.Once
 	bg        sync.WaitGroup // the background work, which Close waits for
 	lost      lossReports    // losses of kernel events not yet logged

@@ -184,7 +184,7 @@ func (d *Daemon) registerDatapath(i int, l *slot.Lease) error {
 		// left, flows and all.
 		d.dp.CloseLease(i)
 		d.dp.ClearFlows(i)
-		d.dp.ClearDHCP(i)
+		d.clearDHCP(i)
 		return d.dp.Detach(i, nil)
 	}
 	if l.VPC != nil {
@@ -202,17 +202,37 @@ func (d *Daemon) registerDatapath(i int, l *slot.Lease) error {
 // writeDHCP writes what slot i's DHCP answers carry under lease l: its
 // GuestConfig and hostname. Every value was checked on the way in.
 func (d *Daemon) writeDHCP(i int, l *slot.Lease) {
-	mtu, dns, _ := d.GuestConfig(l)
-	if err := d.dp.SetDHCP(i, datapath.DHCP{MTU: mtu, DNS: dns, Hostname: l.Hostname}); err != nil {
-		d.log.Error("dhcp settings refused", "slot", d.cfg.ID(i), "err", err)
+	d.dhcpMu.Lock()
+	defer d.dhcpMu.Unlock()
+	// Again if the uplink's MTU changed meanwhile: the monitor's refresh
+	// may have passed this slot before its lease was recorded.
+	for {
+		up := d.uplinkMTU.Load()
+		mtu, dns, _ := d.GuestConfig(l)
+		if err := d.dp.SetDHCP(i, datapath.DHCP{MTU: mtu, DNS: dns, Hostname: l.Hostname}); err != nil {
+			d.log.Error("dhcp settings refused", "slot", d.cfg.ID(i), "err", err)
+		}
+		if d.uplinkMTU.Load() == up {
+			return
+		}
 	}
 }
 
+// clearDHCP forgets slot i's DHCP settings (its lease is closed).
+func (d *Daemon) clearDHCP(i int) {
+	d.dhcpMu.Lock()
+	d.dp.ClearDHCP(i)
+	d.dhcpMu.Unlock()
+}
+
 // refreshDHCPMTU rewrites the MTU the DHCP answers of every leased slot
-// give, after the uplink's changed.
+// give, after the uplink's changed. An entry that is clear (a pooled slot,
+// or one whose release cleared it) stays clear.
 func (d *Daemon) refreshDHCPMTU() {
+	d.dhcpMu.Lock()
+	defer d.dhcpMu.Unlock()
 	for i := range d.cfg.Count {
-		if l := d.lease(i); l != nil {
+		if l := d.lease(i); l != nil && d.dp.DHCPSet(i) {
 			mtu, _, _ := d.GuestConfig(l)
 			d.dp.SetDHCPMTU(i, mtu)
 		}
@@ -245,7 +265,7 @@ func (d *Daemon) scrubDatapath(i int, a *slot.Attachment) error {
 	// a flow after this; the next OpenLease starts from an empty table
 	// anyway.
 	d.dp.ClearFlows(i)
-	d.dp.ClearDHCP(i)
+	d.clearDHCP(i)
 	return d.dp.ResetStats(i)
 }
 

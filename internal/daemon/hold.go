@@ -30,6 +30,7 @@ import (
 const (
 	holdPerSlot = 32          // frames held per slot; the oldest go first
 	holdFor     = time.Second // then the guest's own retransmits take over
+	holdBytes   = 4 << 20     // held in all, at most
 )
 
 type heldFrame struct {
@@ -39,8 +40,14 @@ type heldFrame struct {
 }
 
 type holder struct {
-	mu sync.Mutex
-	q  map[int][]heldFrame
+	mu    sync.Mutex
+	q     map[int][]heldFrame
+	bytes int // of the frames in q
+	// send is held from the check of a slot's lease word to the last
+	// send of its frames, and taken by release after it closed the
+	// lease: no frame of a lease goes out once its release went past
+	// that point, so none under the next lease.
+	send sync.Mutex
 }
 
 // holdEvent is a record of the held ring (struct hold_event).
@@ -116,14 +123,30 @@ func (d *Daemon) holdFrame(e holdEvent) {
 	if d.held.q == nil {
 		d.held.q = map[int][]heldFrame{}
 	}
-	q := d.held.q[i]
-	if len(q) >= holdPerSlot {
-		q = q[1:]
-		d.Metrics.HeldFrames.WithLabelValues("dropped").Inc()
+	// What waited too long goes (a peer that never answers), then the
+	// oldest if the slot's queue is full; and nothing is held past the
+	// budget for all slots.
+	q, now, expired := d.held.q[i], monotonicNow(), 0
+	for len(q) > 0 && time.Duration(now-q[0].at) > holdFor {
+		d.held.bytes -= len(q[0].frame)
+		q, expired = q[1:], expired+1
 	}
-	d.held.q[i] = append(q, heldFrame{lease: e.lease, at: e.at, frame: append([]byte(nil), e.data...)})
+	dropped := 0
+	if len(q) >= holdPerSlot {
+		d.held.bytes -= len(q[0].frame)
+		q, dropped = q[1:], dropped+1
+	}
+	if d.held.bytes+len(e.data) > holdBytes {
+		dropped++
+	} else {
+		q = append(q, heldFrame{lease: e.lease, at: e.at, frame: append([]byte(nil), e.data...)})
+		d.held.bytes += len(e.data)
+		d.Metrics.HeldFrames.WithLabelValues("held").Inc()
+	}
+	d.held.q[i] = q
 	d.held.mu.Unlock()
-	d.Metrics.HeldFrames.WithLabelValues("held").Inc()
+	d.Metrics.HeldFrames.WithLabelValues("expired").Add(float64(expired))
+	d.Metrics.HeldFrames.WithLabelValues("dropped").Add(float64(dropped))
 	// The peer may have been learned on another CPU before this frame's
 	// copy was read: its note came first.
 	if d.dp.PeerKnown(i) {
@@ -131,24 +154,35 @@ func (d *Daemon) holdFrame(e holdEvent) {
 	}
 }
 
-// dropHeld forgets what is held for slot i (its lease is over).
+// dropHeld forgets what is held for slot i, whose lease is over: release
+// calls it after closing the lease, and it waits for a send of the slot's
+// frames under way (see holder.send).
 func (d *Daemon) dropHeld(i int) {
-	d.held.mu.Lock()
-	n := len(d.held.q[i])
-	delete(d.held.q, i)
-	d.held.mu.Unlock()
-	if n > 0 {
+	d.held.send.Lock()
+	defer d.held.send.Unlock()
+	if n := len(d.takeHeld(i)); n > 0 {
 		d.Metrics.HeldFrames.WithLabelValues("dropped").Add(float64(n))
 	}
+}
+
+// takeHeld removes and returns what is held for slot i.
+func (d *Daemon) takeHeld(i int) []heldFrame {
+	d.held.mu.Lock()
+	defer d.held.mu.Unlock()
+	q := d.held.q[i]
+	delete(d.held.q, i)
+	for _, h := range q {
+		d.held.bytes -= len(h.frame)
+	}
+	return q
 }
 
 // sendHeld sends what is held for slot i again into the slot, in order:
 // frames of its current lease that are not too old.
 func (d *Daemon) sendHeld(i int) {
-	d.held.mu.Lock()
-	q := d.held.q[i]
-	delete(d.held.q, i)
-	d.held.mu.Unlock()
+	d.held.send.Lock()
+	defer d.held.send.Unlock()
+	q := d.takeHeld(i)
 	if len(q) == 0 {
 		return
 	}
@@ -173,7 +207,12 @@ func (d *Daemon) sendHeld(i int) {
 	if len(frames) == 0 {
 		return
 	}
-	err := d.inSlot(i, func() error { return sendOnEth0(frames) })
+	err := d.inSlot(i, func() error {
+		if d.dp.LeaseWord(i) != word {
+			return errors.New("the lease ended")
+		}
+		return sendOnEth0(frames)
+	})
 	if err != nil {
 		d.log.Warn("held frames not sent", "slot", d.cfg.ID(i), "frames", len(frames), "err", err)
 		d.Metrics.HeldFrames.WithLabelValues("dropped").Add(float64(len(frames)))

@@ -30,7 +30,7 @@ type datapathDhcpLease struct {
 
 type datapathDhcpScratchBytes struct {
 	_ structs.HostLayout
-	B [658]uint8
+	B [662]uint8
 }
 
 type datapathFlow struct {
@@ -42,6 +42,16 @@ type datapathFlow struct {
 	Vpc    uint8
 	Pad    [2]uint8
 	Seen   uint32
+}
+
+type datapathHoldEvent struct {
+	_      structs.HostLayout
+	Kind   uint32
+	Slot   uint32
+	Lease  uint32
+	Len    uint32
+	TimeNs uint64
+	Data   [2048]uint8
 }
 
 type datapathIcmpLimit struct {
@@ -69,14 +79,14 @@ type datapathLeasePolicy struct {
 }
 
 type datapathPeerInfo struct {
-	_       structs.HostLayout
-	Mac     [6]uint8
-	Known   uint16
-	Vni     uint32
-	Remote  uint32
-	AskedNs uint64
-	Held    uint32
-	Pad     uint32
+	_          structs.HostLayout
+	Mac        [6]uint8
+	Known      uint16
+	Vni        uint32
+	Remote     uint32
+	AskedNs    uint64
+	Held       uint32
+	HoldWindow uint32
 }
 
 type datapathPoolConfig struct {
@@ -167,6 +177,7 @@ const (
 	datapathMapDhcpScratch    = "dhcp_scratch"
 	datapathMapFlows          = "flows"
 	datapathMapHeld           = "held"
+	datapathMapHoldScratch    = "hold_scratch"
 	datapathMapIcmpLimits     = "icmp_limits"
 	datapathMapLeases         = "leases"
 	datapathMapPeers          = "peers"
@@ -239,6 +250,7 @@ type datapathMapSpecs struct {
 	DhcpScratch *ebpf.MapSpec `ebpf:"dhcp_scratch"`
 	Flows       *ebpf.MapSpec `ebpf:"flows"`
 	Held        *ebpf.MapSpec `ebpf:"held"`
+	HoldScratch *ebpf.MapSpec `ebpf:"hold_scratch"`
 	IcmpLimits  *ebpf.MapSpec `ebpf:"icmp_limits"`
 	Leases      *ebpf.MapSpec `ebpf:"leases"`
 	Peers       *ebpf.MapSpec `ebpf:"peers"`
@@ -283,6 +295,7 @@ type datapathMaps struct {
 	DhcpScratch *ebpf.Map `ebpf:"dhcp_scratch"`
 	Flows       *ebpf.Map `ebpf:"flows"`
 	Held        *ebpf.Map `ebpf:"held"`
+	HoldScratch *ebpf.Map `ebpf:"hold_scratch"`
 	IcmpLimits  *ebpf.Map `ebpf:"icmp_limits"`
 	Leases      *ebpf.Map `ebpf:"leases"`
 	Peers       *ebpf.Map `ebpf:"peers"`
@@ -303,6 +316,7 @@ func (m *datapathMaps) Close() error {
 		m.DhcpScratch,
 		m.Flows,
 		m.Held,
+		m.HoldScratch,
 		m.IcmpLimits,
 		m.Leases,
 		m.Peers,

@@ -63,6 +63,11 @@ func (d *Datapath) SetDHCPMTU(i, mtu int) {
 	at[datapathDhcpLease](d.dhcp, i).Mtu = uint16(mtu)
 }
 
+// DHCPSet reports whether slot i has DHCP settings written (a lease's).
+func (d *Datapath) DHCPSet(i int) bool {
+	return *at[datapathDhcpLease](d.dhcp, i) != datapathDhcpLease{}
+}
+
 // ClearDHCP forgets slot i's lease settings; release calls it after
 // CloseLease.
 func (d *Datapath) ClearDHCP(i int) {

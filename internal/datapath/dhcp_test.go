@@ -10,6 +10,8 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/netslot/netslot/internal/testpacket"
 )
 
 // slotSide makes the test's namespace look, to tap0's program, like the
@@ -88,6 +90,13 @@ func TestTapDHCP(t *testing.T) {
 	checkIPv4(t, "dhcp answer", out[14:])
 	if udp.Checksum == 0 {
 		t.Error("the answer has no UDP checksum")
+	}
+	// A request whose checksum the guest left to offload leaves the answer
+	// CHECKSUM_PARTIAL: the kernel may sum the segment, check field
+	// included, and write that there. It must write what is there.
+	seg := out[14+20 : 14+int(ip.Length)]
+	if got := testpacket.Checksum(seg, 0); got != udp.Checksum {
+		t.Errorf("completing the answer's checksum would write %#04x over %#04x", got, udp.Checksum)
 	}
 	if d.Operation != layers.DHCPOpReply || d.Xid != 0x5eed || d.YourClientIP.String() != e.cfg.GuestIP().String() {
 		t.Errorf("answer %v", d)

@@ -190,7 +190,27 @@ func (u UplinkRoute) Apply() error {
 			return fmt.Errorf("rule from %s: %w", u.GuestCIDR, err)
 		}
 	}
-	resolve := slices.ContainsFunc(rules, func(r netlink.Rule) bool { return r.Table == ResolveTable(u.Prefix) })
+	resolve := false
+	for _, r := range rules {
+		if r.Table != ResolveTable(u.Prefix) || u.Gateway.IsValid() {
+			continue
+		}
+		if r.Mark == resolveMark && r.OifName == u.Uplink {
+			resolve = true
+			continue
+		}
+		// Another uplink's (a restart changed --uplink): its rule would
+		// keep the marked packets off this uplink's resolve table, and
+		// its placeholder neighbour would stay behind.
+		if err := netlink.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("delete stale resolve rule (oif %s): %w", r.OifName, err)
+		}
+		if old, err := netlink.LinkByName(r.OifName); err == nil && r.OifName != "" {
+			if err := delPlaceholder(old.Attrs().Index); err != nil {
+				return err
+			}
+		}
+	}
 	if u.Gateway.IsValid() {
 		// A gateway's pool needs none of a flat underlay's objects (a
 		// restart may have changed the pool's mode).

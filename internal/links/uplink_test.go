@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -122,5 +123,55 @@ func TestUplinkRouteFailsClosed(t *testing.T) {
 	}
 	if rs, _ := Routes(nil, unix.AF_INET, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE); len(rs) != 0 {
 		t.Errorf("routes left: %+v", rs)
+	}
+}
+
+// A flat underlay's pool restarted on another uplink: the resolve rule
+// follows it, and the old uplink keeps no placeholder neighbour.
+func TestFlatUnderlayMovesToAnotherUplink(t *testing.T) {
+	testenv.PrivateNetns(t)
+	for _, v := range [][2]string{{"upa", "upa1"}, {"upb", "upb1"}} {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: v[0]}, PeerName: v[1]}); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range v {
+			l, _ := netlink.LinkByName(n)
+			if err := netlink.LinkSetUp(l); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for n, name := range []string{"upa", "upb"} {
+		l, _ := netlink.LinkByName(name)
+		if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(198, 18, byte(n), 2), Mask: net.CIDRMask(24, 32)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := UplinkRoute{Prefix: "tfl", Uplink: "upa", GuestCIDR: netip.MustParsePrefix("172.16.0.0/30")}
+	if err := a.Apply(); err != nil {
+		t.Fatal(err)
+	}
+	b := a
+	b.Uplink = "upb"
+	if err := b.Apply(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Check(); err != nil {
+		t.Errorf("after moving to upb: %v", err)
+	}
+	rules, err := Rules(nil, unix.AF_INET)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rules {
+		if r.Table == ResolveTable("tfl") && r.OifName != "upb" {
+			t.Errorf("a resolve rule for %s is left", r.OifName)
+		}
+	}
+	if out, err := exec.Command("ip", "-4", "neigh", "show", "dev", "upa", OnLinkNexthop.String()).CombinedOutput(); err != nil || len(out) > 0 {
+		t.Errorf("placeholder neighbour left on upa: %s %v", out, err)
+	}
+	if err := RemoveUplinkRoute("tfl"); err != nil {
+		t.Fatal(err)
 	}
 }
