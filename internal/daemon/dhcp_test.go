@@ -220,10 +220,9 @@ func TestNoDHCP(t *testing.T) {
 
 // dhclientScript applies a lease as dhclient-script would, without what
 // the host's own script would also touch (the host's resolv.conf and
-// hostname: `ip netns exec` shares both): it records the lease's
-// variables, then sets the address, MTU and default route.
+// hostname: `ip netns exec` shares both): it sets the address, MTU and
+// default route, then records the lease's variables.
 const dhclientScript = `#!/bin/sh
-env | grep -E '^(reason|interface|new_)' >"$NETSLOT_OUT.$reason"
 case $reason in
 PREINIT) ip link set "$interface" up ;;
 BOUND|RENEW|REBIND|REBOOT)
@@ -232,6 +231,8 @@ BOUND|RENEW|REBIND|REBOOT)
   ip route replace default via "${new_routers%% *}" dev "$interface"
   ;;
 esac
+# Last, in one step: the test reads it as "configured".
+env | grep -E '^(reason|interface|new_)' >"$NETSLOT_OUT.tmp" && mv "$NETSLOT_OUT.tmp" "$NETSLOT_OUT.$reason"
 exit 0
 `
 
