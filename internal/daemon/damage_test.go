@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -110,7 +111,12 @@ func TestSlotPinsArePutBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, i := range []int{info.Index, free, other} {
-		tu.Eventually(t, "pin of "+p.Config.ID(i)+" put back", func() bool { return whole(p.Config, i) == nil })
+		var last error
+		ok := tu.Wait(10*time.Second, func() bool { last = whole(p.Config, i); return last == nil })
+		if !ok {
+			got, _ := p.D.Get(p.Config.ID(i))
+			t.Fatalf("pin of %s not put back within 10 s: %v; slot state %s, damaged %q", p.Config.ID(i), last, got.State, got.Damaged)
+		}
 	}
 	if n := reconciled(t, p, "netns_pin"); n < 3 {
 		t.Errorf("netns_pin repairs counted: %v, want 3", n)

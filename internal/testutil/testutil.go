@@ -17,6 +17,19 @@ import (
 	"github.com/netslot/netslot/internal/testenv"
 )
 
+// Wait polls cond every 10 ms until it holds (true) or limit passes
+// (false), for a caller that says itself what went wrong.
+func Wait(limit time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(limit); ; time.Sleep(10 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
 // Eventually polls cond every 20 ms for up to 5 s and fails tb if it
 // never holds: for what the kernel finishes after the call that caused
 // it returned (a link detached when its last pin goes, a namespace
