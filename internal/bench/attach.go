@@ -110,12 +110,7 @@ func RunAttach(ctx context.Context, o AttachOptions) (*AttachResult, error) {
 			cleanup[i]()
 		}
 	}()
-	fab, err := lab.NewFabric("a"+tag, cfg.SlotCIDR)
-	if err != nil {
-		return nil, err
-	}
-	cleanup = append(cleanup, fab.Remove)
-	d, stopPool, err := startPool(ctx, cfg, fab, o.Log)
+	d, fab, stopPool, err := poolOnFabric(ctx, cfg, "a"+tag, o.Log)
 	if err != nil {
 		return nil, err
 	}

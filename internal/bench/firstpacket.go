@@ -63,12 +63,7 @@ func RunFirstPacket(ctx context.Context, o FirstPacketOptions) (*FirstPacketResu
 			cleanup[i]()
 		}
 	}()
-	fab, err := lab.NewFabric("f"+tag, cfg.SlotCIDR)
-	if err != nil {
-		return nil, err
-	}
-	cleanup = append(cleanup, fab.Remove)
-	d, stopPool, err := startPool(ctx, cfg, fab, o.Log)
+	d, fab, stopPool, err := poolOnFabric(ctx, cfg, "f"+tag, o.Log)
 	if err != nil {
 		return nil, err
 	}

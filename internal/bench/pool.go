@@ -41,6 +41,21 @@ func startPool(ctx context.Context, cfg slot.Config, fab *lab.Fabric, log *slog.
 	return d, stop, nil
 }
 
+// poolOnFabric boots a pool of cfg with its uplink on a new lab fabric
+// named by tag; stop removes both.
+func poolOnFabric(ctx context.Context, cfg slot.Config, tag string, log *slog.Logger) (d *daemon.Daemon, fab *lab.Fabric, stop func(), err error) {
+	fab, err = lab.NewFabric(tag, cfg.SlotCIDR)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	d, stopPool, err := startPool(ctx, cfg, fab, log)
+	if err != nil {
+		fab.Remove()
+		return nil, nil, nil, err
+	}
+	return d, fab, func() { stopPool(); fab.Remove() }, nil
+}
+
 // removePool tears the pool of prefix down and removes its state dir and
 // the lock file teardown leaves (no daemon of it is left); it returns how
 // long the teardown took.

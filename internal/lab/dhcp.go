@@ -26,9 +26,18 @@ type DHCPClient struct {
 
 // NewDHCPClient attaches to tap name in the namespace pinned at path, as a
 // VMM does, for a guest of MAC mac. The caller closes it.
+//
+// It returns once the tap is operationally up: attaching turns the
+// carrier on, but the kernel starts the tap's queue only when its link
+// watcher gets to it, and until then what the slot sends to the guest
+// (an answer) is dropped. A booting VM asks long after that.
 func NewDHCPClient(path, name string, mac net.HardwareAddr) (*DHCPClient, error) {
 	f, err := OpenTap(path, name)
 	if err != nil {
+		return nil, err
+	}
+	if err := waitOperUp(path, name, 3*time.Second); err != nil {
+		f.Close()
 		return nil, err
 	}
 	return &DHCPClient{MAC: mac, tap: f, buf: make([]byte, 65536)}, nil

@@ -14,14 +14,10 @@ import (
 	"github.com/netslot/netslot/internal/testenv"
 )
 
-// TestUplinkRouteFailsClosed checks, in a namespace made for the test,
-// that the pool's table drops slot traffic (the kernel's route lookup
-// answers with its blackhole) whenever the uplink's route is gone, that
-// Check notices what is missing and Apply puts it back, and that
-// RemoveUplinkRoute leaves nothing.
-func TestUplinkRouteFailsClosed(t *testing.T) {
-	testenv.PrivateNetns(t)
-	for _, v := range [][2]string{{"up0", "up1"}, {"h0", "h1"}} {
+// vethsUp makes veth pairs in the calling thread's namespace, both ends up.
+func vethsUp(t *testing.T, pairs ...[2]string) {
+	t.Helper()
+	for _, v := range pairs {
 		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: v[0]}, PeerName: v[1]}); err != nil {
 			t.Fatal(err)
 		}
@@ -32,6 +28,16 @@ func TestUplinkRouteFailsClosed(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestUplinkRouteFailsClosed checks, in a namespace made for the test,
+// that the pool's table drops slot traffic (the kernel's route lookup
+// answers with its blackhole) whenever the uplink's route is gone, that
+// Check notices what is missing and Apply puts it back, and that
+// RemoveUplinkRoute leaves nothing.
+func TestUplinkRouteFailsClosed(t *testing.T) {
+	testenv.PrivateNetns(t)
+	vethsUp(t, [2]string{"up0", "up1"}, [2]string{"h0", "h1"})
 	up0, _ := netlink.LinkByName("up0")
 	if err := netlink.AddrAdd(up0, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(198, 18, 0, 2), Mask: net.CIDRMask(24, 32)}}); err != nil {
 		t.Fatal(err)
@@ -130,17 +136,7 @@ func TestUplinkRouteFailsClosed(t *testing.T) {
 // follows it, and the old uplink keeps no placeholder neighbour.
 func TestFlatUnderlayMovesToAnotherUplink(t *testing.T) {
 	testenv.PrivateNetns(t)
-	for _, v := range [][2]string{{"upa", "upa1"}, {"upb", "upb1"}} {
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: v[0]}, PeerName: v[1]}); err != nil {
-			t.Fatal(err)
-		}
-		for _, n := range v {
-			l, _ := netlink.LinkByName(n)
-			if err := netlink.LinkSetUp(l); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	vethsUp(t, [2]string{"upa", "upa1"}, [2]string{"upb", "upb1"})
 	for n, name := range []string{"upa", "upb"} {
 		l, _ := netlink.LinkByName(name)
 		if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(198, 18, byte(n), 2), Mask: net.CIDRMask(24, 32)}}); err != nil {
