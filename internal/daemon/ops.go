@@ -385,7 +385,7 @@ func (d *Daemon) scrub(i int) error {
 		if err := tap.SetOwner(nil); err != nil {
 			return errors.Join(err, tap.Close())
 		}
-		return errors.Join(links.Scrub(h, d.cfg, i, d.tapProgram()), tap.Close())
+		return errors.Join(links.Scrub(h, d.cfg, i), tap.Close())
 	})
 	if err != nil {
 		return err

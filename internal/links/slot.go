@@ -206,11 +206,7 @@ func damaged(format string, a ...any) error {
 // root), rewrites its gateway neighbour and makes tap0 run tapProg (see
 // AttachTapProgram; -1: nothing).
 func Adopt(h *netlink.Handle, c slot.Config, i, tapProg int, owner *slot.TapOwner) error {
-	eth0, err := verify(h, c, i, owner)
-	if err != nil {
-		return err
-	}
-	if err := EnsureGateway(h, eth0, c, i); err != nil {
+	if err := verifyAndGateway(h, c, i, owner); err != nil {
 		return err
 	}
 	tap, err := h.LinkByName(slot.TapName)
@@ -218,6 +214,16 @@ func Adopt(h *netlink.Handle, c slot.Config, i, tapProg int, owner *slot.TapOwne
 		return fmt.Errorf("find %s: %w", slot.TapName, err)
 	}
 	return AttachTapProgram(h, tap.Attrs().Index, tapProg)
+}
+
+// verifyAndGateway verifies slot i (see verify) and rewrites its gateway
+// neighbour.
+func verifyAndGateway(h *netlink.Handle, c slot.Config, i int, owner *slot.TapOwner) error {
+	eth0, err := verify(h, c, i, owner)
+	if err != nil {
+		return err
+	}
+	return EnsureGateway(h, eth0, c, i)
 }
 
 // verify checks the devices, addresses, device settings and routes of slot
@@ -307,11 +313,11 @@ func hasOnlyAddr(h *netlink.Handle, l netlink.Link, a netip.Addr, bits int) erro
 // Scrub removes what a tenant may have left on the slot's devices: learned
 // neighbours, a changed MAC, MTU or queue length, and anything queued on the
 // tap (a down/up cycle flushes the qdisc), then verifies the slot, with
-// tap0 back to root's, and rewrites its gateway neighbour (Adopt). The
+// tap0 back to root's, and rewrites its gateway neighbour. The
 // calling thread must be in the slot's namespace, and should hold the tap
 // (HoldTap), so that no VMM attaches meanwhile; the holder puts tap0's
 // owner back (HeldTap.SetOwner).
-func Scrub(h *netlink.Handle, c slot.Config, i, tapProg int) error {
+func Scrub(h *netlink.Handle, c slot.Config, i int) error {
 	tap, err := h.LinkByName(slot.TapName)
 	if err != nil {
 		return fmt.Errorf("find %s: %w", slot.TapName, err)
@@ -335,7 +341,9 @@ func Scrub(h *netlink.Handle, c slot.Config, i, tapProg int) error {
 	if err := configureTap(h, tap, c); err != nil {
 		return err
 	}
-	return Adopt(h, c, i, tapProg, nil)
+	// tap0's program stays: no tenant reaches the slot's tc, and this
+	// netslotd put its own there when it built or adopted the slot.
+	return verifyAndGateway(h, c, i, nil)
 }
 
 // EnsureGateway (re)writes the permanent neighbour entry of the slot's next
