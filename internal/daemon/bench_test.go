@@ -49,28 +49,37 @@ func BenchmarkAcquireVPC(b *testing.B) {
 		}
 		atts = append(atts, a)
 	}
+	timeAcquires(b, p, 16, func(k int) daemon.AcquireRequest { return daemon.AcquireRequest{VPC: atts[k]} })
+}
+
+// timeAcquires times the acquires of b's loop, req(k) the k-th of each
+// batch of n (the pool's size), releases each batch outside the timed
+// part, and reports the percentiles.
+func timeAcquires(b *testing.B, p *testutil.Pool, n int, req func(k int) daemon.AcquireRequest) {
 	var lat []time.Duration
 	var held []daemon.SlotInfo
+	release := func() {
+		b.StopTimer()
+		for _, s := range held {
+			if err := p.D.Release(s.ID, s.Lease.ID); err != nil {
+				b.Fatal(err)
+			}
+		}
+		held = held[:0]
+		b.StartTimer()
+	}
 	for b.Loop() {
 		start := time.Now()
-		s, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: atts[len(held)]})
+		s, err := p.D.Acquire(context.Background(), req(len(held)))
 		lat = append(lat, time.Since(start))
 		if err != nil {
 			b.Fatal(err)
 		}
-		held = append(held, s)
-		if len(held) == 16 {
-			// Release the batch outside the timed part.
-			b.StopTimer()
-			for _, s := range held {
-				if err := p.D.Release(s.ID, s.Lease.ID); err != nil {
-					b.Fatal(err)
-				}
-			}
-			held = held[:0]
-			b.StartTimer()
+		if held = append(held, s); len(held) == n {
+			release()
 		}
 	}
+	release()
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-us")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-us")
@@ -96,33 +105,7 @@ func BenchmarkAcquireTapOwner(b *testing.B) {
 		{"tap_owner", daemon.AcquireRequest{TapOwner: &slot.TapOwner{UID: 4242, GID: 4243}}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			var lat []time.Duration
-			var held []daemon.SlotInfo
-			release := func() {
-				b.StopTimer()
-				for _, s := range held {
-					if err := p.D.Release(s.ID, s.Lease.ID); err != nil {
-						b.Fatal(err)
-					}
-				}
-				held = held[:0]
-				b.StartTimer()
-			}
-			for b.Loop() {
-				start := time.Now()
-				s, err := p.D.Acquire(context.Background(), bc.req)
-				lat = append(lat, time.Since(start))
-				if err != nil {
-					b.Fatal(err)
-				}
-				if held = append(held, s); len(held) == n {
-					release()
-				}
-			}
-			release()
-			slices.Sort(lat)
-			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-us")
-			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-us")
+			timeAcquires(b, p, n, func(int) daemon.AcquireRequest { return bc.req })
 		})
 	}
 }
