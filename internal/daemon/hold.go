@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -14,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/netslot/netslot/internal/datapath"
 	"github.com/netslot/netslot/internal/dpconst"
 	"github.com/netslot/netslot/internal/slot"
 )
@@ -50,29 +50,6 @@ type holder struct {
 	send sync.Mutex
 }
 
-// holdEvent is a record of the held ring (struct hold_event).
-type holdEvent struct {
-	kind, slot, lease uint32
-	at                int64
-	data              []byte
-}
-
-const holdHeader = 24
-
-func parseHoldEvent(b []byte) (holdEvent, error) {
-	if len(b) < holdHeader {
-		return holdEvent{}, fmt.Errorf("event of %d bytes", len(b))
-	}
-	le := binary.LittleEndian
-	e := holdEvent{kind: le.Uint32(b), slot: le.Uint32(b[4:]), lease: le.Uint32(b[8:]), at: int64(le.Uint64(b[16:]))}
-	n := le.Uint32(b[12:])
-	if int(n) > len(b)-holdHeader {
-		return holdEvent{}, fmt.Errorf("event claims %d bytes of %d", n, len(b)-holdHeader)
-	}
-	e.data = b[holdHeader : holdHeader+int(n)]
-	return e, nil
-}
-
 func monotonicNow() int64 {
 	var ts unix.Timespec
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
@@ -99,23 +76,23 @@ func (d *Daemon) runHolder(stop <-chan struct{}) {
 			d.log.Warn("read held frames", "err", err)
 			continue
 		}
-		e, err := parseHoldEvent(rec.RawSample)
-		if err != nil || int(e.slot) >= d.cfg.Count {
-			d.log.Warn("bad event from the datapath", "err", err, "slot", e.slot)
+		e, err := datapath.ParseHeld(rec.RawSample)
+		if err != nil || int(e.Slot) >= d.cfg.Count {
+			d.log.Warn("bad event from the datapath", "err", err, "slot", e.Slot)
 			continue
 		}
-		switch e.kind {
+		switch e.Kind {
 		case dpconst.HoldFrame:
 			d.holdFrame(e)
 		case dpconst.HoldLearned:
-			d.sendHeld(int(e.slot))
+			d.sendHeld(int(e.Slot))
 		}
 	}
 }
 
-func (d *Daemon) holdFrame(e holdEvent) {
-	i := int(e.slot)
-	if d.dp.LeaseWord(i) != e.lease {
+func (d *Daemon) holdFrame(e datapath.HeldEvent) {
+	i := int(e.Slot)
+	if d.dp.LeaseWord(i) != e.Lease {
 		d.Metrics.HeldFrames.WithLabelValues("dropped").Inc() // the lease is over
 		return
 	}
@@ -136,11 +113,11 @@ func (d *Daemon) holdFrame(e holdEvent) {
 		d.held.bytes -= len(q[0].frame)
 		q, dropped = q[1:], dropped+1
 	}
-	if d.held.bytes+len(e.data) > holdBytes {
+	if d.held.bytes+len(e.Data) > holdBytes {
 		dropped++
 	} else {
-		q = append(q, heldFrame{lease: e.lease, at: e.at, frame: append([]byte(nil), e.data...)})
-		d.held.bytes += len(e.data)
+		q = append(q, heldFrame{lease: e.Lease, at: e.At, frame: append([]byte(nil), e.Data...)})
+		d.held.bytes += len(e.Data)
 		d.Metrics.HeldFrames.WithLabelValues("held").Inc()
 	}
 	d.held.q[i] = q

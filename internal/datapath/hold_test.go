@@ -2,7 +2,6 @@ package datapath
 
 import (
 	"bytes"
-	"encoding/binary"
 	"net/netip"
 	"testing"
 	"time"
@@ -38,9 +37,11 @@ func TestHeldFramesAndLearnedNote(t *testing.T) {
 		if err != nil {
 			t.Fatalf("no event: %v", err)
 		}
-		b := r.RawSample
-		le := binary.LittleEndian
-		return le.Uint32(b), le.Uint32(b[4:]), le.Uint32(b[8:]), b[24 : 24+le.Uint32(b[12:])]
+		h, err := ParseHeld(r.RawSample)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h.Kind, h.Slot, h.Lease, h.Data
 	}
 
 	first := guestFrame(t, e.cfg, netip.MustParseAddr("10.9.0.1"), &layers.UDP{SrcPort: 5, DstPort: 9}, gopacket.Payload("first"))
@@ -78,7 +79,7 @@ func TestHeldFramesAndLearnedNote(t *testing.T) {
 	}
 	rd.SetDeadline(time.Now().Add(50 * time.Millisecond))
 	if r, err := rd.Read(); err == nil {
-		t.Errorf("an event with the peer known: %x", r.RawSample[:24])
+		t.Errorf("an event with the peer known: %x", r.RawSample[:heldHeader])
 	}
 
 	// A new lease of the slot is a new generation.

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 
@@ -523,4 +524,32 @@ func (d *Datapath) PeerKnown(i int) bool {
 		return false
 	}
 	return p.Known != 0 && p.Vni == t.Vni && p.Remote == t.RemoteIp
+}
+
+// HeldEvent is a record of the held ring (struct hold_event): a guest's
+// frame held while its VPC peer is unknown (Kind dpconst.HoldFrame), or
+// the peer learned (dpconst.HoldLearned).
+type HeldEvent struct {
+	Kind, Slot uint32
+	Lease      uint32 // the slot's LeaseWord when the program saw it
+	At         int64  // CLOCK_MONOTONIC, ns
+	Data       []byte // the frame; it points into the record
+}
+
+// heldHeader is what of a record comes before its frame.
+var heldHeader = int(unsafe.Offsetof(datapathHoldEvent{}.Data))
+
+// ParseHeld decodes a record of the held ring (its layout is the
+// generated binding's).
+func ParseHeld(b []byte) (HeldEvent, error) {
+	if len(b) < heldHeader {
+		return HeldEvent{}, fmt.Errorf("held event of %d bytes", len(b))
+	}
+	// The header as the kernel wrote it: host layout, host byte order.
+	var h datapathHoldEvent
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&h)), heldHeader), b)
+	if int(h.Len) > len(b)-heldHeader {
+		return HeldEvent{}, fmt.Errorf("held event claims %d bytes of %d", h.Len, len(b)-heldHeader)
+	}
+	return HeldEvent{Kind: h.Kind, Slot: h.Slot, Lease: h.Lease, At: int64(h.TimeNs), Data: b[heldHeader : heldHeader+int(h.Len)]}, nil
 }

@@ -70,13 +70,6 @@ func NewTapNS(name string, mac net.HardwareAddr, gw netip.Addr, bits int) (*TapN
 // Remove deletes the namespace (its tap goes with it).
 func (t *TapNS) Remove() { netns.Remove(t.NetnsPath()) }
 
-// WaitOperUp waits until name in the namespace at path is operationally
-// up: a tap's queue starts a moment after a VMM attaches to it (see
-// NewGuestNS), and what is sent to the guest before is dropped.
-func WaitOperUp(path, name string, limit time.Duration) error {
-	return waitOperUp(path, name, limit)
-}
-
 // Dnsmasq is one dnsmasq process serving DHCP in a namespace, as a user
 // without netslot runs one per VM network.
 type Dnsmasq struct {

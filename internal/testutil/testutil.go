@@ -30,18 +30,14 @@ func Wait(limit time.Duration, cond func() bool) bool {
 	}
 }
 
-// Eventually polls cond every 20 ms for up to 5 s and fails tb if it
+// Eventually polls cond (see Wait) for up to 5 s and fails tb if it
 // never holds: for what the kernel finishes after the call that caused
 // it returned (a link detached when its last pin goes, a namespace
 // dismantled).
 func Eventually(tb testing.TB, what string, cond func() bool) {
 	tb.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("not within 5 s: %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !Wait(5*time.Second, cond) {
+		tb.Fatalf("not within 5 s: %s", what)
 	}
 }
 
