@@ -141,7 +141,7 @@ func printStatus(out io.Writer, format string, st *netslotv1.StatusResponse) err
 	}
 	fmt.Fprintf(w, "slot cidr\t%s\nuplink\t%s\n", st.SlotCidr, uplink)
 	if !st.Forwarding {
-		fmt.Fprintf(w, "forwarding\tOFF (net.ipv4.conf.all.forwarding=0: no slot's traffic is forwarded)\n")
+		fmt.Fprintf(w, "forwarding\tOFF on host veths that could not be set back (see problem)\n")
 	}
 	for _, p := range st.Problems {
 		fmt.Fprintf(w, "problem\t%s\n", p)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/links"
 	"github.com/netslot/netslot/internal/slot"
 	"github.com/netslot/netslot/internal/testutil"
 )
@@ -108,4 +109,37 @@ func BenchmarkAcquireTapOwner(b *testing.B) {
 			timeAcquires(b, p, n, func(int) daemon.AcquireRequest { return bc.req })
 		})
 	}
+}
+
+// BenchmarkHostVethCheck times what a loss of link events, or a write to
+// net.ipv4.ip_forward, costs the daemon: a check of every host veth of a
+// 1,000-slot pool by ifindex ("probe"), against the root-namespace link
+// dump it replaced ("dump", which reads every link of the host: run it
+// beside another pool to see that grow). Each reports links in the root
+// namespace.
+func BenchmarkHostVethCheck(b *testing.B) {
+	p := testutil.StartPool(b, 1000)
+	all, err := links.Links(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("probe", func(b *testing.B) {
+		for b.Loop() {
+			p.D.CheckHostVeths()
+		}
+		b.ReportMetric(float64(len(all)), "root-links")
+	})
+	b.Run("dump", func(b *testing.B) {
+		for b.Loop() {
+			ls, err := links.Links(nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			have := make(map[int]string, len(ls))
+			for _, l := range ls {
+				have[l.Attrs().Index] = l.Attrs().Name
+			}
+		}
+		b.ReportMetric(float64(len(all)), "root-links")
+	})
 }

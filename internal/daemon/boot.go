@@ -116,8 +116,9 @@ func (d *Daemon) Boot(ctx context.Context) error {
 	d.bg.Go(func() { d.watchMounts(stop, watching.Done) })
 	d.bg.Go(func() { d.rebuildDamaged(stop) })
 	d.bg.Go(func() { d.runHolder(stop) })
+	d.bg.Go(func() { d.runVethChecks(stop) })
 	watching.Wait()
-	d.sweepHostVeths()
+	d.checkHostVeths()
 	for i := range d.cfg.Count {
 		d.checkPin(i)
 	}

@@ -115,7 +115,10 @@ type Daemon struct {
 	damaged     map[int]string
 	rebuildWake chan struct{} // pokes rebuildDamaged
 	dp          *datapath.Datapath
-	hostIdx     []int // ifindex of each slot's host veth (0: unknown)
+	hostIdx     []int       // ifindex of each slot's host veth (0: unknown)
+	hostSlot    map[int]int // the slot of each known host veth ifindex
+	// vethCheckWake asks runVethChecks for a check of the host veths.
+	vethCheckWake chan struct{}
 	// orphans are slots with no lease whose tap a VMM holds: out of the
 	// pool (pending), their traffic stopped, until the VMM lets go.
 	orphans   map[int]bool
@@ -125,6 +128,9 @@ type Daemon struct {
 	closeOnce sync.Once
 	bg        sync.WaitGroup // the background work, which Close waits for
 	lost      lossReports    // losses of kernel events not yet logged
+	// eventsDown counts the kernel event subscriptions that could not
+	// be made: the periodic checks stand in for them meanwhile.
+	eventsDown atomic.Int32
 	// keys maps the request key of each live lease to its slot; keying
 	// holds the keys whose acquire is under way (closed when it ends).
 	keys   map[string]int
@@ -257,6 +263,8 @@ func New(opts Options) (*Daemon, error) {
 	d.drainCh = make(chan struct{})
 	d.fwConns = make([]*nftables.Conn, d.cfg.Count)
 	d.hostIdx = make([]int, d.cfg.Count)
+	d.hostSlot = make(map[int]int, d.cfg.Count)
+	d.vethCheckWake = make(chan struct{}, 1)
 	d.nsFDs = make([]nsHandle, d.cfg.Count)
 	for i := range d.nsFDs {
 		d.nsFDs[i].fd = -1

@@ -230,6 +230,7 @@ func TestLostEventsAreResynced(t *testing.T) {
 		return b.String()
 	}
 	fdsBefore := openFDs(t)
+	checksBefore, start := reconciled(t, p, "veth_check"), time.Now()
 	mid := fmt.Sprintf("link del %s\n", p.Config.HostVeth(0))
 	for round := 0; reconciled(t, p, "events_lost") == 0; round++ {
 		if round == 5 {
@@ -253,13 +254,53 @@ func TestLostEventsAreResynced(t *testing.T) {
 		st := p.D.Status()
 		return st.Damaged == 0 && st.Free == 3 && whole(p.Config, 0) == nil && whole(p.Config, 1) == nil
 	})
+	// However many losses, the host veths were checked at most once a
+	// second (and once at once): the cost of a storm is bounded by time,
+	// not by the number of losses (before: one dump of every root link
+	// per loss, each on a goroutine of its own).
+	lost := reconciled(t, p, "events_lost")
+	checks, most := reconciled(t, p, "veth_check")-checksBefore, 2+time.Since(start).Seconds()/daemon.VethCheckEvery.Seconds()
+	if checks > most {
+		t.Errorf("%v checks of the host veths for %v losses in %v: want at most %.0f", checks, lost, time.Since(start).Round(time.Millisecond), most)
+	}
+	t.Logf("%v checks of the host veths for %v losses in %v", checks, lost, time.Since(start).Round(time.Millisecond))
 	// Each loss ends a subscription; its socket goes with it, not when the
 	// daemon stops.
-	lost := reconciled(t, p, "events_lost")
 	if grew := openFDs(t) - fdsBefore; float64(grew) > 4+lost/4 {
 		t.Errorf("%d more descriptors after %v lost subscriptions: their sockets stay open", grew, lost)
 	}
 	t.Logf("%v losses, descriptors %+d", lost, openFDs(t)-fdsBefore)
+}
+
+// A host veth's IPv4 forwarding is what the pool set it to, and is set
+// back when something changes it: off in a pool without an uplink (the
+// root namespace must not route slot traffic anywhere), which a write of
+// net.ipv4.ip_forward=1 (Docker's start does it) would turn on on every
+// device. The write is made to the test's own veth only, never to the
+// machine's net.ipv4.ip_forward.
+func TestHostVethForwardingIsSetBack(t *testing.T) {
+	p := tu.StartPool(t, 2)
+	path := "/proc/sys/net/ipv4/conf/" + p.Config.HostVeth(1) + "/forwarding"
+	read := func() string {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	if v := read(); v != "0" {
+		t.Fatalf("a pool without an uplink has host veth forwarding %s, want 0", v)
+	}
+	before := reconciled(t, p, "host_forwarding")
+	if err := os.WriteFile(path, []byte("1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	tu.Eventually(t, "the host veth's forwarding set back to 0", func() bool {
+		return read() == "0" && reconciled(t, p, "host_forwarding") > before
+	})
+	if st := p.D.Status(); !st.Health.Forwarding || len(st.Health.Problems) > 0 {
+		t.Errorf("health after the repair: %+v", st.Health)
+	}
 }
 
 // openFDs counts the process's open descriptors.

@@ -250,8 +250,29 @@ func (d *Daemon) tapProgram() int {
 
 func (d *Daemon) setHostIndex(i, ifindex int) {
 	d.mu.Lock()
+	if old := d.hostIdx[i]; old != 0 && d.hostSlot[old] == i {
+		delete(d.hostSlot, old)
+	}
 	d.hostIdx[i] = ifindex
+	if ifindex != 0 {
+		d.hostSlot[ifindex] = i
+	}
 	d.mu.Unlock()
+}
+
+// hostIndex is the ifindex of slot i's host veth (0: unknown).
+func (d *Daemon) hostIndex(i int) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.hostIdx[i]
+}
+
+// ownsHostIndex reports whether ifindex is a host veth of the pool.
+func (d *Daemon) ownsHostIndex(ifindex int) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.hostSlot[ifindex]
+	return ok
 }
 
 // scrubDatapath detaches slot i's VPC (a), forgets its flows and what it

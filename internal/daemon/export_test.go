@@ -11,3 +11,12 @@ func (d *Daemon) DatapathState(i int) (string, error) {
 	}
 	return d.dp.SlotState(i)
 }
+
+// CheckHostVeths runs one check of the host veths (checkHostVeths).
+func (d *Daemon) CheckHostVeths() { d.checkHostVeths() }
+
+// CheckHost runs one check of the host (checkHost).
+func (d *Daemon) CheckHost(full bool) { d.checkHost(full) }
+
+// VethCheckEvery bounds how often the host veths are checked.
+const VethCheckEvery = vethCheckEvery

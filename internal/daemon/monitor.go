@@ -4,10 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"slices"
-	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -18,15 +17,23 @@ import (
 )
 
 // The daemon checks what it depends on outside itself at once when the
-// kernel reports a change to it (link, rule and route events of the root
-// namespace, nftables events), and besides: every monitorInterval what
-// costs a few system calls (the store's file, the pins, the uplink's
-// state), every fullCheckEvery intervals everything, for what events miss
-// (ENOBUFS, a removed pin).
+// kernel reports a change to it (link, rule, route and IPv4 device
+// configuration events of the root namespace, nftables events), and
+// besides: every monitorInterval what costs a few system calls (the
+// store's file, the pins, the uplink's state), every fullCheckEvery
+// intervals everything, for what events miss (a removed pin). Events the
+// kernel dropped (ENOBUFS) are made up for by a check of what they could
+// have told; the host veths, the one part that grows with the pool, are
+// checked by their index (checkHostVeths), at most once a vethCheckEvery.
 const (
 	monitorInterval = time.Second
 	fullCheckEvery  = 10
-	eventSettle     = 50 * time.Millisecond // a burst of events, one check
+	eventSettle     = 50 * time.Millisecond  // a burst of events, one check
+	eventCheckEvery = 250 * time.Millisecond // a storm of events, a check this often
+	// vethCheckEvery bounds how often the host veths are checked (see
+	// checkHostVeths): however many losses of events or netconf changes
+	// ask for it, one check runs at once, then the next waits this long.
+	vethCheckEvery = time.Second
 )
 
 // Health is what the daemon saw of the host at its last check.
@@ -35,9 +42,13 @@ type Health struct {
 	// UplinkSince.
 	Uplink      string
 	UplinkSince time.Time
-	// Forwarding is net.ipv4.conf.all.forwarding: off, no slot's traffic
-	// is forwarded (the operator's call: netslotd reports it, and does not
-	// turn it back on).
+	// Forwarding: every host veth forwards slot traffic as the pool needs
+	// it (IPv4 forwarding on with an uplink, off without), or was put
+	// back so. The kernel forwards a packet by the setting of the device
+	// it came in on, the host veth, which netslotd sets itself:
+	// net.ipv4.ip_forward (conf.all) does not matter while it is 0, but a
+	// write to it sets every device's, and netslotd then sets its veths'
+	// back.
 	Forwarding bool
 	// Problems are what is wrong now and could not be repaired.
 	Problems []string
@@ -46,6 +57,9 @@ type Health struct {
 type health struct {
 	mu sync.Mutex
 	Health
+	// veths is what the last check of the host veths could not put
+	// right ("": nothing; see checkHostVeths).
+	veths string
 }
 
 // Health reports what the daemon saw of the host at its last check.
@@ -54,6 +68,9 @@ func (d *Daemon) Health() Health {
 	defer d.health.mu.Unlock()
 	h := d.health.Health
 	h.Problems = slices.Clone(h.Problems)
+	if d.health.veths != "" {
+		h.Problems = append(h.Problems, d.health.veths)
+	}
 	return h
 }
 
@@ -75,8 +92,11 @@ func (d *Daemon) monitor(stop <-chan struct{}, subscribed func()) {
 	subscribed()
 	t := time.NewTicker(monitorInterval)
 	defer t.Stop()
-	full := true
+	full, last := true, time.Time{}
 	for tick := 0; ; {
+		if full {
+			last = time.Now()
+		}
 		d.checkHost(full)
 		select {
 		case <-stop:
@@ -85,7 +105,13 @@ func (d *Daemon) monitor(stop <-chan struct{}, subscribed func()) {
 			tick++
 			full = tick%fullCheckEvery == 0
 		case <-wake:
-			time.Sleep(eventSettle)
+			// A burst of events is one check, and a storm of them (or of
+			// losses) one every eventCheckEvery.
+			select {
+			case <-stop:
+				return
+			case <-time.After(max(eventSettle, eventCheckEvery-time.Since(last))):
+			}
 			full = true
 		}
 	}
@@ -100,15 +126,16 @@ const DefaultEventBuffer = 4 << 20
 
 // subscribe has the kernel's events about what the pool depends on poke
 // the monitor until done is closed: links (the uplink, the host veths),
-// policy rules, routes of the pool's table, and nftables (a firewall
-// reload). When the kernel drops events (ENOBUFS: the socket's buffer
-// overflowed), the subscription is made again and everything the lost
-// events could have told is checked at once (see follow). It returns once
-// each subscription is made (or refused: then the periodic checks stand
-// in for it).
+// policy rules, routes of the pool's table, nftables (a firewall reload)
+// and IPv4 device configuration (the host veths' forwarding). When the
+// kernel drops events (ENOBUFS: the socket's buffer overflowed), what the
+// lost events could have told is checked at once (see follow), the host
+// veths by one coalesced check (requestVethCheck) whatever the number of
+// losses. It returns once each subscription is made (or refused: then the
+// periodic checks stand in for it).
 func (d *Daemon) subscribe(done <-chan struct{}, poke func()) {
 	var started sync.WaitGroup
-	started.Add(4)
+	started.Add(5)
 	defer started.Wait()
 	rcvbuf := d.opts.EventBuffer
 	if rcvbuf <= 0 {
@@ -126,17 +153,18 @@ func (d *Daemon) subscribe(done <-chan struct{}, poke func()) {
 		ready()
 		for u := range links {
 			name := u.Attrs().Name
-			if u.Header.Type == unix.RTM_DELLINK && strings.HasPrefix(name, d.cfg.Prefix) {
+			_, ours := d.cfg.IndexOfName(name, "")
+			if u.Header.Type == unix.RTM_DELLINK && ours {
 				d.hostVethGone(name, int(u.Index))
 			}
-			if name == d.opts.Uplink || strings.HasPrefix(name, d.cfg.Prefix) {
+			if name == d.opts.Uplink || ours {
 				poke()
 			}
 		}
 		return nil
 	}, func() {
 		poke()
-		d.sweepHostVeths()
+		d.requestVethCheck()
 	})
 	table, resolve := nslinks.RouteTable(d.cfg.Prefix), nslinks.ResolveTable(d.cfg.Prefix)
 	go d.follow(done, "route", started.Done, func(ready func()) error {
@@ -155,14 +183,35 @@ func (d *Daemon) subscribe(done <-chan struct{}, poke func()) {
 		}
 		return nil
 	}, poke)
+	// Any rule change, any nftables change (rare on a host): the events
+	// carry nothing the check needs, so a lost one is one more poke and
+	// the socket stays.
+	anyEvent := func([]syscall.NetlinkMessage) { poke() }
+	// A host veth's forwarding changed, or every device's (a write to
+	// net.ipv4.ip_forward, which the kernel reports once for conf.all,
+	// then once per device: thousands of events, one check).
+	netconf := func(msgs []syscall.NetlinkMessage) {
+		for _, m := range msgs {
+			if m.Header.Type != unix.RTM_NEWNETCONF {
+				continue
+			}
+			if c, err := nslinks.ParseNetconf(m.Data); err == nil && (c.Ifindex == nslinks.NetconfAll || d.ownsHostIndex(c.Ifindex)) {
+				d.requestVethCheck()
+				return
+			}
+		}
+	}
 	for _, g := range []struct {
-		name  string
-		proto int
-		group uint
-	}{{"rule", unix.NETLINK_ROUTE, unix.RTNLGRP_IPV4_RULE}, {"nftables", unix.NETLINK_NETFILTER, unix.NFNLGRP_NFTABLES}} {
-		// Any rule change, any nftables change (rare on a host): the
-		// events carry nothing the check needs, so a lost one is one
-		// more poke and the socket stays.
+		name   string
+		proto  int
+		group  uint
+		onMsgs func([]syscall.NetlinkMessage)
+		lost   func()
+	}{
+		{"rule", unix.NETLINK_ROUTE, unix.RTNLGRP_IPV4_RULE, anyEvent, poke},
+		{"nftables", unix.NETLINK_NETFILTER, unix.NFNLGRP_NFTABLES, anyEvent, poke},
+		{"netconf", unix.NETLINK_ROUTE, unix.RTNLGRP_IPV4_NETCONF, netconf, d.requestVethCheck},
+	} {
 		go d.follow(done, g.name, started.Done, func(ready func()) error {
 			s, err := nl.Subscribe(g.proto, g.group)
 			if err != nil {
@@ -182,16 +231,18 @@ func (d *Daemon) subscribe(done <-chan struct{}, poke func()) {
 			}
 			ready()
 			for {
-				_, _, err := s.Receive()
+				msgs, _, err := s.Receive()
 				if err != nil && !errors.Is(err, unix.ENOBUFS) {
 					return nil
 				}
 				if err != nil {
 					d.eventsLost(g.name)
+					g.lost()
+					continue
 				}
-				poke()
+				g.onMsgs(msgs)
 			}
-		}, poke)
+		}, g.lost)
 	}
 }
 
@@ -230,18 +281,34 @@ func (s *subscription) end() { s.once.Do(func() { close(s.stop) }) }
 func (d *Daemon) follow(done <-chan struct{}, what string, started func(), sub func(ready func()) error, resync func()) {
 	started = sync.OnceFunc(started)
 	defer started()
+	down := false // counted in eventsDown
+	defer func() {
+		if down {
+			d.eventsDown.Add(-1)
+		}
+	}()
 	for lost := false; ; {
 		ready := started
 		if lost {
 			ready = func() { go resync() }
 		}
-		err := sub(ready)
+		err := sub(func() {
+			if down {
+				down = false
+				d.eventsDown.Add(-1)
+			}
+			ready()
+		})
 		select {
 		case <-done:
 			return
 		default:
 		}
 		if err != nil {
+			if !down {
+				down = true
+				d.eventsDown.Add(1)
+			}
 			started()
 			d.log.Warn("no kernel events; the host is checked every interval only until they are back", "events", what, "err", err)
 			select {
@@ -280,27 +347,100 @@ type lossReports struct {
 	n      int
 }
 
-// sweepHostVeths makes damaged every slot whose host veth is gone (as
-// the link events that were lost would have): one link dump, on a loss of
-// link events only.
-func (d *Daemon) sweepHostVeths() {
-	ls, err := nslinks.Links(nil)
+// requestVethCheck asks for a check of the host veths (checkHostVeths)
+// by runVethChecks: asks made while one waits are the same check.
+func (d *Daemon) requestVethCheck() {
+	select {
+	case d.vethCheckWake <- struct{}{}:
+	default:
+	}
+}
+
+// runVethChecks runs checkHostVeths when asked, at most once every
+// vethCheckEvery, until stop is closed. A storm of lost events (a minimal
+// buffer, another pool torn down) costs one check per interval, and a
+// check costs what the pool owns, not what the host has.
+func (d *Daemon) runVethChecks(stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-d.vethCheckWake:
+		}
+		d.checkHostVeths()
+		select {
+		case <-stop:
+			return
+		case <-time.After(vethCheckEvery):
+		}
+	}
+}
+
+// checkHostVeths asks the kernel about every slot's host veth by its
+// ifindex (links.DevProbe: no dump of the root namespace, whose links
+// may be thousands of another pool's): one that is gone makes its slot
+// damaged (as the link event that was lost would have), one whose IPv4
+// forwarding or rp_filter is not what the pool set (a write to
+// net.ipv4.ip_forward sets every device's) is set back.
+func (d *Daemon) checkHostVeths() {
+	d.Metrics.ReconcileAction.WithLabelValues("veth_check").Inc()
+	p, err := nslinks.OpenDevProbe()
 	if err != nil {
-		d.log.Warn("host veths not checked after lost link events; the next loss or release checks them", "err", err)
+		d.log.Warn("host veths not checked; the next loss of events or full check asks again", "err", err)
 		return
 	}
-	have := make(map[int]string, len(ls))
-	for _, l := range ls {
-		have[l.Attrs().Index] = l.Attrs().Name
-	}
+	defer p.Close()
 	d.mu.Lock()
 	idx := slices.Clone(d.hostIdx)
 	d.mu.Unlock()
+	forward := d.opts.Uplink != ""
+	var slots, ifindexes []int
 	for i, ifindex := range idx {
-		if name := d.cfg.HostVeth(i); ifindex != 0 && have[ifindex] != name {
-			d.hostVethGone(name, ifindex)
+		if ifindex != 0 {
+			slots, ifindexes = append(slots, i), append(ifindexes, ifindex)
 		}
 	}
+	var reset, failed []string
+	var failure error
+	err = p.Netconfs(ifindexes, func(k int, c nslinks.Netconf, err error) {
+		i, ifindex := slots[k], ifindexes[k]
+		name := d.cfg.HostVeth(i)
+		if errors.Is(err, nslinks.ErrNoDevice) {
+			d.hostVethGone(name, ifindex)
+			return
+		}
+		if err == nil && c.Forwarding == forward && c.RPFilter == 0 {
+			return
+		}
+		if err == nil {
+			err = nslinks.SetHostDevConf(ifindex, forward)
+		}
+		switch {
+		case err == nil:
+			reset = append(reset, name)
+		case d.hostIndex(i) == ifindex: // not rebuilt meanwhile
+			failed, failure = append(failed, name), err
+		}
+	})
+	if err != nil {
+		d.log.Warn("host veths not checked; the next loss of events or full check asks again", "err", err)
+		return
+	}
+	if len(reset) > 0 {
+		d.log.Warn("repaired: host veths' IPv4 forwarding and rp_filter set back (a write to net.ipv4.ip_forward sets every device's)",
+			"veths", len(reset), "first", reset[0], "forwarding", forward)
+		d.Metrics.ReconcileAction.WithLabelValues("host_forwarding").Add(float64(len(reset)))
+	}
+	problem := ""
+	if len(failed) > 0 {
+		problem = fmt.Sprintf("IPv4 forwarding of %d host veths (%s...) is not as the pool needs and cannot be set back: %v", len(failed), failed[0], failure)
+	}
+	d.health.mu.Lock()
+	if problem != "" && d.health.veths == "" {
+		d.log.Error(problem)
+	}
+	d.health.veths, d.health.Forwarding = problem, problem == ""
+	d.health.mu.Unlock()
 }
 
 // checkHost looks at what the pool depends on outside the daemon and puts
@@ -342,18 +482,27 @@ func (d *Daemon) checkHost(full bool) {
 			repaired("datapath", "datapath: "+what)
 		}
 	}
-	fwd := sysctlOn("/proc/sys/net/ipv4/conf/all/forwarding")
-	d.health.mu.Lock()
-	if !fwd && d.health.Forwarding != fwd {
-		d.log.Error("IPv4 forwarding is off (net.ipv4.conf.all.forwarding=0): no slot's traffic is forwarded until it is turned back on; netslotd leaves that to the operator")
+	// The host veths are checked on the kernel's events; without them,
+	// with the full check.
+	if full && d.eventsDown.Load() > 0 {
+		d.requestVethCheck()
 	}
-	d.health.Forwarding = fwd
-	if !fwd {
-		problems = append(problems, "IPv4 forwarding is off")
+	// Slot traffic comes into the root namespace with the guest address
+	// as source, which no route leads back to: strict reverse-path
+	// filtering (the kernel applies the larger of conf.all's and the host
+	// veth's) drops it. The operator's setting: reported, not changed.
+	if rp, err := nslinks.RPFilterAll(); err == nil && rp == 1 && d.opts.Uplink != "" {
+		problems = append(problems, rpFilterStrict)
+	}
+	d.health.mu.Lock()
+	if slices.Contains(problems, rpFilterStrict) && !slices.Contains(d.health.Problems, rpFilterStrict) {
+		d.log.Error(rpFilterStrict + "; netslotd leaves that setting to the operator")
 	}
 	d.health.Problems = problems
 	d.health.mu.Unlock()
 }
+
+const rpFilterStrict = "net.ipv4.conf.all.rp_filter is 1 (strict): the root namespace drops slot traffic, which comes in with the guest address as source; set it to 0 or 2"
 
 // checkUplink tracks the uplink's state and puts the pool's route and
 // rule back once it is up.
@@ -407,9 +556,4 @@ func (d *Daemon) checkUplink(full bool, problems *[]string, repaired func(kind, 
 			repaired("backstop", "the uplink's backstop filters", "reason", err)
 		}
 	}
-}
-
-func sysctlOn(path string) bool {
-	b, err := os.ReadFile(path)
-	return err == nil && strings.TrimSpace(string(b)) != "0"
 }

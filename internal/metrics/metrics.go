@@ -142,7 +142,7 @@ func New(g Gauges) *Metrics {
 	// before the first event.
 	for _, a := range []string{"adopt", "repair", "remove_netns", "remove_link", "firewall_rewrite", "drop_stale_leases", "drop_bad_lease", "replace_datapath",
 		"orphan", "orphan_reclaimed", "store", "root_table", "uplink_route", "backstop", "datapath", "socket",
-		"netns_pin", "slot_damaged", "events_lost", "migrate_datapath", "tap_owner"} {
+		"netns_pin", "slot_damaged", "events_lost", "veth_check", "host_forwarding", "migrate_datapath", "tap_owner"} {
 		m.ReconcileAction.WithLabelValues(a)
 	}
 	for _, r := range []string{"exhausted", "store", "firewall", "datapath", "no_uplink", "invalid", "deadline", "draining", "not_ready", "tap_owner"} {

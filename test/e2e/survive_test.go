@@ -304,20 +304,30 @@ func (sv *survivor) backstop() datapath.Backstop {
 		GuestCIDR: slot.DefaultGuestCIDR, SlotCIDR: slot.DefaultSlotCIDR}
 }
 
-// IPv4 forwarding turned off on the host (net.ipv4.ip_forward=0) is the
-// operator's call: netslotd reports it (an ERROR, status, the problems)
-// and does not turn it back on; the guests' traffic stops, and comes back
-// once forwarding is on again. The host is a namespace of the test's, so
-// that the machine's own forwarding is never touched: netslotd runs in it
-// (nsenter --net), with the uplink to the fabric there.
-func TestForwardingOffIsReported(t *testing.T) {
+// What slot traffic needs of the host's IPv4 settings, and nothing more,
+// is reported and kept: the kernel forwards a packet by the setting of
+// the device it came in on, the host veth, which netslotd sets itself.
+//   - net.ipv4.ip_forward=0 alone (the host's default) stops nothing: no
+//     problem reported, the guest's traffic flows.
+//   - A write of 0 to it sets every device's forwarding off (the kernel
+//     does that): netslotd sets its veths' back, logs the repair, and
+//     leaves the host's own setting at 0.
+//   - One veth's forwarding turned off: set back.
+//   - Strict reverse-path filtering (conf.all.rp_filter=1) drops slot
+//     traffic: reported as a problem, the operator's to change, and gone
+//     from status once changed.
+//
+// The host is a namespace of the test's, so that the machine's own
+// settings are never touched: netslotd runs in it (nsenter --net), with
+// the uplink to the fabric there.
+func TestForwardingIsWhatTheHostVethsNeed(t *testing.T) {
 	testenv.RequireRoot(t)
 	host := "h" + testutil.Prefix()[1:]
 	hostPath := "/run/netns/" + host
-	sysctl := func(v string) {
+	sysctl := func(kv string) {
 		t.Helper()
-		if out, err := exec.Command("ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.ip_forward="+v).CombinedOutput(); err != nil {
-			t.Fatalf("sysctl in %s: %v: %s", host, err, out)
+		if out, err := exec.Command("ip", "netns", "exec", host, "sysctl", "-qw", kv).CombinedOutput(); err != nil {
+			t.Fatalf("sysctl %s in %s: %v: %s", kv, host, err, out)
 		}
 	}
 	if out, err := exec.Command("ip", "netns", "add", host).CombinedOutput(); err != nil {
@@ -325,7 +335,8 @@ func TestForwardingOffIsReported(t *testing.T) {
 	}
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", host).Run() })
 	exec.Command("ip", "-n", host, "link", "set", "lo", "up").Run()
-	sysctl("1")
+	sysctl("net.ipv4.ip_forward=0")
+	sysctl("net.ipv4.conf.all.rp_filter=0")
 	p := newPool(t, 2)
 	// Slot addresses of its own: the pinned datapaths of the machine's
 	// other pools are visible from any network namespace.
@@ -354,33 +365,60 @@ func TestForwardingOffIsReported(t *testing.T) {
 		}
 		return false
 	}
-	if !reaches(3) {
-		t.Fatalf("the guest does not reach the outside host to begin with:\n%s", p.log)
-	}
-
-	sysctl("0")
-	testutil.Eventually(t, "status reports forwarding off", func() bool {
-		st := p.status()
-		return !st.Forwarding && strings.Contains(strings.Join(st.Problems, "; "), "IPv4 forwarding is off")
-	})
-	testutil.Eventually(t, "an ERROR for forwarding off in the log", func() bool {
-		return strings.Contains(p.log.String(), `level=ERROR msg="IPv4 forwarding is off`)
-	})
-	if reaches(2) {
-		t.Error("the guest reached the outside host with forwarding off")
-	}
-	if out, _ := exec.Command("ip", "netns", "exec", host, "sysctl", "-n", "net.ipv4.ip_forward").Output(); strings.TrimSpace(string(out)) != "0" {
-		t.Errorf("netslotd turned forwarding back on by itself: %s", out)
-	}
-
-	sysctl("1")
-	start := time.Now()
-	if !reaches(3) {
-		t.Errorf("the guest's traffic did not come back with forwarding on:\n%s", p.log)
-	}
-	t.Logf("traffic back %v after forwarding was on again", time.Since(start).Round(10*time.Millisecond))
-	testutil.Eventually(t, "status reports forwarding on", func() bool {
+	healthy := func() bool {
 		st := p.status()
 		return st.Forwarding && len(st.Problems) == 0
+	}
+	repairs := func() int { return strings.Count(p.log.String(), "repaired: host veths' IPv4 forwarding") }
+	veth := slot.DefaultConfig(p.prefix, p.slots).HostVeth(int(s.Index))
+	vethForwarding := func() string {
+		out, _ := exec.Command("ip", "netns", "exec", host, "sysctl", "-n", "net.ipv4.conf."+veth+".forwarding").Output()
+		return strings.TrimSpace(string(out))
+	}
+
+	// ip_forward=0 from the start: the veths forward, nothing is wrong.
+	if !reaches(3) {
+		t.Fatalf("with net.ipv4.ip_forward=0 and the host veths forwarding, the guest does not reach the outside host:\n%s", p.log)
+	}
+	if !healthy() {
+		t.Errorf("with net.ipv4.ip_forward=0 and the host veths forwarding, status reports a problem: %+v", p.status())
+	}
+
+	// A write to ip_forward sets every device's: the veths are set back.
+	sysctl("net.ipv4.ip_forward=1")
+	sysctl("net.ipv4.ip_forward=0")
+	testutil.Eventually(t, "the host veths' forwarding set back after a write of net.ipv4.ip_forward=0", func() bool {
+		return repairs() >= 1 && vethForwarding() == "1"
 	})
+	if !reaches(3) {
+		t.Errorf("the guest's traffic did not come back after the veths were set back:\n%s", p.log)
+	}
+	if out, _ := exec.Command("ip", "netns", "exec", host, "sysctl", "-n", "net.ipv4.ip_forward").Output(); strings.TrimSpace(string(out)) != "0" {
+		t.Errorf("netslotd changed the host's net.ipv4.ip_forward: %s", out)
+	}
+
+	// One veth turned off: set back.
+	before := repairs()
+	sysctl("net.ipv4.conf." + veth + ".forwarding=0")
+	testutil.Eventually(t, "the host veth's forwarding set back", func() bool { return repairs() > before && vethForwarding() == "1" })
+	if !reaches(3) {
+		t.Errorf("the guest's traffic did not come back after its veth was set back:\n%s", p.log)
+	}
+	if !healthy() {
+		t.Errorf("status reports a problem once the veths are set back: %+v", p.status())
+	}
+
+	// Strict reverse-path filtering: the operator's, reported.
+	sysctl("net.ipv4.conf.all.rp_filter=1")
+	testutil.Eventually(t, "status reports strict rp_filter", func() bool {
+		return strings.Contains(strings.Join(p.status().Problems, "; "), "rp_filter is 1 (strict)")
+	})
+	if reaches(2) {
+		t.Error("the guest reached the outside host with strict rp_filter: the problem reported is not one")
+	}
+	sysctl("net.ipv4.conf.all.rp_filter=0")
+	testutil.Eventually(t, "status healthy once rp_filter is not strict", healthy)
+	if !reaches(3) {
+		t.Errorf("the guest's traffic did not come back with rp_filter 0:\n%s", p.log)
+	}
 }

@@ -1400,7 +1400,11 @@ type StatusResponse struct {
 	// "down" or "missing" ("" without an uplink), for uplink_state_seconds.
 	UplinkState        string  `protobuf:"bytes,16,opt,name=uplink_state,json=uplinkState,proto3" json:"uplink_state,omitempty"`
 	UplinkStateSeconds float64 `protobuf:"fixed64,17,opt,name=uplink_state_seconds,json=uplinkStateSeconds,proto3" json:"uplink_state_seconds,omitempty"`
-	// net.ipv4.conf.all.forwarding: off, no slot's traffic is forwarded.
+	// Every host veth forwards slot traffic as the pool needs (IPv4
+	// forwarding on with an uplink, off without), or was set back so: the
+	// kernel forwards by the setting of the device a packet comes in on, so
+	// net.ipv4.ip_forward=0 alone stops nothing. False: some could not be
+	// set back (problems says which).
 	Forwarding bool `protobuf:"varint,18,opt,name=forwarding,proto3" json:"forwarding,omitempty"`
 	// What is wrong now and netslotd could not repair.
 	Problems []string `protobuf:"bytes,19,rep,name=problems,proto3" json:"problems,omitempty"`
