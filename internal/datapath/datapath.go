@@ -460,20 +460,39 @@ func (d *Datapath) hold(k int, l link.Link) {
 // uplinkUser returns the prefix of another pool whose pinned links sit on
 // ifindex, or "".
 func (d *Datapath) uplinkUser(ifindex int) string {
-	for _, n := range neighbours(filepath.Dir(d.dir), filepath.Base(d.dir)) {
-		if n.uplink == ifindex {
-			return n.prefix
+	return onUplink(neighbours(filepath.Dir(d.dir), filepath.Base(d.dir)), ifindex)
+}
+
+// onUplink returns the prefix of the pool of ns whose pinned ingress link
+// is attached to device ifindex of the calling thread's namespace, or "".
+// It asks the device which links it holds: an ifindex alone names
+// different devices in different namespaces (a pool whose host is a
+// namespace of its own, as tests make), so the pinned link's is no proof.
+func onUplink(ns []neighbour, ifindex int) string {
+	res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		return ""
+	}
+	for _, p := range res.Programs {
+		id, ok := p.LinkID()
+		if !ok {
+			continue
+		}
+		for _, n := range ns {
+			if n.link != 0 && n.link == id {
+				return n.prefix
+			}
 		}
 	}
 	return ""
 }
 
 // neighbour is another pool pinned under the same root: its prefix, the
-// ifindex its links sit on (0: none) and its slot addresses (first, and
-// how many; 0 if its configuration cannot be read).
+// id of its pinned ingress link (0: none, no uplink) and its slot
+// addresses (first, and how many; 0 if its configuration cannot be read).
 type neighbour struct {
 	prefix    string
-	uplink    int
+	link      link.ID
 	slotFirst netip.Addr
 	slots     int
 }
@@ -491,8 +510,8 @@ func neighbours(root, self string) []neighbour {
 		n := neighbour{prefix: e.Name()}
 		dir := filepath.Join(root, e.Name())
 		if l, err := link.LoadPinnedLink(filepath.Join(dir, ingressPin), nil); err == nil {
-			if info, err := l.Info(); err == nil && info.TCX() != nil {
-				n.uplink = int(info.TCX().Ifindex)
+			if info, err := l.Info(); err == nil {
+				n.link = info.ID
 			}
 			l.Close()
 		}
@@ -510,6 +529,28 @@ func neighbours(root, self string) []neighbour {
 	return out
 }
 
+// SlotRange is the slot addresses of a pool: the first, and how many.
+type SlotRange struct {
+	Prefix string
+	First  netip.Addr
+	Count  int
+}
+
+// PinnedSlotRanges reports the slot addresses of every pool pinned under
+// pinRoot ("": DefaultPinRoot) whose configuration can be read.
+func PinnedSlotRanges(pinRoot string) []SlotRange {
+	if pinRoot == "" {
+		pinRoot = DefaultPinRoot
+	}
+	var out []SlotRange
+	for _, n := range neighbours(pinRoot, "") {
+		if n.slots > 0 {
+			out = append(out, SlotRange{Prefix: n.prefix, First: n.slotFirst, Count: n.slots})
+		}
+	}
+	return out
+}
+
 // CheckNeighbours refuses a pool that would clash with another pool
 // pinned under pinRoot, before anything is made: one that would share its
 // uplink (ifindex; 0 for none) (each would drop the other's Geneve as
@@ -519,14 +560,17 @@ func CheckNeighbours(pinRoot string, c slot.Config, uplink int) error {
 	if pinRoot == "" {
 		pinRoot = DefaultPinRoot
 	}
-	lo, hi := u32(c.SlotIP(0)), u32(c.SlotIP(c.Count-1))
-	for _, n := range neighbours(pinRoot, c.Prefix) {
-		if uplink != 0 && n.uplink == uplink {
-			return fmt.Errorf("this uplink already carries pool %q's datapath: pools cannot share an uplink (each would drop the other's Geneve as unknown)", n.prefix)
+	ns := neighbours(pinRoot, c.Prefix)
+	if uplink != 0 {
+		if other := onUplink(ns, uplink); other != "" {
+			return fmt.Errorf("this uplink already carries pool %q's datapath: pools cannot share an uplink (each would drop the other's Geneve as unknown)", other)
 		}
+	}
+	lo, hi := u32(c.SlotIP(0)), u32(c.SlotIP(c.Count-1))
+	for _, n := range ns {
 		// Slot addresses that never leave the host (no uplink) clash
 		// with nobody.
-		if uplink != 0 && n.uplink != 0 && n.slots > 0 {
+		if uplink != 0 && n.link != 0 && n.slots > 0 {
 			nlo := u32(n.slotFirst)
 			nhi := nlo + uint32(n.slots) - 1
 			if lo <= nhi && nlo <= hi {
