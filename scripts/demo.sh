@@ -18,17 +18,21 @@ SOCK=/run/netslot/netslot.sock
 LOG=/var/log/netslotd.log
 ns=./bin/netslot
 lab="./bin/netslot-bench lab"
+# The demo fabric's ranges (block 240 of the lab's: 198.18.240.0/24 and
+# 198.19.241.0/24), apart from the test suite's, so that `make test` runs
+# beside the demo.
+UNDERLAY=198.18.240.2 GATEWAY=198.18.240.1 VTEP=198.18.240.9 OUTSIDE=198.19.241.1 DNS=198.18.240.53
 
 if [ ! -e /run/netns/fdemo ]; then # not ip netns list | grep -q: SIGPIPE under pipefail with thousands of slots
-  echo "== demo fabric: namespace fdemo behind uplink veth udemo (198.18.0.0/15, routed nowhere else)"
-  $lab fabric --tag demo
+  echo "== demo fabric: namespace fdemo behind uplink veth udemo (198.18.240.0/24 and 198.19.241.0/24, routed nowhere else)"
+  $lab fabric --tag demo --block 240
 fi
 
 if $ns --socket "$SOCK" status >/dev/null 2>&1; then
   echo "== netslotd is already running on $SOCK"
 else
   echo "== starting netslotd (4,000 slots, uplink udemo; log: $LOG)"
-  nohup ./bin/netslotd --uplink udemo --underlay-ip 198.18.0.2 --uplink-gateway 198.18.0.1 >"$LOG" 2>&1 &
+  nohup ./bin/netslotd --uplink udemo --underlay-ip $UNDERLAY --uplink-gateway $GATEWAY >"$LOG" 2>&1 &
   echo $! >/run/netslot-demo.pid
   sleep 0.5
 fi
@@ -54,7 +58,7 @@ if [ -z "$uplink" ]; then
 fi
 
 echo
-echo "== a VPC host (10.9.0.1, vni 4242) behind the fabric's VTEP 198.18.0.9"
+echo "== a VPC host (10.9.0.1, vni 4242) behind the fabric's VTEP $VTEP"
 guest=
 $lab vtep --tag demo --vni 4242 --ip 10.9.0.1 &
 vtep=$!
@@ -67,8 +71,8 @@ cleanup() {
 trap cleanup EXIT
 echo
 echo "== acquire, attached to the VPC (what a VM launcher gets)"
-slot=$($ns --socket "$SOCK" acquire --owner demo-vm --hostname demo-vm --dns 198.18.0.53 \
-  --vni 4242 --vtep 198.18.0.9 --vpc-ip 10.9.0.5 --vpc-cidr 10.9.0.0/24 -o json)
+slot=$($ns --socket "$SOCK" acquire --owner demo-vm --hostname demo-vm --dns $DNS \
+  --vni 4242 --vtep $VTEP --vpc-ip 10.9.0.5 --vpc-cidr 10.9.0.0/24 -o json)
 echo "$slot"
 id=$(echo "$slot" | sed -E 's/.*"id":"([^"]+)".*/\1/')
 lease=$(echo "$slot" | sed -E 's/.*"lease_id":"([^"]+)".*/\1/')
@@ -91,9 +95,9 @@ ip netns exec gdemo dhclient -4 -1 -v -cf /dev/null -sf ./scripts/dhclient-scrip
 ip netns exec gdemo ip -br addr show g0
 echo "-- its first packet to the VPC host 10.9.0.1 (Geneve, vni 4242): held while the peer's MAC is learned, then sent"
 ip netns exec gdemo ping -c 1 -W 2 10.9.0.1 | sed -n 2p
-echo "-- more to the VPC host, and to the outside host 198.19.1.1 (stateless NAT to the slot address)"
+echo "-- more to the VPC host, and to the outside host $OUTSIDE (stateless NAT to the slot address)"
 ip netns exec gdemo ping -c 3 -i 0.2 10.9.0.1 | tail -2
-ip netns exec gdemo ping -c 3 -i 0.2 198.19.1.1 | tail -2
+ip netns exec gdemo ping -c 3 -i 0.2 $OUTSIDE | tail -2
 echo
 $ns --socket "$SOCK" show "$id"
 echo

@@ -32,6 +32,7 @@ func labCmd() *cobra.Command {
 func labFabricCmd() *cobra.Command {
 	var tag, slotCIDR string
 	var remove bool
+	var block uint8
 	cmd := &cobra.Command{
 		Use:   "fabric",
 		Short: "Create (or --remove) a fabric namespace f<tag> behind the uplink veth u<tag>",
@@ -46,7 +47,7 @@ func labFabricCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("invalid --slot-cidr: %w", err)
 			}
-			if f, err = lab.NewFabric(tag, p); err != nil {
+			if f, err = lab.NewFabricAt(tag, block, p); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "uplink %s, underlay %s, gateway %s, vtep %s, outside host %s (namespace %s)\n",
@@ -57,6 +58,7 @@ func labFabricCmd() *cobra.Command {
 	cmd.Flags().StringVar(&tag, "tag", "demo", "names the namespace (f<tag>) and the uplink (u<tag>)")
 	cmd.Flags().StringVar(&slotCIDR, "slot-cidr", slot.DefaultSlotCIDR.String(), "slot addresses the fabric routes back to the uplink")
 	cmd.Flags().BoolVar(&remove, "remove", false, "remove the fabric instead")
+	cmd.Flags().Uint8Var(&block, "block", 0, fmt.Sprintf("the fabric's ranges: 198.18.B.0/24 and 198.19.B+1.0/24 (tests use 0, make demo %d)", lab.DemoBlock))
 	return cmd
 }
 

@@ -24,12 +24,12 @@ import (
 // first on purpose: virtio leaves its checksum to offload, and the slot's
 // first packet to the VPC becomes the ARP request through the tunnel.
 // @VPCIP@ is the guest's VPC address, @CHECK@ what its configuration
-// must show.
+// must show, @GUEST@ its address and prefix length, @GATEWAY@ its gateway.
 const slotGuestScript = `
-ip -4 addr show eth0 | grep -q "inet 172.16.0.2/30" || { echo NOT-CONFIGURED; ip addr; exit 9; }
+ip -4 addr show eth0 | grep -q "inet @GUEST@" || { echo NOT-CONFIGURED; ip addr; exit 9; }
 grep -q "nameserver 198.18.0.53" /etc/resolv.conf || { echo NO-DNS; exit 8; }
 @CHECK@
-ping -c 3 -W 2 172.16.0.1 || { echo GATEWAY-DOWN; exit 10; }
+ping -c 3 -W 2 @GATEWAY@ || { echo GATEWAY-DOWN; exit 10; }
 ping -c 3 -W 2 198.19.1.1 || { echo OUTSIDE-DOWN; exit 11; }
 echo "OUTSIDE-UDP $(echo netslot-nat | nc.openbsd -u -w 2 198.19.1.1 7)"
 nc.openbsd -u -l -W 1 5001 >/tmp/reply &
@@ -116,7 +116,9 @@ func TestRealGuestsThroughNATAndKernelGeneve(t *testing.T) {
 		t.Fatalf("vpc guest: %v\n%s", err, vpc.Output())
 	}
 	script := func(vpcIP, check string) string {
-		return strings.NewReplacer("@VPCIP@", vpcIP, "@CHECK@", check).Replace(slotGuestScript)
+		return strings.NewReplacer("@VPCIP@", vpcIP, "@CHECK@", check,
+			"@GUEST@", netip.PrefixFrom(p.Config.GuestIP(), p.Config.GuestCIDR.Bits()).String(),
+			"@GATEWAY@", p.Config.GatewayIP().String()).Replace(slotGuestScript)
 	}
 	_, _, bootArgs := p.D.GuestConfig(info.Lease)
 	guest := testutil.StartVM(t, testutil.VMConfig{Netns: p.Config.NetnsPath(info.Index), Tap: slot.TapName,

@@ -90,7 +90,7 @@ func TestTenantLeavesNothingBehind(t *testing.T) {
 		c.Close()
 	}
 	exec.Command("ip", "netns", "exec", g.Name, "ping", "-c", "2", "-W", "1", "224.0.0.1").Run()
-	exec.Command("ip", "netns", "exec", g.Name, "ping", "-c", "1", "-W", "1", "172.16.0.3").Run() // ARP for a neighbour that is not there
+	exec.Command("ip", "netns", "exec", g.Name, "ping", "-c", "1", "-W", "1", p.Config.GuestIP().Next().String()).Run() // ARP for a neighbour that is not there
 
 	// While the VM still holds tap0 (and whatever is queued for it), the
 	// slot cannot be released, and nothing of it changes.
@@ -109,7 +109,7 @@ func TestTenantLeavesNothingBehind(t *testing.T) {
 	}
 	g.Close() // the kernel purges tap0's queue when the last holder closes it
 	ns := p.Config.ID(i)
-	testutil.Exec(t, ns, "ip", "neigh", "replace", "172.16.0.3", "lladdr", "02:00:00:00:00:02", "dev", "tap0", "nud", "permanent")
+	testutil.Exec(t, ns, "ip", "neigh", "replace", p.Config.GuestIP().Next().String(), "lladdr", "02:00:00:00:00:02", "dev", "tap0", "nud", "permanent")
 	testutil.Exec(t, ns, "ip", "link", "set", "tap0", "address", "02:00:00:00:00:99", "mtu", "1400", "txqueuelen", "10")
 
 	if used := slotState(t, p, i); used == want {

@@ -46,7 +46,7 @@ func TestEgressAllowListAndAntiSpoofingWithPackets(t *testing.T) {
 	send(c.GuestMAC, guest, allowedDst, 1001)
 	send(c.GuestMAC, guest, deniedDst, 1002)
 	send(net.HardwareAddr{0x02, 0, 0, 0, 0, 0x66}, guest, allowedDst, 1003) // spoofed MAC
-	send(c.GuestMAC, netip.MustParseAddr("172.16.0.9"), allowedDst, 1004)   // spoofed source
+	send(c.GuestMAC, c.GuestCIDR.Addr().Prev(), allowedDst, 1004)           // spoofed source
 	send(c.GuestMAC, c.SlotIP(info.Index+1), allowedDst, 1005)              // another slot's address
 	if !capt.SawUDP(allowedDst, 1001, 2*time.Second) {
 		t.Fatal("allowed packet did not leave the slot")

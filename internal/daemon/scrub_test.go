@@ -41,8 +41,8 @@ func TestReleaseScrubsWhatTheTenantLeft(t *testing.T) {
 	other := p.Config.ID((info.Index + 1) % 3)
 	fresh := dump(t, other)
 
-	testutil.Exec(t, ns, "ip", "neigh", "add", "172.16.0.2", "lladdr", "02:00:00:00:00:01", "dev", "tap0")
-	testutil.Exec(t, ns, "ip", "neigh", "add", "172.16.0.3", "lladdr", "02:00:00:00:00:02", "dev", "tap0", "nud", "permanent")
+	testutil.Exec(t, ns, "ip", "neigh", "add", p.Config.GuestIP().String(), "lladdr", "02:00:00:00:00:01", "dev", "tap0")
+	testutil.Exec(t, ns, "ip", "neigh", "add", p.Config.GuestIP().Next().String(), "lladdr", "02:00:00:00:00:02", "dev", "tap0", "nud", "permanent")
 	testutil.Exec(t, ns, "ip", "link", "set", "tap0", "address", "02:00:00:00:00:99", "mtu", "1400", "txqueuelen", "10")
 	testutil.Exec(t, ns, "ip", "link", "set", "tap0", "down")
 	norm := func(s string, i int) string {

@@ -32,40 +32,71 @@ type Fabric struct {
 	Gateway  netip.Addr
 	VTEP     netip.Addr
 	Outside  netip.Addr
+	// Net is the underlay's network (Gateway, Underlay and VTEP are on
+	// it), OutsideNet the outside host's, behind the gateway.
+	Net, OutsideNet netip.Prefix
 	// Host is the pin of the namespace that plays the host, the uplink's
 	// side ("": the root namespace; see NewFabricIn).
 	Host string
 }
 
-// Fabric addresses.
-var (
-	FabricNet     = netip.MustParsePrefix("198.18.0.0/24")
-	FabricOutside = netip.MustParsePrefix("198.19.1.0/24")
-)
+// A fabric's ranges are those of its block B: 198.18.B.0/24 (the gateway
+// .1, the host's underlay address .2, the VTEP .9) and 198.19.B+1.0/24
+// (the outside host .1). Tests use block 0; `make demo` uses DemoBlock, so
+// that a newcomer's demo and the tests live side by side on one host.
+const DemoBlock = 240
 
 // NetnsPath is the fabric namespace's pin.
 func (f *Fabric) NetnsPath() string { return "/run/netns/" + f.Name }
 
-// FabricNamed describes the fabric of tag (existing or not): its names
-// and addresses.
+// FabricNamed describes the fabric of tag: if it exists, with the
+// addresses it has, else with those of block 0.
 func FabricNamed(tag string) *Fabric {
+	f := fabricAt(tag, 0)
+	_ = InNS("/run/netns/"+f.Name, func() error {
+		l, err := netlink.LinkByName("f0")
+		if err != nil {
+			return err
+		}
+		as, err := links.Addrs(nil, l, unix.AF_INET)
+		if err != nil {
+			return err
+		}
+		for _, a := range as {
+			if ip := a.IP.To4(); ip != nil && ip[0] == 198 && ip[1] == 18 && ip[3] == 1 {
+				f = fabricAt(tag, ip[2])
+			}
+		}
+		return nil
+	})
+	return f
+}
+
+// fabricAt describes the fabric of tag in block b.
+func fabricAt(tag string, b byte) *Fabric {
 	return &Fabric{
 		Name: "f" + tag, Uplink: "u" + tag,
-		Underlay: netip.MustParseAddr("198.18.0.2"), Gateway: netip.MustParseAddr("198.18.0.1"),
-		VTEP: netip.MustParseAddr("198.18.0.9"), Outside: netip.MustParseAddr("198.19.1.1"),
+		Net: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, b, 0}), 24), OutsideNet: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, b + 1, 0}), 24),
+		Underlay: netip.AddrFrom4([4]byte{198, 18, b, 2}), Gateway: netip.AddrFrom4([4]byte{198, 18, b, 1}),
+		VTEP: netip.AddrFrom4([4]byte{198, 18, b, 9}), Outside: netip.AddrFrom4([4]byte{198, 19, b + 1, 1}),
 	}
 }
 
 // ErrRangeInUse: the host routes a range the fabric would use.
 var ErrRangeInUse = errors.New("fabric range in use by the host")
 
-// NewFabric builds a fabric whose hosts route slotCIDR back through the
-// uplink. tag names its objects. The caller removes it (Remove).
-func NewFabric(tag string, slotCIDR netip.Prefix) (*Fabric, error) {
-	if err := refuseRouted(FabricNet, FabricOutside); err != nil {
+// NewFabric builds a fabric of block 0 whose hosts route slotCIDR back
+// through the uplink. tag names its objects. The caller removes it
+// (Remove).
+func NewFabric(tag string, slotCIDR netip.Prefix) (*Fabric, error) { return NewFabricAt(tag, 0, slotCIDR) }
+
+// NewFabricAt is NewFabric in block b.
+func NewFabricAt(tag string, b byte, slotCIDR netip.Prefix) (*Fabric, error) {
+	f := fabricAt(tag, b)
+	if err := refuseRouted(f.Net, f.OutsideNet); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrRangeInUse, err)
 	}
-	return newFabric(tag, slotCIDR, "")
+	return newFabric(f, slotCIDR, "")
 }
 
 // NewFabricIn is NewFabric for a host played by the namespace pinned at
@@ -73,11 +104,10 @@ func NewFabric(tag string, slotCIDR netip.Prefix) (*Fabric, error) {
 // test can change what is global to a host (net.ipv4.ip_forward) without
 // touching the machine's.
 func NewFabricIn(tag string, slotCIDR netip.Prefix, host string) (*Fabric, error) {
-	return newFabric(tag, slotCIDR, host)
+	return newFabric(fabricAt(tag, 0), slotCIDR, host)
 }
 
-func newFabric(tag string, slotCIDR netip.Prefix, host string) (*Fabric, error) {
-	f := FabricNamed(tag)
+func newFabric(f *Fabric, slotCIDR netip.Prefix, host string) (*Fabric, error) {
 	f.Host = host
 	if err := netns.EnsureDir("/run/netns"); err != nil {
 		return nil, err

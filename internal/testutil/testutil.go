@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/lab"
 	"github.com/netslot/netslot/internal/slot"
 	"github.com/netslot/netslot/internal/testenv"
 )
@@ -65,8 +66,16 @@ type Pool struct {
 	StateDir string
 }
 
-// NewConfig returns a default config of n slots with a fresh prefix.
-func NewConfig(n int) slot.Config { return slot.DefaultConfig(Prefix(), n) }
+// NewConfig returns a config of n slots with a fresh prefix, and the
+// default addressing unless another pool on the host has it (see
+// lab.FreeAddressing): tests run beside `make demo` and a user's pools.
+func NewConfig(n int) slot.Config {
+	c := slot.DefaultConfig(Prefix(), n)
+	if sc, gc, err := lab.FreeAddressing(n); err == nil {
+		c.SlotCIDR, c.GuestCIDR = sc, gc
+	}
+	return c
+}
 
 // StartPool boots a pool of n slots and registers its teardown.
 func StartPool(tb testing.TB, n int) *Pool {

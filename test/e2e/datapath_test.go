@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"maps"
 	"net"
 	"net/netip"
@@ -15,7 +16,6 @@ import (
 	"time"
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
-	"github.com/netslot/netslot/internal/slot"
 	"github.com/netslot/netslot/internal/testenv"
 	"github.com/netslot/netslot/internal/testutil"
 )
@@ -23,7 +23,7 @@ import (
 // uplinkPool is a pool whose uplink leads to a fresh test fabric.
 func uplinkPool(t *testing.T, slots int) (*pool, *testutil.Fabric, []string) {
 	p := newPool(t, slots)
-	fab := testutil.NewFabric(t, p.prefix[1:], slot.DefaultSlotCIDR)
+	fab := testutil.NewFabric(t, p.prefix[1:], p.cfg.SlotCIDR)
 	args := []string{"--uplink", fab.Uplink, "--underlay-ip", fab.Underlay.String(), "--uplink-gateway", fab.Gateway.String()}
 	return p, fab, args
 }
@@ -64,7 +64,7 @@ func vpcLeaseWithGuest(t *testing.T, p *pool, fab *testutil.Fabric) (*netslotv1.
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := testutil.NewGuestNS(t, p.prefix[1:], s.Netns, slot.DefaultConfig(p.prefix, p.slots))
+	g := testutil.NewGuestNS(t, p.prefix[1:], s.Netns, p.cfg)
 	exec.Command("ip", "netns", "exec", g.Name, "ping", "-c", "2", "-W", "1", vpcHost.String()).Run()
 	return s, g, vpcHost
 }
@@ -234,7 +234,7 @@ func TestUpgradeMigratesLiveLeases(t *testing.T) {
 	p.waitReady()
 	s, g, vpcHost := vpcLeaseWithGuest(t, p, fab)
 	c := p.client()
-	cfg := slot.DefaultConfig(p.prefix, p.slots)
+	cfg := p.cfg
 
 	const count = 600 // 6 s at 10 ms
 	nat := pingFlood(t, g.Name, fab.Outside, count)
@@ -297,12 +297,13 @@ func TestGuestConfigInTheAnswer(t *testing.T) {
 		return cfg
 	}
 	plain := acquire()
-	if plain.BootArgs != "ip=172.16.0.2::172.16.0.1:255.255.255.252::eth0:off:198.18.0.53:198.18.1.53" || plain.MTU != 1500 ||
+	ipArg := fmt.Sprintf("ip=%s::%s:255.255.255.252::eth0:off:", p.cfg.GuestIP(), p.cfg.GatewayIP())
+	if plain.BootArgs != ipArg+"198.18.0.53:198.18.1.53" || plain.MTU != 1500 ||
 		plain.NetworkInterface["host_dev_name"] != "tap0" || !strings.HasPrefix(plain.JailerNetns, "/run/netns/"+p.prefix+"-") {
 		t.Errorf("a plain lease: %+v", plain)
 	}
 	own := acquire(append(vpc, "--dns", "198.18.5.53")...)
-	if own.MTU != 1500 || len(own.DNS) != 1 || own.BootArgs != "ip=172.16.0.2::172.16.0.1:255.255.255.252::eth0:off:198.18.5.53" {
+	if own.MTU != 1500 || len(own.DNS) != 1 || own.BootArgs != ipArg+"198.18.5.53" {
 		t.Errorf("a VPC lease with its own DNS over a 9000-byte uplink: %+v", own)
 	}
 	// An uplink of 1500 bytes leaves no room for Geneve over 1500.

@@ -61,17 +61,21 @@ type pool struct {
 	stateDir string
 	socket   string
 	slots    int
-	cmd      *exec.Cmd
-	log      *bytes.Buffer
-	exited   chan struct{}
+	// cfg is the pool's configuration: a free prefix, and addressing no
+	// other pool on the host has (testutil.NewConfig).
+	cfg    slot.Config
+	cmd    *exec.Cmd
+	log    *bytes.Buffer
+	exited chan struct{}
 }
 
 func newPool(t *testing.T, slots int) *pool {
 	t.Helper()
 	testenv.RequireRoot(t)
 	dir := t.TempDir()
-	p := &pool{t: t, prefix: testutil.Prefix(), stateDir: filepath.Join(dir, "state"),
-		socket: filepath.Join(dir, "netslot.sock"), slots: slots}
+	cfg := testutil.NewConfig(slots)
+	p := &pool{t: t, prefix: cfg.Prefix, stateDir: filepath.Join(dir, "state"),
+		socket: filepath.Join(dir, "netslot.sock"), slots: slots, cfg: cfg}
 	t.Cleanup(func() {
 		p.kill()
 		if out, err := p.netslotd("teardown", "--prefix", p.prefix, "--state-dir", p.stateDir); err != nil {
@@ -87,7 +91,7 @@ func newPool(t *testing.T, slots int) *pool {
 
 func (p *pool) args(extra ...string) []string {
 	return append([]string{"--slots", fmt.Sprint(p.slots), "--prefix", p.prefix, "--state-dir", p.stateDir,
-		"--socket", p.socket, "--metrics-addr", ""}, extra...)
+		"--socket", p.socket, "--metrics-addr", "", "--slot-cidr", p.cfg.SlotCIDR.String(), "--guest-cidr", p.cfg.GuestCIDR.String()}, extra...)
 }
 
 // start runs the daemon and waits until its pool is ready.
@@ -107,6 +111,12 @@ func (p *pool) launch(extra ...string) {
 func (p *pool) launchCmd(cmd *exec.Cmd) {
 	p.t.Helper()
 	p.cmd = cmd
+	// The daemon dies with the test process, however it ends; what it
+	// leaves is swept by the next run (testutil.Prefix).
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	p.log = &bytes.Buffer{}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {

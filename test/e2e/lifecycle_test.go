@@ -112,8 +112,8 @@ func TestLifecycleThroughCLI(t *testing.T) {
 		t.Fatalf("one slot vended twice: %s", a.ID)
 	}
 	for _, s := range []slotJSON{a, b} {
-		if !strings.HasPrefix(s.Netns, "/run/netns/"+p.prefix+"-") || s.Tap != "tap0" || s.GuestIP != "172.16.0.2" ||
-			s.GatewayIP != "172.16.0.1" || s.GuestMAC != "06:00:ac:10:00:02" || s.SlotIP == "" || s.State != "leased" ||
+		if !strings.HasPrefix(s.Netns, "/run/netns/"+p.prefix+"-") || s.Tap != "tap0" || s.GuestIP != p.cfg.GuestIP().String() ||
+			s.GatewayIP != p.cfg.GatewayIP().String() || s.GuestMAC != "06:00:ac:10:00:02" || s.SlotIP == "" || s.State != "leased" ||
 			s.Firecracker.IfaceID != "eth0" || s.Firecracker.HostDevName != "tap0" || s.Firecracker.GuestMAC != s.GuestMAC {
 			t.Fatalf("acquire answer incomplete: %+v", s)
 		}

@@ -52,12 +52,12 @@ func TestRefusedStartsLeaveNothing(t *testing.T) {
 		{"the same uplink as another pool", append(b.args(), up...), "already carries pool"},
 		{"an unreachable uplink gateway", b.args("--uplink", fab.Uplink, "--underlay-ip", fab.Underlay.String(), "--uplink-gateway", "198.51.99.1"),
 			"198.51.99.1 is not on"},
-		{"another uplink, slot addresses overlapping another pool's", b.args("--uplink", other, "--underlay-ip", "198.18.77.2"),
+		{"another uplink, slot addresses overlapping another pool's", b.args("--uplink", other, "--underlay-ip", "198.18.77.2", "--slot-cidr", a.cfg.SlotCIDR.String()),
 			"overlap pool"},
 		// Refused only once its root table, policy route and datapath were
 		// made (its guest network is already routed by the other pool's
 		// table): the start takes them back.
-		{"another uplink, the same guest network as another pool", b.args("--uplink", other, "--underlay-ip", "198.18.77.2", "--slot-cidr", "100.66.0.0/16"),
+		{"another uplink, the same guest network as another pool", b.args("--uplink", other, "--underlay-ip", "198.18.77.2", "--guest-cidr", a.cfg.GuestCIDR.String()),
 			"already routed by table"},
 	} {
 		out, err := b.netslotd(tc.args...)
@@ -81,7 +81,8 @@ func TestRefusedStartsLeaveNothing(t *testing.T) {
 	if st := a.status(); !st.Ready || st.Free != 10 {
 		t.Errorf("first pool after the refused starts: %+v", st)
 	}
-	b.start("--uplink", other, "--underlay-ip", "198.18.77.2", "--slot-cidr", "100.66.0.0/16", "--guest-cidr", "172.16.1.0/30")
+	// b's own addressing (newPool, after a started) is apart from a's.
+	b.start("--uplink", other, "--underlay-ip", "198.18.77.2")
 }
 
 // SIGHUP is not the end of the daemon: it says it reloads nothing and

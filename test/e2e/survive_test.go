@@ -20,7 +20,6 @@ import (
 	"github.com/netslot/netslot/internal/datapath"
 	"github.com/netslot/netslot/internal/firewall"
 	"github.com/netslot/netslot/internal/lab"
-	"github.com/netslot/netslot/internal/slot"
 	"github.com/netslot/netslot/internal/state"
 	"github.com/netslot/netslot/internal/testenv"
 	"github.com/netslot/netslot/internal/testutil"
@@ -45,7 +44,7 @@ func newSurvivor(t *testing.T) *survivor {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := slot.DefaultConfig(p.prefix, p.slots)
+	cfg := p.cfg
 	sv := &survivor{pool: p, fab: fab, lease: s,
 		guest: testutil.NewGuestNS(t, p.prefix[1:], s.Netns, cfg),
 		leak:  testutil.StartTshark(t, fab.Name, "f0", "src net "+cfg.GuestCIDR.String(), "ip.src", "ip.dst")}
@@ -134,12 +133,12 @@ func TestSurvivesUplinkFlap(t *testing.T) {
 // into the pool table's blackhole, not on to the host's main table.
 func (sv *survivor) blackholed(t *testing.T) {
 	t.Helper()
-	host, err := netlink.LinkByName(slot.DefaultConfig(sv.prefix, sv.slots).HostVeth(int(sv.lease.Index)))
+	host, err := netlink.LinkByName(sv.cfg.HostVeth(int(sv.lease.Index)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	rs, err := netlink.RouteGetWithOptions(sv.fab.Outside.AsSlice(), &netlink.RouteGetOptions{
-		IifIndex: host.Attrs().Index, SrcAddr: slot.DefaultConfig(sv.prefix, sv.slots).GuestIP().AsSlice()})
+		IifIndex: host.Attrs().Index, SrcAddr: sv.cfg.GuestIP().AsSlice()})
 	if err == nil && (len(rs) != 1 || rs[0].Type != unix.RTN_BLACKHOLE) {
 		t.Errorf("the guest's traffic is routed %+v with the uplink's route gone, want the pool's blackhole", rs)
 	}
@@ -163,10 +162,10 @@ func TestSurvivesUplinkRecreated(t *testing.T) {
 	}
 	sv.blackholed(t)
 	sv.leak.Stop()
-	if err := sv.fab.Relink(slot.DefaultSlotCIDR); err != nil {
+	if err := sv.fab.Relink(sv.cfg.SlotCIDR); err != nil {
 		t.Fatal(err)
 	}
-	sv.leak = testutil.StartTshark(t, sv.fab.Name, "f0", "src net "+slot.DefaultGuestCIDR.String(), "ip.src", "ip.dst")
+	sv.leak = testutil.StartTshark(t, sv.fab.Name, "f0", "src net "+sv.cfg.GuestCIDR.String(), "ip.src", "ip.dst")
 	sv.comesBack(t, "repaired: datapath: attach to "+sv.fab.Uplink)
 	if err := sv.backstop().Check(); err != nil {
 		t.Errorf("after the repair: %v", err)
@@ -175,7 +174,7 @@ func TestSurvivesUplinkRecreated(t *testing.T) {
 
 func TestSurvivesPolicyRuleDeleted(t *testing.T) {
 	sv := newSurvivor(t)
-	if out, err := exec.Command("ip", "rule", "del", "priority", "1000", "from", "172.16.0.0/30").CombinedOutput(); err != nil {
+	if out, err := exec.Command("ip", "rule", "del", "priority", "1000", "from", sv.cfg.GuestCIDR.String()).CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	sv.comesBack(t, "repaired: the pool's route through the uplink")
@@ -286,7 +285,7 @@ func TestFailsClosedWithTheDatapathDetached(t *testing.T) {
 	if leaked := sv.leak.Stop(); len(leaked) > 0 {
 		t.Errorf("%d packets left the host with the guest's own address: %v", len(leaked), leaked)
 	}
-	sv.leak = testutil.StartTshark(t, sv.fab.Name, "f0", "src net "+slot.DefaultGuestCIDR.String(), "ip.src", "ip.dst")
+	sv.leak = testutil.StartTshark(t, sv.fab.Name, "f0", "src net "+sv.cfg.GuestCIDR.String(), "ip.src", "ip.dst")
 	sv.start("--uplink", sv.fab.Uplink, "--underlay-ip", sv.fab.Underlay.String(), "--uplink-gateway", sv.fab.Gateway.String())
 	if !sv.reaches(3) {
 		t.Errorf("the guest's traffic did not come back after the restart:\n%s", sv.log)
@@ -301,7 +300,7 @@ func TestFailsClosedWithTheDatapathDetached(t *testing.T) {
 
 func (sv *survivor) backstop() datapath.Backstop {
 	return datapath.Backstop{Prefix: sv.prefix, Uplink: sv.fab.Uplink,
-		GuestCIDR: slot.DefaultGuestCIDR, SlotCIDR: slot.DefaultSlotCIDR}
+		GuestCIDR: sv.cfg.GuestCIDR, SlotCIDR: sv.cfg.SlotCIDR}
 }
 
 // What slot traffic needs of the host's IPv4 settings, and nothing more,
@@ -356,7 +355,7 @@ func TestForwardingIsWhatTheHostVethsNeed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := testutil.NewGuestNS(t, p.prefix[1:], s.Netns, slot.DefaultConfig(p.prefix, p.slots))
+	g := testutil.NewGuestNS(t, p.prefix[1:], s.Netns, p.cfg)
 	reaches := func(tries int) bool {
 		for range tries {
 			if exec.Command("ip", "netns", "exec", g.Name, "ping", "-c", "1", "-W", "1", fab.Outside.String()).Run() == nil {
@@ -370,7 +369,7 @@ func TestForwardingIsWhatTheHostVethsNeed(t *testing.T) {
 		return st.Forwarding && len(st.Problems) == 0
 	}
 	repairs := func() int { return strings.Count(p.log.String(), "repaired: host veths' IPv4 forwarding") }
-	veth := slot.DefaultConfig(p.prefix, p.slots).HostVeth(int(s.Index))
+	veth := p.cfg.HostVeth(int(s.Index))
 	vethForwarding := func() string {
 		out, _ := exec.Command("ip", "netns", "exec", host, "sysctl", "-n", "net.ipv4.conf."+veth+".forwarding").Output()
 		return strings.TrimSpace(string(out))
