@@ -17,6 +17,7 @@ import (
 
 	"github.com/netslot/netslot/internal/daemon"
 	"github.com/netslot/netslot/internal/firewall"
+	"github.com/netslot/netslot/internal/lab"
 	"github.com/netslot/netslot/internal/slot"
 )
 
@@ -63,6 +64,7 @@ func bootOnce(ctx context.Context, run, n int, o BootOptions) (BootRun, error) {
 	r := BootRun{Slots: n, ReplacedRule: n*RulesPerSlot + 3}
 	settleNamespaces(o.Log)
 	cfg := slot.DefaultConfig(fmt.Sprintf("nx%c%c", 'a'+os.Getpid()%26, 'a'+run%26), n)
+	lab.Claim(cfg.Prefix)
 	dir, err := os.MkdirTemp("/dev/shm", "netslot-bench-boot")
 	if err != nil {
 		return r, err

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/netslot/netslot/internal/bench"
+	"github.com/netslot/netslot/internal/lab"
 )
 
 // Command returns the netslot-bench command.
@@ -49,6 +50,13 @@ harness; no timing is asserted). Its subcommands run one scenario each.`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// What a bench or test run that was killed left (its pools,
+		// fabrics, guests) goes first; what runs goes on.
+		PersistentPreRun: func(cmd *cobra.Command, _ []string) {
+			if os.Geteuid() == 0 {
+				lab.SweepDead(benchLog(cmd))
+			}
+		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Log = benchLog(cmd)
 			var err error

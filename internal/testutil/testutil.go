@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -45,11 +46,23 @@ func Eventually(tb testing.TB, what string, cond func() bool) {
 var seq atomic.Int32
 
 // Prefix returns a pool prefix unique to this process and call, short
-// enough for interface names of pools up to 999,999 slots.
+// enough for interface names of pools up to 999,999 slots. It is claimed
+// for this process (lab.Claim), and the first call takes back what test
+// processes that were killed left behind (lab.SweepDead).
 func Prefix() string {
+	sweepOnce()
 	n := seq.Add(1)
-	return fmt.Sprintf("t%d%c%c", os.Getpid()%1000, 'a'+rune(n/26%26), 'a'+rune(n%26))
+	p := fmt.Sprintf("t%d%c%c", os.Getpid()%1000, 'a'+rune(n/26%26), 'a'+rune(n%26))
+	lab.Claim(p)
+	return p
 }
+
+// sweepOnce sweeps what dead test processes left, once per process.
+var sweepOnce = sync.OnceFunc(func() {
+	if testenv.Privileged() {
+		lab.SweepDead(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	}
+})
 
 // Logger returns a logger that writes to tb only when -v is on.
 func Logger(tb testing.TB) *slog.Logger {
