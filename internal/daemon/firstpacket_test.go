@@ -177,7 +177,8 @@ func sendHeldFrames(t *testing.T, p *testutil.Pool, vmm *testutil.Guest, sizes [
 // 19, item 5). Leases whose guests each send 32 full-size frames to a VPC
 // address that never answers, then go quiet, fill netslotd's 4 MiB of
 // held frames to the byte (87 leases at a 1500-byte MTU); another lease's
-// first datagram to a VPC peer that answers is still held and delivered.
+// first datagram to a VPC peer that answers is still held and delivered,
+// and the frame it evicted is counted on the attacking slot that lost it.
 func TestOneTenantCannotSwitchOffFirstPacketHolding(t *testing.T) {
 	const full = 1514 // a full-size frame at the VPC leases' 1500-byte MTU
 	sizes := fillSizes(daemon.HoldBytes, full)
@@ -219,11 +220,31 @@ func TestOneTenantCannotSwitchOffFirstPacketHolding(t *testing.T) {
 			buf[:n], err, heldCount(p, "held"), heldCount(p, "sent"), heldCount(p, "dropped"))
 	}
 
-	if dropped := heldCount(p, "dropped"); dropped != 1 {
-		t.Errorf("netslotd dropped %d held frames; want the one the victim's frame evicted", dropped)
+	// What made room is counted on the slot that lost it, and nowhere
+	// else.
+	if dp := countersExported(t, p, victim.ID); dp.HeldDropped != 0 {
+		t.Errorf("the victim's slot counts %d held frames dropped", dp.HeldDropped)
+	}
+	var lost uint64
+	loser := -1
+	for k, info := range infos {
+		if n := countersExported(t, p, info.ID).HeldDropped; n > 0 {
+			lost, loser = lost+n, k
+		}
+	}
+	if dropped := heldCount(p, "dropped"); lost != 1 || dropped != 1 {
+		t.Fatalf("the attacking slots count %d held frames dropped, netslotd %d; want the one the victim's frame evicted", lost, dropped)
 	}
 	if _, bytes := p.D.Held(); bytes > daemon.HoldBytes {
 		t.Errorf("held %d bytes, over the budget of %d", bytes, daemon.HoldBytes)
+	}
+	// Release resets the count with the slot's other counters.
+	vmms[loser].Close()
+	if err := p.D.Release(infos[loser].ID, infos[loser].Lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := p.D.Get(infos[loser].ID); err != nil || got.Datapath.HeldDropped != 0 {
+		t.Errorf("after release: %+v, %v; want no held frames dropped", got.Datapath, err)
 	}
 }
 
