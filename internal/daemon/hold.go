@@ -110,8 +110,9 @@ type holder struct {
 	dropped []uint64
 	// timer expires what is held by age when nothing else comes: armed
 	// only while a frame is held, for the oldest one's expiry plus a
-	// tenth of holdFor, so that it fires at most ten times a second and
-	// never while nothing is held.
+	// tenth of holdFor, so that it fires at most ten times a second, and
+	// once at most after the last frame went (sent, or taken by a newer
+	// frame's expiry).
 	timer   *time.Timer
 	armed   bool
 	stopped bool
