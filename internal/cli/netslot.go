@@ -434,6 +434,9 @@ func printSlot(w io.Writer, format string, s *netslotv1.Slot) error {
 		if dp.IcmpFragNeeded > 0 {
 			fmt.Fprintf(tw, "path mtu\t%d ICMP fragmentation needed sent\n", dp.IcmpFragNeeded)
 		}
+		if dp.HeldDropped > 0 {
+			fmt.Fprintf(tw, "held frames\t%d dropped before the vpc peer was learned\n", dp.HeldDropped)
+		}
 		fmt.Fprintf(tw, "drops\t%s\n", formatDrops(dp.Drops))
 	}
 	return tw.Flush()

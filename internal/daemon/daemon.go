@@ -279,6 +279,8 @@ func New(opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.Metrics = metrics.New(d)
+	d.held.init(d.cfg.Count, monotonicNow, func(i int) uint32 { return d.dp.LeaseWord(i) },
+		func(outcome string, n int) { d.Metrics.HeldFrames.WithLabelValues(outcome).Add(float64(n)) })
 	return d, nil
 }
 

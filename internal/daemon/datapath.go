@@ -276,7 +276,8 @@ func (d *Daemon) ownsHostIndex(ifindex int) bool {
 }
 
 // scrubDatapath detaches slot i's VPC (a), forgets its flows and what it
-// learned, and zeroes its counters. The slot's lease is closed already
+// learned, and zeroes its counters (netslotd's count of its held frames
+// dropped too). The slot's lease is closed already
 // (scrub closes it first, a rebuilt slot is registered closed).
 func (d *Daemon) scrubDatapath(i int, a *slot.Attachment) error {
 	if err := d.dp.Detach(i, a); err != nil {
@@ -287,6 +288,7 @@ func (d *Daemon) scrubDatapath(i int, a *slot.Attachment) error {
 	// anyway.
 	d.dp.ClearFlows(i)
 	d.clearDHCP(i)
+	d.held.resetDropped(i)
 	return d.dp.ResetStats(i)
 }
 
@@ -296,6 +298,12 @@ type DatapathInfo struct {
 	Dummy  bool
 	VPCMAC string
 	datapath.Stats
+	// HeldDropped counts the guest's frames to a VPC peer not yet known
+	// that netslotd held, or was handed to hold, and dropped: evicted to
+	// give another lease its fair share of the held-frame budget, over
+	// the slot's 32, or not sent (see hold.go). Expired ones are not
+	// counted: the peer never answered them.
+	HeldDropped uint64
 }
 
 func (d *Daemon) datapathInfo(i int) *DatapathInfo {
@@ -310,7 +318,7 @@ func (d *Daemon) datapathInfo(i int) *DatapathInfo {
 	if err != nil {
 		return nil
 	}
-	return &DatapathInfo{VNI: vni, Dummy: dummy, VPCMAC: d.cfg.VPCMAC(i).String(), Stats: st}
+	return &DatapathInfo{VNI: vni, Dummy: dummy, VPCMAC: d.cfg.VPCMAC(i).String(), Stats: st, HeldDropped: d.held.droppedOf(i)}
 }
 
 // UnattributedDrops are drops that belong to no slot, by reason.
@@ -340,7 +348,9 @@ func (d *Daemon) DatapathCounters(emit func(slot string, c metrics.Counters)) {
 			continue
 		}
 		if st, err := d.dp.Stats(i); err == nil {
-			emit(d.cfg.ID(i), conv(st))
+			c := conv(st)
+			c.HeldDropped = d.held.droppedOf(i)
+			emit(d.cfg.ID(i), c)
 		}
 	}
 	if st, err := d.dp.Stats(d.cfg.Count); err == nil {

@@ -478,6 +478,7 @@ func countersExported(t *testing.T, p *testutil.Pool, id string) *daemon.Datapat
 		"netslot_slot_bytes_total/tx": dp.TxBytes, "netslot_slot_bytes_total/rx": dp.RxBytes,
 		"netslot_slot_tunnel_packets_total/encap": dp.EncapPackets, "netslot_slot_tunnel_packets_total/decap": dp.DecapPackets,
 		"netslot_slot_tunnel_arp_total/reply": dp.ARPReplies, "netslot_slot_tunnel_arp_total/request": dp.ARPRequests,
+		"netslot_slot_held_frames_dropped_total/": dp.HeldDropped,
 	}
 	for reason, n := range dp.Drops {
 		want["netslot_datapath_drops_total/"+reason] = n

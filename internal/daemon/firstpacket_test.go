@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/netslot/netslot/internal/daemon"
 	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/testpacket"
 	"github.com/netslot/netslot/internal/testutil"
 )
 
@@ -121,4 +123,177 @@ func TestFirstTCPConnectToAVPCPeer(t *testing.T) {
 		return held >= 1 && sent >= 1
 	})
 	t.Logf("connected after %v, %d retransmits; %v frames held, %v sent", took.Round(time.Microsecond), info.Total_retrans, held, sent)
+}
+
+// heldTarget is a VPC address no one answers: frames to it are held until
+// they expire.
+var heldTarget = netip.MustParseAddr("10.9.0.250")
+
+// attackSlots acquires n leases attached to the test VPC and attaches to
+// each slot's tap as its VMM would.
+func attackSlots(t *testing.T, p *testutil.Pool, fab *testutil.Fabric, n int) ([]daemon.SlotInfo, []*testutil.Guest) {
+	t.Helper()
+	infos := make([]daemon.SlotInfo, n)
+	vmms := make([]*testutil.Guest, n)
+	for k := range n {
+		info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: vpcAttachment(t, fab, testVNI, fmt.Sprintf("10.9.0.%d", 10+k))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		vmm, err := testutil.AttachTap(p.Config.NetnsPath(info.Index), slot.TapName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { vmm.Close() })
+		infos[k], vmms[k] = info, vmm
+	}
+	return infos, vmms
+}
+
+// heldCount is netslot_vpc_held_frames_total{outcome}.
+func heldCount(p *testutil.Pool, outcome string) int {
+	return int(promtest.ToFloat64(p.D.Metrics.HeldFrames.WithLabelValues(outcome)))
+}
+
+// sendHeldFrames sends frames of the given sizes from the guest on vmm to
+// heldTarget, then waits until netslotd has read them (its held count is
+// want): the datapath's ring holds about 700 full-size frames, so an
+// attack is sent a slot at a time.
+func sendHeldFrames(t *testing.T, p *testutil.Pool, vmm *testutil.Guest, sizes []int, want int) {
+	t.Helper()
+	c := p.Config
+	for n, size := range sizes {
+		payload := make([]byte, size-42) // Ethernet, IPv4 and UDP headers: 42 bytes
+		if err := vmm.Send(testpacket.UDPFrame(c.GuestMAC, c.TapMAC, c.GuestIP(), heldTarget, uint16(20000+n), 9, payload)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !testutil.Wait(5*time.Second, func() bool { return heldCount(p, "held") >= want }) {
+		t.Fatalf("netslotd held %d frames, want %d (dropped %d)", heldCount(p, "held"), want, heldCount(p, "dropped"))
+	}
+}
+
+// One tenant cannot switch off first-packet holding for the others (issue
+// 19, item 5). Leases whose guests each send 32 full-size frames to a VPC
+// address that never answers, then go quiet, fill netslotd's 4 MiB of
+// held frames to the byte (87 leases at a 1500-byte MTU); another lease's
+// first datagram to a VPC peer that answers is still held and delivered,
+// and the frame it evicted is counted on the attacking slot that lost it.
+func TestOneTenantCannotSwitchOffFirstPacketHolding(t *testing.T) {
+	const full = 1514 // a full-size frame at the VPC leases' 1500-byte MTU
+	sizes := fillSizes(daemon.HoldBytes, full)
+	attackers := (len(sizes) + daemon.HoldPerSlot - 1) / daemon.HoldPerSlot
+	p, fab, tag := datapathPool(t, attackers+1)
+	// The attack stays held however slowly this machine runs: expiry has
+	// a test of its own.
+	p.D.SetHoldAge(time.Hour)
+	testutil.StartVTEP(t, fab, testVNI, vpcHost, vpcMAC)
+	infos, vmms := attackSlots(t, p, fab, attackers)
+	if mtu, _, _ := p.D.GuestConfig(infos[0].Lease); mtu+14 != full {
+		t.Fatalf("the VPC leases' MTU is %d, want %d", mtu, full-14)
+	}
+	for k, vmm := range vmms {
+		sendHeldFrames(t, p, vmm, sizes[k*daemon.HoldPerSlot:min(len(sizes), (k+1)*daemon.HoldPerSlot)], min(len(sizes), (k+1)*daemon.HoldPerSlot))
+	}
+	if frames, bytes := p.D.Held(); frames != len(sizes) || bytes != daemon.HoldBytes {
+		t.Fatalf("held %d frames, %d bytes; want the attack's %d frames, %d bytes", frames, bytes, len(sizes), daemon.HoldBytes)
+	}
+
+	victim, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{VPC: vpcAttachment(t, fab, testVNI, "10.9.0.5")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := testutil.NewGuestNS(t, tag, p.Config.NetnsPath(victim.Index), p.Config)
+	c, err := g.Dial("udp4", netip.AddrPortFrom(vpcHost, 9))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	if err != nil || string(buf[:n]) != "first" {
+		t.Fatalf("the victim's first datagram, sent once with the held-frame budget full: %q, %v (held %d, sent %d, dropped %d)",
+			buf[:n], err, heldCount(p, "held"), heldCount(p, "sent"), heldCount(p, "dropped"))
+	}
+
+	// What made room is counted on the slot that lost it, and nowhere
+	// else.
+	if dp := countersExported(t, p, victim.ID); dp.HeldDropped != 0 {
+		t.Errorf("the victim's slot counts %d held frames dropped", dp.HeldDropped)
+	}
+	var lost uint64
+	loser := -1
+	for k, info := range infos {
+		if n := countersExported(t, p, info.ID).HeldDropped; n > 0 {
+			lost, loser = lost+n, k
+		}
+	}
+	if dropped := heldCount(p, "dropped"); lost != 1 || dropped != 1 {
+		t.Fatalf("the attacking slots count %d held frames dropped, netslotd %d; want the one the victim's frame evicted", lost, dropped)
+	}
+	if _, bytes := p.D.Held(); bytes > daemon.HoldBytes {
+		t.Errorf("held %d bytes, over the budget of %d", bytes, daemon.HoldBytes)
+	}
+	// Release resets the count with the slot's other counters.
+	vmms[loser].Close()
+	if err := p.D.Release(infos[loser].ID, infos[loser].Lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := p.D.Get(infos[loser].ID); err != nil || got.Datapath.HeldDropped != 0 {
+		t.Errorf("after release: %+v, %v; want no held frames dropped", got.Datapath, err)
+	}
+}
+
+// fillSizes are frame sizes that add up to budget: full-size ones, and
+// what is left in one or two more.
+func fillSizes(budget, full int) []int {
+	const least = 64 // a UDP frame with some payload
+	n, rest := budget/full, budget%full
+	var sizes []int
+	for range n {
+		sizes = append(sizes, full)
+	}
+	switch {
+	case rest >= least:
+		sizes = append(sizes, rest)
+	case rest > 0:
+		sizes[n-1] = (full + rest) / 2
+		sizes = append(sizes, full+rest-sizes[n-1])
+	}
+	return sizes
+}
+
+// Held frames expire by age whatever their slots do (issue 19, item 5):
+// guests that send to a VPC address that never answers, then go quiet,
+// hold nothing a second later (before: their frames stayed until their
+// own slot sent again).
+func TestHeldFramesExpireWhileTheirSlotsAreQuiet(t *testing.T) {
+	p, fab, _ := datapathPool(t, 2)
+	testutil.StartVTEP(t, fab, testVNI, vpcHost, vpcMAC)
+	_, vmms := attackSlots(t, p, fab, 2)
+	sizes := make([]int, daemon.HoldPerSlot)
+	for k := range sizes {
+		sizes[k] = 1514
+	}
+	for k, vmm := range vmms {
+		sendHeldFrames(t, p, vmm, sizes, (k+1)*len(sizes))
+	}
+	start := time.Now()
+	// holdFor, then at most a tenth more for the timer; the rest is
+	// for a loaded machine.
+	if !testutil.Wait(10*daemon.HoldFor, func() bool {
+		frames, bytes := p.D.Held()
+		return frames == 0 && bytes == 0
+	}) {
+		frames, bytes := p.D.Held()
+		t.Fatalf("after %v, %d frames (%d bytes) still held of slots that sent nothing more; %d expired", time.Since(start).Round(time.Millisecond), frames, bytes, heldCount(p, "expired"))
+	}
+	if got := heldCount(p, "expired"); got != 2*len(sizes) {
+		t.Errorf("%d frames expired, want %d", got, 2*len(sizes))
+	}
+	t.Logf("nothing held %v after the last frame was read", time.Since(start).Round(time.Millisecond))
 }

@@ -38,13 +38,15 @@ type Counters struct {
 	DHCPReplies                            uint64 // sent to the guest on tap0
 	ICMPFragNeeded                         uint64 // sent to the guest: too big for the tunnel
 	Drops                                  map[string]uint64
+	HeldDropped                            uint64 // held for a VPC peer not yet known, then dropped by netslotd
 }
 
 // datapathCollector reads the datapath's per-CPU maps at scrape time:
-// nothing is counted in the daemon itself.
+// nothing is counted in the daemon itself but each slot's held frames
+// dropped (netslotd holds them, not the datapath).
 type datapathCollector struct {
-	g                                         Gauges
-	packets, bytes, tunnel, arp, answers, drp *prometheus.Desc
+	g                                               Gauges
+	packets, bytes, tunnel, arp, answers, drp, held *prometheus.Desc
 }
 
 func newDatapathCollector(g Gauges) *datapathCollector {
@@ -62,6 +64,8 @@ func newDatapathCollector(g Gauges) *datapathCollector {
 			"What a leased slot's datapath answered its guest itself: DHCP on tap0, ICMP fragmentation needed for packets too big for the tunnel.", []string{"slot", "kind"}, nil),
 		drp: prometheus.NewDesc("netslot_datapath_drops_total",
 			"Packets the datapath dropped, by slot (\"none\": no slot, e.g. unknown VNI) and reason.", []string{"slot", "reason"}, nil),
+		held: prometheus.NewDesc("netslot_slot_held_frames_dropped_total",
+			"A leased slot's frames to a VPC peer not yet known that netslotd held and dropped: evicted for another lease's fair share of the held-frame budget, over the slot's 32, or not sent (expired ones are not counted).", []string{"slot"}, nil),
 	}
 }
 
@@ -72,6 +76,7 @@ func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.arp
 	ch <- c.answers
 	ch <- c.drp
+	ch <- c.held
 }
 
 func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
@@ -87,6 +92,7 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.arp, prometheus.CounterValue, float64(n.ARPRequests), slot, "request")
 			ch <- prometheus.MustNewConstMetric(c.answers, prometheus.CounterValue, float64(n.DHCPReplies), slot, "dhcp")
 			ch <- prometheus.MustNewConstMetric(c.answers, prometheus.CounterValue, float64(n.ICMPFragNeeded), slot, "icmp_frag_needed")
+			ch <- prometheus.MustNewConstMetric(c.held, prometheus.CounterValue, float64(n.HeldDropped), slot)
 		}
 		for reason, v := range n.Drops {
 			ch <- prometheus.MustNewConstMetric(c.drp, prometheus.CounterValue, float64(v), slot, reason)
@@ -133,7 +139,7 @@ func New(g Gauges) *Metrics {
 		ReconcileAction: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netslot_reconcile_actions_total", Help: "What reconciliation and repair did, at start-up and since, by action."}, []string{"action"}),
 		HeldFrames: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "netslot_vpc_held_frames_total", Help: "Guest frames to a VPC peer whose MAC was unknown, held until it was learned: by outcome (held, sent, expired, dropped: queue full or lease over)."}, []string{"outcome"}),
+			Name: "netslot_vpc_held_frames_total", Help: "Guest frames to a VPC peer whose MAC was unknown, held until it was learned: by outcome (held; sent; expired: older than 1 s; dropped: evicted for another lease's fair share of the 4 MiB budget, over a slot's 32, or the lease over)."}, []string{"outcome"}),
 	}
 	for _, o := range []string{"held", "sent", "expired", "dropped"} {
 		m.HeldFrames.WithLabelValues(o)

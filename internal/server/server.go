@@ -298,7 +298,7 @@ func (s *Server) slotMsg(info daemon.SlotInfo) *netslotv1.Slot {
 			TxPackets: dp.TxPackets, TxBytes: dp.TxBytes, RxPackets: dp.RxPackets, RxBytes: dp.RxBytes,
 			EncapPackets: dp.EncapPackets, DecapPackets: dp.DecapPackets,
 			ArpReplies: dp.ARPReplies, ArpRequests: dp.ARPRequests, Drops: dp.Drops,
-			IcmpFragNeeded: dp.ICMPFragNeeded, DhcpReplies: dp.DHCPReplies,
+			IcmpFragNeeded: dp.ICMPFragNeeded, DhcpReplies: dp.DHCPReplies, HeldDropped: dp.HeldDropped,
 		}
 	}
 	return m

@@ -793,7 +793,13 @@ type Datapath struct {
 	// the tunnel (path MTU discovery).
 	IcmpFragNeeded uint64 `protobuf:"varint,13,opt,name=icmp_frag_needed,json=icmpFragNeeded,proto3" json:"icmp_frag_needed,omitempty"`
 	// DHCP answers sent to the guest on tap0.
-	DhcpReplies   uint64 `protobuf:"varint,14,opt,name=dhcp_replies,json=dhcpReplies,proto3" json:"dhcp_replies,omitempty"`
+	DhcpReplies uint64 `protobuf:"varint,14,opt,name=dhcp_replies,json=dhcpReplies,proto3" json:"dhcp_replies,omitempty"`
+	// The guest's frames to a VPC peer not yet known that netslotd held
+	// (to send once the peer is learned) and dropped: evicted to give
+	// another lease its fair share of the held-frame budget, over the
+	// slot's 32, or not sent. Frames that expired (the peer never answered
+	// within 1 s) are not counted.
+	HeldDropped   uint64 `protobuf:"varint,15,opt,name=held_dropped,json=heldDropped,proto3" json:"held_dropped,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -922,6 +928,13 @@ func (x *Datapath) GetIcmpFragNeeded() uint64 {
 func (x *Datapath) GetDhcpReplies() uint64 {
 	if x != nil {
 		return x.DhcpReplies
+	}
+	return 0
+}
+
+func (x *Datapath) GetHeldDropped() uint64 {
+	if x != nil {
+		return x.HeldDropped
 	}
 	return 0
 }
@@ -1668,7 +1681,7 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\adamaged\x18\x0f \x01(\tR\adamaged\x12\x10\n" +
 	"\x03mtu\x18\x10 \x01(\rR\x03mtu\x12\x10\n" +
 	"\x03dns\x18\x11 \x03(\tR\x03dns\x12\x1b\n" +
-	"\tboot_args\x18\x12 \x01(\tR\bbootArgs\"\x92\x04\n" +
+	"\tboot_args\x18\x12 \x01(\tR\bbootArgs\"\xb5\x04\n" +
 	"\bDatapath\x12\x10\n" +
 	"\x03vni\x18\x01 \x01(\rR\x03vni\x12\x1b\n" +
 	"\tdummy_vni\x18\x02 \x01(\bR\bdummyVni\x12\x17\n" +
@@ -1687,7 +1700,8 @@ const file_api_netslot_v1_netslot_proto_rawDesc = "" +
 	"\farp_requests\x18\v \x01(\x04R\varpRequests\x125\n" +
 	"\x05drops\x18\f \x03(\v2\x1f.netslot.v1.Datapath.DropsEntryR\x05drops\x12(\n" +
 	"\x10icmp_frag_needed\x18\r \x01(\x04R\x0eicmpFragNeeded\x12!\n" +
-	"\fdhcp_replies\x18\x0e \x01(\x04R\vdhcpReplies\x1a8\n" +
+	"\fdhcp_replies\x18\x0e \x01(\x04R\vdhcpReplies\x12!\n" +
+	"\fheld_dropped\x18\x0f \x01(\x04R\vheldDropped\x1a8\n" +
 	"\n" +
 	"DropsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
