@@ -4,7 +4,7 @@
 # clone of the committed HEAD, and prints a tally: a suite that passes once
 # is not yet a suite that passes every time.
 #
-#   scripts/test-repeat.sh [--churn] [N]     (as root; N defaults to 10)
+#   scripts/test-repeat.sh [--churn] [--other-pool] [N]     (as root; N defaults to 10)
 #
 # --churn: while the suites run, a background loop adds 200 veth pairs to
 # the root namespace and deletes them again, over and over, as a busy host
@@ -12,17 +12,25 @@
 # reported interrupted meanwhile, to show the churn did what it is for. Its pairs are named
 # nsrpt<k>a/b and removed when the script ends, however it ends.
 #
+# --other-pool: the suites run beside another pool of 4,000 slots (prefix
+# nrpt, with an uplink on a lab fabric of its own, block 230, and the
+# default addressing), as on a host that serves VMs: it is started before
+# the first run and torn down when the script ends, however it ends.
+#
 # Logs stay in the printed directory; exit status is 0 only if every run
 # passed. Uncommitted changes are not tested (a fresh clone has none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="/usr/local/go/bin:$PATH"
 
 churn=0
+other=0
 n=10
 for a in "$@"; do
   case "$a" in
     --churn) churn=1 ;;
-    ''|*[!0-9]*) echo "usage: $0 [--churn] [N]" >&2; exit 2 ;;
+    --other-pool) other=1 ;;
+    ''|*[!0-9]*) echo "usage: $0 [--churn] [--other-pool] [N]" >&2; exit 2 ;;
     *) n=$a ;;
   esac
 done
@@ -36,10 +44,19 @@ out=$(mktemp -d /tmp/netslot-repeat.XXXXXX)
 src=$(pwd)
 rev=$(git rev-parse HEAD) # every run tests this commit, whatever lands meanwhile
 churn_pid=
+other_pid=
 cleanup() {
   if [ -n "$churn_pid" ]; then
     kill $churn_pid 2>/dev/null || true
     wait $churn_pid 2>/dev/null || true
+  fi
+  if [ "$other" = 1 ] && [ -x "$out/bin/netslotd" ]; then
+    if [ -n "$other_pid" ]; then
+      kill "$other_pid" 2>/dev/null || true
+      while kill -0 "$other_pid" 2>/dev/null; do sleep 0.2; done
+    fi
+    "$out/bin/netslotd" teardown --prefix nrpt --state-dir "$out/other-state" >/dev/null 2>&1 || true
+    "$out/bin/netslot-bench" lab fabric --tag rpt --remove >/dev/null 2>&1 || true
   fi
   for k in $(seq 0 199); do ip link del "nsrpt${k}a" 2>/dev/null || true; done
   rm -rf "$out/clone"
@@ -78,6 +95,21 @@ if [ "$churn" = 1 ]; then
   echo "churn: background loops $churn_pid add and delete 200 veth pairs in the root namespace and sample its link dumps"
 fi
 
+if [ "$other" = 1 ]; then
+  mkdir -p "$out/bin"
+  go build -o "$out/bin/" ./cmd/netslotd ./cmd/netslot ./cmd/netslot-bench
+  "$out/bin/netslot-bench" lab fabric --tag rpt --block 230 >/dev/null
+  "$out/bin/netslotd" --prefix nrpt --slots 4000 --state-dir "$out/other-state" --socket "$out/other.sock" \
+    --metrics-addr "" --uplink urpt --underlay-ip 198.18.230.2 --uplink-gateway 198.18.230.1 >"$out/other-pool.log" 2>&1 &
+  other_pid=$!
+  for _ in $(seq 600); do
+    case "$("$out/bin/netslot" --socket "$out/other.sock" status -o json 2>/dev/null)" in *'"ready":true'*) break ;; esac
+    kill -0 "$other_pid" 2>/dev/null || { echo "the other pool's netslotd exited:"; tail -5 "$out/other-pool.log"; exit 1; }
+    sleep 1
+  done
+  echo "other pool: 4,000 slots of prefix nrpt with an uplink (netslotd pid $other_pid, log $out/other-pool.log)"
+fi
+
 pass=0
 fail=0
 echo "logs: $out; testing $(git rev-parse --short "$rev")"
@@ -102,5 +134,5 @@ if [ -n "$churn_pid" ]; then
   churn_pid=
   cat "$out/churn.txt" "$out/sampler.txt" 2>/dev/null || true
 fi
-echo "tally: $pass passed, $fail failed of $n runs of the whole suite$([ "$churn" = 1 ] && echo ' under veth churn')"
+echo "tally: $pass passed, $fail failed of $n runs of the whole suite$([ "$churn" = 1 ] && echo ' under veth churn')$([ "$other" = 1 ] && echo ' beside another 4,000-slot pool')"
 [ "$fail" -eq 0 ]
