@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/netslot/netslot/internal/daemon"
@@ -358,5 +359,104 @@ func TestDHClientLongOptions(t *testing.T) {
 			t.Errorf("config %d: %d requests dropped as malformed", k, n)
 		}
 		g.Close()
+	}
+}
+
+// A guest whose client finds its address in use declines it (RFC 2131
+// 3.1.5): ISC dhclient does when its script fails to apply the lease
+// (dhclient-script's address check). A slot has no other address to
+// offer: the DECLINE is counted on the slot (dhcp_declined), in what show
+// and the per-slot metrics report, and answered by nothing.
+func TestDHCPDeclineIsCounted(t *testing.T) {
+	if _, err := exec.LookPath("dhclient"); err != nil {
+		t.Skip("dhclient not installed (scripts/deps.sh installs it)")
+	}
+	cfg := testutil.NewConfig(1)
+	p := testutil.StartPoolOpts(t, daemon.Options{Config: cfg, StateDir: t.TempDir()})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := testutil.NewBareGuestNS(t, cfg.Prefix[1:], cfg.NetnsPath(info.Index), cfg)
+	dir := t.TempDir()
+	script := filepath.Join(dir, "script")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\ncase $reason in BOUND) exit 1 ;; esac\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", g.Name, "dhclient", "-4", "-1", "-d", "-v", "-cf", "/dev/null",
+		"-sf", script, "-lf", filepath.Join(dir, "leases"), "-pf", filepath.Join(dir, "pid"), "g0")
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	declined := func() uint64 {
+		s, err := p.D.Get(info.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Datapath.Drops["dhcp_declined"]
+	}
+	if !testutil.Wait(20*time.Second, func() bool { return declined() > 0 }) {
+		t.Fatalf("no DECLINE counted (drops %v):\n%s", func() any { s, _ := p.D.Get(info.ID); return s.Datapath.Drops }(), log.String())
+	}
+	countersExported(t, p, info.ID)
+}
+
+// A renewing client of the guest kernel's own stack (a UDP socket, as
+// systemd-networkd renews) on a virtio NIC leaves its checksum to
+// offload: its request reaches tap0 with the pseudo-header's sum in the
+// check field (CHECKSUM_PARTIAL). It is answered, not taken for a bad
+// checksum, and the answer reaches the socket through the guest kernel's
+// own checks.
+func TestDHCPRenewalWithChecksumOffload(t *testing.T) {
+	cfg := testutil.NewConfig(1)
+	p := testutil.StartPoolOpts(t, daemon.Options{Config: cfg, StateDir: t.TempDir()})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := testutil.NewGuestNSWith(t, cfg.Prefix[1:], cfg.NetnsPath(info.Index), cfg, lab.GuestOptions{Offload: true})
+	conn, err := g.ListenUDP(68)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	req := &layers.DHCPv4{Operation: layers.DHCPOpRequest, HardwareType: layers.LinkTypeEthernet, HardwareLen: 6, Xid: 0x7e7e,
+		ClientIP: cfg.GuestIP().AsSlice(), ClientHWAddr: cfg.GuestMAC, Options: []layers.DHCPOption{
+			layers.NewDHCPOption(layers.DHCPOptMessageType, []byte{byte(layers.DHCPMsgTypeRequest)})}}
+	buf := gopacket.NewSerializeBuffer()
+	if err := req.SerializeTo(buf, gopacket.SerializeOptions{FixLengths: true}); err != nil {
+		t.Fatal(err)
+	}
+	gw := &net.UDPAddr{IP: cfg.GatewayIP().AsSlice(), Port: 67}
+	var ack *layers.DHCPv4
+	// The first datagram may wait for the guest's ARP of the gateway: a
+	// few tries, each waiting what an answer takes with room to spare.
+	for try := 0; try < 5 && ack == nil; try++ {
+		if _, err := conn.WriteToUDP(buf.Bytes(), gw); err != nil {
+			t.Fatal(err)
+		}
+		conn.SetReadDeadline(time.Now().Add(time.Second))
+		b := make([]byte, 2048)
+		n, _, err := conn.ReadFromUDP(b)
+		if err != nil {
+			continue
+		}
+		d := &layers.DHCPv4{}
+		if err := d.DecodeFromBytes(b[:n], gopacket.NilDecodeFeedback); err == nil && d.Xid == req.Xid {
+			ack = d
+		}
+	}
+	s, _ := p.D.Get(info.ID)
+	if ack == nil {
+		t.Fatalf("no answer to the renewal (drops %v)", s.Datapath.Drops)
+	}
+	if typ := (&lab.DHCPAnswer{DHCP: ack}).Type(); typ != layers.DHCPMsgTypeAck || ack.YourClientIP.String() != cfg.GuestIP().String() {
+		t.Errorf("renewal answered with %s of %s", typ, ack.YourClientIP)
+	}
+	if n := s.Datapath.Drops["dhcp_bad_udp_checksum"]; n != 0 {
+		t.Errorf("%d renewals taken for a bad checksum", n)
 	}
 }
