@@ -11,6 +11,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/netslot/netslot/internal/dpconst"
+	"github.com/netslot/netslot/internal/slot"
 	"github.com/netslot/netslot/internal/testpacket"
 )
 
@@ -381,5 +382,13 @@ func waitFor(limit time.Duration, cond func() bool) bool {
 		if time.Now().After(deadline) {
 			return false
 		}
+	}
+}
+
+// The DHCP program reads a request's message up to what a frame of the
+// tap's MTU holds: the constant it is built with is that.
+func TestDHCPMessageMaxIsTheTapsFrame(t *testing.T) {
+	if want := slot.GuestMTU - 20 - 8; dpconst.DHCPMessageMax != want {
+		t.Errorf("DHCPMessageMax %d, want %d (the tap's MTU less IPv4 and UDP headers)", dpconst.DHCPMessageMax, want)
 	}
 }
