@@ -14,6 +14,10 @@
 #define DHCP_LEASE_SECONDS 86400
 #define ICMP_FRAG_INTERVAL_NS 10000000
 #define ICMP_FRAG_BURST 10
+#define DHCP_INTERVAL_NS 10000000
+#define DHCP_BURST 16
+#define DHCP_MESSAGE_MAX 1472
+#define DHCP_FIX_OPTION 224
 
 /* Exchanged with netslotd through maps and marks. */
 enum datapath_const {
@@ -60,8 +64,14 @@ enum drop_reason {
 	DROP_EGRESS_DENIED = 27, /* NATed to a destination in the pool's deny set */
 	DROP_DHCP_MALFORMED = 28, /* to port 67: not a well-formed DHCP request */
 	DROP_DHCP_NOT_GUEST = 29, /* to port 67 from a MAC or address not the guest's */
-	DROP_DHCP_IGNORED = 30, /* DHCP RELEASE, DECLINE, for another server, or a type no server answers */
-	DROP_REASONS = 31,
+	DROP_DHCP_IGNORED = 30, /* DHCP RELEASE, for another server, or a type no server answers */
+	DROP_DHCP_BAD_LENGTH = 31, /* to port 67: IPv4 or UDP length does not fit the frame */
+	DROP_DHCP_BAD_IP_CHECKSUM = 32, /* to port 67: wrong IPv4 header checksum */
+	DROP_DHCP_BAD_UDP_CHECKSUM = 33, /* to port 67: wrong UDP checksum (not left to offload) */
+	DROP_DHCP_RELAYED = 34, /* DHCP from a relay (giaddr set or source port 67): none on a tap */
+	DROP_DHCP_DECLINED = 35, /* DHCP DECLINE: the guest found its address in use */
+	DROP_DHCP_RATE_LIMITED = 36, /* DHCP request over the slot's answer rate */
+	DROP_REASONS = 37,
 };
 
 #endif /* NETSLOT_CONSTS_H */

@@ -34,10 +34,16 @@ enum dhcp_option {
 	OPT_MTU = 26,
 	OPT_REQUESTED_IP = 50,
 	OPT_LEASE_TIME = 51,
+	OPT_OVERLOAD = 52,
 	OPT_TYPE = 53,
 	OPT_SERVER_ID = 54,
+	OPT_CLIENT_ID = 61,
 	OPT_END = 255,
 };
+
+/* Option 52's value: which of the fixed fields carry options too. */
+#define OVERLOAD_FILE 1
+#define OVERLOAD_SNAME 2
 
 struct bootp {
 	__u8 op;
@@ -60,7 +66,10 @@ struct bootp {
 /*
  * An answer's options sit at fixed offsets, each one either present or
  * replaced by pad bytes (option 0, which may appear anywhere): the
- * verifier sees constant offsets only, and every answer has one size.
+ * verifier sees constant offsets only. The client identifier, echoed as
+ * the request carried it (RFC 6842), comes last, then the end option:
+ * an answer is as long as its client identifier makes it, the rest of
+ * the options field is pad to a multiple of 4 bytes.
  */
 enum {
 	AT_TYPE = 0,                      /* 53, 1 */
@@ -71,12 +80,14 @@ enum {
 	AT_MTU = AT_ROUTER + 6,           /* 26, 2 */
 	AT_DNS = AT_MTU + 4,              /* 6, 4 per server */
 	AT_HOSTNAME = AT_DNS + 2 + 4 * DHCP_DNS_MAX, /* 12, up to DHCP_HOSTNAME_MAX */
-	AT_END = AT_HOSTNAME + 2 + DHCP_HOSTNAME_MAX,
-	/* Past the end option (where a client reads nothing): the word that
-	 * makes the UDP checksum right whether or not the kernel completes it
-	 * (see the checksum below). At an even offset of the UDP header. */
-	AT_FIX = (AT_END + 2) & ~1,
-	REPLY_OPTS = (AT_FIX + 2 + 3) & ~3, /* UDP's length, a multiple of 4 */
+	/* The word that makes the UDP checksum right whether or not the
+	 * kernel completes it (see the checksum below), as the value of a
+	 * site-specific option, DHCP_FIX_OPTION, 2: a well-formed option that
+	 * every client skips. Its word is at an even offset of the UDP
+	 * header. */
+	AT_FIX = AT_HOSTNAME + 2 + DHCP_HOSTNAME_MAX,
+	AT_CLIENT_ID = AT_FIX + 4,        /* 61, as the request's */
+	REPLY_OPTS = (AT_CLIENT_ID + 2 + 255 + 1 + 3) & ~3, /* the longest answer's */
 };
 
 struct dhcp_reply {
@@ -87,18 +98,47 @@ struct dhcp_reply {
 	__u8 opts[REPLY_OPTS];
 } __attribute__((packed));
 
-#define REQUEST_OPTS 256 /* of a request's options, read; the type comes first */
+/* Of a request, read: its whole BOOTP message (at most DHCP_MESSAGE_MAX
+ * bytes), in a buffer whose size is a power of two for the verifier's
+ * masks. */
+#define DHCP_BUF 2048
+
+/* What an answer depends on of the request's options. */
+struct dhcp_request {
+	__u8 type;
+	__u8 overload;        /* option 52 */
+	__u8 cid_len;         /* option 61's length; 0: none */
+	bool has_server;
+	__u32 cid_at;         /* where option 61's value is in the message */
+	__be32 requested;
+	__be32 server;
+};
+
+/* A walk over one field of options: [pos, end) of the message. It lives
+ * in the scratch map, where the verifier knows none of its values: it
+ * verifies the walk's step once, not once for every position it could
+ * take. */
+struct option_walk {
+	__u32 pos;
+	__u32 end;
+	bool in_options;      /* the options field, not sname or file */
+	int err;
+	struct dhcp_request q;
+};
 
 struct dhcp_scratch {
 	struct dhcp_reply r;
-	__u8 opts[REQUEST_OPTS + 8]; /* the request's, with room to read past */
+	struct option_walk w;
+	__u8 msg[DHCP_BUF + 8]; /* the request's message, with room to read past */
 };
 
-_Static_assert(REQUEST_OPTS == 256, "parse_options masks with 0xff");
+_Static_assert(DHCP_MESSAGE_MAX < DHCP_BUF && !(DHCP_BUF & (DHCP_BUF - 1)), "DHCP_BUF masks a message's offsets");
 _Static_assert(sizeof(struct bootp) == 240, "BOOTP's fixed part is 240 bytes");
-_Static_assert(sizeof(struct udphdr) + sizeof(struct bootp) + REPLY_OPTS <= 512,
-	       "bpf_csum_diff sums at most 512 bytes");
-_Static_assert(sizeof(struct bootp) + REPLY_OPTS >= 300, "BOOTP's minimum message is 300 bytes");
+_Static_assert(((sizeof(struct udphdr) + sizeof(struct bootp) + AT_FIX + 2) & 1) == 0,
+	       "the checksum's fix word sits at an even offset of the UDP header");
+_Static_assert(sizeof(struct bootp) + AT_CLIENT_ID + 1 >= 300, "BOOTP's minimum message is 300 bytes");
+_Static_assert(sizeof(struct bootp) + ((AT_CLIENT_ID + 1 + 3) & ~3) + 28 <= 576,
+	       "an answer without a client identifier fits the 576 bytes every client takes");
 
 /* Per CPU: an answer is built outside the stack's 512 bytes. Bytes to the
  * map (bpf2go cannot express the kernel's iphdr), a dhcp_scratch to the
@@ -150,86 +190,91 @@ static __always_inline void put4(__u8 *o, __u8 code, __be32 v)
 	__builtin_memcpy(o + 2, &v, 4);
 }
 
-/* The request's message type, requested address and server identifier. */
-struct dhcp_request {
-	__u8 type;
-	bool has_server;
-	__be32 requested;
-	__be32 server;
-};
-
-struct option_walk {
-	__u32 pos;
-	__u32 avail;
-	int err;
-	struct dhcp_request q;
-};
-
 /* One option of the request's, read from the scratch buffer; a bpf_loop
  * callback, so that the verifier walks its body once, not once per
  * option. */
 static long option_step(__u64 k, void *ctx)
 {
-	struct option_walk *w = ctx;
 	struct dhcp_scratch *sc;
-	__u32 zero = 0, pos = w->pos, v;
+	struct option_walk *w;
+	__u32 zero = 0, pos, v;
 	__u8 code, len;
 
 	sc = (struct dhcp_scratch *)bpf_map_lookup_elem(&dhcp_scratch, &zero);
-	if (!sc || pos + 2 > w->avail)
+	if (!sc)
 		return 1;
-	code = sc->opts[pos & (REQUEST_OPTS - 1)];
+	w = &sc->w;
+	pos = w->pos;
+	if (pos >= w->end)
+		return 1;
+	code = sc->msg[pos & (DHCP_BUF - 1)];
 	if (code == OPT_END)
 		return 1;
 	if (code == OPT_PAD) {
 		w->pos = pos + 1;
 		return 0;
 	}
-	len = sc->opts[(pos + 1) & (REQUEST_OPTS - 1)];
-	v = (pos + 2) & (REQUEST_OPTS - 1);
-	if (pos + 2 + len > w->avail) {
+	if (pos + 2 > w->end) {
+		w->err = -1;
+		return 1;
+	}
+	len = sc->msg[(pos + 1) & (DHCP_BUF - 1)];
+	v = (pos + 2) & (DHCP_BUF - 1);
+	if (pos + 2 + len > w->end) {
 		w->err = -1;
 		return 1;
 	}
 	if (code == OPT_TYPE && len == 1)
-		w->q.type = sc->opts[v];
+		w->q.type = sc->msg[v];
 	else if (code == OPT_REQUESTED_IP && len == 4)
-		__builtin_memcpy(&w->q.requested, sc->opts + v, 4);
+		__builtin_memcpy(&w->q.requested, sc->msg + v, 4);
 	else if (code == OPT_SERVER_ID && len == 4) {
-		__builtin_memcpy(&w->q.server, sc->opts + v, 4);
+		__builtin_memcpy(&w->q.server, sc->msg + v, 4);
 		w->q.has_server = true;
+	} else if (code == OPT_CLIENT_ID && len) {
+		w->q.cid_at = pos + 2;
+		w->q.cid_len = len;
+	} else if (code == OPT_OVERLOAD && w->in_options) {
+		/* 1: file, 2: sname, 3: both (RFC 2132 9.3). */
+		if (len != 1 || !sc->msg[v] || sc->msg[v] > (OVERLOAD_FILE | OVERLOAD_SNAME)) {
+			w->err = -1;
+			return 1;
+		}
+		w->q.overload = sc->msg[v];
 	}
 	w->pos = pos + 2 + len;
 	return 0;
 }
 
-/* Reads the request's options at off (at most REQUEST_OPTS bytes of
- * them: clients put the message type first) into the scratch buffer and
- * takes what an answer depends on. */
-static __always_inline int parse_options(struct __sk_buff *skb, __u32 off, __u8 *opts, struct dhcp_request *q)
+/* Walks the options in [from, to) of the message in the scratch buffer. */
+static __always_inline int walk_options(struct option_walk *w, __u32 from, __u32 to, bool in_options)
 {
-	struct option_walk w = {};
-	__u64 n;
+	w->pos = from;
+	w->end = to;
+	w->in_options = in_options;
+	/* Each option takes a byte at least: the walk ends within DHCP_BUF. */
+	bpf_loop(DHCP_BUF, option_step, NULL, 0);
+	return w->err;
+}
 
-	if (skb->len <= off)
+/* Takes what an answer depends on from the request's options (its
+ * message of n bytes is in the scratch buffer sc): the options field,
+ * then, where option 52 says so, file and then sname (RFC 2131 4.1). */
+static __always_inline int parse_options(struct dhcp_scratch *sc, __u32 n, struct dhcp_request *q)
+{
+	struct option_walk *w = &sc->w;
+
+	__builtin_memset(w, 0, sizeof(*w));
+	if (walk_options(w, sizeof(struct bootp), n, true))
 		return -1;
-	n = skb->len - off;
-	if (n >= REQUEST_OPTS) {
-		n = REQUEST_OPTS;
-		if (bpf_skb_load_bytes(skb, off, opts, REQUEST_OPTS))
-			return -1;
-	} else {
-		/* Masked in the register the call gets: the compiler, which
-		 * knows n < REQUEST_OPTS, would drop a C mask, and the
-		 * verifier, which does not, needs it. */
-		asm volatile("%0 &= 0xff" : "+r"(n));
-		if (n < 3 || bpf_skb_load_bytes(skb, off, opts, n))
-			return -1;
-	}
-	w.avail = n;
-	bpf_loop(REQUEST_OPTS / 2, option_step, &w, 0);
-	*q = w.q;
-	return w.err || !q->type ? -1 : 0;
+	if ((w->q.overload & OVERLOAD_FILE) &&
+	    walk_options(w, offsetof(struct bootp, file), offsetof(struct bootp, cookie), false))
+		return -1;
+	if ((w->q.overload & OVERLOAD_SNAME) &&
+	    walk_options(w, offsetof(struct bootp, sname), offsetof(struct bootp, file), false))
+		return -1;
+	*q = w->q;
+	return q->type ? 0 : -1;
 }
 
 /* fold16 folds a one's complement sum to 16 bits (not complemented). */
@@ -246,13 +291,79 @@ static __always_inline __u32 csum_add_bytes(void *p, __u32 len, __u32 seed)
 	return bpf_csum_diff(NULL, 0, p, len, seed);
 }
 
+/* Sums len bytes (a multiple of 4, at most DHCP_BUF) at p, in the scratch
+ * map's value, into seed: bpf_csum_diff takes 512 bytes at most a call.
+ * Bytes past len up to DHCP_BUF must be there (they are: the scratch
+ * buffer's). */
+static __always_inline __u32 csum_add_long(__u8 *p, __u32 len, __u32 seed)
+{
+#pragma unroll
+	for (__u32 k = 0; k < DHCP_BUF / 512; k++) {
+		__u32 off = k * 512, n;
+
+		if (len <= off)
+			break;
+		n = len - off;
+		if (n > 512)
+			n = 512;
+		/* In the register the call gets, for the verifier (see
+		 * load_message). */
+		asm volatile("%0 &= 0x3ff" : "+r"(n));
+		if (n == 0 || n > 512)
+			break;
+		seed = bpf_csum_diff(NULL, 0, (void *)(p + off), n, seed);
+	}
+	return seed;
+}
+
+/* Loads the request's BOOTP message, n bytes at off, into buf (DHCP_BUF
+ * + 8 bytes), and zeroes the 3 bytes after it: summed as 4-byte words,
+ * the message ends with zero bytes, as a checksum pads it. */
+static __always_inline int load_message(struct __sk_buff *skb, __u32 off, __u8 *buf, __u32 n)
+{
+	__u64 len = n;
+
+	if (len < sizeof(struct bootp) || len > DHCP_MESSAGE_MAX)
+		return -1;
+	/* Masked in the register the call gets: the compiler, which knows
+	 * len < DHCP_BUF, would drop a C mask, and the verifier, which does
+	 * not, needs it. */
+	asm volatile("%0 &= 0x7ff" : "+r"(len));
+	if (len < sizeof(struct bootp) || bpf_skb_load_bytes(skb, off, buf, len))
+		return -1;
+	buf[len] = 0;
+	buf[len + 1] = 0;
+	buf[len + 2] = 0;
+	return 0;
+}
+
+_Static_assert(DHCP_BUF - 1 == 0x7ff, "load_message masks with 0x7ff");
+
+/* One more answer for slot idx's guest, under lease? A token bucket per
+ * slot, full at the start of each lease. */
+static __always_inline bool dhcp_allowed(__u32 idx, __u32 lease)
+{
+	struct dhcp_limit *l = bpf_map_lookup_elem(&dhcp_limits, &idx);
+
+	if (!l)
+		return false;
+	if (l->lease != lease) {
+		l->lease = lease;
+		l->stamp_ns = bpf_ktime_get_ns();
+		l->credit_ns = (__u64)DHCP_BURST * DHCP_INTERVAL_NS;
+	}
+	return tokens_take(&l->stamp_ns, &l->credit_ns, DHCP_INTERVAL_NS, DHCP_BURST);
+}
+
 /*
  * tap_dhcp: tc ingress of every slot's tap0 (one classic tc filter per
  * slot, the same program). Anything not to UDP port 67 goes on, to the
  * slot's firewall. To port 67, only a DHCP request from the guest's MAC,
- * from 0.0.0.0 or the guest address, of a leased slot, is answered; the
- * rest is dropped and counted. The answer is sent straight back out of
- * tap0 (bpf_redirect to its egress): the guest's VMM reads it.
+ * from 0.0.0.0 or the guest address, of a leased slot, with IPv4 and UDP
+ * headers the kernel would take (lengths, checksums), is answered, within
+ * the slot's rate; the rest is dropped and counted. The answer is sent
+ * straight back out of tap0 (bpf_redirect to its egress): the guest's VMM
+ * reads it.
  */
 static __always_inline int tap_dhcp_answer(struct __sk_buff *skb)
 {
@@ -262,10 +373,11 @@ static __always_inline int tap_dhcp_answer(struct __sk_buff *skb)
 	struct iphdr *ip = data + ETH_HLEN;
 	struct udphdr udp;
 	struct pool_config *cfg;
+	struct lease_policy *lp;
 	struct dhcp_scratch *sc;
 	struct dhcp_request q = {};
 	struct dhcp_lease *dl;
-	__u32 zero = 0, idx, ihl, off;
+	__u32 zero = 0, idx, ihl, off, tot, ulen, n;
 
 	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->protocol != IPPROTO_UDP)
 		return TC_ACT_OK;
@@ -284,27 +396,72 @@ static __always_inline int tap_dhcp_answer(struct __sk_buff *skb)
 	idx = slot_of_tap(skb, cfg);
 	if (idx >= cfg->slot_count)
 		return drop(cfg->slot_count, DROP_NO_SLOT);
-	if (!open_lease(idx))
+	lp = open_lease(idx);
+	if (!lp)
 		return drop(cfg->slot_count, DROP_NOT_LEASED);
 	if (!mac_eq(eth->h_source, cfg->guest_mac) || (ip->saddr && ip->saddr != cfg->guest_ip))
 		return drop(idx, DROP_DHCP_NOT_GUEST);
 	/* No client sends IP options or fragments; the answer's headers are
 	 * where the request's were (see the checksum below). */
-	if (ihl != sizeof(*ip) || ip_more_fragments(ip) || udp.source != bpf_htons(DHCP_CLIENT_PORT))
+	if (ihl != sizeof(*ip) || ip_more_fragments(ip))
+		return drop(idx, DROP_DHCP_MALFORMED);
+	/* The headers, as the kernel's ip_rcv and udp_rcv check them: the
+	 * IPv4 checksum, an IPv4 length within the frame (Ethernet may pad
+	 * it) and a UDP length within the IPv4 payload (the message ends
+	 * there). */
+	if (csum_fold(csum_add_bytes(ip, sizeof(*ip), 0)))
+		return drop(idx, DROP_DHCP_BAD_IP_CHECKSUM);
+	tot = bpf_ntohs(ip->tot_len);
+	ulen = bpf_ntohs(udp.len);
+	if (tot < sizeof(*ip) + sizeof(udp) || ETH_HLEN + tot > skb->len || ulen < sizeof(udp) ||
+	    ulen > tot - sizeof(*ip))
+		return drop(idx, DROP_DHCP_BAD_LENGTH);
+	/* A relay agent's (RFC 1542): none sits between a guest and its tap,
+	 * and an answer would go to the guest, not to it. */
+	if (udp.source == bpf_htons(DHCP_SERVER_PORT))
+		return drop(idx, DROP_DHCP_RELAYED);
+	if (udp.source != bpf_htons(DHCP_CLIENT_PORT))
 		return drop(idx, DROP_DHCP_MALFORMED);
 
 	sc = (struct dhcp_scratch *)bpf_map_lookup_elem(&dhcp_scratch, &zero);
 	dl = bpf_map_lookup_elem(&dhcp, &idx);
 	if (!sc || !dl)
 		return drop(idx, DROP_REWRITE);
-	struct dhcp_reply *r = &sc->r;
-	off = ETH_HLEN + ihl + sizeof(struct udphdr);
-	if (bpf_skb_load_bytes(skb, off, &r->b, sizeof(r->b)))
+	off = ETH_HLEN + sizeof(*ip) + sizeof(udp);
+	n = ulen - sizeof(udp);
+	if (load_message(skb, off, sc->msg, n))
 		return drop(idx, DROP_DHCP_MALFORMED);
-	if (r->b.op != BOOTREQUEST || r->b.htype != 1 || r->b.hlen != ETH_ALEN ||
-	    r->b.cookie != bpf_htonl(DHCP_MAGIC) || !mac_eq(r->b.chaddr, cfg->guest_mac))
+
+	/*
+	 * The UDP checksum, unless there is none (0). A guest that left it to
+	 * offload (a virtio NIC and a UDP socket: a renewing client of the
+	 * kernel's stack) sent the pseudo-header's sum P in its place, to be
+	 * completed: taken as it is. A one in 65,536 chance that a wrong
+	 * checksum looks like P is all that costs; the program cannot tell
+	 * the skb's checksum state (CHECKSUM_PARTIAL) from a tc hook.
+	 */
+	struct {
+		__be32 saddr, daddr;
+		__u8 zero, proto;
+		__be16 len;
+	} pseudo = {ip->saddr, ip->daddr, 0, IPPROTO_UDP, udp.len};
+	if (udp.check) {
+		__u32 sum = csum_add_bytes(&pseudo, sizeof(pseudo), 0);
+		__u16 p = fold16(sum);
+
+		sum = csum_add_bytes(&udp, sizeof(udp), sum);
+		sum = csum_add_long(sc->msg, (n + 3) & ~3, sum);
+		if (fold16(sum) != 0xffff && udp.check != p)
+			return drop(idx, DROP_DHCP_BAD_UDP_CHECKSUM);
+	}
+
+	struct bootp *b = (struct bootp *)sc->msg;
+	if (b->op != BOOTREQUEST || b->htype != 1 || b->hlen != ETH_ALEN ||
+	    b->cookie != bpf_htonl(DHCP_MAGIC) || !mac_eq(b->chaddr, cfg->guest_mac))
 		return drop(idx, DROP_DHCP_MALFORMED);
-	if (parse_options(skb, off + sizeof(struct bootp), sc->opts, &q))
+	if (b->giaddr)
+		return drop(idx, DROP_DHCP_RELAYED);
+	if (parse_options(sc, n, &q))
 		return drop(idx, DROP_DHCP_MALFORMED);
 
 	__u8 type;
@@ -318,7 +475,7 @@ static __always_inline int tap_dhcp_answer(struct __sk_buff *skb)
 		if (q.has_server && q.server != cfg->gateway_ip)
 			return drop(idx, DROP_DHCP_IGNORED);
 		if ((q.requested && q.requested != cfg->guest_ip) ||
-		    (!q.requested && r->b.ciaddr != cfg->guest_ip))
+		    (!q.requested && b->ciaddr != cfg->guest_ip))
 			type = DHCPNAK;
 		else
 			type = DHCPACK;
@@ -326,13 +483,22 @@ static __always_inline int tap_dhcp_answer(struct __sk_buff *skb)
 	case DHCPINFORM:
 		type = DHCPACK;
 		break;
-	default: /* RELEASE and DECLINE change nothing; the rest is for clients */
+	case DHCPDECLINE:
+		/* The guest found its address in use on its link (RFC 2131
+		 * 3.1.5). A slot has one address, the guest's: nothing else
+		 * to offer. Counted, for its operator to see. */
+		return drop(idx, DROP_DHCP_DECLINED);
+	default: /* RELEASE changes nothing; the rest is for clients */
 		return drop(idx, DROP_DHCP_IGNORED);
 	}
+	if (!dhcp_allowed(idx, lp->flags))
+		return drop(idx, DROP_DHCP_RATE_LIMITED);
 	bool nak = type == DHCPNAK, inform = q.type == DHCPINFORM;
 
 	/* The BOOTP part, from the request's (xid, flags, ciaddr, giaddr,
 	 * chaddr). */
+	struct dhcp_reply *r = &sc->r;
+	__builtin_memcpy(&r->b, b, sizeof(r->b));
 	r->b.op = BOOTREPLY;
 	r->b.hops = 0;
 	r->b.secs = 0;
@@ -377,7 +543,23 @@ static __always_inline int tap_dhcp_answer(struct __sk_buff *skb)
 			__builtin_memcpy(o + AT_HOSTNAME + 2, dl->hostname, DHCP_HOSTNAME_MAX);
 		}
 	}
-	o[AT_END] = OPT_END;
+	o[AT_FIX] = DHCP_FIX_OPTION;
+	o[AT_FIX + 1] = 2;
+	/* The client identifier, unmodified (RFC 6842), from the request
+	 * (its options field, file or sname). */
+	__u32 at_end = AT_CLIENT_ID;
+	__u32 cid_len = q.cid_len;
+	if (cid_len) {
+		o[AT_CLIENT_ID] = OPT_CLIENT_ID;
+		o[AT_CLIENT_ID + 1] = cid_len;
+		if (cid_len > 255 || bpf_skb_load_bytes(skb, off + q.cid_at, o + AT_CLIENT_ID + 2, cid_len))
+			return drop(idx, DROP_REWRITE);
+		at_end = AT_CLIENT_ID + 2 + cid_len;
+	}
+	if (at_end >= REPLY_OPTS)
+		return drop(idx, DROP_REWRITE);
+	o[at_end] = OPT_END;
+	__u32 opts_len = (at_end + 1 + 3) & ~3; /* then pads (zero) */
 
 	/* Headers: from tap0 (the gateway) to the guest's MAC and address,
 	 * or broadcast where the client asked for it (and for a NAK). */
@@ -388,7 +570,7 @@ static __always_inline int tap_dhcp_answer(struct __sk_buff *skb)
 	else
 		__builtin_memcpy(r->eth.h_dest, cfg->guest_mac, ETH_ALEN);
 	r->eth.h_proto = bpf_htons(ETH_P_IP);
-	__u16 udp_len = sizeof(struct udphdr) + sizeof(struct bootp) + REPLY_OPTS;
+	__u32 udp_len = sizeof(struct udphdr) + sizeof(struct bootp) + opts_len;
 	r->ip = (struct iphdr){
 		.version = 4,
 		.ihl = 5,
@@ -410,27 +592,27 @@ static __always_inline int tap_dhcp_answer(struct __sk_buff *skb)
 	 * completes the answer's checksum on its way to a tap without
 	 * checksum offload: it sums the segment, check field included, and
 	 * writes the result there. So the check field holds the
-	 * pseudo-header's sum P (what completion expects) and the word at
-	 * AT_FIX makes P the right checksum of the whole as well: the answer
-	 * is right whether or not it is completed. Sums are in the buffer's
-	 * byte order throughout (one's complement sums do not care which).
+	 * pseudo-header's sum P (what completion expects) and the word of the
+	 * option at AT_FIX makes P the right checksum of the whole as well:
+	 * the answer is right whether or not it is completed. Sums are in the
+	 * buffer's byte order throughout (one's complement sums do not care
+	 * which).
 	 */
-	struct {
-		__be32 saddr, daddr;
-		__u8 zero, proto;
-		__be16 len;
-	} pseudo = {r->ip.saddr, r->ip.daddr, 0, IPPROTO_UDP, r->udp.len};
+	pseudo.saddr = r->ip.saddr;
+	pseudo.daddr = r->ip.daddr;
+	pseudo.len = r->udp.len;
 	__u16 p = fold16(csum_add_bytes(&pseudo, sizeof(pseudo), 0));
 	if (p == 0)
 		p = 0xffff; /* a UDP checksum is never 0, which means none */
 	r->udp.check = 0;
-	__u16 s0 = fold16(csum_add_bytes(&r->udp, udp_len, 0)); /* fix word 0 */
+	__u16 s0 = fold16(csum_add_long((__u8 *)&r->udp, udp_len, 0)); /* fix word 0 */
 	/* fold(P + S0 + fix) must be ~P: the checksum is then ~~P = P. */
 	__u16 fix = fold16((__u32)(__u16)~p + (__u16)~fold16((__u32)p + s0));
-	__builtin_memcpy(o + AT_FIX, &fix, sizeof(fix));
+	__builtin_memcpy(o + AT_FIX + 2, &fix, sizeof(fix));
 	r->udp.check = p;
 
-	if (bpf_skb_change_tail(skb, sizeof(*r), 0) || bpf_skb_store_bytes(skb, 0, r, sizeof(*r), 0))
+	__u32 len = sizeof(*r) - REPLY_OPTS + opts_len;
+	if (len > sizeof(*r) || bpf_skb_change_tail(skb, len, 0) || bpf_skb_store_bytes(skb, 0, r, len, 0))
 		return drop(idx, DROP_REWRITE);
 	struct slot_stats *st = get_stats(idx);
 	if (st)

@@ -23,27 +23,14 @@ struct icmp_frag_hdr {
 	__be16 mtu;
 } __attribute__((packed)) __attribute__((aligned(4)));
 
-/* One more answer for slot idx's guest? A token bucket per slot: credit
- * grows with time up to ICMP_FRAG_BURST answers' worth, each answer takes
- * ICMP_FRAG_INTERVAL_NS of it (the kernel's xrlim_allow). Updates from two
- * CPUs at once may let one more through; that is all a race costs. */
+/* One more answer for slot idx's guest? A token bucket per slot: at most
+ * ICMP_FRAG_BURST answers in a row, one per ICMP_FRAG_INTERVAL_NS on
+ * average (the kernel's icmp_ratelimit). */
 static __always_inline bool icmp_frag_allowed(__u32 idx)
 {
 	struct icmp_limit *l = bpf_map_lookup_elem(&icmp_limits, &idx);
-	__u64 now = bpf_ktime_get_ns(), credit;
 
-	if (!l)
-		return false;
-	credit = l->credit_ns + (now - l->stamp_ns);
-	if (credit > (__u64)ICMP_FRAG_BURST * ICMP_FRAG_INTERVAL_NS)
-		credit = (__u64)ICMP_FRAG_BURST * ICMP_FRAG_INTERVAL_NS;
-	l->stamp_ns = now;
-	if (credit < ICMP_FRAG_INTERVAL_NS) {
-		l->credit_ns = credit;
-		return false;
-	}
-	l->credit_ns = credit - ICMP_FRAG_INTERVAL_NS;
-	return true;
+	return l && tokens_take(&l->stamp_ns, &l->credit_ns, ICMP_FRAG_INTERVAL_NS, ICMP_FRAG_BURST);
 }
 
 /*

@@ -332,6 +332,44 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } icmp_limits SEC(".maps");
 
+/* The token bucket of a slot's DHCP answers (lib/dhcp.h), as icmp_limit,
+ * for one lease: a bucket of an earlier lease (another lease_policy.flags)
+ * is full again for the next. */
+struct dhcp_limit {
+	__u64 stamp_ns;
+	__u64 credit_ns;
+	__u32 lease;          /* lease_policy.flags of the lease it counts */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dhcp_limit);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dhcp_limits SEC(".maps");
+
+/* tokens_take: one more of what a token bucket bounds? Credit, in
+ * nanoseconds, grows with time up to burst intervals' worth; each use
+ * takes an interval of it (the kernel's xrlim_allow). Updates from two
+ * CPUs at once may let one more through; that is all a race costs. */
+static __always_inline bool tokens_take(__u64 *stamp_ns, __u64 *credit_ns, __u64 interval, __u64 burst)
+{
+	__u64 now = bpf_ktime_get_ns(), credit;
+
+	credit = *credit_ns + (now - *stamp_ns);
+	if (credit > burst * interval)
+		credit = burst * interval;
+	*stamp_ns = now;
+	if (credit < interval) {
+		*credit_ns = credit;
+		return false;
+	}
+	*credit_ns = credit - interval;
+	return true;
+}
+
 /* Entry slot_count (the last) counts what belongs to no slot. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

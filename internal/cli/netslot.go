@@ -431,6 +431,10 @@ func printSlot(w io.Writer, format string, s *netslotv1.Slot) error {
 		if dp.DhcpReplies > 0 {
 			fmt.Fprintf(tw, "dhcp\t%d answers sent\n", dp.DhcpReplies)
 		}
+		if n := dp.Drops["dhcp_declined"]; n > 0 {
+			// One address per slot: nothing else to offer (docs/design.md).
+			fmt.Fprintf(tw, "dhcp declined\t%d DECLINE from the guest: it found %s in use on its link\n", n, s.GuestIp)
+		}
 		if dp.IcmpFragNeeded > 0 {
 			fmt.Fprintf(tw, "path mtu\t%d ICMP fragmentation needed sent\n", dp.IcmpFragNeeded)
 		}

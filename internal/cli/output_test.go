@@ -47,8 +47,8 @@ func TestSlotOutput(t *testing.T) {
 		GatewayIp: "172.16.0.1", GuestPrefixLen: 30, GuestMac: "06:00:ac:10:00:02", SlotIp: "100.64.0.4", HostVeth: "nslot3",
 		Firecracker: &netslotv1.FirecrackerInterface{IfaceId: "eth0", HostDevName: "tap0", GuestMac: "06:00:ac:10:00:02"},
 		Lease:       &netslotv1.Lease{LeaseId: "abc", Owner: "vm-1", RequestKey: "vm-1-boot"},
-		Datapath: &netslotv1.Datapath{Vni: 0xF00003, DummyVni: true, TxPackets: 7, ArpRequests: 1,
-			Drops: map[string]uint64{"inbound_unsolicited": 2}, HeldDropped: 3},
+		Datapath: &netslotv1.Datapath{Vni: 0xF00003, DummyVni: true, TxPackets: 7, ArpRequests: 1, DhcpReplies: 3,
+			Drops: map[string]uint64{"inbound_unsolicited": 2, "dhcp_declined": 1}, HeldDropped: 3},
 		Damaged: "host veth nslot3 deleted", Mtu: 1450, Dns: []string{"198.18.0.53"},
 		BootArgs: "ip=172.16.0.2::172.16.0.1:255.255.255.252::eth0:off:198.18.0.53",
 	}
@@ -59,6 +59,7 @@ func TestSlotOutput(t *testing.T) {
 	for _, want := range []string{"nslot-3", "leased", "/run/netns/nslot-3", "172.16.0.2", "100.64.0.4",
 		"lease id", "abc", "request key", "vm-1-boot", "owner", "vm-1", "host veth nslot3 deleted", "inbound_unsolicited=2",
 		"held frames           3 dropped before the vpc peer was learned\n",
+		"dhcp                  3 answers sent\n", "dhcp declined         1 DECLINE from the guest: it found 172.16.0.2 in use on its link\n",
 		"mtu                   1450\n", "dns                   198.18.0.53\n", "boot args             ip=172.16.0.2::172.16.0.1:255.255.255.252::eth0:off:198.18.0.53\n"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("slot table lacks %q:\n%s", want, b.String())

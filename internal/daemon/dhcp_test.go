@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -13,10 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/netslot/netslot/internal/daemon"
 	"github.com/netslot/netslot/internal/lab"
+	"github.com/netslot/netslot/internal/testpacket"
 	"github.com/netslot/netslot/internal/testutil"
 )
 
@@ -146,9 +149,9 @@ func TestDHCPOnTheTap(t *testing.T) {
 	if before.Datapath.DHCPReplies != 6 {
 		t.Errorf("dhcp replies counted: %d, want 6", before.Datapath.DHCPReplies)
 	}
-	// Not answered: RELEASE and DECLINE, a REQUEST for another server, an
-	// OFFER from the guest; a request from another MAC or source address;
-	// a malformed one.
+	// Not answered: RELEASE, DECLINE (counted apart), a REQUEST for
+	// another server, an OFFER from the guest; a request from another MAC
+	// or source address; a malformed one.
 	noAnswer(t, c, lab.DHCPMessage{Type: layers.DHCPMsgTypeRelease, Xid: 7, Src: guest, Dst: gw, CIAddr: guest})
 	noAnswer(t, c, lab.DHCPMessage{Type: layers.DHCPMsgTypeDecline, Xid: 8})
 	noAnswer(t, c, lab.DHCPMessage{Type: layers.DHCPMsgTypeRequest, Xid: 9, Options: []layers.DHCPOption{
@@ -158,11 +161,12 @@ func TestDHCPOnTheTap(t *testing.T) {
 	noAnswer(t, c, lab.DHCPMessage{Type: layers.DHCPMsgTypeDiscover, Xid: 12, Src: guest.Next()})
 	bad := c.Frame(lab.DHCPMessage{Type: layers.DHCPMsgTypeDiscover, Xid: 13})
 	bad[14+20+8+236] ^= 0xff // the magic cookie
+	testpacket.FixChecksums(bad)
 	if a, _, err := c.Exchange(bad, 13, 300*time.Millisecond); err == nil {
 		t.Errorf("a bad magic cookie answered with %s", a.Type())
 	}
 	after, _ := p.D.Get(info.ID)
-	for reason, want := range map[string]uint64{"dhcp_ignored": 4, "dhcp_not_guest": 2, "dhcp_malformed": 1} {
+	for reason, want := range map[string]uint64{"dhcp_ignored": 3, "dhcp_declined": 1, "dhcp_not_guest": 2, "dhcp_malformed": 1} {
 		if got := after.Datapath.Drops[reason] - before.Datapath.Drops[reason]; got != want {
 			t.Errorf("%s: %d counted, want %d (drops %v)", reason, got, want, after.Datapath.Drops)
 		}
@@ -252,36 +256,7 @@ func TestDHClientGetsALeaseAndReachesOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := testutil.NewBareGuestNS(t, tag, p.Config.NetnsPath(info.Index), p.Config)
-	dir := t.TempDir()
-	script := filepath.Join(dir, "script")
-	if err := os.WriteFile(script, []byte(dhclientScript), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(dir, "lease")
-	cmd := exec.Command("ip", "netns", "exec", g.Name, "dhclient", "-4", "-1", "-d", "-v", "-cf", "/dev/null",
-		"-sf", script, "-lf", filepath.Join(dir, "leases"), "-pf", filepath.Join(dir, "pid"), "-e", "NETSLOT_OUT="+out, "g0")
-	var log bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	var bound []byte
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if bound, err = os.ReadFile(out + ".BOUND"); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dhclient bound no lease:\n%s", log.String())
-		}
-	}
-	t.Logf("dhclient bound after %v", time.Since(start).Round(time.Millisecond))
-	vars := map[string]string{}
-	for _, l := range strings.Split(strings.TrimSpace(string(bound)), "\n") {
-		k, v, _ := strings.Cut(l, "=")
-		vars[k] = strings.Trim(v, "'")
-	}
+	vars := runDHClient(t, g.Name, "", "BOUND")
 	for k, want := range map[string]string{
 		"new_ip_address": p.Config.GuestIP().String(), "new_subnet_mask": "255.255.255.252",
 		"new_routers": p.Config.GatewayIP().String(), "new_domain_name_servers": "198.18.0.53",
@@ -297,5 +272,191 @@ func TestDHClientGetsALeaseAndReachesOut(t *testing.T) {
 	}
 	if got, err := udpRoundTrip(t, g, netip.AddrPortFrom(vpcHost, 9), "dhclient-guest"); err != nil || !strings.Contains(got, "dhclient-guest") {
 		t.Errorf("UDP to the VPC host: %q, %v", got, err)
+	}
+}
+
+// runDHClient runs ISC dhclient once (-1) on g0 in guest namespace ns,
+// with configuration conf (its dhclient.conf; "": none) and
+// dhclientScript, until the script has run for reason, and returns the
+// lease's variables the script saw then.
+func runDHClient(t *testing.T, ns, conf, reason string) map[string]string {
+	t.Helper()
+	dir := t.TempDir()
+	script := filepath.Join(dir, "script")
+	if err := os.WriteFile(script, []byte(dhclientScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cf := "/dev/null"
+	if conf != "" {
+		cf = filepath.Join(dir, "dhclient.conf")
+		if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(dir, "lease")
+	cmd := exec.Command("ip", "netns", "exec", ns, "dhclient", "-4", "-1", "-d", "-v", "-cf", cf,
+		"-sf", script, "-lf", filepath.Join(dir, "leases"), "-pf", filepath.Join(dir, "pid"), "-e", "NETSLOT_OUT="+out, "g0")
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// dhclient's first DISCOVER leaves at once and the answer takes
+	// microseconds: its own retransmits (a few seconds each) are all the
+	// deadline has to cover.
+	var b []byte
+	if !testutil.Wait(20*time.Second, func() bool {
+		var err error
+		b, err = os.ReadFile(out + "." + reason)
+		return err == nil
+	}) {
+		t.Fatalf("dhclient: no %s in 20 s:\n%s", reason, log.String())
+	}
+	t.Logf("dhclient: %s after %v", reason, time.Since(start).Round(time.Millisecond))
+	vars := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		k, v, _ := strings.Cut(l, "=")
+		vars[k] = strings.Trim(v, "'")
+	}
+	return vars
+}
+
+// ISC dhclient, unmodified, sending long options from its configuration
+// file: a 60-byte host-name and a 200-byte vendor class (no answer
+// before: options were read from their first 256 bytes only), then a
+// 255-byte host-name with a client identifier, which the answers echo.
+// Each is bound and gets the lease's settings.
+func TestDHClientLongOptions(t *testing.T) {
+	if _, err := exec.LookPath("dhclient"); err != nil {
+		t.Skip("dhclient not installed (scripts/deps.sh installs it)")
+	}
+	cfg := testutil.NewConfig(1)
+	p := testutil.StartPoolOpts(t, daemon.Options{Config: cfg, StateDir: t.TempDir()})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{Hostname: "long-options",
+		DNS: []netip.Addr{netip.MustParseAddr("198.18.0.53")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, conf := range []string{
+		fmt.Sprintf("send host-name \"%s\";\nsend vendor-class-identifier \"%s\";\n", strings.Repeat("h", 60), strings.Repeat("v", 200)),
+		fmt.Sprintf("send host-name \"%s\";\nsend dhcp-client-identifier 1:%s;\n", strings.Repeat("n", 255), cfg.GuestMAC),
+	} {
+		before, _ := p.D.Get(info.ID)
+		g := testutil.NewBareGuestNS(t, fmt.Sprintf("%s%d", cfg.Prefix[1:], k), cfg.NetnsPath(info.Index), cfg)
+		vars := runDHClient(t, g.Name, conf, "BOUND")
+		for name, want := range map[string]string{
+			"new_ip_address": cfg.GuestIP().String(), "new_routers": cfg.GatewayIP().String(),
+			"new_host_name": "long-options", "new_domain_name_servers": "198.18.0.53",
+		} {
+			if vars[name] != want {
+				t.Errorf("config %d: %s = %q, want %q (all: %v)", k, name, vars[name], want, vars)
+			}
+		}
+		after, _ := p.D.Get(info.ID)
+		if n := after.Datapath.Drops["dhcp_malformed"] - before.Datapath.Drops["dhcp_malformed"]; n != 0 {
+			t.Errorf("config %d: %d requests dropped as malformed", k, n)
+		}
+		g.Close()
+	}
+}
+
+// A guest whose client finds its address in use declines it (RFC 2131
+// 3.1.5): ISC dhclient does when its script fails to apply the lease
+// (dhclient-script's address check). A slot has no other address to
+// offer: the DECLINE is counted on the slot (dhcp_declined), in what show
+// and the per-slot metrics report, and answered by nothing.
+func TestDHCPDeclineIsCounted(t *testing.T) {
+	if _, err := exec.LookPath("dhclient"); err != nil {
+		t.Skip("dhclient not installed (scripts/deps.sh installs it)")
+	}
+	cfg := testutil.NewConfig(1)
+	p := testutil.StartPoolOpts(t, daemon.Options{Config: cfg, StateDir: t.TempDir()})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := testutil.NewBareGuestNS(t, cfg.Prefix[1:], cfg.NetnsPath(info.Index), cfg)
+	dir := t.TempDir()
+	script := filepath.Join(dir, "script")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\ncase $reason in BOUND) exit 1 ;; esac\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", g.Name, "dhclient", "-4", "-1", "-d", "-v", "-cf", "/dev/null",
+		"-sf", script, "-lf", filepath.Join(dir, "leases"), "-pf", filepath.Join(dir, "pid"), "g0")
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	declined := func() uint64 {
+		s, err := p.D.Get(info.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Datapath.Drops["dhcp_declined"]
+	}
+	if !testutil.Wait(20*time.Second, func() bool { return declined() > 0 }) {
+		t.Fatalf("no DECLINE counted (drops %v):\n%s", func() any { s, _ := p.D.Get(info.ID); return s.Datapath.Drops }(), log.String())
+	}
+	countersExported(t, p, info.ID)
+}
+
+// A renewing client of the guest kernel's own stack (a UDP socket, as
+// systemd-networkd renews) on a virtio NIC leaves its checksum to
+// offload: its request reaches tap0 with the pseudo-header's sum in the
+// check field (CHECKSUM_PARTIAL). It is answered, not taken for a bad
+// checksum, and the answer reaches the socket through the guest kernel's
+// own checks.
+func TestDHCPRenewalWithChecksumOffload(t *testing.T) {
+	cfg := testutil.NewConfig(1)
+	p := testutil.StartPoolOpts(t, daemon.Options{Config: cfg, StateDir: t.TempDir()})
+	info, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := testutil.NewGuestNSWith(t, cfg.Prefix[1:], cfg.NetnsPath(info.Index), cfg, lab.GuestOptions{Offload: true})
+	conn, err := g.ListenUDP(68)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	req := &layers.DHCPv4{Operation: layers.DHCPOpRequest, HardwareType: layers.LinkTypeEthernet, HardwareLen: 6, Xid: 0x7e7e,
+		ClientIP: cfg.GuestIP().AsSlice(), ClientHWAddr: cfg.GuestMAC, Options: []layers.DHCPOption{
+			layers.NewDHCPOption(layers.DHCPOptMessageType, []byte{byte(layers.DHCPMsgTypeRequest)})}}
+	buf := gopacket.NewSerializeBuffer()
+	if err := req.SerializeTo(buf, gopacket.SerializeOptions{FixLengths: true}); err != nil {
+		t.Fatal(err)
+	}
+	gw := &net.UDPAddr{IP: cfg.GatewayIP().AsSlice(), Port: 67}
+	var ack *layers.DHCPv4
+	// The first datagram may wait for the guest's ARP of the gateway: a
+	// few tries, each waiting what an answer takes with room to spare.
+	for try := 0; try < 5 && ack == nil; try++ {
+		if _, err := conn.WriteToUDP(buf.Bytes(), gw); err != nil {
+			t.Fatal(err)
+		}
+		conn.SetReadDeadline(time.Now().Add(time.Second))
+		b := make([]byte, 2048)
+		n, _, err := conn.ReadFromUDP(b)
+		if err != nil {
+			continue
+		}
+		d := &layers.DHCPv4{}
+		if err := d.DecodeFromBytes(b[:n], gopacket.NilDecodeFeedback); err == nil && d.Xid == req.Xid {
+			ack = d
+		}
+	}
+	s, _ := p.D.Get(info.ID)
+	if ack == nil {
+		t.Fatalf("no answer to the renewal (drops %v)", s.Datapath.Drops)
+	}
+	if typ := (&lab.DHCPAnswer{DHCP: ack}).Type(); typ != layers.DHCPMsgTypeAck || ack.YourClientIP.String() != cfg.GuestIP().String() {
+		t.Errorf("renewal answered with %s of %s", typ, ack.YourClientIP)
+	}
+	if n := s.Datapath.Drops["dhcp_bad_udp_checksum"]; n != 0 {
+		t.Errorf("%d renewals taken for a bad checksum", n)
 	}
 }

@@ -145,7 +145,7 @@ func Open(c Config) (*Datapath, error) {
 	n := uint32(c.Slot.Count)
 	for name, size := range map[string]uint32{
 		"slots": n, "by_ifindex": 2 * n, "tunnels": n, "peers": n, "vni_dst": n, "vnis": n,
-		"vpc_routes": n * vpcRoutesPerSlot, "stats": n + 1, "leases": n, "flows": n, "dhcp": n, "icmp_limits": n, "deny": MaxDeny,
+		"vpc_routes": n * vpcRoutesPerSlot, "stats": n + 1, "leases": n, "flows": n, "dhcp": n, "icmp_limits": n, "dhcp_limits": n, "deny": MaxDeny,
 	} {
 		spec.Maps[name].MaxEntries = size
 	}

@@ -28,9 +28,17 @@ type datapathDhcpLease struct {
 	Hostname    [64]int8
 }
 
+type datapathDhcpLimit struct {
+	_        structs.HostLayout
+	StampNs  uint64
+	CreditNs uint64
+	Lease    uint32
+	Pad      uint32
+}
+
 type datapathDhcpScratchBytes struct {
 	_ structs.HostLayout
-	B [662]uint8
+	B [2744]uint8
 }
 
 type datapathFlow struct {
@@ -134,7 +142,7 @@ type datapathSlotStats struct {
 	ArpRequests    uint64
 	DhcpReplies    uint64
 	IcmpFragNeeded uint64
-	Drops          [31]uint64
+	Drops          [37]uint64
 }
 
 type datapathTunnelInfo struct {
@@ -176,6 +184,7 @@ const (
 	datapathMapConfig         = "config"
 	datapathMapDeny           = "deny"
 	datapathMapDhcp           = "dhcp"
+	datapathMapDhcpLimits     = "dhcp_limits"
 	datapathMapDhcpScratch    = "dhcp_scratch"
 	datapathMapFlows          = "flows"
 	datapathMapHeld           = "held"
@@ -249,6 +258,7 @@ type datapathMapSpecs struct {
 	Config      *ebpf.MapSpec `ebpf:"config"`
 	Deny        *ebpf.MapSpec `ebpf:"deny"`
 	Dhcp        *ebpf.MapSpec `ebpf:"dhcp"`
+	DhcpLimits  *ebpf.MapSpec `ebpf:"dhcp_limits"`
 	DhcpScratch *ebpf.MapSpec `ebpf:"dhcp_scratch"`
 	Flows       *ebpf.MapSpec `ebpf:"flows"`
 	Held        *ebpf.MapSpec `ebpf:"held"`
@@ -294,6 +304,7 @@ type datapathMaps struct {
 	Config      *ebpf.Map `ebpf:"config"`
 	Deny        *ebpf.Map `ebpf:"deny"`
 	Dhcp        *ebpf.Map `ebpf:"dhcp"`
+	DhcpLimits  *ebpf.Map `ebpf:"dhcp_limits"`
 	DhcpScratch *ebpf.Map `ebpf:"dhcp_scratch"`
 	Flows       *ebpf.Map `ebpf:"flows"`
 	Held        *ebpf.Map `ebpf:"held"`
@@ -315,6 +326,7 @@ func (m *datapathMaps) Close() error {
 		m.Config,
 		m.Deny,
 		m.Dhcp,
+		m.DhcpLimits,
 		m.DhcpScratch,
 		m.Flows,
 		m.Held,

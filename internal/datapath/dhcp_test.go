@@ -49,13 +49,13 @@ func (e *env) slotSide(i int) int {
 // tapRun runs tap0's program on frame as received on the tap device.
 func (e *env) tapRun(tap int, frame []byte) (uint32, []byte) {
 	e.t.Helper()
-	out := make([]byte, len(frame)+512)
-	ret, err := e.dp.objs.TapDhcp.Run(&ebpf.RunOptions{Data: frame, DataOut: out,
-		Context: skbCtx{IngressIfindex: uint32(tap), Ifindex: uint32(tap)}})
+	opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+1024),
+		Context: skbCtx{IngressIfindex: uint32(tap), Ifindex: uint32(tap)}}
+	ret, err := e.dp.objs.TapDhcp.Run(opts)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return ret, out
+	return ret, opts.DataOut
 }
 
 // dhcpFrame is a guest's DHCP message, as a client sends it.
@@ -119,13 +119,17 @@ func TestTapDHCP(t *testing.T) {
 		t.Errorf("dhcp_replies %d", s.DHCPReplies)
 	}
 
+	badCookie := dhcpFrame(t, e.cfg.GuestMAC, layers.DHCPMsgTypeDiscover)
+	badCookie[14+20+8+236] ^= 0xff
+	testpacket.FixChecksums(badCookie)
 	for _, c := range []struct {
 		reason string
 		frame  []byte
 	}{
 		{"dhcp_ignored", dhcpFrame(t, e.cfg.GuestMAC, layers.DHCPMsgTypeRelease)},
 		{"dhcp_not_guest", dhcpFrame(t, net.HardwareAddr{6, 0, 0, 0, 0, 9}, layers.DHCPMsgTypeDiscover)},
-		{"dhcp_malformed", dhcpFrame(t, e.cfg.GuestMAC, layers.DHCPMsgTypeDiscover)[:14+20+8+100]},
+		{"dhcp_bad_length", dhcpFrame(t, e.cfg.GuestMAC, layers.DHCPMsgTypeDiscover)[:14+20+8+100]},
+		{"dhcp_malformed", badCookie},
 	} {
 		before := e.stats(1).Drops[c.reason]
 		if v, _ := e.tapRun(tap, c.frame); v != verdictDrop {

@@ -56,7 +56,7 @@ func FuzzPrograms(f *testing.F) {
 	}
 	f.Cleanup(func() { close(runs) })
 	run := func(prog *ebpf.Program, frame []byte, iif int) (uint32, []byte, error) {
-		out := make([]byte, len(frame)+256)
+		out := make([]byte, len(frame)+1024) // room for a DHCP answer to the shortest request
 		opts := &ebpf.RunOptions{Data: frame, DataOut: out, Context: skbCtx{IngressIfindex: uint32(iif)}}
 		var verdict uint32
 		done := make(chan error)
@@ -94,6 +94,18 @@ func FuzzPrograms(f *testing.F) {
 		f.Add(dhcpFrame(f, e.cfg.GuestMAC, typ, layers.NewDHCPOption(layers.DHCPOptServerID, e.cfg.GatewayIP().AsSlice()),
 			layers.NewDHCPOption(layers.DHCPOptRequestIP, e.cfg.GuestIP().AsSlice())), uint8(tapIn))
 	}
+	// Long options, options in file and sname, a client identifier.
+	long := func(n int) []byte { return bytes.Repeat([]byte{'x'}, n) }
+	f.Add(dhcpFrame(f, e.cfg.GuestMAC, layers.DHCPMsgTypeDiscover, layers.NewDHCPOption(layers.DHCPOptHostname, long(255)),
+		layers.NewDHCPOption(layers.DHCPOptClassID, long(200)), layers.NewDHCPOption(layers.DHCPOptClientID, long(255))), uint8(tapIn))
+	over := guestDHCP(e.cfg.GuestMAC, layers.DHCPMsgTypeRequest, layers.NewDHCPOption(layers.DHCPOptExtOptions, []byte{3}))
+	over.File = rawOptions(layers.NewDHCPOption(layers.DHCPOptServerID, e.cfg.GatewayIP().AsSlice()), layers.NewDHCPOption(layers.DHCPOptClientID, long(7)))
+	over.ServerName = rawOptions(layers.NewDHCPOption(layers.DHCPOptRequestIP, e.cfg.GuestIP().AsSlice()))
+	f.Add(dhcpFrameOf(f, e.cfg.GuestMAC, over, nil), uint8(tapIn))
+	// The tap program's answer rate would refuse most runs: its bucket is
+	// refilled before each (stamp 0: full credit).
+	fullBucket := make([]byte, e.dp.objs.DhcpLimits.ValueSize())
+	binary.LittleEndian.PutUint32(fullBucket[16:], e.dp.LeaseWord(0)) // struct dhcp_limit's lease
 	for _, l4 := range l4Variants() {
 		f.Add(guestFrame(f, e.cfg, outside, l4...), uint8(egress0))
 		f.Add(guestFrame(f, e.cfg, netip.MustParseAddr("10.9.0.1"), l4...), uint8(egress1))
@@ -141,6 +153,9 @@ func FuzzPrograms(f *testing.F) {
 			prog, iif = e.dp.objs.UplinkIngress, up.Attrs().Index
 		case tapIn:
 			prog, iif = e.dp.objs.TapDhcp, tap
+			if err := e.dp.objs.DhcpLimits.Update(uint32(0), fullBucket, ebpf.UpdateAny); err != nil {
+				t.Fatal(err)
+			}
 		}
 		verdict, out, err := run(prog, frame, iif)
 		if errors.Is(err, unix.EINVAL) && len(frame) < 14+40 {
@@ -158,6 +173,12 @@ func FuzzPrograms(f *testing.F) {
 		}
 		if bytes.Equal(out, frame) {
 			return
+		}
+		// A DHCP answer's options are well formed, with pad after End.
+		if dir%directions == tapIn && verdict == verdictRedirect && len(out) >= 14+20+8+240 {
+			if _, err := testpacket.CheckDHCPOptions(out[14+20+8+240:]); err != nil {
+				t.Fatalf("DHCP answer's options: %v\n%x", err, out)
+			}
 		}
 		// A decapsulated frame is held to what came inside the tunnel.
 		ref := frame

@@ -39,7 +39,7 @@ func TestRepairPinsAndAttachments(t *testing.T) {
 		t.Fatalf("%d programs attached after the pins went, want 2", n)
 	}
 	done, err := e.dp.Repair(true)
-	if err != nil || len(done) != 17 { // 14 maps, 2 links, the layout
+	if err != nil || len(done) != 18 { // 15 maps, 2 links, the layout
 		t.Errorf("Repair after the pins went: %v, %v", done, err)
 	}
 	for _, name := range []string{"tunnels", "leases", ingressPin, egressPin, layoutPin} {

@@ -39,6 +39,27 @@ const (
 	// packet that caused it, and only ever back to itself.
 	ICMPFragIntervalNs = 10_000_000
 	ICMPFragBurst      = 10
+	// DHCPIntervalNs and DHCPBurst bound the DHCP answers one slot's
+	// guest gets on tap0, the same way: a token bucket, one answer per
+	// interval on average (100 a second), at most a burst in a row. A
+	// client asks a handful of times at boot and once a day after; a
+	// guest that floods its tap with requests gets no more answers than
+	// that, and what is refused is counted (dhcp_rate_limited). A new
+	// lease starts with a full bucket.
+	DHCPIntervalNs = 10_000_000
+	DHCPBurst      = 16
+	// DHCPMessageMax bounds the request the DHCP program reads: a BOOTP
+	// message (fixed part and every option) in a frame of the tap's MTU,
+	// slot.GuestMTU (1500), less the IPv4 and UDP headers. What a client
+	// may send on tap0 is read whole, up to its End option; a longer
+	// message cannot come from a guest on a 1500-byte link.
+	DHCPMessageMax = 1500 - 20 - 8
+	// DHCPFixOption is the option code of the word that keeps a DHCP
+	// answer's UDP checksum right whether or not the kernel completes it
+	// (bpf/lib/dhcp.h): a site-specific option (RFC 2132 section 2, RFC
+	// 3942: 224-254 are for private use), which clients skip like any
+	// option they were not configured for.
+	DHCPFixOption = 224
 )
 
 // Values the programs and netslotd exchange through maps and marks, in the
@@ -118,7 +139,13 @@ var DropReasons = []DropReason{
 	{"egress_denied", "NATed to a destination in the pool's deny set"},
 	{"dhcp_malformed", "to port 67: not a well-formed DHCP request"},
 	{"dhcp_not_guest", "to port 67 from a MAC or address not the guest's"},
-	{"dhcp_ignored", "DHCP RELEASE, DECLINE, for another server, or a type no server answers"},
+	{"dhcp_ignored", "DHCP RELEASE, for another server, or a type no server answers"},
+	{"dhcp_bad_length", "to port 67: IPv4 or UDP length does not fit the frame"},
+	{"dhcp_bad_ip_checksum", "to port 67: wrong IPv4 header checksum"},
+	{"dhcp_bad_udp_checksum", "to port 67: wrong UDP checksum (not left to offload)"},
+	{"dhcp_relayed", "DHCP from a relay (giaddr set or source port 67): none on a tap"},
+	{"dhcp_declined", "DHCP DECLINE: the guest found its address in use"},
+	{"dhcp_rate_limited", "DHCP request over the slot's answer rate"},
 }
 
 // DropReasonNames returns the reasons' names by number.

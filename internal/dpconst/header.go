@@ -30,6 +30,10 @@ func Header() string {
 		{"DHCP_LEASE_SECONDS", DHCPLeaseSeconds, false},
 		{"ICMP_FRAG_INTERVAL_NS", ICMPFragIntervalNs, false},
 		{"ICMP_FRAG_BURST", ICMPFragBurst, false},
+		{"DHCP_INTERVAL_NS", DHCPIntervalNs, false},
+		{"DHCP_BURST", DHCPBurst, false},
+		{"DHCP_MESSAGE_MAX", DHCPMessageMax, false},
+		{"DHCP_FIX_OPTION", DHCPFixOption, false},
 	} {
 		if d.hex {
 			fmt.Fprintf(&b, "#define %s %#x\n", d.name, d.v)

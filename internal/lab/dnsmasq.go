@@ -2,7 +2,6 @@ package lab
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/netslot/netslot/internal/netns"
 )
@@ -80,15 +80,56 @@ type Dnsmasq struct {
 	err  error
 }
 
-// DnsmasqDirPrefix starts the names of the directories that hold the
-// lease and pid files of the lab's dnsmasq instances; the directory of a
-// process that is gone is "<prefix><its pid>-...". See SweepDnsmasq.
+// DnsmasqDirPrefix starts the names of the run directories (NewDnsmasqDir)
+// that hold the lab's dnsmasq instances' lease and pid files and the
+// records SweepDnsmasq goes by.
 const DnsmasqDirPrefix = "netslot-lab-dnsmasq-"
 
+// Files of a run directory: who made it, and the instances it started.
+const (
+	dnsmasqOwnerFile     = "owner"
+	dnsmasqInstancesFile = "instances"
+)
+
+// NewDnsmasqDir makes a run directory under parent for this process's
+// dnsmasq instances, "<DnsmasqDirPrefix><pid>-<random>", with an owner
+// record: this process as the kernel knows it (pid and start time, the
+// boot and pid namespace they belong to). SweepDnsmasq removes it once
+// that process is gone. The caller removes it when done.
+func NewDnsmasqDir(parent string) (string, error) {
+	self, err := procOf(os.Getpid())
+	if err != nil {
+		return "", err
+	}
+	host, err := hostOf()
+	if err != nil {
+		return "", err
+	}
+	dir, err := os.MkdirTemp(parent, DnsmasqDirPrefix+strconv.Itoa(os.Getpid())+"-")
+	if err != nil {
+		return "", err
+	}
+	// Written whole, then renamed into place: a directory is someone's
+	// as soon as it has an owner, and never half of one.
+	rec := fmt.Sprintf("%s\n%d %d\n", host, self.pid, self.start)
+	tmp := filepath.Join(dir, dnsmasqOwnerFile+".tmp")
+	if err := os.WriteFile(tmp, []byte(rec), 0o644); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, dnsmasqOwnerFile)); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	return dir, nil
+}
+
 // StartDnsmasq starts `ip netns exec ns dnsmasq args...` in the
-// foreground (ip execs dnsmasq: the process is dnsmasq's). Its output
-// goes to the caller's stderr only if it fails at start.
-func StartDnsmasq(ns string, args []string) (*Dnsmasq, error) {
+// foreground (ip execs dnsmasq: the process is dnsmasq's) for the run
+// directory dir (NewDnsmasqDir; its arguments name files in it), and
+// records the process there for SweepDnsmasq. Its output goes to the
+// caller's stderr only if it fails at start.
+func StartDnsmasq(dir, ns string, args []string) (*Dnsmasq, error) {
 	d := &Dnsmasq{NS: ns, Args: args, done: make(chan struct{})}
 	d.cmd = exec.Command("ip", append([]string{"netns", "exec", ns, "dnsmasq"}, args...)...)
 	var out strings.Builder
@@ -106,6 +147,10 @@ func StartDnsmasq(ns string, args []string) (*Dnsmasq, error) {
 		}
 		close(d.done)
 	}()
+	if err := recordInstance(dir, d.Pid()); err != nil {
+		d.Stop()
+		return nil, fmt.Errorf("dnsmasq in %s: %w", ns, err)
+	}
 	return d, nil
 }
 
@@ -220,68 +265,142 @@ func DnsmasqVersion() (string, error) {
 // SweepDnsmasq removes the namespace with the directory.
 const DnsmasqNetnsSuffix = ".netns"
 
-// SweepDnsmasq kills the lab's dnsmasq processes whose harness is gone
-// (killed before it could stop them: dnsmasq drops its privileges, which
-// clears the death signal StartDnsmasq asks for) and removes their
-// directories under dir, with the namespaces they mark. It returns how
-// many processes it killed.
+// SweepDnsmasq removes the run directories under dir (NewDnsmasqDir) of
+// harnesses that are gone (killed before they could stop their
+// instances: dnsmasq drops its privileges, which clears the death signal
+// StartDnsmasq asks for): it kills the dnsmasq processes each recorded,
+// removes the namespaces it marked and the directory. It returns how many
+// processes it killed.
+//
+// Only what a run recorded is touched, and only when it is still what
+// was recorded: a directory whose owner record is missing, of another
+// boot or pid namespace, or whose owner still runs (the same pid and
+// start time: a pid the kernel gave to another process since does not
+// count) is left alone; a recorded instance is killed through a pidfd,
+// only if that process has the recorded start time and names the
+// directory in its command line. Another job's dnsmasq, even one of this
+// lab's naming, is never killed.
 func SweepDnsmasq(dir string) int {
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	killed := 0
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		if len(args) == 0 || filepath.Base(args[0]) != "dnsmasq" {
-			continue
-		}
-		for _, a := range args {
-			owner, ok := dnsmasqOwner(a, dir)
-			if !ok || processAlive(owner) {
-				continue
-			}
-			pid, _ := strconv.Atoi(strings.Split(p, "/")[2])
-			if syscall.Kill(pid, syscall.SIGKILL) == nil {
-				killed++
-			}
-			break
-		}
+	host, err := hostOf()
+	if err != nil {
+		return 0
 	}
+	killed := 0
 	dirs, _ := filepath.Glob(filepath.Join(dir, DnsmasqDirPrefix+"*"))
 	for _, d := range dirs {
-		if owner, ok := dnsmasqOwner("--pid-file="+d+"/", dir); ok && !processAlive(owner) {
-			marks, _ := filepath.Glob(filepath.Join(d, "*"+DnsmasqNetnsSuffix))
-			for _, m := range marks {
-				netns.Remove("/run/netns/" + strings.TrimSuffix(filepath.Base(m), DnsmasqNetnsSuffix))
-			}
-			os.RemoveAll(d)
+		b, err := os.ReadFile(filepath.Join(d, dnsmasqOwnerFile))
+		if err != nil {
+			continue // not (yet) a run's: nobody to ask
 		}
+		ownerHost, rest, _ := strings.Cut(string(b), "\n")
+		owners := parseProcs(rest)
+		if ownerHost != host || len(owners) != 1 || owners[0].running() {
+			continue
+		}
+		b, _ = os.ReadFile(filepath.Join(d, dnsmasqInstancesFile))
+		for _, p := range parseProcs(string(b)) {
+			if p.kill(d) {
+				killed++
+			}
+		}
+		marks, _ := filepath.Glob(filepath.Join(d, "*"+DnsmasqNetnsSuffix))
+		for _, m := range marks {
+			netns.Remove("/run/netns/" + strings.TrimSuffix(filepath.Base(m), DnsmasqNetnsSuffix))
+		}
+		os.RemoveAll(d)
 	}
 	return killed
 }
 
-// dnsmasqOwner reads the harness's pid out of a --pid-file= or
-// --dhcp-leasefile= argument naming a file under dir/DnsmasqDirPrefix<pid>-.
-func dnsmasqOwner(arg, dir string) (int, bool) {
-	_, path, ok := strings.Cut(arg, "=")
-	if !ok || !strings.HasPrefix(arg, "--") {
-		return 0, false
-	}
-	rest, ok := strings.CutPrefix(path, filepath.Join(dir, DnsmasqDirPrefix))
-	if !ok {
-		return 0, false
-	}
-	pid, _, ok := strings.Cut(rest, "-")
-	if !ok {
-		return 0, false
-	}
-	n, err := strconv.Atoi(pid)
-	return n, err == nil && n > 0
+// proc is a process as the kernel tells one from a later holder of its
+// pid: its pid and start time (clock ticks after boot).
+type proc struct {
+	pid   int
+	start uint64
 }
 
-func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+// procOf reads pid's start time: the 22nd field of /proc/PID/stat (the
+// 20th after the command's name, which may hold spaces and parentheses).
+func procOf(pid int) (proc, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return proc{}, err
+	}
+	k := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[k+1:]))
+	if k < 0 || len(f) < 20 {
+		return proc{}, fmt.Errorf("/proc/%d/stat: unexpected %q", pid, b)
+	}
+	start, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return proc{}, fmt.Errorf("/proc/%d/stat: start time: %w", pid, err)
+	}
+	return proc{pid: pid, start: start}, nil
+}
+
+// running reports whether p still runs (not a later process of its pid).
+func (p proc) running() bool {
+	now, err := procOf(p.pid)
+	return err == nil && now.start == p.start
+}
+
+// kill kills p if it is still the process recorded and names dir in its
+// command line, through a pidfd: what is checked is what is killed.
+func (p proc) kill(dir string) bool {
+	fd, err := unix.PidfdOpen(p.pid, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	// The pidfd holds the process the pid named when it was opened: if
+	// that one is p, the signal goes to p, whatever the pid means later.
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.pid))
+	if err != nil || !p.running() || !strings.Contains(string(cmdline), dir+"/") {
+		return false
+	}
+	return unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) == nil
+}
+
+// parseProcs reads "pid start" lines.
+func parseProcs(s string) []proc {
+	var out []proc
+	for _, l := range strings.Split(s, "\n") {
+		var p proc
+		if _, err := fmt.Sscanf(l, "%d %d", &p.pid, &p.start); err == nil && p.pid > 0 {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// recordInstance appends pid, as the kernel knows it now, to dir's
+// instances.
+func recordInstance(dir string, pid int) error {
+	p, err := procOf(pid)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, dnsmasqInstancesFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(f, "%d %d\n", p.pid, p.start)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// hostOf names this boot and pid namespace: pids and start times are
+// only comparable within them.
+func hostOf() (string, error) {
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", err
+	}
+	pidns, err := os.Readlink("/proc/self/ns/pid")
+	if err != nil {
+		return "", err
+	}
+	return "boot " + strings.TrimSpace(string(boot)) + " " + pidns, nil
 }

@@ -121,3 +121,59 @@ func CheckIPv4(ip []byte) error {
 	}
 	return nil
 }
+
+// CheckDHCPOptions checks a DHCP message's options field (what follows the
+// magic cookie) as a strict parser reads it: every option within the
+// field, an End option, and only pad (zero) bytes after it (RFC 2131
+// 4.1, RFC 2132 3.1-3.2). It returns the options' codes in order.
+func CheckDHCPOptions(opts []byte) ([]byte, error) {
+	var codes []byte
+	for k := 0; k < len(opts); {
+		switch code := opts[k]; code {
+		case 0:
+			k++
+		case 255:
+			for j, b := range opts[k+1:] {
+				if b != 0 {
+					return codes, fmt.Errorf("byte %d after the End option is %#02x, not pad", j, b)
+				}
+			}
+			return codes, nil
+		default:
+			if k+2 > len(opts) || k+2+int(opts[k+1]) > len(opts) {
+				return codes, fmt.Errorf("option %d at %d runs past the field (%d bytes)", code, k, len(opts))
+			}
+			codes = append(codes, code)
+			k += 2 + int(opts[k+1])
+		}
+	}
+	return codes, fmt.Errorf("no End option")
+}
+
+// FixChecksums recomputes the IPv4 header checksum and the UDP checksum
+// (over its UDP length) of an Ethernet/IPv4/UDP frame whose bytes a test
+// edited; the IPv4 header is 20 bytes.
+func FixChecksums(f []byte) {
+	ip := f[14:34]
+	ip[10], ip[11] = 0, 0
+	binary.BigEndian.PutUint16(ip[10:], Checksum(ip, 0))
+	udpLen := int(binary.BigEndian.Uint16(f[38:40]))
+	f[40], f[41] = 0, 0
+	c := Checksum(f[34:34+udpLen], UDPPseudoSum(f))
+	if c == 0 {
+		c = 0xffff
+	}
+	binary.BigEndian.PutUint16(f[40:], c)
+}
+
+// UDPPseudoSum is the one's complement sum (not folded) of the IPv4
+// pseudo-header of an Ethernet/IPv4/UDP frame's datagram (its UDP
+// length): what a sender that leaves the checksum to offload puts in the
+// check field, folded.
+func UDPPseudoSum(f []byte) uint32 {
+	var s uint32
+	for k := 26; k < 34; k += 2 {
+		s += uint32(binary.BigEndian.Uint16(f[k:]))
+	}
+	return s + 17 + uint32(binary.BigEndian.Uint16(f[38:40]))
+}
