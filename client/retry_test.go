@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
+	"github.com/netslot/netslot/internal/testutil"
 )
 
 // script is a daemon that answers each call with the next of its
@@ -280,11 +281,7 @@ func TestNoDaemonSaysSo(t *testing.T) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within 30 s: %s", what)
-		}
-		time.Sleep(time.Millisecond)
+	if !testutil.Wait(30*time.Second, cond) {
+		t.Fatalf("not within 30 s: %s", what)
 	}
 }
