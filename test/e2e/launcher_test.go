@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
@@ -358,8 +358,10 @@ func TestWaitingAcquireRidesARollingRestart(t *testing.T) {
 	c, err := client.Dial(p.socket, client.WithDialOptions(grpc.WithChainUnaryInterceptor(
 		func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 			err := invoker(ctx, method, req, reply, cc, opts...)
-			if strings.Contains(fmt.Sprint(status.Convert(err).Details()), netslotv1.ReasonDraining) {
-				drained.Add(1)
+			for _, d := range status.Convert(err).Details() {
+				if info, ok := d.(*errdetails.ErrorInfo); ok && info.Reason == netslotv1.ReasonDraining {
+					drained.Add(1)
+				}
 			}
 			return err
 		})))
