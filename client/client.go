@@ -8,6 +8,12 @@
 // the daemon restarts waits for it (until the call's deadline) unless the
 // client was dialled WithFailFast.
 //
+// Acquire with req.Wait and Release are a launcher's calls as they are:
+// they try again, until the call's deadline, whatever the daemon goes
+// through (booting, draining, restarting, gone for a while), with capped
+// exponential backoff and jitter, and only where trying again is safe: the
+// same request key, the same lease id.
+//
 // Which failed calls may have taken effect: Get, List and Status change
 // nothing. A failed Acquire or Release for which Uncertain reports true
 // (its deadline passed, it was cancelled, or the connection broke while it
@@ -22,7 +28,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -31,6 +42,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
@@ -44,15 +56,23 @@ const DefaultSocket = "/run/netslot/netslot.sock"
 const DefaultTimeout = 30 * time.Second
 
 // DefaultBackoff is how the client retries connecting to a daemon that is
-// down or restarting: a restarted daemon is noticed within about 100 ms
-// of listening (gRPC's own default waits 1 s and more).
+// down or restarting, and how Acquire with wait and Release space their
+// tries: a restarted daemon is noticed within about 100 ms of listening
+// (gRPC's own default waits 1 s and more).
 var DefaultBackoff = backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}
 
 // Client talks to one netslotd.
 type Client struct {
-	conn   *grpc.ClientConn
-	api    netslotv1.SlotServiceClient
-	health healthgrpc.HealthClient
+	conn    *grpc.ClientConn
+	api     netslotv1.SlotServiceClient
+	health  healthgrpc.HealthClient
+	socket  string
+	timeout time.Duration
+	backoff backoff.Config
+	// dialErr is why the last connection attempt failed (nil: it did
+	// not), for the message of a call that found no daemon.
+	dialMu  sync.Mutex
+	dialErr error
 }
 
 // Option configures Dial.
@@ -90,33 +110,92 @@ func Dial(socket string, opts ...Option) (*Client, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
+	c := &Client{socket: socket, timeout: o.timeout, backoff: o.backoff}
 	dial := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.WaitForReady(!o.failFast)),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
+			conn, err := d.DialContext(ctx, "unix", socket)
+			c.dialMu.Lock()
+			c.dialErr = err
+			c.dialMu.Unlock()
+			return conn, err
 		}),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: o.backoff, MinConnectTimeout: time.Second}),
-		grpc.WithChainUnaryInterceptor(deadlineAndErrors(o.timeout)),
+		grpc.WithStatsHandler(sentHandler{}),
+		grpc.WithChainUnaryInterceptor(c.deadlineAndErrors),
 	}
 	conn, err := grpc.NewClient("passthrough:///netslotd", append(dial, o.dial...)...)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", socket, err)
 	}
-	return &Client{conn: conn, api: netslotv1.NewSlotServiceClient(conn), health: healthgrpc.NewHealthClient(conn)}, nil
+	c.conn, c.api, c.health = conn, netslotv1.NewSlotServiceClient(conn), healthgrpc.NewHealthClient(conn)
+	return c, nil
+}
+
+// withDeadline gives ctx the client's default deadline if it has none.
+func (c *Client) withDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); !ok && c.timeout > 0 {
+		return context.WithTimeout(ctx, c.timeout)
+	}
+	return ctx, func() {}
 }
 
 // deadlineAndErrors gives a call without a deadline the default one, and
-// turns the errors of every call into *Error.
-func deadlineAndErrors(timeout time.Duration) grpc.UnaryClientInterceptor {
-	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		if _, ok := ctx.Deadline(); !ok && timeout > 0 {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, timeout)
-			defer cancel()
+// turns the errors of every call into *Error; one that never reached a
+// daemon says so, with the socket and why.
+func (c *Client) deadlineAndErrors(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	ctx, cancel := c.withDeadline(ctx)
+	defer cancel()
+	sent := new(atomic.Bool)
+	err := wrap(invoker(context.WithValue(ctx, sentKey{}, sent), method, req, reply, cc, opts...))
+	var e *Error
+	if errors.As(err, &e) && e.Reason == "" && !sent.Load() {
+		c.dialMu.Lock()
+		derr := c.dialErr
+		c.dialMu.Unlock()
+		if derr != nil { // not sent, for want of a daemon
+			e.notSent = true
+			e.Message = unreachable(c.socket, derr)
 		}
-		return wrap(invoker(ctx, method, req, reply, cc, opts...))
+	}
+	return err
+}
+
+// unreachable says why no daemon answers on socket, from the error of
+// the last connection attempt.
+func unreachable(socket string, err error) string {
+	why := err.Error()
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		why = "no such socket (netslotd is not running, or listens on another --socket)"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		why = "connection refused (netslotd is not running)"
+	case errors.Is(err, os.ErrPermission):
+		why = "permission denied (the API is root's)"
+	}
+	return fmt.Sprintf("netslotd is not reachable on %s: %s", socket, why)
+}
+
+// sentKey marks a call's context with the flag sentHandler sets once the
+// call is on a connection to the daemon.
+type sentKey struct{}
+
+// sentHandler sets a call's sent flag when its headers are queued on a
+// connection: a call that fails before that never reached a daemon.
+type sentHandler struct{}
+
+func (sentHandler) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (sentHandler) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+	return ctx
+}
+func (sentHandler) HandleConn(context.Context, stats.ConnStats) {}
+func (sentHandler) HandleRPC(ctx context.Context, s stats.RPCStats) {
+	if _, ok := s.(*stats.OutHeader); ok {
+		if sent, ok := ctx.Value(sentKey{}).(*atomic.Bool); ok {
+			sent.Store(true)
+		}
 	}
 }
 
@@ -128,15 +207,38 @@ func (c *Client) Close() error { return c.conn.Close() }
 func (c *Client) API() netslotv1.SlotServiceClient { return c.api }
 
 // Acquire leases a slot. Give req.RequestKey (the VM's id, say) so that a
-// retry after an uncertain failure returns the same lease, and req.Wait
-// to wait for a slot (until ctx's deadline) when the pool is empty or the
-// daemon is booting.
+// retry after an uncertain failure returns the same lease.
+//
+// With req.Wait it waits for a slot until ctx's deadline (the client's
+// default one if ctx has none), whatever the daemon goes through: the
+// daemon waits for its pool to be ready and a slot to come free, and
+// Acquire tries again, the same request, when the daemon answered
+// ErrDraining or ErrNotReady or was not reachable (ErrUnreachable: the
+// call was not sent), so that a rolling restart carries the wait over to
+// the next daemon; and, with a request key, after a failure that may
+// have taken effect (Uncertain), which the key makes safe. Tries are
+// spaced by the client's backoff (DefaultBackoff: capped exponential,
+// with jitter). It returns the first other error, or the last one when
+// the deadline passes.
+//
+// Without req.Wait it makes one call: ErrPoolEmpty and ErrNotReady come
+// back at once.
 func (c *Client) Acquire(ctx context.Context, req *netslotv1.AcquireRequest, opts ...grpc.CallOption) (*netslotv1.Slot, error) {
-	resp, err := c.api.Acquire(ctx, req, opts...)
-	if err != nil {
-		return nil, err
+	if !req.GetWait() {
+		resp, err := c.api.Acquire(ctx, req, opts...)
+		return resp.GetSlot(), err
 	}
-	return resp.GetSlot(), nil
+	ctx, cancel := c.withDeadline(ctx)
+	defer cancel()
+	keyed := req.GetRequestKey() != ""
+	var resp *netslotv1.AcquireResponse
+	err := c.retry(ctx, func() (err error) {
+		resp, err = c.api.Acquire(ctx, req, opts...)
+		return err
+	}, func(err error) bool {
+		return errors.Is(err, ErrDraining) || errors.Is(err, ErrNotReady) || notSent(err) || keyed && Uncertain(err)
+	})
+	return resp.GetSlot(), err
 }
 
 // Release scrubs slot id and returns it to the pool if it is still held
@@ -145,9 +247,53 @@ func (c *Client) Acquire(ctx context.Context, req *netslotv1.AcquireRequest, opt
 // after it ended its lease answers nil, or ErrLeaseMismatch once the slot
 // has a newer lease: either way leaseID is over. While the VM still holds
 // the slot's tap, it fails with ErrTapInUse and changes nothing.
+//
+// Naming the lease makes a release safe to repeat, and Release repeats
+// it until ctx's deadline (the client's default one if ctx has none),
+// spaced by the client's backoff, after a failure that may have taken
+// effect (Uncertain), a daemon that was not reachable, one that has not
+// adopted the slot yet after a restart (ErrNotReady) and a slot busy
+// with another call (ErrInProgress). It returns the first other error, or
+// the last one when the deadline passes.
 func (c *Client) Release(ctx context.Context, id, leaseID string, opts ...grpc.CallOption) error {
-	_, err := c.api.Release(ctx, &netslotv1.ReleaseRequest{Id: id, LeaseId: leaseID}, opts...)
-	return err
+	ctx, cancel := c.withDeadline(ctx)
+	defer cancel()
+	return c.retry(ctx, func() error {
+		_, err := c.api.Release(ctx, &netslotv1.ReleaseRequest{Id: id, LeaseId: leaseID}, opts...)
+		return err
+	}, func(err error) bool {
+		return Uncertain(err) || notSent(err) || errors.Is(err, ErrNotReady) || errors.Is(err, ErrInProgress)
+	})
+}
+
+// retry makes call until it succeeds, fails with an error again refuses,
+// or ctx ends; the tries are spaced by c's backoff, with its jitter.
+func (c *Client) retry(ctx context.Context, call func() error, again func(error) bool) error {
+	for n := 0; ; n++ {
+		err := call()
+		if err == nil || !again(err) || ctx.Err() != nil {
+			return err
+		}
+		t := time.NewTimer(delay(c.backoff, n))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
+}
+
+// delay is how long b waits before try n+1 (from 0): BaseDelay times
+// Multiplier to the n, at most MaxDelay, give or take Jitter of it.
+func delay(b backoff.Config, n int) time.Duration {
+	d := float64(b.BaseDelay)
+	for ; n > 0 && d < float64(b.MaxDelay); n-- {
+		d *= b.Multiplier
+	}
+	d = min(d, float64(b.MaxDelay))
+	d *= 1 + b.Jitter*(2*rand.Float64()-1)
+	return time.Duration(max(d, 0))
 }
 
 // ForceRelease releases slot id whatever lease holds it, for an operator
@@ -208,8 +354,10 @@ var (
 	ErrNoUplink      = errors.New("pool has no uplink")
 	ErrConflict      = errors.New("vpc attachment conflict")
 	ErrInternal      = errors.New("daemon failure")
-	// ErrUnreachable: no answer from the daemon (it is not running, or the
-	// connection broke); a call in flight may have taken effect.
+	// ErrUnreachable: no answer from the daemon: it is not running (the
+	// call was not sent, and its message says why: no socket, connection
+	// refused), or the connection broke, and then a call in flight may
+	// have taken effect (Uncertain).
 	ErrUnreachable = errors.New("daemon unreachable")
 )
 
@@ -238,11 +386,15 @@ type Error struct {
 	Reason  string // "" when the daemon gave none (it was not reached)
 	Message string
 	st      *status.Status
+	notSent bool // the call was not sent: no daemon could be reached
 }
 
 func (e *Error) Error() string {
-	if e.Reason != "" {
+	switch {
+	case e.Reason != "":
 		return fmt.Sprintf("netslotd: %s (%s)", e.Message, e.Reason)
+	case e.notSent:
+		return fmt.Sprintf("%s (%s)", e.Message, e.Code)
 	}
 	return fmt.Sprintf("netslotd: %s: %s", e.Code, e.Message)
 }
@@ -257,9 +409,17 @@ func (e *Error) Is(target error) bool {
 	case target == context.Canceled:
 		return e.Code == codes.Canceled
 	case target == ErrUnreachable:
-		return e.Reason == "" && e.Code == codes.Unavailable
+		return e.Reason == "" && (e.Code == codes.Unavailable || e.notSent)
 	}
 	return false
+}
+
+// notSent reports whether err is a call's that was not sent because no
+// daemon could be reached (at once, or until the call's deadline): it
+// changed nothing.
+func notSent(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.notSent
 }
 
 // GRPCStatus is e's status, for status.FromError and status.Code.
@@ -267,8 +427,9 @@ func (e *Error) GRPCStatus() *status.Status { return e.st }
 
 // Uncertain reports whether the call that failed with err may have taken
 // effect: its deadline passed or it was cancelled while the daemon worked
-// on it, or the daemon was lost meanwhile. The daemon's own refusals,
-// and ReasonDeadline (the daemon saw the deadline pass before it
+// on it, or the daemon was lost meanwhile: DEADLINE_EXCEEDED, CANCELLED,
+// UNAVAILABLE or UNKNOWN with no reason from the daemon. The daemon's own
+// refusals, and ReasonDeadline (the daemon saw the deadline pass before it
 // committed anything), are certain: nothing changed.
 func Uncertain(err error) bool {
 	var e *Error

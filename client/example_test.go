@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -74,8 +75,10 @@ func TestMain(m *testing.M) {
 }
 
 // A VM launcher's cycle. The request key (the VM's id) makes a retry of
-// an acquire whose outcome is unknown return the lease it made; wait
-// rides out an empty pool or a booting daemon until the deadline.
+// an acquire whose outcome is unknown return the lease it made. With
+// wait, Acquire rides out an empty pool and a daemon that boots, drains
+// or restarts, trying again by itself until the deadline; Release, which
+// names the lease, tries again by itself too.
 func Example() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -85,23 +88,18 @@ func Example() {
 	}
 	defer c.Close()
 
-	req := &netslotv1.AcquireRequest{Owner: "vm-42", RequestKey: "vm-42", Wait: true}
-	s, err := c.Acquire(ctx, req)
-	for client.Uncertain(err) && ctx.Err() == nil {
-		s, err = c.Acquire(ctx, req) // the same key: the same lease, if one was made
-	}
+	// Tried again with the same key until ctx's deadline (see Acquire).
+	s, err := c.Acquire(ctx, &netslotv1.AcquireRequest{Owner: "vm-42", RequestKey: "vm-42", Wait: true})
 	if err != nil {
-		log.Fatal(err)
+		log.Fatal(err) // the deadline passed, or a refusal: errors.Is(err, client.ErrInvalid)...
 	}
-	fmt.Println("netns:", filepath.Dir(s.Netns), "tap:", s.Tap, "mac:", s.GuestMac)
+	fmt.Println("netns:", strings.Replace(s.Netns, s.Id, "<slot id>", 1), "tap:", s.Tap, "mac:", s.GuestMac)
 	fmt.Println("firecracker:", s.Firecracker.IfaceId, s.Firecracker.HostDevName)
 
 	// ... run the VM in s.Netns on s.Tap, then stop it ...
 
+	// Tried again with the same lease id until ctx's deadline (see Release).
 	err = c.Release(ctx, s.Id, s.Lease.LeaseId)
-	for client.Uncertain(err) && ctx.Err() == nil {
-		err = c.Release(ctx, s.Id, s.Lease.LeaseId) // answers nil once the lease is ended
-	}
 	switch {
 	case errors.Is(err, client.ErrTapInUse):
 		fmt.Println("the VM still holds the tap: stop it, then release again")
@@ -113,7 +111,7 @@ func Example() {
 		fmt.Println("released")
 	}
 	// Output:
-	// netns: /run/netns tap: tap0 mac: 06:00:ac:10:00:02
+	// netns: /run/netns/<slot id> tap: tap0 mac: 06:00:ac:10:00:02
 	// firecracker: eth0 tap0
 	// released
 }
@@ -148,8 +146,9 @@ func ExampleClient_List() {
 
 // A launcher whose VMM runs jailed (Firecracker's jailer --uid 4242 --gid
 // 4242, no capabilities) has the slot's tap given to that user and group:
-// the VMM attaches to it as soon as Acquire returns. Release gives it back
-// to root.
+// the VMM attaches to it as soon as Acquire returns, through the tun
+// device node the jailer makes in its chroot (/dev/net/tun is root's
+// only on many hosts). Release gives the tap back to root.
 func ExampleClient_Acquire_jailer() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -162,8 +161,11 @@ func ExampleClient_Acquire_jailer() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	// The jailer's --netns is the namespace's path, /run/netns/ and the
+	// slot's id; its --uid and --gid are the tap's owner.
 	o := s.Lease.TapOwner
-	fmt.Printf("jailer --netns %s --uid %d --gid %d\n", filepath.Dir(s.Netns), o.Uid, o.Gid)
+	jailer := []string{"--id", "vm-9", "--netns", s.Netns, "--uid", fmt.Sprint(o.Uid), "--gid", fmt.Sprint(o.Gid)}
+	fmt.Println("jailer", strings.Replace(strings.Join(jailer, " "), s.Id, "<slot id>", 1))
 	// ... the jailed VMM attaches to s.Tap, runs, exits ...
 	if err := c.Release(ctx, s.Id, s.Lease.LeaseId); err != nil {
 		log.Fatal(err)
@@ -172,7 +174,7 @@ func ExampleClient_Acquire_jailer() {
 	_, err = c.Acquire(ctx, &netslotv1.AcquireRequest{TapOwner: &netslotv1.TapOwner{Uid: 4242}})
 	fmt.Println(errors.Is(err, client.ErrInvalid))
 	// Output:
-	// jailer --netns /run/netns --uid 4242 --gid 4242
+	// jailer --id vm-9 --netns /run/netns/<slot id> --uid 4242 --gid 4242
 	// true
 }
 

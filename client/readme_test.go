@@ -31,7 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
-	"path/filepath"
+	"strings"
 	"time"
 
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"

@@ -43,7 +43,7 @@ func Netslot() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&f.socket, "socket", client.DefaultSocket, "netslotd's unix socket")
 	root.PersistentFlags().StringVarP(&f.output, "output", "o", "table", "output format: table or json; acquire and show also take firecracker (the PUT /network-interfaces body, the boot arguments and the jailer's --netns, --uid and --gid)")
-	root.PersistentFlags().DurationVar(&f.timeout, "timeout", 10*time.Second, "deadline of each request")
+	root.PersistentFlags().DurationVar(&f.timeout, "timeout", 10*time.Second, "deadline of each request (acquire --wait and release --lease try again until it)")
 	root.AddCommand(statusCmd(f), acquireCmd(f), releaseCmd(f), listCmd(f), showCmd(f), benchCmd(f))
 	return root
 }
@@ -214,7 +214,7 @@ func acquireCmd(f *clientFlags) *cobra.Command {
 	fl.StringArrayVar(&inbound, "inbound", nil, "open the guest to new traffic: PROTO/PORT[-PORT][,CIDR] or icmp[,CIDR] (repeatable; none: only replies to its own flows come in)")
 	fl.StringVar(&owner, "owner", "", "label stored with the lease, for example the VM's id")
 	fl.StringVar(&key, "key", "", "idempotency key: while its lease lives, an acquire with the same key returns that lease")
-	fl.BoolVar(&wait, "wait", false, "wait for a slot (pool empty, or the daemon booting) until --timeout")
+	fl.BoolVar(&wait, "wait", false, "wait for a slot until --timeout: the pool empty, the daemon booting, draining or restarting (tried again, with --key safely after an unknown outcome)")
 	fl.StringSliceVar(&dns, "dns", nil, "the guest's DNS servers for this lease, IPv4 (comma-separated or repeated, at most 3; default: netslotd --dns)")
 	fl.StringVar(&hostname, "hostname", "", "the guest's hostname in its DHCP answers (letters, digits, '-' and '.', at most 63 bytes)")
 	fl.Uint32Var(&tapUID, "tap-uid", 0, "give the slot's tap to this user, the one the VMM runs as (the jailer's --uid; with --tap-gid; not 0): it attaches without CAP_NET_ADMIN (default: the tap is root's)")
@@ -247,7 +247,7 @@ func releaseCmd(f *clientFlags) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&leaseID, "lease", "", "release only if the slot is still held by this lease id (from acquire); without it the release is forced: whatever lease holds the slot")
+	cmd.Flags().StringVar(&leaseID, "lease", "", "release only if the slot is still held by this lease id (from acquire), tried again until --timeout if the outcome is unknown; without it the release is forced, once: whatever lease holds the slot")
 	return cmd
 }
 

@@ -61,7 +61,7 @@ socket, and keeps the slots when it stops: a restarted daemon adopts them.
 	}
 	fl := root.Flags()
 	fl.IntVar(&f.slots, "slots", DefaultSlots, "number of slots to pre-create")
-	fl.StringVar(&f.prefix, "prefix", DefaultPrefix, "names every namespace, device and nftables table of the pool")
+	fl.StringVar(&f.prefix, "prefix", DefaultPrefix, "names every namespace, device and nftables table of the pool; no other root-namespace device may start with it, the uplink included (such a start is refused)")
 	fl.StringVar(&f.stateDir, "state-dir", DefaultStateDir, "directory of the lease store (best on tmpfs: leases live as long as the host boot)")
 	fl.StringVar(&f.socket, "socket", client.DefaultSocket, "unix socket of the API (mode 0600)")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", DefaultMetricsAddr, "loopback address of the Prometheus endpoint (empty: off)")

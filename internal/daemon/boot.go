@@ -44,6 +44,7 @@ type job struct {
 // created, objects of the prefix outside the pool are removed. Ready slots
 // are vendable while the rest boot.
 func (d *Daemon) Boot(ctx context.Context) error {
+	defer close(d.bootDone)
 	if err := d.loadLeases(); err != nil {
 		return err
 	}

@@ -139,6 +139,7 @@ type Daemon struct {
 	ended     []string
 	uplinkMTU atomic.Int64  // the uplink's MTU at the last check (0: unknown)
 	readyCh   chan struct{} // closed once the pool is ready
+	bootDone  chan struct{} // closed when Boot returns, ready or not
 	onReady   []func()      // run just before readyCh closes (WhenReady)
 	draining  atomic.Bool
 	drainCh   chan struct{} // closed by Drain
@@ -260,6 +261,7 @@ func New(opts Options) (*Daemon, error) {
 	d.keying = map[string]chan struct{}{}
 	d.ended = make([]string, d.cfg.Count)
 	d.readyCh = make(chan struct{})
+	d.bootDone = make(chan struct{})
 	d.drainCh = make(chan struct{})
 	d.fwConns = make([]*nftables.Conn, d.cfg.Count)
 	d.hostIdx = make([]int, d.cfg.Count)

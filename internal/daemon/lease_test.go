@@ -174,6 +174,60 @@ func TestAcquireWaitsForASlot(t *testing.T) {
 	}
 }
 
+// A release made while a restarted daemon boots, before the slot is
+// adopted (its lease is in the store; the pool knows it leased only once
+// the boot reaches it), waits for the adoption and ends the lease, where
+// it answered NOT_LEASED, which a launcher takes for final: the lease
+// leaked. One whose deadline passes first fails with ErrNotReady, which
+// the client retries, and changes nothing. netslotd serves its socket
+// from before the boot, so both are made before it starts.
+func TestReleaseWaitsForTheSlotsAdoption(t *testing.T) {
+	cfg := tu.NewConfig(3)
+	dir := t.TempDir()
+	p := tu.StartPoolWith(t, cfg, dir, "")
+	ctx := context.Background()
+	a, err := p.D.Acquire(ctx, daemon.AcquireRequest{Owner: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.D.Acquire(ctx, daemon.AcquireRequest{Owner: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.D.Close()
+
+	q, err := daemon.New(daemon.Options{Config: cfg, StateDir: dir, Logger: tu.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	expired, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := q.ReleaseContext(expired, b.ID, b.Lease.ID); !errors.Is(err, daemon.ErrNotReady) {
+		t.Errorf("a release whose deadline passed before the adoption: %v, want ErrNotReady", err)
+	}
+	booted := make(chan error, 1)
+	go func() { booted <- q.Boot(ctx) }()
+	if err := q.Release(a.ID, a.Lease.ID); err != nil {
+		t.Errorf("a release while the daemon boots: %v, want it to wait for the adoption", err)
+	}
+	if err := <-booted; err != nil {
+		t.Fatalf("boot: %v", err)
+	}
+	if got, _ := q.Get(a.ID); got.State != pool.Free || got.Lease != nil {
+		t.Errorf("after the release during the boot, %s is %s with lease %+v", a.ID, got.State, got.Lease)
+	}
+	if got, _ := q.Get(b.ID); got.State != pool.Leased || got.Lease == nil || got.Lease.ID != b.Lease.ID {
+		t.Errorf("the release that gave up changed %s: %s, lease %+v", b.ID, got.State, got.Lease)
+	}
+	if err := q.Release(b.ID, b.Lease.ID); err != nil {
+		t.Errorf("the release retried after the boot: %v", err)
+	}
+	if st := q.Status(); st.Leased != 0 || st.Free != cfg.Count {
+		t.Errorf("after both releases: %d leased, %d free", st.Leased, st.Free)
+	}
+}
+
 // List filters by owner, state and key on the daemon's side.
 func TestListFilters(t *testing.T) {
 	p := tu.StartPool(t, 4)

@@ -262,39 +262,57 @@ func (d *Daemon) index(id string) (int, error) {
 // A slot whose scrub fails is rebuilt;
 // if even that fails it stays leased and the error says so. While a VMM
 // still holds the slot's tap, the release is refused (ErrInUse) and
-// changes nothing.
+// changes nothing. While the daemon boots, a release of a slot not
+// adopted yet waits for it (see ReleaseContext).
 func (d *Daemon) Release(id, leaseID string) error {
+	return d.ReleaseContext(context.Background(), id, leaseID)
+}
+
+// ReleaseContext is Release, waiting no longer than ctx for a slot that
+// the booting daemon has not adopted yet: its lease is in the store, and
+// the pool knows the slot leased only once it is adopted. When ctx ends
+// first (or the boot does, failed), it fails with ErrNotReady and changes
+// nothing.
+func (d *Daemon) ReleaseContext(ctx context.Context, id, leaseID string) error {
 	if leaseID == "" {
 		return fmt.Errorf("release %s: %w: name the lease to end (its lease id), or force the release", id, ErrInvalid)
 	}
-	return d.release(id, leaseID)
+	return d.release(ctx, id, leaseID)
 }
 
 // ForceRelease is Release of whatever lease holds slot id: for an
 // operator cleaning up by hand, never for a VM launcher (a retried forced
 // release can free the next tenant's slot). It is logged.
 func (d *Daemon) ForceRelease(id string) error {
-	l := d.leaseOf(id)
-	err := d.release(id, "")
+	return d.ForceReleaseContext(context.Background(), id)
+}
+
+// ForceReleaseContext is ForceRelease, waiting no longer than ctx for a
+// slot not adopted yet (see ReleaseContext).
+func (d *Daemon) ForceReleaseContext(ctx context.Context, id string) error {
+	i, err := d.index(id)
+	if err != nil {
+		return err
+	}
+	if err := d.awaitAdoption(ctx, i); err != nil {
+		return fmt.Errorf("release %s: %w", id, err)
+	}
+	l := d.lease(i)
+	err = d.release(ctx, id, "")
 	if l != nil {
 		d.log.Warn("forced release", "slot", id, "lease", l.ID, "owner", l.Owner, "err", err)
 	}
 	return err
 }
 
-func (d *Daemon) leaseOf(id string) *slot.Lease {
-	i, err := d.cfg.ParseID(id)
-	if err != nil {
-		return nil
-	}
-	return d.lease(i)
-}
-
-func (d *Daemon) release(id, leaseID string) error {
+func (d *Daemon) release(ctx context.Context, id, leaseID string) error {
 	start := time.Now()
 	i, err := d.index(id)
 	if err != nil {
 		return err
+	}
+	if err := d.awaitAdoption(ctx, i); err != nil {
+		return fmt.Errorf("release %s: %w", id, err)
 	}
 	err = d.pool.BeginRelease(i)
 	if errors.Is(err, pool.ErrReleasing) && leaseID != "" {
@@ -335,6 +353,41 @@ func (d *Daemon) release(id, leaseID string) error {
 	d.pool.EndRelease(i, true)
 	d.Metrics.ReleaseSeconds.Observe(time.Since(start).Seconds())
 	return nil
+}
+
+// awaitAdoption waits while the daemon boots and slot i is pending: a
+// slot leased before a restart is leased in the store from the boot's
+// start, but in the pool only once it is adopted, and a release in
+// between would find it "not leased". Once the slot is marked (free or
+// leased) it returns nil; if ctx ends first, or the boot ends without
+// the slot, it returns ErrNotReady: nothing changed, the caller retries.
+// After the boot, a pending slot (orphaned, or out of the pool for a
+// rebuild) has no lease to wait for: it returns nil at once.
+func (d *Daemon) awaitAdoption(ctx context.Context, i int) error {
+	for {
+		marked := d.pool.Marked() // before the look: no marking in between is missed
+		if d.pool.State(i) != pool.Pending {
+			return nil
+		}
+		select {
+		case <-d.bootDone:
+			select {
+			case <-d.readyCh:
+				return nil
+			default:
+			}
+			return fmt.Errorf("%w: the boot ended before slot %s was adopted", ErrNotReady, d.cfg.ID(i))
+		default:
+		}
+		select {
+		case <-marked:
+		case <-d.bootDone:
+		case <-d.stop:
+			return fmt.Errorf("%w: netslotd stopped before slot %s was adopted", ErrNotReady, d.cfg.ID(i))
+		case <-ctx.Done():
+			return fmt.Errorf("%w: slot %s is not adopted yet (%d of %d slots ready): %w", ErrNotReady, d.cfg.ID(i), d.ready.Load(), d.cfg.Count, ctx.Err())
+		}
+	}
 }
 
 // releaseRetryWait bounds how long a release waits for another release

@@ -66,9 +66,9 @@ type Pool struct {
 	free       []int
 	head, size int
 	leased     int
-	// freed is closed at the next slot that joins the free queue (nil:
-	// no one waits).
-	freed chan struct{}
+	// freed is closed at the next slot that joins the free queue, marked
+	// at the next pending slot marked free or leased (nil: no one waits).
+	freed, marked chan struct{}
 }
 
 // New returns a pool of n slots, all pending.
@@ -97,6 +97,27 @@ func (p *Pool) Freed() <-chan struct{} {
 	return p.freed
 }
 
+// Marked returns a channel closed when a pending slot is next marked
+// free or leased: a caller that found a slot pending (a release while
+// the daemon boots) takes it before looking again, so that no marking in
+// between goes unnoticed.
+func (p *Pool) Marked() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.marked == nil {
+		p.marked = make(chan struct{})
+	}
+	return p.marked
+}
+
+func (p *Pool) mark(i int, s State) {
+	p.state[i] = s
+	if p.marked != nil {
+		close(p.marked)
+		p.marked = nil
+	}
+}
+
 // MarkFree makes a pending slot vendable.
 func (p *Pool) MarkFree(i int) error {
 	p.mu.Lock()
@@ -107,7 +128,7 @@ func (p *Pool) MarkFree(i int) error {
 	if p.state[i] != Pending {
 		return fmt.Errorf("mark slot %d free: %w (is %s)", i, ErrNotPending, p.state[i])
 	}
-	p.state[i] = Free
+	p.mark(i, Free)
 	p.push(i)
 	return nil
 }
@@ -123,7 +144,7 @@ func (p *Pool) MarkLeased(i int) error {
 	if p.state[i] != Pending {
 		return fmt.Errorf("mark slot %d leased: %w (is %s)", i, ErrNotPending, p.state[i])
 	}
-	p.state[i] = Leased
+	p.mark(i, Leased)
 	p.leased++
 	return nil
 }

@@ -216,6 +216,47 @@ func TestFreedWakesAWaiterOnce(t *testing.T) {
 	}
 }
 
+// Marked wakes a caller waiting for a pending slot when any pending slot
+// is marked free or leased, and only then.
+func TestMarkedWakesWhenAPendingSlotIsMarked(t *testing.T) {
+	p := New(3)
+	closed := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	ch := p.Marked()
+	if closed(ch) {
+		t.Fatal("closed before any slot was marked")
+	}
+	if err := p.MarkLeased(2); err != nil {
+		t.Fatal(err)
+	}
+	if !closed(ch) {
+		t.Fatal("not closed when a pending slot was marked leased")
+	}
+	ch = p.Marked()
+	if err := p.BeginRelease(2); err != nil {
+		t.Fatal(err)
+	}
+	p.EndRelease(2, true)
+	if i, err := p.Take(); err != nil || i != 2 {
+		t.Fatalf("take: %d, %v", i, err)
+	}
+	if closed(ch) {
+		t.Fatal("closed by a release or a take: no pending slot was marked")
+	}
+	if err := p.MarkFree(0); err != nil {
+		t.Fatal(err)
+	}
+	if !closed(ch) {
+		t.Fatal("not closed when a pending slot was marked free")
+	}
+}
+
 func TestParseState(t *testing.T) {
 	for s := Pending; s <= Acquiring; s++ {
 		if got, err := ParseState(s.String()); err != nil || got != s {

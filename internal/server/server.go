@@ -194,9 +194,9 @@ func (s *Server) Release(ctx context.Context, req *netslotv1.ReleaseRequest) (*n
 	case req.GetForce() && req.GetLeaseId() != "":
 		return nil, toStatus(fmt.Errorf("%w: a forced release names no lease: give lease_id or force, not both", daemon.ErrInvalid))
 	case req.GetForce():
-		err = s.d.ForceRelease(req.GetId())
+		err = s.d.ForceReleaseContext(ctx, req.GetId())
 	default:
-		err = s.d.Release(req.GetId(), req.GetLeaseId())
+		err = s.d.ReleaseContext(ctx, req.GetId(), req.GetLeaseId())
 	}
 	if err != nil {
 		return nil, toStatus(err)

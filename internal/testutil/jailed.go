@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -19,18 +18,69 @@ import (
 )
 
 // jailedEnv turns a test binary into the jailed VMM of JailedVMM.Attach:
-// its value is the tun device to open and the tap to attach to.
-const jailedEnv = "NETSLOT_TEST_JAILED_ATTACH"
+// its value is the tun device to open and the tap to attach to; jailerEnv
+// is what the jailer does first: "uid gid node", node "own" (a tun node
+// of the VMM's own) or "host" (none: the host's /dev/net/tun).
+const (
+	jailedEnv = "NETSLOT_TEST_JAILED_ATTACH"
+	jailerEnv = "NETSLOT_TEST_JAILER"
+)
 
-// A test binary started with jailedEnv set is the jailed VMM: it attaches,
-// reports and exits before any test runs (testutil is linked into test
-// binaries only).
+// A test binary started with jailedEnv set is the jailer, then the jailed
+// VMM: it attaches, reports and exits before any test runs (testutil is
+// linked into test binaries only).
 func init() {
 	if spec := os.Getenv(jailedEnv); spec != "" {
 		dev, tap, _ := strings.Cut(spec, " ")
+		if err := jail(os.Getenv(jailerEnv)); err != nil {
+			fmt.Printf("jailer %v\n", err)
+			os.Exit(0)
+		}
 		jailedAttach(os.Stdout, dev, tap)
 		os.Exit(0)
 	}
+}
+
+// jail does what Firecracker's jailer does before it execs the VMM, in
+// the process it was started as (root, in the slot's namespace, in a
+// mount namespace of its own): with node "own", a /dev of its own that
+// holds only net/tun, a character device 10:200 of mode 0600 owned by
+// uid and gid (the jailer's chroot has the same node); then it drops to
+// uid and gid, with no supplementary groups and no capabilities.
+func jail(spec string) error {
+	var uid, gid int
+	var node string
+	if _, err := fmt.Sscanf(spec, "%d %d %s", &uid, &gid, &node); err != nil {
+		return fmt.Errorf("spec %q: %w", spec, err)
+	}
+	if node == "own" {
+		// Nothing done here reaches the host's mounts.
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			return fmt.Errorf("make the mounts private: %w", err)
+		}
+		if err := unix.Mount("jail", "/dev", "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=0755"); err != nil {
+			return fmt.Errorf("mount a /dev of its own: %w", err)
+		}
+		if err := os.Mkdir("/dev/net", 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mknod("/dev/net/tun", unix.S_IFCHR|0o600, int(unix.Mkdev(10, 200))); err != nil {
+			return fmt.Errorf("mknod /dev/net/tun: %w", err)
+		}
+		if err := os.Chown("/dev/net/tun", uid, gid); err != nil {
+			return err
+		}
+	}
+	if err := syscall.Setgroups(nil); err != nil {
+		return fmt.Errorf("setgroups: %w", err)
+	}
+	if err := syscall.Setresgid(gid, gid, gid); err != nil {
+		return fmt.Errorf("setresgid: %w", err)
+	}
+	if err := syscall.Setresuid(uid, uid, uid); err != nil {
+		return fmt.Errorf("setresuid: %w", err)
+	}
+	return nil
 }
 
 // jailedAttach attaches to tap through the tun device dev as Firecracker
@@ -70,71 +120,51 @@ func mustGroups() []int {
 // JailedVMM starts processes that do what Firecracker's jailer leaves a
 // VMM to do: enter a slot's namespace as root, drop to a uid and gid with
 // no supplementary groups and no capabilities, then attach to the tap
-// through a tun device node the jailer made for them.
+// through /dev/net/tun: a node the jailer made for them, in a mount
+// namespace of their own (Attach), or the host's (AttachHostTun).
 type JailedVMM struct {
 	tb  testing.TB
-	dir string // world-readable: the binary and the tun node
 	bin string
-	tun string
 }
 
-// NewJailedVMM copies the test binary where a dropped process can run it
-// and makes a tun device node (the jailer's /dev/net/tun) any uid can
-// open; both go with the test.
+// NewJailedVMM returns a JailedVMM of tb's.
 func NewJailedVMM(tb testing.TB) *JailedVMM {
 	tb.Helper()
-	dir, err := os.MkdirTemp("", "netslot-jailed-")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		tb.Fatal(err)
-	}
 	self, err := os.Executable()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	in, err := os.Open(self)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer in.Close()
-	bin := filepath.Join(dir, "vmm")
-	out, err := os.OpenFile(bin, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o755)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		tb.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		tb.Fatal(err)
-	}
-	tun := filepath.Join(dir, "tun")
-	if err := unix.Mknod(tun, unix.S_IFCHR|0o666, int(unix.Mkdev(10, 200))); err != nil {
-		tb.Fatalf("mknod %s: %v", tun, err)
-	}
-	if err := os.Chmod(tun, 0o666); err != nil { // past the umask
-		tb.Fatal(err)
-	}
-	return &JailedVMM{tb: tb, dir: dir, bin: bin, tun: tun}
+	return &JailedVMM{tb: tb, bin: self}
 }
 
 // Attach runs a process in the namespace at nsPath as uid and gid, with
-// no supplementary groups and no capabilities, that attaches to tap and
-// exits (letting go of it): nil if it attached, else the errno of its
-// TUNSETIFF (EPERM: refused). It fails tb if the process was not what it
-// must be (capabilities left, another namespace, other ids).
+// no supplementary groups and no capabilities, that attaches to tap
+// through the tun node its jailer made it (owned by uid and gid, in a
+// mount namespace of its own) and exits (letting go of it): nil if it
+// attached, else the errno of its TUNSETIFF (EPERM: refused). It fails tb
+// if the process was not what it must be (capabilities left, another
+// namespace, other ids).
 func (j *JailedVMM) Attach(nsPath, tap string, uid, gid uint32) error {
+	j.tb.Helper()
+	return j.attach(nsPath, tap, uid, gid, "own")
+}
+
+// AttachHostTun is Attach through the host's /dev/net/tun, which the
+// process opens as uid and gid: where that node is root's only (mode
+// 0600), the open fails (EACCES), whoever owns the tap.
+func (j *JailedVMM) AttachHostTun(nsPath, tap string, uid, gid uint32) error {
+	j.tb.Helper()
+	return j.attach(nsPath, tap, uid, gid, "host")
+}
+
+func (j *JailedVMM) attach(nsPath, tap string, uid, gid uint32, node string) error {
 	j.tb.Helper()
 	cmd := exec.Command(j.bin)
 	cmd.Dir = "/"
-	cmd.Env = []string{jailedEnv + "=" + j.tun + " " + tap}
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: []uint32{}},
-		Pdeathsig:  syscall.SIGKILL,
+	cmd.Env = []string{jailedEnv + "=/dev/net/tun " + tap, fmt.Sprintf("%s=%d %d %s", jailerEnv, uid, gid, node)}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if node == "own" {
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNS
 	}
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -154,6 +184,9 @@ func (j *JailedVMM) Attach(nsPath, tap string, uid, gid uint32) error {
 	if rep["CapEff:"] != "0000000000000000" || rep["CapPrm:"] != "0000000000000000" ||
 		rep["ids"] != fmt.Sprintf("%d %d 0", uid, gid) || rep["netns"] != want {
 		j.tb.Fatalf("the process is not a jailed VMM of %d:%d in %s (%s):\n%s", uid, gid, nsPath, want, out.String())
+	}
+	if n, err := strconv.Atoi(rep["open"]); err == nil {
+		return fmt.Errorf("open /dev/net/tun (the %s node) as %d:%d: %w", node, uid, gid, syscall.Errno(n))
 	}
 	n, err := strconv.Atoi(rep["attach"])
 	if err != nil {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -62,6 +63,9 @@ func TestCrashChaos(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The calls in flight end at the kill: a release would otherwise
+		// wait for the next daemon (the client tries it again).
+		calls, endCalls := context.WithCancel(ctx(t))
 		var wg sync.WaitGroup
 		switch phase {
 		case "boot":
@@ -79,7 +83,7 @@ func TestCrashChaos(t *testing.T) {
 							req.Vpc = &netslotv1.VpcAttachment{Vni: 4242, RemoteVtep: fab.VTEP.String(),
 								VpcIp: fmt.Sprintf("10.9.%d.%d", trial, 1+w*20+k%20), VpcCidrs: []string{"10.9.0.0/16"}}
 						}
-						s, err := c.Acquire(ctx(t), req)
+						s, err := c.Acquire(calls, req)
 						if err != nil {
 							return // exhausted, or the daemon is gone
 						}
@@ -107,7 +111,7 @@ func TestCrashChaos(t *testing.T) {
 						mu.Lock()
 						lease := held[ids[k]]
 						mu.Unlock()
-						err := c.Release(ctx(t), ids[k], lease)
+						err := c.Release(calls, ids[k], lease)
 						mu.Lock()
 						if err != nil {
 							releasing[ids[k]] = lease
@@ -128,6 +132,7 @@ func TestCrashChaos(t *testing.T) {
 		}
 		p.kill()
 		kills[phase]++
+		endCalls()
 		wg.Wait()
 		c.Close()
 

@@ -1,16 +1,29 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
 	netslotv1 "github.com/netslot/netslot/api/netslot/v1"
 	"github.com/netslot/netslot/client"
+	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/testutil"
 )
 
 // A VM launcher's hard cases against a real daemon, with one client kept
@@ -262,4 +275,232 @@ func TestLauncherHardCases(t *testing.T) {
 		t.Errorf("netslotd did not stop at the second signal:\n%s", p.log)
 	}
 	p.cmd = nil
+}
+
+// Releases made right after a kill -9 and restart, while the new daemon
+// adopts its slots (its leases are in the store; the pool knows a slot
+// leased only once it is adopted): each waits for its slot's adoption
+// and ends its lease. Before, one that landed in that window answered
+// NOT_LEASED, which the docs and the client call final: the lease leaked.
+func TestReleaseWhileTheRestartedDaemonAdopts(t *testing.T) {
+	const slots, kept = 400, 30
+	p := newPool(t, slots)
+	args := []string{"--boot-workers", "1"} // one builder: adoption in index order, long enough to be seen
+	p.start(args...)
+	c := p.client()
+	var held []*netslotv1.Slot
+	for range slots {
+		s, err := c.Acquire(ctx(t), &netslotv1.AcquireRequest{Owner: "launcher"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, s)
+	}
+	// The leases kept are the last slots the restarted daemon adopts.
+	slices.SortFunc(held, func(a, b *netslotv1.Slot) int { return int(a.Index) - int(b.Index) })
+	for _, s := range held[:slots-kept] {
+		if err := c.Release(ctx(t), s.Id, s.Lease.LeaseId); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held = held[slots-kept:]
+
+	p.kill()
+	p.launch(args...)
+	// The launcher releases them all at once, as soon as the daemon
+	// answers; each asks first what state its slot is in. A release waits
+	// for its slot's adoption: as long as a boot may take (waitReady's).
+	boot, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var pending atomic.Int32
+	var wg sync.WaitGroup
+	for _, s := range held {
+		wg.Go(func() {
+			got, err := c.Get(boot, s.Id)
+			if err != nil {
+				t.Errorf("get %s after the restart: %v", s.Id, err)
+				return
+			}
+			if got.State == "pending" {
+				pending.Add(1)
+			}
+			if err := c.Release(boot, s.Id, s.Lease.LeaseId); err != nil {
+				t.Errorf("release %s (%s when asked just before) while the daemon adopts: %v", s.Id, got.State, err)
+			}
+		})
+	}
+	wg.Wait()
+	if pending.Load() == 0 {
+		t.Fatalf("every slot was adopted before its release: the boot was too quick for the test\n%s", p.log)
+	}
+	t.Logf("%d of %d releases made while their slot was still pending", pending.Load(), kept)
+	p.waitReady()
+	if left, err := c.List(ctx(t), &netslotv1.ListRequest{Owner: "launcher"}); err != nil || len(left) != 0 {
+		t.Errorf("leases left after the releases: %d, %v", len(left), err)
+	}
+	if st, err := c.Status(ctx(t)); err != nil || st.Leased != 0 || st.Free != slots {
+		t.Errorf("after the releases: %v, %v", st, err)
+	}
+}
+
+// A rolling restart under a launcher's waiting acquires: SIGTERM drains
+// the daemon, which answers them DRAINING, then stops; a second daemon
+// starts on the same state dir and socket; the acquires, from the Go
+// client and from the CLI, each with its request key, get their slots
+// from it. Before, the waiting acquire failed at once with DRAINING.
+func TestWaitingAcquireRidesARollingRestart(t *testing.T) {
+	p := newPool(t, 2)
+	// A long drain, ended by a second signal once the acquires are
+	// seen refused: the test's calls never race the stop.
+	args := []string{"--drain-grace", "60s"}
+	p.start(args...)
+	var drained atomic.Int32
+	c, err := client.Dial(p.socket, client.WithDialOptions(grpc.WithChainUnaryInterceptor(
+		func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			err := invoker(ctx, method, req, reply, cc, opts...)
+			for _, d := range status.Convert(err).Details() {
+				if info, ok := d.(*errdetails.ErrorInfo); ok && info.Reason == netslotv1.ReasonDraining {
+					drained.Add(1)
+				}
+			}
+			return err
+		})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if !testutil.Wait(30*time.Second, func() bool { st, err := c.Status(ctx(t)); return err == nil && st.Draining }) {
+		t.Fatalf("status never said draining:\n%s", p.log)
+	}
+	type result struct {
+		key, id string
+		err     error
+	}
+	got := make(chan result, 2)
+	call, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cli := exec.CommandContext(call, filepath.Join(binDir, "netslot"), "--socket", p.socket, "--timeout", "2m",
+		"acquire", "--wait", "--key", "vm-cli", "--owner", "launcher", "-o", "json")
+	var cliOut bytes.Buffer
+	cli.Stdout, cli.Stderr = &cliOut, &cliOut
+	if err := cli.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		err := cli.Wait()
+		var s slotJSON
+		if err == nil {
+			err = json.Unmarshal(cliOut.Bytes(), &s)
+		}
+		if err != nil {
+			err = fmt.Errorf("%w: %s", err, cliOut.String())
+		}
+		got <- result{"vm-cli", s.ID, err}
+	}()
+	go func() {
+		s, err := c.Acquire(call, &netslotv1.AcquireRequest{Owner: "launcher", RequestKey: "vm-go", Wait: true})
+		got <- result{"vm-go", s.GetId(), err}
+	}()
+	stillWaiting := func(when string) {
+		t.Helper()
+		select {
+		case r := <-got:
+			t.Fatalf("%s, the acquire with key %s gave up: %v", when, r.key, r.err)
+		default:
+		}
+	}
+	if !testutil.Wait(30*time.Second, func() bool { stillWaiting("on the draining daemon"); return drained.Load() >= 2 }) {
+		t.Fatal("the draining daemon never answered the waiting acquire DRAINING")
+	}
+	// A second signal ends the drain: the daemon stops.
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("netslotd did not stop at the second signal:\n%s", p.log)
+	}
+	stillWaiting("with no daemon")
+
+	// The next daemon, on the same state dir and socket.
+	p.launch(args...)
+	ids := map[string]string{}
+	for range 2 {
+		r := <-got
+		if r.err != nil {
+			t.Fatalf("the acquire with key %s across the restart: %v\n%s", r.key, r.err, p.log)
+		}
+		ids[r.key] = r.id
+	}
+	if ids["vm-go"] == ids["vm-cli"] {
+		t.Errorf("both keys got slot %s", ids["vm-go"])
+	}
+	for key, id := range ids {
+		l, err := c.List(ctx(t), &netslotv1.ListRequest{RequestKey: key})
+		if err != nil || len(l) != 1 || l[0].Id != id || l[0].Lease.Owner != "launcher" {
+			t.Errorf("the lease of key %s on the next daemon: %v, %v; want slot %s", key, l, err, id)
+		}
+	}
+	t.Logf("the draining daemon answered DRAINING %d times; both acquires got their slot from the next daemon", drained.Load())
+}
+
+// A launcher whose VMM runs jailed: acquire through the CLI with
+// --tap-uid and --tap-gid, take the jailer's arguments from -o
+// firecracker, and attach as that uid and gid, with no capabilities, in
+// the slot's namespace, through a tun node the jailer made in a mount
+// namespace of the VMM's own, as Firecracker's jailer does in its
+// chroot. Through the host's /dev/net/tun, which is root's only here,
+// the tap's owner cannot even open the device: the owner alone is not
+// enough. After the release, the tap is root's again.
+func TestLauncherJailedVMM(t *testing.T) {
+	p := newPool(t, 2)
+	p.start()
+	out, err := p.cli("acquire", "--key", "vm-jailed", "--tap-uid", "4242", "--tap-gid", "4243", "-o", "firecracker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fc struct {
+		NetworkInterface struct {
+			HostDevName string `json:"host_dev_name"`
+		} `json:"network_interface"`
+		Netns   string  `json:"jailer_netns"`
+		UID     *uint32 `json:"jailer_uid"`
+		GID     *uint32 `json:"jailer_gid"`
+		SlotID  string  `json:"slot_id"`
+		LeaseID string  `json:"lease_id"`
+	}
+	if err := json.Unmarshal([]byte(out), &fc); err != nil || fc.UID == nil || fc.GID == nil {
+		t.Fatalf("-o firecracker: %v\n%s", err, out)
+	}
+	if fc.Netns != filepath.Join(slot.NetnsDir, fc.SlotID) {
+		t.Errorf("the jailer's --netns is %q, want the namespace's path %s", fc.Netns, filepath.Join(slot.NetnsDir, fc.SlotID))
+	}
+	vmm := testutil.NewJailedVMM(t)
+	if err := vmm.Attach(fc.Netns, fc.NetworkInterface.HostDevName, *fc.UID, *fc.GID); err != nil {
+		t.Fatalf("the jailed VMM, through its jailer's tun node: %v", err)
+	}
+	var host unix.Stat_t
+	if err := unix.Stat("/dev/net/tun", &host); err != nil {
+		t.Fatal(err)
+	}
+	err = vmm.AttachHostTun(fc.Netns, fc.NetworkInterface.HostDevName, *fc.UID, *fc.GID)
+	switch {
+	case host.Mode&0o006 == 0 && !errors.Is(err, unix.EACCES):
+		t.Errorf("the jailed VMM, through the host's /dev/net/tun (mode %#o): %v, want EACCES", host.Mode&0o777, err)
+	case host.Mode&0o006 != 0 && err != nil:
+		t.Errorf("the jailed VMM, through the host's /dev/net/tun (mode %#o, open to all): %v", host.Mode&0o777, err)
+	default:
+		t.Logf("through the host's /dev/net/tun (mode %#o): %v", host.Mode&0o777, err)
+	}
+	if _, err := p.cli("release", fc.SlotID, "--lease", fc.LeaseID); err != nil {
+		t.Fatal(err)
+	}
+	if err := vmm.Attach(fc.Netns, fc.NetworkInterface.HostDevName, *fc.UID, *fc.GID); !errors.Is(err, unix.EPERM) {
+		t.Errorf("the last lease's jailed VMM on the released tap: %v, want EPERM", err)
+	}
 }

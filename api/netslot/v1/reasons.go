@@ -13,7 +13,9 @@ const (
 	// acquire with wait.
 	ReasonPoolEmpty = "POOL_EMPTY"
 	// ReasonNotReady (UNAVAILABLE): the daemon is booting its pool;
-	// retry, or acquire with wait.
+	// retry, or acquire with wait. A release answers it when its deadline
+	// passed before the booting daemon adopted the slot (a release waits
+	// for that): nothing changed; retry it with the same lease id.
 	ReasonNotReady = "NOT_READY"
 	// ReasonDraining (UNAVAILABLE): the daemon is stopping and vends no
 	// slot; retry (a restarted daemon serves again) or go elsewhere.
