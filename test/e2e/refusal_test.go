@@ -61,8 +61,8 @@ func TestRefusedStartsLeaveNothing(t *testing.T) {
 			"already routed by table"},
 		// No device of the root namespace may start with the prefix, the
 		// uplink included (README, netslotd --help).
-		{"a prefix the uplink's name starts with", b.args("--prefix", other[:len(other)-1], "--uplink", other, "--underlay-ip", "198.18.77.2",
-			"--slot-cidr", "100.66.0.0/16", "--guest-cidr", "172.16.1.0/30"), "also matches the host device " + other},
+		{"a prefix the uplink's name starts with", b.args("--prefix", other[:len(other)-1], "--uplink", other, "--underlay-ip", "198.18.77.2"),
+			"also matches the host device " + other},
 	} {
 		out, err := b.netslotd(tc.args...)
 		if err == nil || !strings.Contains(out, tc.want) {
