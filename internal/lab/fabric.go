@@ -88,7 +88,9 @@ var ErrRangeInUse = errors.New("fabric range in use by the host")
 // NewFabric builds a fabric of block 0 whose hosts route slotCIDR back
 // through the uplink. tag names its objects. The caller removes it
 // (Remove).
-func NewFabric(tag string, slotCIDR netip.Prefix) (*Fabric, error) { return NewFabricAt(tag, 0, slotCIDR) }
+func NewFabric(tag string, slotCIDR netip.Prefix) (*Fabric, error) {
+	return NewFabricAt(tag, 0, slotCIDR)
+}
 
 // NewFabricAt is NewFabric in block b.
 func NewFabricAt(tag string, b byte, slotCIDR netip.Prefix) (*Fabric, error) {
