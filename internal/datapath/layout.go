@@ -1,9 +1,11 @@
 package datapath
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -117,15 +119,137 @@ func readLayout(dir string) (map[string]mapLayout, error) {
 	if err := m.Lookup(uint32(0), &buf); err != nil {
 		return nil, fmt.Errorf("read pinned layout: %w", err)
 	}
-	n := slices.Index(buf, 0)
-	if n < 0 {
-		n = len(buf)
-	}
-	var l map[string]mapLayout
-	if err := json.Unmarshal(buf[:n], &l); err != nil {
-		return nil, fmt.Errorf("decode pinned layout: %w", err)
+	l, err := decodeLayout(buf)
+	if err != nil {
+		return nil, fmt.Errorf("pinned layout %s: %w", filepath.Join(dir, layoutPin), err)
 	}
 	return l, nil
+}
+
+// decodeLayout reads a layout map's value (JSON up to the first NUL) and
+// checks every map's layout in it (see mapLayout.check): a migration
+// trusts the offsets and sizes it is given.
+func decodeLayout(b []byte) (map[string]mapLayout, error) {
+	if n := slices.Index(b, 0); n >= 0 {
+		b = b[:n]
+	}
+	var l map[string]mapLayout
+	if err := json.Unmarshal(b, &l); err != nil {
+		return nil, fmt.Errorf("decode: %w", err)
+	}
+	for _, name := range slices.Sorted(maps.Keys(l)) {
+		if err := l[name].check(); err != nil {
+			return nil, fmt.Errorf("map %s: %w", name, err)
+		}
+	}
+	return l, nil
+}
+
+// What a layout may describe: the kernel's largest key (MAX_BPF_STACK)
+// and value (KMALLOC_MAX_SIZE, an array's), and far more fields than a
+// struct of bpf/ has.
+const (
+	maxKeySize   = 512
+	maxValueSize = 4 << 20
+	maxFields    = 256
+)
+
+// check reports what makes l a layout that no netslotd writes: a map of
+// no type, sizes beyond the kernel's, or a key or value shape that is not
+// of the key's or value's size or is not sound (see shape.check).
+func (l mapLayout) check() error {
+	switch {
+	case l.Type == "":
+		return errors.New("no map type")
+	case l.KeySize > maxKeySize:
+		return fmt.Errorf("%d-byte keys (the kernel's are at most %d)", l.KeySize, maxKeySize)
+	case l.ValueSize > maxValueSize:
+		return fmt.Errorf("%d-byte values (the kernel's are at most %d)", l.ValueSize, maxValueSize)
+	}
+	for _, part := range []struct {
+		what  string
+		shape *shape
+		size  uint32
+	}{{"key", l.Key, l.KeySize}, {"value", l.Value, l.ValueSize}} {
+		if part.shape == nil {
+			continue // not described: the map is not migrated
+		}
+		if err := part.shape.check(); err != nil {
+			return fmt.Errorf("%s: %w", part.what, err)
+		}
+		if part.shape.Size != part.size {
+			return fmt.Errorf("%s: a %d-byte %s for %d-byte %ss", part.what, part.shape.Size, part.shape.Kind, part.size, part.what)
+		}
+	}
+	return nil
+}
+
+// check reports what makes s a shape that shapeOf does not make, and
+// that a conversion could not read within s.Size bytes: an unknown kind;
+// an integer of other than 1, 2, 4, 8 or 16 bytes; an array without its
+// element's shape, with elements of no size, or whose elements do not
+// fill it exactly; a struct field without a shape, past the struct's
+// end, overlapping another, or with another's name; more than maxFields
+// fields; members of another kind (an integer's fields, a struct's
+// element).
+func (s *shape) check() error {
+	switch s.Kind {
+	case "int":
+		if len(s.Fields) > 0 || s.Elem != nil || s.Len != 0 {
+			return errors.New("an int with fields or elements")
+		}
+		if s.Size != 1 && s.Size != 2 && s.Size != 4 && s.Size != 8 && s.Size != 16 {
+			return fmt.Errorf("a %d-byte int", s.Size)
+		}
+	case "array":
+		if len(s.Fields) > 0 {
+			return errors.New("an array with fields")
+		}
+		if s.Elem == nil {
+			return errors.New("an array without its element's shape")
+		}
+		if err := s.Elem.check(); err != nil {
+			return fmt.Errorf("element: %w", err)
+		}
+		if s.Elem.Size == 0 || uint64(s.Len)*uint64(s.Elem.Size) != uint64(s.Size) {
+			return fmt.Errorf("an array of %d %d-byte elements in %d bytes", s.Len, s.Elem.Size, s.Size)
+		}
+	case "struct":
+		if s.Elem != nil || s.Len != 0 {
+			return errors.New("a struct with elements")
+		}
+		if len(s.Fields) > maxFields {
+			return fmt.Errorf("a struct of %d fields (at most %d)", len(s.Fields), maxFields)
+		}
+		named := map[string]bool{}
+		for _, f := range s.Fields {
+			if f.Shape == nil {
+				return fmt.Errorf("field %q without a shape", f.Name)
+			}
+			if err := f.Shape.check(); err != nil {
+				return fmt.Errorf("field %q: %w", f.Name, err)
+			}
+			if uint64(f.Off)+uint64(f.Shape.Size) > uint64(s.Size) {
+				return fmt.Errorf("field %q of %d bytes at offset %d, past the struct's %d bytes", f.Name, f.Shape.Size, f.Off, s.Size)
+			}
+			if f.Name != "" && named[f.Name] {
+				return fmt.Errorf("two fields named %q", f.Name)
+			}
+			named[f.Name] = true
+		}
+		// Fields of some size, in order of offset, each ending before the
+		// next begins.
+		sized := slices.DeleteFunc(slices.Clone(s.Fields), func(f field) bool { return f.Shape.Size == 0 })
+		slices.SortFunc(sized, func(a, b field) int { return cmp.Compare(a.Off, b.Off) })
+		for i := 1; i < len(sized); i++ {
+			if a, b := sized[i-1], sized[i]; uint64(a.Off)+uint64(a.Shape.Size) > uint64(b.Off) {
+				return fmt.Errorf("fields %q and %q overlap", a.Name, b.Name)
+			}
+		}
+	default:
+		return fmt.Errorf("a shape of kind %q", s.Kind)
+	}
+	return nil
 }
 
 // writeLayout pins l in dir, replacing what was there.
@@ -167,9 +291,10 @@ func pinOver(m *ebpf.Map, path string) error {
 
 // migrate replaces every pinned map in dir whose layout differs from
 // spec's (spec's sizes already set for the pool) by one of spec's layout
-// holding the same entries, and returns their names. A changed map whose
-// old layout is not known (no layout pinned, or one that does not match
-// the pinned map) is left as it is: the load then fails on it
+// holding the same entries, and returns their names. A layout pinned with
+// them that is not sound (see decodeLayout) is refused. A changed map
+// whose old layout is not known (no layout pinned, or one that does not
+// match the pinned map) is left as it is: the load then fails on it
 // (ErrIncompatible). Nothing is replaced unless every changed map could
 // be converted.
 func migrate(spec *ebpf.CollectionSpec, dir string) ([]string, error) {
