@@ -292,11 +292,14 @@ func pinOver(m *ebpf.Map, path string) error {
 // migrate replaces every pinned map in dir whose layout differs from
 // spec's (spec's sizes already set for the pool) by one of spec's layout
 // holding the same entries, and returns their names. A layout pinned with
-// them that is not sound (see decodeLayout) is refused. A changed map
-// whose old layout is not known (no layout pinned, or one that does not
-// match the pinned map) is left as it is: the load then fails on it
-// (ErrIncompatible). Nothing is replaced unless every changed map could
-// be converted.
+// them that is not sound (see decodeLayout) or does not describe a
+// changed map (its type, key and value sizes are not the pinned map's) is
+// refused. A changed map whose old layout is not known (no layout pinned,
+// or one without the map's shapes), whose type changed, or that holds
+// another number of entries than the pool's (another pool's) is left as
+// it is: the load then fails on it (ErrIncompatible). Every changed map
+// is checked before any is copied, and nothing is replaced unless every
+// one could be converted.
 func migrate(spec *ebpf.CollectionSpec, dir string) ([]string, error) {
 	old, err := readLayout(dir)
 	if err != nil || old == nil {
@@ -314,12 +317,7 @@ func migrate(spec *ebpf.CollectionSpec, dir string) ([]string, error) {
 			s.new.Close()
 		}
 	}()
-	names := make([]string, 0, len(now))
-	for name := range now {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(now)) {
 		was, ok := old[name]
 		pinned, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
 		if errors.Is(err, os.ErrNotExist) {
@@ -333,22 +331,32 @@ func migrate(spec *ebpf.CollectionSpec, dir string) ([]string, error) {
 			pinned.Close()
 			continue // the same layout (or unknown): the load reuses it, or reports what differs
 		}
-		if !ok || was.Key == nil || was.Value == nil || now[name].Key == nil || now[name].Value == nil ||
-			was.KeySize != pinned.KeySize() || was.ValueSize != pinned.ValueSize() || was.Type != pinned.Type().String() ||
-			pinned.Type() != ms.Type {
+		if err := was.checkPinned(pinned); err != nil {
+			pinned.Close()
+			return nil, fmt.Errorf("map %s: %w", name, err)
+		}
+		if was.Key == nil || was.Value == nil || now[name].Key == nil || now[name].Value == nil ||
+			pinned.Type() != ms.Type || pinned.MaxEntries() != ms.MaxEntries {
 			pinned.Close()
 			return nil, nil // not ours to convert: the load reports it
 		}
-		fresh := ms.Copy()
-		fresh.Pinning = ebpf.PinNone
-		m, err := ebpf.NewMap(fresh)
-		if err != nil {
-			pinned.Close()
-			return nil, fmt.Errorf("new map %s: %w", name, err)
+		swaps = append(swaps, swap{name: name, old: pinned})
+		if err := convertible(now[name].Key, was.Key); err != nil {
+			return nil, fmt.Errorf("migrate map %s: key: %w", name, err)
 		}
-		swaps = append(swaps, swap{name: name, old: pinned, new: m})
-		if err := copyEntries(pinned, m, was, now[name]); err != nil {
-			return nil, fmt.Errorf("migrate map %s: %w", name, err)
+		if err := convertible(now[name].Value, was.Value); err != nil {
+			return nil, fmt.Errorf("migrate map %s: value: %w", name, err)
+		}
+	}
+	for i := range swaps {
+		s := &swaps[i]
+		fresh := spec.Maps[s.name].Copy()
+		fresh.Pinning = ebpf.PinNone
+		if s.new, err = ebpf.NewMap(fresh); err != nil {
+			return nil, fmt.Errorf("new map %s: %w", s.name, err)
+		}
+		if err := copyEntries(s.old, s.new, old[s.name], now[s.name]); err != nil {
+			return nil, fmt.Errorf("migrate map %s: %w", s.name, err)
 		}
 	}
 	// Each converted map takes its old one's pin in one rename, and the
@@ -370,15 +378,21 @@ func migrate(spec *ebpf.CollectionSpec, dir string) ([]string, error) {
 	return done, nil
 }
 
+// checkPinned reports how l does not describe m, the map pinned under its
+// name: a map of another type, or of other key or value sizes, than the
+// kernel's.
+func (l mapLayout) checkPinned(m *ebpf.Map) error {
+	if l.Type != m.Type().String() || l.KeySize != m.KeySize() || l.ValueSize != m.ValueSize() {
+		return fmt.Errorf("the pinned layout describes a map of type %s with %d-byte keys and %d-byte values; the pinned map is of type %s with %d-byte keys and %d-byte values",
+			l.Type, l.KeySize, l.ValueSize, m.Type(), m.KeySize(), m.ValueSize())
+	}
+	return nil
+}
+
 // copyEntries copies every entry of from (layout was) into to (layout
-// now), converting keys and values field by field.
+// now), converting keys and values field by field (convertible checked
+// both).
 func copyEntries(from, to *ebpf.Map, was, now mapLayout) error {
-	if err := convertible(now.Key, was.Key); err != nil {
-		return fmt.Errorf("key: %w", err)
-	}
-	if err := convertible(now.Value, was.Value); err != nil {
-		return fmt.Errorf("value: %w", err)
-	}
 	// Keys of hashes and tries that became one are refused, not merged.
 	put := ebpf.UpdateAny
 	if to.Type() != ebpf.Array && to.Type() != ebpf.PerCPUArray {

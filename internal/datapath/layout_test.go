@@ -4,12 +4,19 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/netslot/netslot/internal/slot"
+	"github.com/netslot/netslot/internal/testenv"
 )
 
 // A value converted between layouts keeps every field by name, wherever it
@@ -285,4 +292,103 @@ func FuzzDecodeLayout(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A start on pinned maps whose layout cannot be trusted is refused, says
+// what is wrong and what to do, and replaces nothing: a layout whose
+// shapes do not fit its maps (before: a panic converting the first entry,
+// on every start), one whose sizes are not the pinned maps' (before: the
+// layout was ignored and the maps loaded as they were), and a pool of
+// another size whose maps changed layout (before: converted into maps of
+// the new size and pinned in place, then the load failed on the others).
+// The refused maps open as they were once the layout is this build's
+// again.
+func TestMigrateRefusesUntrustedLayouts(t *testing.T) {
+	testenv.RequireRoot(t)
+	sweepPinRoots()
+	cfg := slot.DefaultConfig(fmt.Sprintf("dplt%c%c", 'a'+os.Getpid()%26, 'a'+os.Getpid()/26%26), 4)
+	t.Cleanup(func() {
+		if err := Remove(pinRoot, cfg.Prefix); err != nil {
+			t.Errorf("remove datapath: %v", err)
+		}
+	})
+	dp, err := Open(Config{Slot: cfg, PinRoot: pinRoot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const hostIfindex = 4242
+	err = dp.SetSlot(1, hostIfindex) // an entry the refused starts must keep
+	dp.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := PinDir(pinRoot, cfg.Prefix)
+	slotsID := func() ebpf.MapID {
+		t.Helper()
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "slots"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		info, err := m.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		return id
+	}
+	pinned := slotsID()
+	for _, tc := range []struct {
+		name   string
+		slots  int
+		tamper func(testing.TB, map[string]mapLayout)
+		want   string
+	}{
+		{tampers[0].name, 4, tampers[0].tamper, tampers[0].want},
+		{tampers[2].name, 4, tampers[2].tamper, tampers[2].want},
+		{tampers[3].name, 4, tampers[3].tamper, tampers[3].want},
+		{"sizes that are not the pinned map's", 4, func(t testing.TB, l map[string]mapLayout) {
+			m := l["slots"]
+			m.ValueSize, m.Value.Size = 24, 24
+			m.Value.Fields = append(m.Value.Fields, field{"added", 20, &shape{Kind: "int", Size: 4}})
+			l["slots"] = m
+		}, "map slots: the pinned layout describes a map of type Array with 4-byte keys and 24-byte values; the pinned map is of type Array with 4-byte keys and 20-byte values"},
+		{"a pool of another size", 8, func(t testing.TB, l map[string]mapLayout) {
+			fieldOf(t, l, "slots", false, "host_mac").Name = "old_mac"
+		}, "MaxEntries: 4 changed to 8"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := thisLayout(t)
+			tc.tamper(t, l)
+			if err := writeLayout(dir, l); err != nil {
+				t.Fatal(err)
+			}
+			c := cfg
+			c.Count = tc.slots
+			dp, err := Open(Config{Slot: c, PinRoot: pinRoot})
+			if err == nil {
+				dp.Close()
+				t.Fatal("opened")
+			}
+			if !errors.Is(err, ErrIncompatible) || !strings.Contains(err.Error(), tc.want) ||
+				!strings.Contains(err.Error(), fmt.Sprintf("run 'netslotd teardown' for prefix %q first", cfg.Prefix)) {
+				t.Errorf("refused with\n%v\nwant ErrIncompatible, %q and what to do", err, tc.want)
+			}
+			t.Logf("refused: %v", err)
+			if slotsID() != pinned {
+				t.Errorf("the pinned slots map was replaced")
+			}
+		})
+	}
+	if err := writeLayout(dir, thisLayout(t)); err != nil {
+		t.Fatal(err)
+	}
+	if dp, err = Open(Config{Slot: cfg, PinRoot: pinRoot}); err != nil {
+		t.Fatalf("with this build's layout: %v", err)
+	}
+	defer dp.Close()
+	var si datapathSlotInfo
+	if err := dp.objs.Slots.Lookup(uint32(1), &si); err != nil || si.HostIfindex != hostIfindex || slotsID() != pinned {
+		t.Errorf("slot 1 after the refused starts: %+v, %v (the same map: %t)", si, err, slotsID() == pinned)
+	}
 }
