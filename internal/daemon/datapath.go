@@ -133,11 +133,13 @@ func (d *Daemon) setupDatapath() error {
 	dp, err := datapath.Open(dc)
 	if errors.Is(err, datapath.ErrIncompatible) && d.leaseCount() == 0 {
 		// Maps pinned by another version of netslotd, of a layout Open
-		// could not migrate (none pinned with them): with no lease held,
-		// nothing depends on them, so they are replaced (the datapath
-		// stops for the few milliseconds this takes). With leases, Open's
-		// error stands: replacing them would cut the tenants' traffic.
-		d.log.Warn("replacing a pinned datapath of another layout; no lease is held", "reason", err)
+		// could not migrate (none pinned with them), or with a pinned
+		// layout that does not describe them (damaged, or written by
+		// hand): with no lease held, nothing depends on them, so they are
+		// replaced (the datapath stops for the few milliseconds this
+		// takes). With leases, Open's error stands: replacing them would
+		// cut the tenants' traffic.
+		d.log.Warn("replacing a pinned datapath this version cannot use; no lease is held", "reason", err)
 		d.Metrics.ReconcileAction.WithLabelValues("replace_datapath").Inc()
 		if err := datapath.Remove("", d.cfg.Prefix); err != nil {
 			return err

@@ -2,7 +2,9 @@ package daemon_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -617,5 +620,98 @@ func TestIncompatiblePinnedDatapath(t *testing.T) {
 	defer d.Close()
 	if err := d.Boot(context.Background()); !errors.Is(err, datapath.ErrIncompatible) || !strings.Contains(err.Error(), "teardown") {
 		t.Fatalf("boot with a lease and an incompatible datapath: %v", err)
+	}
+}
+
+// A pinned layout that lies about its maps (damaged, or written by hand)
+// is never trusted: the datapath is replaced when no lease is held, and
+// the start refused, saying what is wrong and what to do, when one is;
+// the pinned maps are then left as they are. Before, the migration read
+// entries by the lie and panicked on every start: netslotd crash-looped.
+func TestTamperedPinnedLayout(t *testing.T) {
+	cfg := testutil.NewConfig(4)
+	opts := daemon.Options{Config: cfg, StateDir: t.TempDir()}
+	p := testutil.StartPoolOpts(t, opts)
+	p.D.Close()
+	dir := datapath.PinDir("", cfg.Prefix)
+	// layout reads the pinned layout's JSON, lets change change it and
+	// writes it back in place; it returns slot_mac's offset in the slots
+	// map's value as it was.
+	layout := func(change func(off any) any) any {
+		t.Helper()
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "layout"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		buf := make([]byte, m.ValueSize())
+		if err := m.Lookup(uint32(0), &buf); err != nil {
+			t.Fatal(err)
+		}
+		var l map[string]map[string]any
+		if err := json.Unmarshal(buf[:bytes.IndexByte(buf, 0)], &l); err != nil {
+			t.Fatal(err)
+		}
+		var was any
+		for _, f := range l["slots"]["value"].(map[string]any)["fields"].([]any) {
+			if f := f.(map[string]any); f["name"] == "slot_mac" {
+				was, f["off"] = f["off"], change(f["off"])
+			}
+		}
+		b, err := json.Marshal(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clear(buf)
+		copy(buf, b)
+		if err := m.Put(uint32(0), buf); err != nil {
+			t.Fatal(err)
+		}
+		return was
+	}
+	pastTheValue := func(any) any { return 4000 }
+	slotsID := func() ebpf.MapID {
+		t.Helper()
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "slots"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		info, err := m.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		return id
+	}
+
+	layout(pastTheValue)
+	p = testutil.StartPoolOpts(t, opts) // no lease: replaced
+	if n := promtest.ToFloat64(p.D.Metrics.ReconcileAction.WithLabelValues("replace_datapath")); n != 1 {
+		t.Errorf("replace_datapath %v, want 1", n)
+	}
+	if off := layout(func(off any) any { return off }); off != float64(8) {
+		t.Errorf("slot_mac's offset in the replaced datapath's layout: %v, want 8", off)
+	}
+	if _, err := p.D.Acquire(context.Background(), daemon.AcquireRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	p.D.Close()
+
+	layout(pastTheValue)
+	pinned := slotsID()
+	d, err := daemon.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	err = d.Boot(context.Background())
+	if !errors.Is(err, datapath.ErrIncompatible) || !strings.Contains(err.Error(), `map slots: value: field "slot_mac" of 6 bytes at offset 4000, past the struct's 20 bytes`) ||
+		!strings.Contains(err.Error(), fmt.Sprintf("run 'netslotd teardown' for prefix %q", cfg.Prefix)) {
+		t.Fatalf("boot with a lease and a tampered layout: %v", err)
+	}
+	t.Logf("refused: %v", err)
+	if slotsID() != pinned {
+		t.Errorf("the refused start replaced the pinned slots map")
 	}
 }

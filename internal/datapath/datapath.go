@@ -154,7 +154,7 @@ func Open(c Config) (*Datapath, error) {
 		d.pinned[name] = m.Pinning == ebpf.PinByName
 	}
 	if d.Migrated, err = migrate(spec, dir); err != nil {
-		return nil, fmt.Errorf("%w: migrating the pinned maps to this version's layout: %w", ErrIncompatible, err)
+		return nil, fmt.Errorf("%w: migrating the pinned maps to this version's layout: %w: run 'netslotd teardown' for prefix %q first", ErrIncompatible, err, c.Slot.Prefix)
 	}
 	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}})
 	if errors.Is(err, ebpf.ErrMapIncompatible) {

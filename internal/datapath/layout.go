@@ -1,9 +1,11 @@
 package datapath
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -117,15 +119,137 @@ func readLayout(dir string) (map[string]mapLayout, error) {
 	if err := m.Lookup(uint32(0), &buf); err != nil {
 		return nil, fmt.Errorf("read pinned layout: %w", err)
 	}
-	n := slices.Index(buf, 0)
-	if n < 0 {
-		n = len(buf)
-	}
-	var l map[string]mapLayout
-	if err := json.Unmarshal(buf[:n], &l); err != nil {
-		return nil, fmt.Errorf("decode pinned layout: %w", err)
+	l, err := decodeLayout(buf)
+	if err != nil {
+		return nil, fmt.Errorf("pinned layout %s: %w", filepath.Join(dir, layoutPin), err)
 	}
 	return l, nil
+}
+
+// decodeLayout reads a layout map's value (JSON up to the first NUL) and
+// checks every map's layout in it (see mapLayout.check): a migration
+// trusts the offsets and sizes it is given.
+func decodeLayout(b []byte) (map[string]mapLayout, error) {
+	if n := slices.Index(b, 0); n >= 0 {
+		b = b[:n]
+	}
+	var l map[string]mapLayout
+	if err := json.Unmarshal(b, &l); err != nil {
+		return nil, fmt.Errorf("decode: %w", err)
+	}
+	for _, name := range slices.Sorted(maps.Keys(l)) {
+		if err := l[name].check(); err != nil {
+			return nil, fmt.Errorf("map %s: %w", name, err)
+		}
+	}
+	return l, nil
+}
+
+// What a layout may describe: the kernel's largest key (MAX_BPF_STACK)
+// and value (KMALLOC_MAX_SIZE, an array's), and far more fields than a
+// struct of bpf/ has.
+const (
+	maxKeySize   = 512
+	maxValueSize = 4 << 20
+	maxFields    = 256
+)
+
+// check reports what makes l a layout that no netslotd writes: a map of
+// no type, sizes beyond the kernel's, or a key or value shape that is not
+// of the key's or value's size or is not sound (see shape.check).
+func (l mapLayout) check() error {
+	switch {
+	case l.Type == "":
+		return errors.New("no map type")
+	case l.KeySize > maxKeySize:
+		return fmt.Errorf("%d-byte keys (the kernel's are at most %d)", l.KeySize, maxKeySize)
+	case l.ValueSize > maxValueSize:
+		return fmt.Errorf("%d-byte values (the kernel's are at most %d)", l.ValueSize, maxValueSize)
+	}
+	for _, part := range []struct {
+		what  string
+		shape *shape
+		size  uint32
+	}{{"key", l.Key, l.KeySize}, {"value", l.Value, l.ValueSize}} {
+		if part.shape == nil {
+			continue // not described: the map is not migrated
+		}
+		if err := part.shape.check(); err != nil {
+			return fmt.Errorf("%s: %w", part.what, err)
+		}
+		if part.shape.Size != part.size {
+			return fmt.Errorf("%s: a %d-byte %s for %d-byte %ss", part.what, part.shape.Size, part.shape.Kind, part.size, part.what)
+		}
+	}
+	return nil
+}
+
+// check reports what makes s a shape that shapeOf does not make, and
+// that a conversion could not read within s.Size bytes: an unknown kind;
+// an integer of other than 1, 2, 4, 8 or 16 bytes; an array without its
+// element's shape, with elements of no size, or whose elements do not
+// fill it exactly; a struct field without a shape, past the struct's
+// end, overlapping another, or with another's name; more than maxFields
+// fields; members of another kind (an integer's fields, a struct's
+// element).
+func (s *shape) check() error {
+	switch s.Kind {
+	case "int":
+		if len(s.Fields) > 0 || s.Elem != nil || s.Len != 0 {
+			return errors.New("an int with fields or elements")
+		}
+		if s.Size != 1 && s.Size != 2 && s.Size != 4 && s.Size != 8 && s.Size != 16 {
+			return fmt.Errorf("a %d-byte int", s.Size)
+		}
+	case "array":
+		if len(s.Fields) > 0 {
+			return errors.New("an array with fields")
+		}
+		if s.Elem == nil {
+			return errors.New("an array without its element's shape")
+		}
+		if err := s.Elem.check(); err != nil {
+			return fmt.Errorf("element: %w", err)
+		}
+		if s.Elem.Size == 0 || uint64(s.Len)*uint64(s.Elem.Size) != uint64(s.Size) {
+			return fmt.Errorf("an array of %d %d-byte elements in %d bytes", s.Len, s.Elem.Size, s.Size)
+		}
+	case "struct":
+		if s.Elem != nil || s.Len != 0 {
+			return errors.New("a struct with elements")
+		}
+		if len(s.Fields) > maxFields {
+			return fmt.Errorf("a struct of %d fields (at most %d)", len(s.Fields), maxFields)
+		}
+		named := map[string]bool{}
+		for _, f := range s.Fields {
+			if f.Shape == nil {
+				return fmt.Errorf("field %q without a shape", f.Name)
+			}
+			if err := f.Shape.check(); err != nil {
+				return fmt.Errorf("field %q: %w", f.Name, err)
+			}
+			if uint64(f.Off)+uint64(f.Shape.Size) > uint64(s.Size) {
+				return fmt.Errorf("field %q of %d bytes at offset %d, past the struct's %d bytes", f.Name, f.Shape.Size, f.Off, s.Size)
+			}
+			if f.Name != "" && named[f.Name] {
+				return fmt.Errorf("two fields named %q", f.Name)
+			}
+			named[f.Name] = true
+		}
+		// Fields of some size, in order of offset, each ending before the
+		// next begins.
+		sized := slices.DeleteFunc(slices.Clone(s.Fields), func(f field) bool { return f.Shape.Size == 0 })
+		slices.SortFunc(sized, func(a, b field) int { return cmp.Compare(a.Off, b.Off) })
+		for i := 1; i < len(sized); i++ {
+			if a, b := sized[i-1], sized[i]; uint64(a.Off)+uint64(a.Shape.Size) > uint64(b.Off) {
+				return fmt.Errorf("fields %q and %q overlap", a.Name, b.Name)
+			}
+		}
+	default:
+		return fmt.Errorf("a shape of kind %q", s.Kind)
+	}
+	return nil
 }
 
 // writeLayout pins l in dir, replacing what was there.
@@ -167,11 +291,15 @@ func pinOver(m *ebpf.Map, path string) error {
 
 // migrate replaces every pinned map in dir whose layout differs from
 // spec's (spec's sizes already set for the pool) by one of spec's layout
-// holding the same entries, and returns their names. A changed map whose
-// old layout is not known (no layout pinned, or one that does not match
-// the pinned map) is left as it is: the load then fails on it
-// (ErrIncompatible). Nothing is replaced unless every changed map could
-// be converted.
+// holding the same entries, and returns their names. A layout pinned with
+// them that is not sound (see decodeLayout) or does not describe a
+// changed map (its type, key and value sizes are not the pinned map's) is
+// refused. A changed map whose old layout is not known (no layout pinned,
+// or one without the map's shapes), whose type changed, or that holds
+// another number of entries than the pool's (another pool's) is left as
+// it is: the load then fails on it (ErrIncompatible). Every changed map
+// is checked before any is copied, and nothing is replaced unless every
+// one could be converted.
 func migrate(spec *ebpf.CollectionSpec, dir string) ([]string, error) {
 	old, err := readLayout(dir)
 	if err != nil || old == nil {
@@ -189,12 +317,7 @@ func migrate(spec *ebpf.CollectionSpec, dir string) ([]string, error) {
 			s.new.Close()
 		}
 	}()
-	names := make([]string, 0, len(now))
-	for name := range now {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(now)) {
 		was, ok := old[name]
 		pinned, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
 		if errors.Is(err, os.ErrNotExist) {
@@ -208,22 +331,32 @@ func migrate(spec *ebpf.CollectionSpec, dir string) ([]string, error) {
 			pinned.Close()
 			continue // the same layout (or unknown): the load reuses it, or reports what differs
 		}
-		if !ok || was.Key == nil || was.Value == nil || now[name].Key == nil || now[name].Value == nil ||
-			was.KeySize != pinned.KeySize() || was.ValueSize != pinned.ValueSize() || was.Type != pinned.Type().String() ||
-			pinned.Type() != ms.Type {
+		if err := was.checkPinned(pinned); err != nil {
+			pinned.Close()
+			return nil, fmt.Errorf("map %s: %w", name, err)
+		}
+		if was.Key == nil || was.Value == nil || now[name].Key == nil || now[name].Value == nil ||
+			pinned.Type() != ms.Type || pinned.MaxEntries() != ms.MaxEntries {
 			pinned.Close()
 			return nil, nil // not ours to convert: the load reports it
 		}
-		fresh := ms.Copy()
-		fresh.Pinning = ebpf.PinNone
-		m, err := ebpf.NewMap(fresh)
-		if err != nil {
-			pinned.Close()
-			return nil, fmt.Errorf("new map %s: %w", name, err)
+		swaps = append(swaps, swap{name: name, old: pinned})
+		if err := convertible(now[name].Key, was.Key); err != nil {
+			return nil, fmt.Errorf("migrate map %s: key: %w", name, err)
 		}
-		swaps = append(swaps, swap{name: name, old: pinned, new: m})
-		if err := copyEntries(pinned, m, was, now[name]); err != nil {
-			return nil, fmt.Errorf("migrate map %s: %w", name, err)
+		if err := convertible(now[name].Value, was.Value); err != nil {
+			return nil, fmt.Errorf("migrate map %s: value: %w", name, err)
+		}
+	}
+	for i := range swaps {
+		s := &swaps[i]
+		fresh := spec.Maps[s.name].Copy()
+		fresh.Pinning = ebpf.PinNone
+		if s.new, err = ebpf.NewMap(fresh); err != nil {
+			return nil, fmt.Errorf("new map %s: %w", s.name, err)
+		}
+		if err := copyEntries(s.old, s.new, old[s.name], now[s.name]); err != nil {
+			return nil, fmt.Errorf("migrate map %s: %w", s.name, err)
 		}
 	}
 	// Each converted map takes its old one's pin in one rename, and the
@@ -245,15 +378,21 @@ func migrate(spec *ebpf.CollectionSpec, dir string) ([]string, error) {
 	return done, nil
 }
 
+// checkPinned reports how l does not describe m, the map pinned under its
+// name: a map of another type, or of other key or value sizes, than the
+// kernel's.
+func (l mapLayout) checkPinned(m *ebpf.Map) error {
+	if l.Type != m.Type().String() || l.KeySize != m.KeySize() || l.ValueSize != m.ValueSize() {
+		return fmt.Errorf("the pinned layout describes a map of type %s with %d-byte keys and %d-byte values; the pinned map is of type %s with %d-byte keys and %d-byte values",
+			l.Type, l.KeySize, l.ValueSize, m.Type(), m.KeySize(), m.ValueSize())
+	}
+	return nil
+}
+
 // copyEntries copies every entry of from (layout was) into to (layout
-// now), converting keys and values field by field.
+// now), converting keys and values field by field (convertible checked
+// both).
 func copyEntries(from, to *ebpf.Map, was, now mapLayout) error {
-	if err := convertible(now.Key, was.Key); err != nil {
-		return fmt.Errorf("key: %w", err)
-	}
-	if err := convertible(now.Value, was.Value); err != nil {
-		return fmt.Errorf("value: %w", err)
-	}
 	// Keys of hashes and tries that became one are refused, not merged.
 	put := ebpf.UpdateAny
 	if to.Type() != ebpf.Array && to.Type() != ebpf.PerCPUArray {
