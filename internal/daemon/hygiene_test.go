@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/netslot/netslot/internal/daemon"
@@ -15,9 +16,10 @@ import (
 
 // slotState is a full dump of the kernel state a tenant could leave in
 // slot i (links with tap0's owner and group, addresses, routes, rules, neighbours, multicast
-// memberships, qdiscs, nftables, the devices' sysctls) and the datapath's
-// entries for it, with the slot's own identity (address, MACs, peer
-// ifindex) written as names.
+// memberships, qdiscs, nftables, the devices' sysctls, what the next VMM
+// finds on tap0: see testutil.TapState) and the datapath's entries for
+// it, with the slot's own identity (address, MACs, peer ifindex) written
+// as names.
 func slotState(t *testing.T, p *testutil.Pool, i int) string {
 	t.Helper()
 	ns := p.Config.ID(i)
@@ -42,6 +44,8 @@ func slotState(t *testing.T, p *testutil.Pool, i int) string {
 		testutil.Exec(t, ns, "tc", "qdisc", "show"),
 		testutil.Exec(t, ns, "nft", "list", "ruleset"),
 		testutil.Exec(t, ns, "sh", "-c", sysctls),
+		// Last: it attaches to tap0, as a VMM does.
+		testutil.TapState(t, p.Config.NetnsPath(i), slot.TapName, p.Config.GuestMAC),
 	}
 	dp, err := p.D.DatapathState(i)
 	if err != nil {
@@ -57,11 +61,12 @@ func slotState(t *testing.T, p *testutil.Pool, i int) string {
 // TestTenantLeavesNothingBehind: a guest with a real network stack uses a
 // slot with a VPC attachment and an egress policy every way it can
 // (ARP, pings, UDP and TCP through the NAT, ICMP and UDP through Geneve,
-// multicast, a learned VPC peer, counters), and the slot's devices are
-// also changed from inside the slot (MAC, MTU, queue length, neighbours,
-// state). After release, the slot's full state (see slotState) must equal
-// that of a slot of the same pool that was never used; the next tenant of
-// the slot starts from nothing.
+// multicast, a learned VPC peer, counters), its VMM, jailed, changes
+// tap0 every way its owner can (testutil.TapOps), and the slot's devices
+// are also changed from inside the slot (MAC, MTU, queue length,
+// neighbours, state). After release, the slot's full state (see
+// slotState) must equal that of a slot of the same pool that was never
+// used; the next tenant of the slot starts from nothing.
 func TestTenantLeavesNothingBehind(t *testing.T) {
 	p, fab, tag := datapathPool(t, 3)
 	serveOutside(t, fab)
@@ -108,6 +113,20 @@ func TestTenantLeavesNothingBehind(t *testing.T) {
 		t.Fatalf("a refused release changed the slot's datapath:\n%s", lineDiff(now, held))
 	}
 	g.Close() // the kernel purges tap0's queue when the last holder closes it
+	// Then the lease's VMM, jailed, sets what it may on tap0 and exits
+	// (the rest of testutil.TapOps take tap0's owner or tap0 itself:
+	// TestTapSettingsDoNotReachTheNextTenant).
+	ops := []string{"tx-filter", "socket-filter", "ebpf-filter", "ebpf-steering", "sndbuf", "offload",
+		"vnet-hdr-size", "vnet-le", "vnet-be", "debug", "carrier-off", "mac"}
+	done, err := testutil.NewJailedVMM(t).Set(p.Config.NetnsPath(i), slot.TapName, 4242, 4243, ops...)
+	if err != nil {
+		t.Fatalf("the lease's VMM cannot attach: %v", err)
+	}
+	for op, e := range done {
+		if e != 0 && !(op == "vnet-be" && e == syscall.EINVAL) { // a kernel without CONFIG_TUN_VNET_CROSS_LE
+			t.Fatalf("%s as tap0's owner: %v", op, e)
+		}
+	}
 	ns := p.Config.ID(i)
 	testutil.Exec(t, ns, "ip", "neigh", "replace", p.Config.GuestIP().Next().String(), "lladdr", "02:00:00:00:00:02", "dev", "tap0", "nud", "permanent")
 	testutil.Exec(t, ns, "ip", "link", "set", "tap0", "address", "02:00:00:00:00:99", "mtu", "1400", "txqueuelen", "10")
@@ -116,6 +135,8 @@ func TestTenantLeavesNothingBehind(t *testing.T) {
 		t.Fatal("using the slot changed nothing: the comparison cannot fail")
 	} else if !strings.Contains(used, "user 4242 group 4243") || !strings.Contains(want, "user root group root") {
 		t.Fatalf("the dump does not show tap0's owner and group:\n%s", used)
+	} else if !strings.Contains(used, "tap0 frame to the guest's MAC delivered: false") || !strings.Contains(used, "tap0 vnet header size 12") {
+		t.Fatalf("the dump does not show what the VMM set on tap0:\n%s", used)
 	}
 	if err := p.D.Release(info.ID, info.Lease.ID); err != nil {
 		t.Fatal(err)

@@ -417,9 +417,10 @@ func (d *Daemon) awaitRelease(i int, leaseID string) error {
 // that fails and nothing has changed (links.ErrTapInUse); else no VMM can
 // attach until the scrub is done. Then the slot's traffic stops both ways
 // (the datapath closes its lease), and what the tenant may have changed
-// is reset: tap0's owner and group (root's), devices, neighbours, the datapath's entries and flows, the
-// egress policy; the slot's firewall is verified and rewritten if it
-// differs.
+// is reset: tap0's owner and group (root's) and what its VMM set through
+// its descriptor (links.HeldTap.Reset), devices, neighbours, the
+// datapath's entries and flows, the egress policy; the slot's firewall is
+// verified and rewritten if it differs.
 func (d *Daemon) scrub(i int) error {
 	err := d.inSlot(i, func() error {
 		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
@@ -433,9 +434,10 @@ func (d *Daemon) scrub(i int) error {
 		}
 		d.dp.CloseLease(i)
 		d.dropHeld(i)
-		// Back to root's, whatever the lease gave: on the descriptor
-		// held anyway, two ioctls.
-		if err := tap.SetOwner(nil); err != nil {
+		// Back to root's, whatever the lease gave, and back to the
+		// pooled settings, whatever its VMM set: on the descriptor held
+		// anyway.
+		if err := tap.Reset(); err != nil {
 			return errors.Join(err, tap.Close())
 		}
 		return errors.Join(links.Scrub(h, d.cfg, i), tap.Close())

@@ -3,12 +3,15 @@ package daemon_test
 import (
 	"context"
 	"errors"
+	"syscall"
 	"testing"
 
+	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/lab"
 	"github.com/netslot/netslot/internal/links"
 	"github.com/netslot/netslot/internal/netns"
 	"github.com/netslot/netslot/internal/slot"
@@ -279,5 +282,120 @@ func TestRestartPutsTheTapOwnerBack(t *testing.T) {
 	}
 	if err := vmm.Attach(cfg.NetnsPath(kept.Index), slot.TapName, stray.UID, stray.GID); !errors.Is(err, unix.EPERM) {
 		t.Errorf("another uid attached after the restart: %v, want EPERM", err)
+	}
+}
+
+// What a jailed VMM changes on its tap as its owner, with no capability
+// (each of testutil.TapOps, one lease each), does not reach the next
+// tenant. Before the release, what the next VMM would find is checked to
+// be there (testutil.TapState differs, or the eBPF program is still held),
+// and what blinds a guest is checked to blind the tenant's own next VMM
+// (its DHCP DISCOVER gets nothing), so that the test can fail. After it,
+// the tap reads back as the pooled one did before any lease, the slot was
+// scrubbed in place (not rebuilt, which would hide a setting scrub leaves,
+// except when the tap is gone), and the next tenant's DISCOVER gets its
+// OFFER on the tap.
+func TestTapSettingsDoNotReachTheNextTenant(t *testing.T) {
+	p := tu.StartPool(t, 1)
+	vmm := tu.NewJailedVMM(t)
+	ctx := context.Background()
+	nsPath := p.Config.NetnsPath(0)
+	state := func() string { return tu.TapState(t, nsPath, slot.TapName, p.Config.GuestMAC) }
+	pooled := state()
+	owner := slot.TapOwner{UID: 4242, GID: 4243}
+	discover := lab.DHCPMessage{Type: layers.DHCPMsgTypeDiscover, Xid: 7}
+	for _, tc := range []struct {
+		op    string
+		errno syscall.Errno // what the kernel answers the VMM
+		seen  bool          // the next VMM would find it, were it not reset
+		blind bool          // the guest gets nothing, DHCP answers included
+		prog  bool          // the tap holds the VMM's eBPF program
+		gone  bool          // the tap is gone when the VMM lets go: rebuilt
+	}{
+		{op: "tx-filter", seen: true, blind: true},
+		// The kernel keeps the filter's length and address in the VMM's
+		// memory (TUNGETFILTER reads them), and attaches it again, read
+		// from that address in the next VMM's memory, to a VMM that
+		// attaches without IFF_NO_PI (the same bit as IFF_NOFILTER).
+		{op: "socket-filter", seen: true},
+		{op: "ebpf-filter", seen: true, blind: true, prog: true},
+		// One queue: the next VMM cannot tell a steering program is there.
+		{op: "ebpf-steering", prog: true},
+		{op: "offload", seen: true},
+		{op: "vnet-hdr-size", seen: true},
+		{op: "vnet-le", seen: true},
+		{op: "vnet-be", seen: true},
+		{op: "debug", seen: true},
+		{op: "mac", seen: true},
+		{op: "owner", seen: true},
+		// The kernel keeps a send buffer size for the descriptors attached
+		// when it is set only, and turns the carrier off when the last one
+		// lets go.
+		{op: "sndbuf"},
+		{op: "carrier-off"},
+		// Refused while the tap is up, which a tenant cannot change.
+		{op: "link-type", errno: unix.EBUSY},
+		{op: "no-persist", seen: true, gone: true},
+	} {
+		t.Run(tc.op, func(t *testing.T) {
+			// Each case starts from a pooled tap, whatever the last left.
+			if state() != pooled {
+				if _, err := p.D.RebuildFree(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			repaired := reconciled(t, p, "repair")
+			info, err := p.D.Acquire(ctx, daemon.AcquireRequest{TapOwner: &owner})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { p.D.ForceRelease(info.ID) })
+			before := state()
+			done, err := vmm.Set(nsPath, slot.TapName, owner.UID, owner.GID, tc.op)
+			if err != nil {
+				t.Fatalf("the lease's VMM cannot attach: %v", err)
+			}
+			if e := done[tc.op]; tc.op == "vnet-be" && e == unix.EINVAL {
+				t.Skip("this kernel has no CONFIG_TUN_VNET_CROSS_LE: no big-endian vnet headers to set")
+			} else if e != tc.errno {
+				t.Fatalf("%s as the tap's owner: %v, want %v", tc.op, e, tc.errno)
+			}
+			if after := state(); (after != before) != tc.seen {
+				t.Fatalf("what the next VMM would find after %s (changed: %t, want %t):\n%s", tc.op, after != before, tc.seen, lineDiff(after, before))
+			}
+			if tc.prog && !vmm.ProgramLoaded() {
+				t.Fatal("the VMM's program is not held by the tap")
+			}
+			if tc.blind {
+				c := dhcpClient(t, p, 0)
+				noAnswer(t, c, discover)
+				c.Close()
+			}
+
+			if err := p.D.Release(info.ID, info.Lease.ID); err != nil {
+				t.Fatal(err)
+			}
+			if got := state(); got != pooled {
+				t.Errorf("released tap differs from the pooled one:\n%s", lineDiff(got, pooled))
+			}
+			if tc.prog {
+				tu.Eventually(t, "the VMM's program let go by the tap", func() bool { return !vmm.ProgramLoaded() })
+			}
+			if n, want := reconciled(t, p, "repair")-repaired, map[bool]float64{false: 0, true: 1}[tc.gone]; n != want {
+				t.Errorf("%v slots rebuilt, want %v", n, want)
+			}
+			next, err := p.D.Acquire(ctx, daemon.AcquireRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := dhcpClient(t, p, 0)
+			if offer := answer(t, c, discover); offer.Type() != layers.DHCPMsgTypeOffer {
+				t.Errorf("the next tenant's DISCOVER: %s", offer.Type())
+			}
+			c.Close()
+			if err := p.D.Release(next.ID, next.Lease.ID); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

@@ -36,7 +36,7 @@ func NewDHCPClient(path, name string, mac net.HardwareAddr) (*DHCPClient, error)
 	if err != nil {
 		return nil, err
 	}
-	if err := waitOperUp(path, name, 3*time.Second); err != nil {
+	if err := WaitOperUp(path, name, 3*time.Second); err != nil {
 		f.Close()
 		return nil, err
 	}

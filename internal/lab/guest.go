@@ -124,15 +124,17 @@ func NewGuestNSWith(tag, slotNS string, cfg slot.Config, o GuestOptions) (*Guest
 	// the kernel's link watcher gets to it (up to a second later); until
 	// then what the slot sends to the guest is dropped. A VM boots for
 	// longer than that; a test would lose its first ARP reply.
-	if err := waitOperUp(slotNS, slot.TapName, 3*time.Second); err != nil {
+	if err := WaitOperUp(slotNS, slot.TapName, 3*time.Second); err != nil {
 		g.Close()
 		return nil, err
 	}
 	return g, nil
 }
 
-// waitOperUp waits until name in the namespace at path is operationally up.
-func waitOperUp(path, name string, limit time.Duration) error {
+// WaitOperUp waits until name in the namespace at path is operationally up
+// (see NewDHCPClient: a tap just attached drops what is sent to it until
+// then).
+func WaitOperUp(path, name string, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for {
 		var state netlink.LinkOperState

@@ -38,6 +38,12 @@ func createTap(name string, owner *slot.TapOwner) error {
 	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETPERSIST, 1); errno != 0 {
 		return fmt.Errorf("persist tap %s: %w", name, errno)
 	}
+	// No offloads, as HeldTap.Reset leaves the tap: a new tap has the
+	// ones a VMM may ask for among its requested features (inactive until
+	// one asks), and TUNSETOFFLOAD can only clear them.
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, 0); err != nil {
+		return fmt.Errorf("offloads of %s: %w", name, err)
+	}
 	return setOwner(fd, name, owner)
 }
 
@@ -187,10 +193,71 @@ type HeldTap struct {
 	name string
 }
 
-// SetOwner sets the tap's owner and group to o's (nil: root's, the pooled
-// state), with the descriptor already attached: no further attach.
-func (t *HeldTap) SetOwner(o *slot.TapOwner) error {
-	return setOwner(int(t.f.Fd()), t.name, o)
+// vnetHdrSize is the size of struct virtio_net_hdr, a new tap's vnet
+// header size.
+const vnetHdrSize = 10
+
+// Reset gives the tap back to root and puts back what a VMM attached to it
+// may have changed as its owner, with no capability, that outlives its
+// descriptor: drivers/net/tun.c keeps it on the device, and the next VMM
+// to attach gets it. Each is one ioctl on the descriptor held anyway (each
+// takes RTNL):
+//   - owner and group (TUNSETOWNER, TUNSETGROUP): root's;
+//   - the transmit filter (TUNSETTXFILTER), with which the tap drops every
+//     frame to a MAC not in it, the guest's answers included: none;
+//   - the socket filter (TUNATTACHFILTER): detached, and the program the
+//     kernel keeps for the next attacher (its length, and its address in
+//     the VMM's memory) forgotten;
+//   - the eBPF filter and steering programs (TUNSETFILTEREBPF,
+//     TUNSETSTEERINGEBPF): none (a filter that returns 0 drops every
+//     frame);
+//   - offloads (TUNSETOFFLOAD): none, as the tap was made;
+//   - the vnet header's size and byte order (TUNSETVNETHDRSZ,
+//     TUNSETVNETLE, TUNSETVNETBE): 10 bytes, the guest's order (a kernel
+//     without CONFIG_TUN_VNET_CROSS_LE has no big-endian setting: EINVAL);
+//   - the message level (TUNSETDEBUG), with which the kernel logs the
+//     tap's ioctls and every frame it sends: none.
+//
+// Not here: the MAC (SIOCSIFHWADDR on the descriptor), which Scrub sets;
+// the flags of TUNSETIFF, which the attach gave back; the carrier, off
+// when the last descriptor lets go (and HoldTap's turned it off); the
+// send buffer (TUNSETSNDBUF), which the kernel applies only to the
+// descriptors attached when it is set; the link type (TUNSETLINK), refused
+// while the tap is up, which a tenant cannot change; persistence
+// (TUNSETPERSIST 0): the tap is gone when the VMM lets go, and the slot is
+// rebuilt.
+func (t *HeldTap) Reset() error {
+	fd := int(t.f.Fd())
+	if err := setOwner(fd, t.name, nil); err != nil {
+		return err
+	}
+	var txFilter struct{ flags, count uint16 } // no address: no filter
+	var noProgram unix.SockFprog
+	none, hdrSize, off := int32(-1), int32(vnetHdrSize), int32(0)
+	for _, r := range []struct {
+		what string
+		req  uint
+		arg  unsafe.Pointer // nil: the value 0
+		ok   unix.Errno     // an answer that is not a failure (0: none)
+	}{
+		{what: "transmit filter", req: unix.TUNSETTXFILTER, arg: unsafe.Pointer(&txFilter)},
+		{what: "socket filter", req: unix.TUNDETACHFILTER},
+		// The kernel copies the program in, then fails to attach an
+		// empty one: what it keeps is zero.
+		{what: "kept socket filter", req: unix.TUNATTACHFILTER, arg: unsafe.Pointer(&noProgram), ok: unix.EINVAL},
+		{what: "eBPF filter", req: unix.TUNSETFILTEREBPF, arg: unsafe.Pointer(&none)},
+		{what: "eBPF steering", req: unix.TUNSETSTEERINGEBPF, arg: unsafe.Pointer(&none)},
+		{what: "offloads", req: unix.TUNSETOFFLOAD},
+		{what: "vnet header size", req: unix.TUNSETVNETHDRSZ, arg: unsafe.Pointer(&hdrSize)},
+		{what: "vnet little-endian", req: unix.TUNSETVNETLE, arg: unsafe.Pointer(&off)},
+		{what: "vnet big-endian", req: unix.TUNSETVNETBE, arg: unsafe.Pointer(&off), ok: unix.EINVAL},
+		{what: "message level", req: unix.TUNSETDEBUG},
+	} {
+		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), uintptr(r.req), uintptr(r.arg)); errno != 0 && errno != r.ok {
+			return fmt.Errorf("reset %s of %s: %w", r.what, t.name, errno)
+		}
+	}
+	return nil
 }
 
 // Close detaches from the tap, then asks for it by name: the kernel runs

@@ -14,11 +14,14 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 )
 
 // jailedEnv turns a test binary into the jailed VMM of JailedVMM.Attach:
-// its value is the tun device to open and the tap to attach to; jailerEnv
+// its value is the tun device to open, the tap to attach to and the
+// TapOps to run once attached (comma-separated, maybe none); jailerEnv
 // is what the jailer does first: "uid gid node", node "own" (a tun node
 // of the VMM's own) or "host" (none: the host's /dev/net/tun).
 const (
@@ -31,12 +34,16 @@ const (
 // linked into test binaries only).
 func init() {
 	if spec := os.Getenv(jailedEnv); spec != "" {
-		dev, tap, _ := strings.Cut(spec, " ")
+		f := append(strings.Fields(spec), "", "", "")
+		var ops []string
+		if f[2] != "" {
+			ops = strings.Split(f[2], ",")
+		}
 		if err := jail(os.Getenv(jailerEnv)); err != nil {
 			fmt.Printf("jailer %v\n", err)
 			os.Exit(0)
 		}
-		jailedAttach(os.Stdout, dev, tap)
+		jailedAttach(os.Stdout, f[0], f[1], ops)
 		os.Exit(0)
 	}
 }
@@ -83,11 +90,94 @@ func jail(spec string) error {
 	return nil
 }
 
+// jailedProgFD is where a jailed VMM finds the eBPF program of the
+// ebpf-filter and ebpf-steering ops: the first of cmd.ExtraFiles.
+const jailedProgFD = 3
+
+// TapOps are what a process attached to a tap may change on it with no
+// capability, as its owner (drivers/net/tun.c, __tun_chr_ioctl), by name,
+// each done the way a VMM could:
+//   - tx-filter: TUNSETTXFILTER, frames only to 02:00:00:00:00:77;
+//   - socket-filter: TUNATTACHFILTER, a classic BPF filter that drops all;
+//   - ebpf-filter, ebpf-steering: TUNSETFILTEREBPF, TUNSETSTEERINGEBPF with
+//     a socket filter program that returns 0 (drop), which root loaded
+//     and handed over (a VMM cannot load one where
+//     kernel.unprivileged_bpf_disabled is set, but can be given one);
+//   - sndbuf: TUNSETSNDBUF 4096;
+//   - offload: TUNSETOFFLOAD checksum, TSO and USO, as for a virtio-net
+//     guest;
+//   - vnet-hdr-size: TUNSETVNETHDRSZ 12 (virtio_net_hdr_v1, Firecracker's);
+//   - vnet-le, vnet-be: TUNSETVNETLE 1, TUNSETVNETBE 1 (EINVAL where the
+//     kernel has no CONFIG_TUN_VNET_CROSS_LE);
+//   - debug: TUNSETDEBUG, message level NETIF_MSG_HW (0x20: tun logs
+//     nothing under it, so the kernel log is left alone);
+//   - carrier-off: TUNSETCARRIER 0;
+//   - mac: SIOCSIFHWADDR through the tun descriptor, 02:00:00:00:00:99;
+//   - owner: TUNSETOWNER and TUNSETGROUP 65534;
+//   - no-persist: TUNSETPERSIST 0 (the tap goes when the VMM lets go);
+//   - link-type: TUNSETLINK ARPHRD_NONE (refused while the tap is up).
+var TapOps = map[string]func(fd int) syscall.Errno{
+	"tx-filter": func(fd int) syscall.Errno {
+		f := struct {
+			flags, count uint16
+			addr         [6]byte
+		}{count: 1, addr: [6]byte{2, 0, 0, 0, 0, 0x77}}
+		return ioctlPtr(fd, unix.TUNSETTXFILTER, unsafe.Pointer(&f))
+	},
+	"socket-filter": func(fd int) syscall.Errno {
+		drop := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
+		p := unix.SockFprog{Len: 1, Filter: &drop[0]}
+		return ioctlPtr(fd, unix.TUNATTACHFILTER, unsafe.Pointer(&p))
+	},
+	"ebpf-filter":   func(fd int) syscall.Errno { return ioctlInt(fd, unix.TUNSETFILTEREBPF, jailedProgFD) },
+	"ebpf-steering": func(fd int) syscall.Errno { return ioctlInt(fd, unix.TUNSETSTEERINGEBPF, jailedProgFD) },
+	"sndbuf":        func(fd int) syscall.Errno { return ioctlInt(fd, unix.TUNSETSNDBUF, 4096) },
+	"offload": func(fd int) syscall.Errno {
+		return ioctlVal(fd, unix.TUNSETOFFLOAD, unix.TUN_F_CSUM|unix.TUN_F_TSO4|unix.TUN_F_TSO6|unix.TUN_F_USO4|unix.TUN_F_USO6)
+	},
+	"vnet-hdr-size": func(fd int) syscall.Errno { return ioctlInt(fd, unix.TUNSETVNETHDRSZ, 12) },
+	"vnet-le":       func(fd int) syscall.Errno { return ioctlInt(fd, unix.TUNSETVNETLE, 1) },
+	"vnet-be":       func(fd int) syscall.Errno { return ioctlInt(fd, unix.TUNSETVNETBE, 1) },
+	"debug":         func(fd int) syscall.Errno { return ioctlVal(fd, unix.TUNSETDEBUG, 0x20) },
+	"carrier-off":   func(fd int) syscall.Errno { return ioctlInt(fd, unix.TUNSETCARRIER, 0) },
+	"mac": func(fd int) syscall.Errno {
+		req := struct { // an ifreq: the tap's name is not read
+			name   [unix.IFNAMSIZ]byte
+			family uint16
+			addr   [14]byte
+			_      [8]byte
+		}{family: unix.ARPHRD_ETHER, addr: [14]byte{2, 0, 0, 0, 0, 0x99}}
+		return ioctlPtr(fd, unix.SIOCSIFHWADDR, unsafe.Pointer(&req))
+	},
+	"owner": func(fd int) syscall.Errno {
+		if e := ioctlVal(fd, unix.TUNSETOWNER, 65534); e != 0 {
+			return e
+		}
+		return ioctlVal(fd, unix.TUNSETGROUP, 65534)
+	},
+	"no-persist": func(fd int) syscall.Errno { return ioctlVal(fd, unix.TUNSETPERSIST, 0) },
+	"link-type":  func(fd int) syscall.Errno { return ioctlVal(fd, unix.TUNSETLINK, unix.ARPHRD_NONE) },
+}
+
+func ioctlVal(fd int, req uint, v uintptr) syscall.Errno {
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), uintptr(req), v)
+	return e
+}
+
+func ioctlPtr(fd int, req uint, p unsafe.Pointer) syscall.Errno {
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), uintptr(req), uintptr(p))
+	return e
+}
+
+// ioctlInt passes v by address, as the ioctls that take an int do.
+func ioctlInt(fd int, req uint, v int32) syscall.Errno { return ioctlPtr(fd, req, unsafe.Pointer(&v)) }
+
 // jailedAttach attaches to tap through the tun device dev as Firecracker
 // does (TUNSETIFF, IFF_TAP|IFF_NO_PI|IFF_VNET_HDR) and writes what it was
 // and what came of it: its ids, capabilities and network namespace, then
-// "attach 0" or "attach <errno>". Exiting lets go of the tap.
-func jailedAttach(w io.Writer, dev, tap string) {
+// "attach 0" or "attach <errno>", then, attached, runs each of ops (see
+// TapOps) and writes "op <name> <errno>". Exiting lets go of the tap.
+func jailedAttach(w io.Writer, dev, tap string, ops []string) {
 	status, _ := os.ReadFile("/proc/self/status")
 	for _, l := range strings.Split(string(status), "\n") {
 		if strings.HasPrefix(l, "CapEff:") || strings.HasPrefix(l, "CapPrm:") {
@@ -108,8 +198,14 @@ func jailedAttach(w io.Writer, dev, tap string) {
 	}
 	copy(req.name[:unix.IFNAMSIZ-1], tap)
 	req.flags = unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req)))
+	errno := ioctlPtr(fd, unix.TUNSETIFF, unsafe.Pointer(&req))
 	fmt.Fprintf(w, "attach %d\n", errno)
+	if errno != 0 {
+		return
+	}
+	for _, op := range ops {
+		fmt.Fprintf(w, "op %s %d\n", op, TapOps[op](fd))
+	}
 }
 
 func mustGroups() []int {
@@ -123,8 +219,9 @@ func mustGroups() []int {
 // through /dev/net/tun: a node the jailer made for them, in a mount
 // namespace of their own (Attach), or the host's (AttachHostTun).
 type JailedVMM struct {
-	tb  testing.TB
-	bin string
+	tb   testing.TB
+	bin  string
+	prog ebpf.ProgramID // the last program handed to a VMM (0: none)
 }
 
 // NewJailedVMM returns a JailedVMM of tb's.
@@ -146,7 +243,16 @@ func NewJailedVMM(tb testing.TB) *JailedVMM {
 // namespace, other ids).
 func (j *JailedVMM) Attach(nsPath, tap string, uid, gid uint32) error {
 	j.tb.Helper()
-	return j.attach(nsPath, tap, uid, gid, "own")
+	_, err := j.attach(nsPath, tap, uid, gid, "own")
+	return err
+}
+
+// Set is Attach, then the process, attached, changes the tap with each of
+// ops (names of TapOps), in order, before it exits. It returns the errno
+// of each by name (0: done), or, with nothing done, the attach's error.
+func (j *JailedVMM) Set(nsPath, tap string, uid, gid uint32, ops ...string) (map[string]syscall.Errno, error) {
+	j.tb.Helper()
+	return j.attach(nsPath, tap, uid, gid, "own", ops...)
 }
 
 // AttachHostTun is Attach through the host's /dev/net/tun, which the
@@ -154,14 +260,23 @@ func (j *JailedVMM) Attach(nsPath, tap string, uid, gid uint32) error {
 // 0600), the open fails (EACCES), whoever owns the tap.
 func (j *JailedVMM) AttachHostTun(nsPath, tap string, uid, gid uint32) error {
 	j.tb.Helper()
-	return j.attach(nsPath, tap, uid, gid, "host")
+	_, err := j.attach(nsPath, tap, uid, gid, "host")
+	return err
 }
 
-func (j *JailedVMM) attach(nsPath, tap string, uid, gid uint32, node string) error {
+func (j *JailedVMM) attach(nsPath, tap string, uid, gid uint32, node string, ops ...string) (map[string]syscall.Errno, error) {
 	j.tb.Helper()
 	cmd := exec.Command(j.bin)
 	cmd.Dir = "/"
-	cmd.Env = []string{jailedEnv + "=/dev/net/tun " + tap, fmt.Sprintf("%s=%d %d %s", jailerEnv, uid, gid, node)}
+	cmd.Env = []string{jailedEnv + "=/dev/net/tun " + tap + " " + strings.Join(ops, ","), fmt.Sprintf("%s=%d %d %s", jailerEnv, uid, gid, node)}
+	for _, op := range ops {
+		if TapOps[op] == nil {
+			j.tb.Fatalf("no tap op %q", op)
+		}
+		if strings.HasPrefix(op, "ebpf-") && cmd.ExtraFiles == nil {
+			cmd.ExtraFiles = []*os.File{j.dropProgram()}
+		}
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if node == "own" {
 		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNS
@@ -169,6 +284,9 @@ func (j *JailedVMM) attach(nsPath, tap string, uid, gid uint32, node string) err
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	want, err := startInNetns(cmd, nsPath)
+	for _, f := range cmd.ExtraFiles {
+		f.Close() // the child has its own
+	}
 	if err != nil {
 		j.tb.Fatalf("start a process as %d:%d in %s: %v", uid, gid, nsPath, err)
 	}
@@ -176,26 +294,66 @@ func (j *JailedVMM) attach(nsPath, tap string, uid, gid uint32, node string) err
 		j.tb.Fatalf("process as %d:%d: %v\n%s", uid, gid, err, out.String())
 	}
 	rep := map[string]string{}
+	done := map[string]syscall.Errno{}
 	sc := bufio.NewScanner(strings.NewReader(out.String()))
 	for sc.Scan() {
 		k, v, _ := strings.Cut(sc.Text(), " ")
 		rep[k] = v
+		if op, e, ok := strings.Cut(v, " "); k == "op" && ok {
+			n, err := strconv.Atoi(e)
+			if err != nil {
+				j.tb.Fatalf("process as %d:%d: %q", uid, gid, sc.Text())
+			}
+			done[op] = syscall.Errno(n)
+		}
 	}
 	if rep["CapEff:"] != "0000000000000000" || rep["CapPrm:"] != "0000000000000000" ||
 		rep["ids"] != fmt.Sprintf("%d %d 0", uid, gid) || rep["netns"] != want {
 		j.tb.Fatalf("the process is not a jailed VMM of %d:%d in %s (%s):\n%s", uid, gid, nsPath, want, out.String())
 	}
 	if n, err := strconv.Atoi(rep["open"]); err == nil {
-		return fmt.Errorf("open /dev/net/tun (the %s node) as %d:%d: %w", node, uid, gid, syscall.Errno(n))
+		return nil, fmt.Errorf("open /dev/net/tun (the %s node) as %d:%d: %w", node, uid, gid, syscall.Errno(n))
 	}
 	n, err := strconv.Atoi(rep["attach"])
 	if err != nil {
 		j.tb.Fatalf("process as %d:%d did not attach:\n%s", uid, gid, out.String())
 	}
-	if n == 0 {
-		return nil
+	if n != 0 {
+		return nil, syscall.Errno(n)
 	}
-	return syscall.Errno(n)
+	if len(done) != len(ops) {
+		j.tb.Fatalf("process as %d:%d did not run %v:\n%s", uid, gid, ops, out.String())
+	}
+	return done, nil
+}
+
+// dropProgram loads a socket filter program that drops every packet
+// (returns 0) and returns a descriptor of it for a jailed VMM.
+func (j *JailedVMM) dropProgram() *os.File {
+	j.tb.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.SocketFilter,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+		License:      "GPL",
+	})
+	if err != nil {
+		j.tb.Fatalf("load a socket filter: %v", err)
+	}
+	defer prog.Close()
+	info, err := prog.Info()
+	if err != nil {
+		j.tb.Fatal(err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		j.tb.Fatal("the kernel gives loaded programs no id")
+	}
+	j.prog = id
+	fd, err := unix.Dup(prog.FD())
+	if err != nil {
+		j.tb.Fatal(err)
+	}
+	return os.NewFile(uintptr(fd), "drop-all program")
 }
 
 // startInNetns starts cmd from a thread inside the namespace at nsPath,
@@ -241,4 +399,20 @@ func startInNetns(cmd *exec.Cmd, nsPath string) (string, error) {
 	}()
 	r := <-done
 	return r.ns, r.err
+}
+
+// ProgramLoaded reports whether the last eBPF program handed to a VMM (by
+// the ebpf-filter and ebpf-steering ops) is still loaded: once the VMM has
+// exited, only what it attached the program to holds it.
+func (j *JailedVMM) ProgramLoaded() bool {
+	j.tb.Helper()
+	prog, err := ebpf.NewProgramFromID(j.prog)
+	if errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	if err != nil {
+		j.tb.Fatalf("program %d: %v", j.prog, err)
+	}
+	prog.Close()
+	return true
 }
