@@ -103,7 +103,7 @@ func RunAttach(ctx context.Context, o AttachOptions) (*AttachResult, error) {
 		return nil, err
 	}
 	tag := fmt.Sprintf("%c%c", 'a'+os.Getpid()%26, 'a'+os.Getpid()/26%26)
-	cfg := slot.DefaultConfig("na"+tag, o.Slots)
+	cfg := uplinkConfig("na"+tag, o.Slots)
 	var cleanup []func()
 	defer func() {
 		for i := len(cleanup) - 1; i >= 0; i-- {

@@ -20,7 +20,6 @@ import (
 	"github.com/netslot/netslot/internal/daemon"
 	"github.com/netslot/netslot/internal/firewall"
 	"github.com/netslot/netslot/internal/lab"
-	"github.com/netslot/netslot/internal/slot"
 )
 
 // DatapathOptions size the datapath benchmark.
@@ -69,7 +68,7 @@ func RunDatapath(ctx context.Context, o DatapathOptions) (res *DatapathResult, e
 		return nil, errors.New("the datapath benchmark needs at least 2 slots")
 	}
 	tag := fmt.Sprintf("%c%c", 'a'+os.Getpid()%26, 'a'+os.Getpid()/26%26)
-	cfg := slot.DefaultConfig("nb"+tag, o.Slots)
+	cfg := uplinkConfig("nb"+tag, o.Slots)
 	last := o.Slots - 1
 	cleanup := []func(){}
 	defer func() {

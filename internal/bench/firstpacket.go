@@ -56,7 +56,7 @@ func RunFirstPacket(ctx context.Context, o FirstPacketOptions) (*FirstPacketResu
 		o.AnswerFor = 2 * time.Second
 	}
 	tag := fmt.Sprintf("%c%c", 'a'+os.Getpid()%26, 'a'+os.Getpid()/26%26)
-	cfg := slot.DefaultConfig("nf"+tag, 1) // one slot: every acquire gets it
+	cfg := uplinkConfig("nf"+tag, 1) // one slot: every acquire gets it
 	var cleanup []func()
 	defer func() {
 		for i := len(cleanup) - 1; i >= 0; i-- {

@@ -12,6 +12,18 @@ import (
 	"github.com/netslot/netslot/internal/slot"
 )
 
+// uplinkConfig is the configuration of a bench pool with an uplink:
+// prefix, n slots, and the default addressing unless another pool on the
+// host has it (lab.FreeAddressing: two pools with uplinks can share
+// neither), so that the bench runs beside a host's pools and make demo.
+func uplinkConfig(prefix string, n int) slot.Config {
+	c := slot.DefaultConfig(prefix, n)
+	if sc, gc, err := lab.FreeAddressing(n); err == nil {
+		c.SlotCIDR, c.GuestCIDR = sc, gc
+	}
+	return c
+}
+
 // startPool boots an in-process pool of cfg with its state on tmpfs and,
 // when fab is not nil, its uplink on that fabric. The returned stop closes
 // the daemon and tears the pool down.
