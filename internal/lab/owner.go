@@ -12,10 +12,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/netslot/netslot/internal/daemon"
+	"github.com/netslot/netslot/internal/datapath"
 	"github.com/netslot/netslot/internal/links"
 	"github.com/netslot/netslot/internal/netns"
 )
@@ -85,14 +87,22 @@ func openClaims() {
 
 // SweepDead takes back the objects claimed by processes that are gone and
 // reports how many claims it swept. A claim whose process lives is left
-// alone; log (nil: none) hears what was swept.
+// alone; log (nil: none) hears what was swept. Most dead claims are of
+// processes that cleaned up before they ended: one look at the host
+// (links, namespace pins, nftables tables, policy rules) finds the
+// prefixes that left something, and only those are torn down.
 func SweepDead(log *slog.Logger) int {
 	owner.once.Do(openClaims)
 	ents, err := os.ReadDir(OwnerDir)
 	if err != nil {
 		return 0
 	}
-	swept := 0
+	type claim struct {
+		path     string
+		f        *os.File
+		prefixes []string
+	}
+	var dead []claim
 	for _, e := range ents {
 		path := filepath.Join(OwnerDir, e.Name())
 		if owner.f != nil && path == owner.f.Name() {
@@ -114,32 +124,115 @@ func SweepDead(log *slog.Logger) int {
 				continue
 			}
 		}
-		var prefixes []string
+		c := claim{path: path, f: f}
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
 			if p := strings.TrimSpace(sc.Text()); p != "" {
-				prefixes = append(prefixes, p)
+				c.prefixes = append(c.prefixes, p)
 			}
 		}
+		dead = append(dead, c)
+	}
+	if len(dead) == 0 {
+		return 0
+	}
+	left, err := lookAtHost()
+	swept := 0
+	for _, c := range dead {
 		var errs []error
-		for _, p := range prefixes {
+		var found []string
+		for _, p := range c.prefixes {
+			if err == nil && !left.has(p) {
+				continue
+			}
+			found = append(found, p)
 			errs = append(errs, sweepPrefix(p))
 		}
 		if err := errors.Join(errs...); err != nil {
 			if log != nil {
-				log.Warn("sweeping what a dead test process left", "claims", path, "err", err)
+				log.Warn("sweeping what a dead test process left", "claims", c.path, "err", err)
 			}
-			f.Close() // the next sweep tries again
+			c.f.Close() // the next sweep tries again
 			continue
 		}
-		if log != nil && len(prefixes) > 0 {
-			log.Info("swept what a dead test process left", "claims", path, "prefixes", prefixes)
+		if log != nil && len(found) > 0 {
+			log.Info("swept what a dead test process left", "claims", c.path, "prefixes", found)
 		}
-		os.Remove(path)
-		f.Close()
+		os.Remove(c.path)
+		c.f.Close()
 		swept++
 	}
 	return swept
+}
+
+// hostNames is what a sweep looks at once: the names of the host's links,
+// namespace pins and nftables tables, and its policy rules' tables.
+type hostNames struct {
+	names  []string
+	tables map[int]bool
+}
+
+func lookAtHost() (hostNames, error) {
+	h := hostNames{tables: map[int]bool{}}
+	ents, _ := os.ReadDir("/run/netns")
+	for _, e := range ents {
+		h.names = append(h.names, e.Name())
+	}
+	ls, err := links.Links(nil)
+	if err != nil {
+		return h, err
+	}
+	for _, l := range ls {
+		h.names = append(h.names, l.Attrs().Name)
+	}
+	rules, err := links.Rules(nil, unix.AF_INET)
+	if err != nil {
+		return h, err
+	}
+	for _, r := range rules {
+		h.tables[r.Table] = true
+	}
+	conn, err := nftables.New()
+	if err != nil {
+		return h, err
+	}
+	defer conn.CloseLasting()
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return h, err
+	}
+	for _, t := range tables {
+		h.names = append(h.names, t.Name)
+	}
+	return h, nil
+}
+
+// has reports whether anything of prefix is left on the host: a pin, link
+// or table of its pool or tag, its policy rule, datapath or lock file.
+func (h hostNames) has(prefix string) bool {
+	if len(prefix) < 2 {
+		return false
+	}
+	for _, n := range h.names {
+		if strings.HasPrefix(n, prefix) || claimedName(prefix[1:], n) {
+			return true
+		}
+	}
+	if h.tables[links.RouteTable(prefix)] || datapath.Exists("", prefix) {
+		return true
+	}
+	_, err := os.Stat(filepath.Join(daemon.LockDir, prefix+".lock"))
+	return err == nil
+}
+
+// claimedName reports whether name is one the lab makes for tag.
+func claimedName(tag, name string) bool {
+	for _, k := range claimKinds {
+		if strings.HasPrefix(name, k+tag) {
+			return true
+		}
+	}
+	return false
 }
 
 // sweepPrefix removes what a dead process made under prefix: processes
@@ -150,18 +243,10 @@ func sweepPrefix(prefix string) error {
 		return nil
 	}
 	tag := prefix[1:]
-	ours := func(name string) bool {
-		for _, k := range claimKinds {
-			if strings.HasPrefix(name, k+tag) {
-				return true
-			}
-		}
-		return false
-	}
 	var errs []error
 	ents, _ := os.ReadDir("/run/netns")
 	for _, e := range ents {
-		if !ours(e.Name()) {
+		if !claimedName(tag, e.Name()) {
 			continue
 		}
 		path := filepath.Join("/run/netns", e.Name())
@@ -175,7 +260,7 @@ func sweepPrefix(prefix string) error {
 		errs = append(errs, err)
 	}
 	for _, l := range ls {
-		if ours(l.Attrs().Name) {
+		if claimedName(tag, l.Attrs().Name) {
 			if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
 				errs = append(errs, fmt.Errorf("delete %s: %w", l.Attrs().Name, err))
 			}
