@@ -64,7 +64,7 @@ func bootOnce(ctx context.Context, run, n int, o BootOptions) (BootRun, error) {
 	r := BootRun{Slots: n, ReplacedRule: n*RulesPerSlot + 3}
 	settleNamespaces(o.Log)
 	cfg := slot.DefaultConfig(fmt.Sprintf("nx%c%c", 'a'+os.Getpid()%26, 'a'+run%26), n)
-	lab.Claim(cfg.Prefix)
+	lab.ClaimPool(cfg.Prefix)
 	dir, err := os.MkdirTemp("/dev/shm", "netslot-bench-boot")
 	if err != nil {
 		return r, err

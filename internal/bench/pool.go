@@ -32,7 +32,7 @@ func startPool(ctx context.Context, cfg slot.Config, fab *lab.Fabric, log *slog.
 	if err != nil {
 		return nil, nil, err
 	}
-	lab.Claim(cfg.Prefix)
+	lab.ClaimPool(cfg.Prefix)
 	opts := daemon.Options{Config: cfg, StateDir: dir, Logger: log}
 	if fab != nil {
 		opts.Uplink, opts.UnderlayIP, opts.UplinkGateway = fab.Uplink, fab.Underlay, fab.Gateway
@@ -57,7 +57,7 @@ func startPool(ctx context.Context, cfg slot.Config, fab *lab.Fabric, log *slog.
 // poolOnFabric boots a pool of cfg with its uplink on a new lab fabric
 // named by tag; stop removes both.
 func poolOnFabric(ctx context.Context, cfg slot.Config, tag string, log *slog.Logger) (d *daemon.Daemon, fab *lab.Fabric, stop func(), err error) {
-	lab.Claim(cfg.Prefix)
+	lab.ClaimPool(cfg.Prefix)
 	fab, err = lab.NewFabric(tag, cfg.SlotCIDR)
 	if err != nil {
 		return nil, nil, nil, err

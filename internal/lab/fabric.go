@@ -111,6 +111,10 @@ func NewFabricIn(tag string, slotCIDR netip.Prefix, host string) (*Fabric, error
 
 func newFabric(f *Fabric, slotCIDR netip.Prefix, host string) (*Fabric, error) {
 	f.Host = host
+	ClaimName(f.Name) // a killed process's fabric is swept (SweepDead)
+	if host == "" {
+		ClaimName(f.Uplink)
+	}
 	if err := netns.EnsureDir("/run/netns"); err != nil {
 		return nil, err
 	}

@@ -68,6 +68,7 @@ func NewGuestNSWith(tag, slotNS string, cfg slot.Config, o GuestOptions) (*Guest
 	}
 	configure := !o.Bare
 	g := &GuestNS{Name: "g" + tag}
+	ClaimName(g.Name) // a killed process's guest is swept (SweepDead)
 	var gfd int
 	err := InNewNS(g.NetnsPath(), func() error {
 		lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1}}

@@ -7,10 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/netslot/netslot/internal/daemon"
 	"github.com/netslot/netslot/internal/datapath"
@@ -55,6 +58,26 @@ func TestKilledRunIsSwept(t *testing.T) {
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
 	tag := prefix[1:]
+	// What must survive: names like the child's that it never claimed,
+	// and one it claimed that this live process claims too.
+	controls := sweepControls(prefix)
+	t.Cleanup(func() {
+		for _, n := range controls {
+			if l, err := netlink.LinkByName(n); err == nil {
+				netlink.LinkDel(l)
+			}
+		}
+	})
+	lab.ClaimName(controls[len(controls)-1])
+	// A dead claim of an older run's shape (a bare prefix, as the bench's
+	// were): the pool of that prefix, not every name that has its letters
+	// after the first (which made "nxla" sweep vxlan links).
+	old := filepath.Join(lab.OwnerDir, "1-old")
+	if err := os.WriteFile(old, []byte("x"+tag[:len(tag)-1]+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(old)
+	isControl := func(n string) bool { return slices.Contains(controls, n) }
 	left := func() []string {
 		var names []string
 		ents, _ := os.ReadDir("/run/netns")
@@ -68,7 +91,7 @@ func TestKilledRunIsSwept(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, l := range ls {
-			if strings.Contains(l.Attrs().Name, tag) {
+			if strings.Contains(l.Attrs().Name, tag) && !isControl(l.Attrs().Name) {
 				names = append(names, "link "+l.Attrs().Name)
 			}
 		}
@@ -93,7 +116,21 @@ func TestKilledRunIsSwept(t *testing.T) {
 	if !Wait(10*time.Second, func() bool { return syscall.Kill(sleeper, 0) != nil }) {
 		t.Errorf("the process the killed child left in its guest's namespace (pid %d) still runs", sleeper)
 	}
-	t.Logf("swept %d objects of the killed child: %v", len(before), before)
+	for _, n := range controls {
+		if _, err := netlink.LinkByName(n); err != nil {
+			t.Errorf("link %s, which the sweep must leave, is gone: %v", n, err)
+		}
+	}
+	t.Logf("swept %d objects of the killed child: %v; left %v", len(before), before, controls)
+}
+
+// sweepControls names the links the child makes that a sweep must leave:
+// one named like its pool's (prefix and a letter), one like its tag's
+// names but for the tag's last letter, and one it claims by name, last,
+// which the parent claims too.
+func sweepControls(prefix string) []string {
+	tag := prefix[1:]
+	return []string{prefix + "x", "v" + tag[:len(tag)-1], "k" + tag}
 }
 
 // sweepChild makes what a test makes, then waits to be killed.
@@ -116,6 +153,13 @@ func sweepChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	controls := sweepControls(cfg.Prefix)
+	for _, n := range controls {
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lab.ClaimName(controls[len(controls)-1])
 	// A process left in the guest's namespace, as a DHCP client is.
 	sleeper := exec.Command("ip", "netns", "exec", g.Name, "sleep", "600")
 	if err := sleeper.Start(); err != nil {

@@ -66,14 +66,19 @@ var seq atomic.Int32
 
 // Prefix returns a pool prefix unique to this process and call, short
 // enough for interface names of pools up to 999,999 slots. It is claimed
-// for this process (lab.Claim), and the first call takes back what test
+// for this process (lab.ClaimPool, lab.ClaimTag), and the first call takes back what test
 // processes that were killed left behind (lab.SweepDead).
 func Prefix() string {
 	sweepOnce()
-	n := seq.Add(1)
-	p := fmt.Sprintf("t%d%c%c", os.Getpid()%1000, 'a'+rune(n/26%26), 'a'+rune(n%26))
-	lab.Claim(p)
-	return p
+	for {
+		n := seq.Add(1)
+		p := fmt.Sprintf("t%d%c%c", os.Getpid()%1000, 'a'+rune(n/26%26), 'a'+rune(n%26))
+		// Another live test process whose pid is this one's modulo 1,000
+		// may have it: take the next.
+		if lab.ClaimPool(p) && lab.ClaimTag(p[1:]) {
+			return p
+		}
+	}
 }
 
 // sweepOnce sweeps what dead test processes left, once per process.
