@@ -429,8 +429,9 @@ func (e *Error) GRPCStatus() *status.Status { return e.st }
 // effect: its deadline passed or it was cancelled while the daemon worked
 // on it, or the daemon was lost meanwhile: DEADLINE_EXCEEDED, CANCELLED,
 // UNAVAILABLE or UNKNOWN with no reason from the daemon. The daemon's own
-// refusals, and ReasonDeadline (the daemon saw the deadline pass before it
-// committed anything), are certain: nothing changed.
+// refusals, ReasonDeadline (the daemon saw the deadline pass before it
+// committed anything) and a call never sent (no daemon could be reached)
+// are certain: nothing changed.
 func Uncertain(err error) bool {
 	var e *Error
 	if !errors.As(err, &e) {
@@ -438,7 +439,7 @@ func Uncertain(err error) bool {
 	}
 	switch e.Code {
 	case codes.DeadlineExceeded, codes.Canceled, codes.Unavailable, codes.Unknown:
-		return e.Reason == ""
+		return e.Reason == "" && !e.notSent
 	}
 	return false
 }

@@ -57,6 +57,9 @@ func TestErrorsMatchTheirReason(t *testing.T) {
 		{wrap(context.Canceled), context.Canceled, true, false},
 		{wrap(status.Error(codes.Unavailable, "connection refused")), ErrUnreachable, true, true},
 		{wrap(withReason(codes.Unavailable, netslotv1.ReasonDraining)), ErrDraining, false, true},
+		// Never sent, for want of a daemon: nothing changed.
+		{&Error{Code: codes.Unavailable, Message: "no daemon", notSent: true}, ErrUnreachable, false, true},
+		{&Error{Code: codes.DeadlineExceeded, Message: "no daemon", notSent: true}, context.DeadlineExceeded, false, true},
 	}
 	for _, tc := range cases {
 		if !errors.Is(tc.err, tc.is) || Uncertain(tc.err) != tc.uncertain || Retryable(tc.err) != tc.retryable {
@@ -114,8 +117,8 @@ func TestDialOptions(t *testing.T) {
 	}
 	defer c.Close()
 	_, err = c.Status(context.Background())
-	if !errors.Is(err, context.DeadlineExceeded) || !Uncertain(err) || !dialled {
-		t.Errorf("a call waiting for a missing daemon: %v (interceptor ran: %t)", err, dialled)
+	if !errors.Is(err, context.DeadlineExceeded) || Uncertain(err) || !dialled {
+		t.Errorf("a call waiting for a missing daemon: %v, uncertain %t, want certain: it was never sent (interceptor ran: %t)", err, Uncertain(err), dialled)
 	}
 	ff, err := Dial(missing, WithFailFast())
 	if err != nil {

@@ -176,7 +176,9 @@ func TestRetriesBackOffUntilTheDeadline(t *testing.T) {
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
-	if _, err := c.Acquire(ctx, &netslotv1.AcquireRequest{RequestKey: "k", Wait: true}); !errors.Is(err, ErrDraining) {
+	// The last answer, DRAINING; or, on a machine so busy that a try was
+	// still out when the deadline passed, that try's DEADLINE_EXCEEDED.
+	if _, err := c.Acquire(ctx, &netslotv1.AcquireRequest{RequestKey: "k", Wait: true}); !errors.Is(err, ErrDraining) && !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("an acquire past its deadline on a daemon that drains: %v, want the last answer, DRAINING", err)
 	}
 	// 10+20+40+80+100+100+... ms: about 8 tries in 500 ms, not hundreds.

@@ -119,6 +119,8 @@ type Daemon struct {
 	hostSlot    map[int]int // the slot of each known host veth ifindex
 	// vethCheckWake asks runVethChecks for a check of the host veths.
 	vethCheckWake chan struct{}
+	// vethCheckMu keeps checks of the host veths from running at once.
+	vethCheckMu sync.Mutex
 	// orphans are slots with no lease whose tap a VMM holds: out of the
 	// pool (pending), their traffic stopped, until the VMM lets go.
 	orphans   map[int]bool

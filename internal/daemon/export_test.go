@@ -15,7 +15,7 @@ func (d *Daemon) DatapathState(i int) (string, error) {
 }
 
 // CheckHostVeths runs one check of the host veths (checkHostVeths).
-func (d *Daemon) CheckHostVeths() { d.checkHostVeths() }
+func (d *Daemon) CheckHostVeths() bool { return d.checkHostVeths() }
 
 // VethCheckEvery bounds how often the host veths are checked.
 const VethCheckEvery = vethCheckEvery

@@ -35,8 +35,9 @@ import (
 // first), and in all (holdBytes), shared max-min fairly between leases:
 // with the budget full, a frame evicts the oldest frame of the lease that
 // holds the most bytes, unless its own lease would then hold more than
-// that one. A lease that holds less than the largest holder therefore
-// always gets its frame held, however many leases fill the budget.
+// that one. A lease that, with its frame, holds no more than the largest
+// holder therefore gets that frame held, however many leases fill the
+// budget (per-slot and age bounds aside).
 const (
 	holdPerSlot = 32          // frames held per slot; the oldest go first
 	holdFor     = time.Second // then the guest's own retransmits take over

@@ -359,15 +359,27 @@ func (d *Daemon) requestVethCheck() {
 // runVethChecks runs checkHostVeths when asked, at most once every
 // vethCheckEvery, until stop is closed. A storm of lost events (a minimal
 // buffer, another pool torn down) costs one check per interval, and a
-// check costs what the pool owns, not what the host has.
+// check costs what the pool owns, not what the host has. A check that
+// could not finish, or left a veth it could not set back, is asked for
+// again, at intervals doubling up to vethRetryMax.
 func (d *Daemon) runVethChecks(stop <-chan struct{}) {
+	retry := time.Duration(0)
 	for {
+		var again <-chan time.Time
+		if retry > 0 {
+			again = time.After(retry)
+		}
 		select {
 		case <-stop:
 			return
 		case <-d.vethCheckWake:
+		case <-again:
 		}
-		d.checkHostVeths()
+		if d.checkHostVeths() {
+			retry = 0
+		} else {
+			retry = min(max(2*retry, vethCheckEvery), vethRetryMax)
+		}
 		select {
 		case <-stop:
 			return
@@ -376,18 +388,27 @@ func (d *Daemon) runVethChecks(stop <-chan struct{}) {
 	}
 }
 
+// vethRetryMax bounds the wait between checks of host veths that failed.
+const vethRetryMax = 30 * time.Second
+
 // checkHostVeths asks the kernel about every slot's host veth by its
 // ifindex (links.DevProbe: no dump of the root namespace, whose links
 // may be thousands of another pool's): one that is gone makes its slot
 // damaged (as the link event that was lost would have), one whose IPv4
 // forwarding or rp_filter is not what the pool set (a write to
-// net.ipv4.ip_forward sets every device's) is set back.
-func (d *Daemon) checkHostVeths() {
+// net.ipv4.ip_forward sets every device's) is set back. Before either, the
+// device at that index is asked its name: a veth is gone only if nothing,
+// or something else, has its index, and nothing but the pool's veth is
+// ever changed. It reports whether the check finished with every veth as
+// the pool needs; checks never run at once (boot's and runVethChecks').
+func (d *Daemon) checkHostVeths() bool {
+	d.vethCheckMu.Lock()
+	defer d.vethCheckMu.Unlock()
 	d.Metrics.ReconcileAction.WithLabelValues("veth_check").Inc()
 	p, err := nslinks.OpenDevProbe()
 	if err != nil {
-		d.log.Warn("host veths not checked; the next loss of events or full check asks again", "err", err)
-		return
+		d.log.Warn("host veths not checked; asking again", "err", err)
+		return false
 	}
 	defer p.Close()
 	d.mu.Lock()
@@ -405,12 +426,15 @@ func (d *Daemon) checkHostVeths() {
 	err = p.Netconfs(ifindexes, func(k int, c nslinks.Netconf, err error) {
 		i, ifindex := slots[k], ifindexes[k]
 		name := d.cfg.HostVeth(i)
-		if errors.Is(err, nslinks.ErrNoDevice) {
-			d.hostVethGone(name, ifindex)
-			return
-		}
 		if err == nil && c.Forwarding == forward && c.RPFilter == 0 {
 			return
+		}
+		switch got, nerr := p.Name(ifindex); {
+		case errors.Is(nerr, nslinks.ErrNoDevice) || nerr == nil && got != name:
+			d.hostVethGone(name, ifindex)
+			return
+		case nerr != nil:
+			err = nerr
 		}
 		if err == nil {
 			err = nslinks.SetHostDevConf(ifindex, forward)
@@ -423,8 +447,8 @@ func (d *Daemon) checkHostVeths() {
 		}
 	})
 	if err != nil {
-		d.log.Warn("host veths not checked; the next loss of events or full check asks again", "err", err)
-		return
+		d.log.Warn("host veths not checked; asking again", "err", err)
+		return false
 	}
 	if len(reset) > 0 {
 		d.log.Warn("repaired: host veths' IPv4 forwarding and rp_filter set back (a write to net.ipv4.ip_forward sets every device's)",
@@ -441,6 +465,7 @@ func (d *Daemon) checkHostVeths() {
 	}
 	d.health.veths, d.health.Forwarding = problem, problem == ""
 	d.health.mu.Unlock()
+	return problem == ""
 }
 
 // checkHost looks at what the pool depends on outside the daemon and puts

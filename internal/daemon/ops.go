@@ -364,6 +364,13 @@ func (d *Daemon) release(ctx context.Context, id, leaseID string) error {
 // After the boot, a pending slot (orphaned, or out of the pool for a
 // rebuild) has no lease to wait for: it returns nil at once.
 func (d *Daemon) awaitAdoption(ctx context.Context, i int) error {
+	// Give up a little before the caller's deadline: its client then
+	// hears NOT_READY (retry later) rather than its own deadline passing.
+	if dl, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, dl.Add(-min(time.Until(dl)/10, adoptionMargin)))
+		defer cancel()
+	}
 	for {
 		marked := d.pool.Marked() // before the look: no marking in between is missed
 		if d.pool.State(i) != pool.Pending {
@@ -389,6 +396,10 @@ func (d *Daemon) awaitAdoption(ctx context.Context, i int) error {
 		}
 	}
 }
+
+// adoptionMargin is how long before a caller's deadline a wait for a
+// slot's adoption gives up, at most (a tenth of the time left, if less).
+const adoptionMargin = 100 * time.Millisecond
 
 // releaseRetryWait bounds how long a release waits for another release
 // of the same lease (a retry after a timeout) to end.

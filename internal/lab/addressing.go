@@ -31,7 +31,7 @@ func FreeAddressing(count int) (slotCIDR, guestCIDR netip.Prefix, err error) {
 		lo, hi := u32(p.Addr()), u32(p.Addr())|(1<<(32-p.Bits())-1)
 		for _, r := range used {
 			first := u32(r.First)
-			if first <= hi && lo <= first+uint32(r.Count)-1 {
+			if r.Count > 0 && first <= hi && lo <= first+uint32(r.Count)-1 {
 				return true
 			}
 		}

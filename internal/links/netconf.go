@@ -132,6 +132,9 @@ func (p *DevProbe) Netconfs(ifindexes []int, fn func(k int, c Netconf, err error
 		}
 		for left := len(batch); left > 0; {
 			n, _, err := unix.Recvfrom(p.nl, p.buf, 0)
+			if errors.Is(err, unix.EINTR) {
+				continue // a signal (a socket with a timeout is not restarted)
+			}
 			if err != nil {
 				return fmt.Errorf("read netconf: %w", err)
 			}

@@ -20,10 +20,15 @@ import (
 	"github.com/netslot/netslot/internal/testenv"
 )
 
-// Wait polls cond every 10 ms until it holds (true) or limit passes
-// (false), for a caller that says itself what went wrong.
+// Wait polls cond every 10 ms until it holds (true) or limit, stretched
+// by how busy the machine is (Patient), passes (false), for a caller that
+// says itself what went wrong.
 func Wait(limit time.Duration, cond func() bool) bool {
-	for deadline := time.Now().Add(limit); ; time.Sleep(10 * time.Millisecond) {
+	return waitUntil(time.Now().Add(Patient(limit)), cond)
+}
+
+func waitUntil(deadline time.Time, cond func() bool) bool {
+	for ; ; time.Sleep(10 * time.Millisecond) {
 		if cond() {
 			return true
 		}
@@ -40,7 +45,7 @@ func Wait(limit time.Duration, cond func() bool) bool {
 func Eventually(tb testing.TB, what string, cond func() bool) {
 	tb.Helper()
 	limit := Patient(5 * time.Second)
-	if !Wait(limit, cond) {
+	if !waitUntil(time.Now().Add(limit), cond) {
 		tb.Fatalf("not within %v: %s", limit.Round(100*time.Millisecond), what)
 	}
 }
