@@ -672,16 +672,10 @@ func TestTamperedPinnedLayout(t *testing.T) {
 	pastTheValue := func(any) any { return 4000 }
 	slotsID := func() ebpf.MapID {
 		t.Helper()
-		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "slots"), nil)
+		id, err := datapath.PinnedMapID(dir, "slots")
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer m.Close()
-		info, err := m.Info()
-		if err != nil {
-			t.Fatal(err)
-		}
-		id, _ := info.ID()
 		return id
 	}
 

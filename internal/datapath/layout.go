@@ -488,3 +488,19 @@ func convertInto(dst []byte, to *shape, src []byte, from *shape) {
 		}
 	}
 }
+
+// PinnedMapID is the kernel's ID of the map pinned as name in dir: the
+// same ID is the same map (a start that refused a layout kept it).
+func PinnedMapID(dir, name string) (ebpf.MapID, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
+	if err != nil {
+		return 0, err
+	}
+	defer m.Close()
+	info, err := m.Info()
+	if err != nil {
+		return 0, err
+	}
+	id, _ := info.ID()
+	return id, nil
+}

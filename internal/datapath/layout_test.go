@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -325,16 +324,10 @@ func TestMigrateRefusesUntrustedLayouts(t *testing.T) {
 	dir := PinDir(pinRoot, cfg.Prefix)
 	slotsID := func() ebpf.MapID {
 		t.Helper()
-		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "slots"), nil)
+		id, err := PinnedMapID(dir, "slots")
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer m.Close()
-		info, err := m.Info()
-		if err != nil {
-			t.Fatal(err)
-		}
-		id, _ := info.ID()
 		return id
 	}
 	pinned := slotsID()
